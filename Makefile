@@ -1,0 +1,30 @@
+# Two commands set everything up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: run Mezzo all-in-one on embedded storage in ./.mezzo
+demo: $(STAMP)
+	$(BIN)/mezzo up
+
+## test: the whole suite (backend tests skip when a backend is absent,
+##       and fail instead with MEZZO_REQUIRE_BACKENDS=1)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

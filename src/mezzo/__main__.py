@@ -1,0 +1,3 @@
+from mezzo.cli.main import main
+
+main()

@@ -1,0 +1,67 @@
+"""What every CLI command shares: the client, output formats, and turning errors into exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from mezzo.jsonutil import dumps
+from mezzo.resources.manifests import describe, to_yaml
+from mezzo.sdk.client import Mezzo
+from mezzo.sdk.errors import APIError, ConnectError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Output(str, Enum):
+    table = "table"
+    yaml = "yaml"
+    json = "json"
+
+
+def run(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
+    """Run an async command body; print a server problem or connection error and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
+        except APIError as exc:
+            err.print(f"[red]Error:[/red] {exc.title} ({exc.status})", markup=True)
+            if exc.errors and all("reason" in e for e in exc.errors):
+                for item in exc.errors:
+                    err.print(f"  {describe(item) if 'document' in item else _field(item)}", markup=False)
+            elif exc.detail:
+                err.print(f"  {exc.detail}", markup=False)
+            raise typer.Exit(1) from None
+        except ConnectError as exc:
+            err.print(f"[red]Error:[/red] {exc}", markup=True)
+            err.print("  Is the server running (`mezzo up`)? Set MEZZO_URL to reach another one.")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _field(item: dict[str, Any]) -> str:
+    return f"{item.get('field') or ''}: {item['reason']}".lstrip(": ")
+
+
+def client() -> Mezzo:
+    return Mezzo()
+
+
+def emit(data: Any, output: Output) -> None:
+    if output is Output.json:
+        sys.stdout.write(dumps(data).decode() + "\n")
+    else:
+        sys.stdout.write(to_yaml(data))

@@ -1,0 +1,36 @@
+"""The ``mezzo`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from mezzo import __version__
+from mezzo.cli import resources, server, tokens
+
+app = typer.Typer(
+    name="mezzo",
+    help="Mezzo: cloud-native middleware in one runtime.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("up")(server.up)
+app.command("run")(server.run_targets)
+app.command("settings")(server.settings)
+app.command("apply")(resources.apply)
+app.command("diff")(resources.diff)
+app.command("get")(resources.get)
+app.command("delete")(resources.delete)
+app.command("history")(resources.history)
+app.command("rollback")(resources.rollback)
+app.add_typer(tokens.app, name="token")
+
+
+@app.command("version")
+def version() -> None:
+    """Print Mezzo's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

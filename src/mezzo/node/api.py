@@ -1,0 +1,102 @@
+"""The ``api`` module: one FastAPI app on the API port with probes, metrics, audit and every module's routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import Response
+
+import mezzo
+from mezzo.jsonutil import dumps, loads
+from mezzo.node.audit import AUDIT_PREFIX, AuditRecord
+from mezzo.node.auth import Verb
+from mezzo.node.auth_module import Caller, require
+from mezzo.node.errors import install as install_errors
+from mezzo.node.module import Health, Listener, Module
+from mezzo.node.server import HttpListener, bind
+from mezzo.storage.kv import KVStore
+from mezzo.telemetry.http import TelemetryMiddleware
+from mezzo.telemetry.metrics import Metrics
+from mezzo.telemetry.tracing import Tracing
+
+PROBES = ("/healthz", "/readyz", "/metrics")
+
+
+class ApiModule(Module):
+    name = "api"
+
+    async def start(self) -> None:
+        settings = self.node.settings
+        self.sock = bind(settings.host, settings.api_port)
+
+    async def stop(self) -> None:
+        self.sock.close()
+
+    def listeners(self) -> list[Listener]:
+        app = build_app(self.node)
+        return [HttpListener("api", app, self.sock, drain_timeout=self.node.settings.drain_timeout)]
+
+    async def health(self) -> Health:
+        return Health(True, self.node.url("api") or "not listening yet")
+
+
+def build_app(node: Any) -> Any:
+    app = FastAPI(
+        title="Mezzo", version=mezzo.__version__,
+        description="Cloud-native middleware platform: one API for every service.",
+    )
+    app.state.node = node
+    install_errors(app)
+
+    @app.get("/healthz", tags=["probes"], summary="Alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"], summary="Every module and backend ready")
+    async def readyz() -> Response:
+        checks = await node.health()
+        ready = node.started and all(h.ok for h in checks.values())
+        body = {"status": "ready" if ready else "not ready",
+                "modules": {name: {"ok": h.ok, "detail": h.detail} for name, h in checks.items()}}
+        return Response(dumps(body), status_code=200 if ready else 503, media_type="application/json")
+
+    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        body, ctype = node.service(Metrics).render(request.headers.get("accept"))
+        return Response(body, media_type=ctype)
+
+    @app.get("/v1/audit", tags=["audit"], summary="Who changed what, when")
+    async def audit(
+        caller: Caller, kind: str | None = None, namespace: str | None = None, name: str | None = None,
+        user: str | None = None, since: datetime | None = None, until: datetime | None = None,
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> dict[str, Any]:
+        require(caller, Verb.ADMIN if namespace is None else Verb.READ, namespace)
+        store: KVStore = node.service(KVStore)
+        start = f"{AUDIT_PREFIX}{int(since.timestamp() * 1e9):020d}" if since else None
+        items: list[dict[str, Any]] = []
+        cursor = start
+        while len(items) < limit:
+            page = await store.range(AUDIT_PREFIX, start_after=cursor, limit=500)
+            for kv in page.items:
+                record = AuditRecord.model_validate(loads(kv.value))
+                if until and record.at > until:
+                    return {"items": items}
+                if (kind and (record.kind or "").lower() != kind.lower()) or (namespace and record.namespace != namespace) \
+                        or (name and record.name != name) or (user and record.user != user):
+                    continue
+                items.append(record.model_dump(mode="json"))
+                if len(items) >= limit:
+                    break
+            if not page.more:
+                break
+            cursor = page.items[-1].key
+        return {"items": items}
+
+    for module in node.modules.values():
+        for router in module.routers():
+            app.include_router(router)
+    tracing = node.service(Tracing) if node.settings.tracing != "none" else None
+    return TelemetryMiddleware(app, node.service(Metrics), tracing, "api", exclude_paths=PROBES)

@@ -1,0 +1,101 @@
+"""The ``auth`` module: token service plus the HTTP routes to manage tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from mezzo.node.auth import Principal, Role, TokenError, TokenService, Verb
+from mezzo.node.errors import Problem, not_found
+from mezzo.node.module import Health, Module
+from mezzo.resources.types import Duration
+from mezzo.storage.kv import KVStore
+
+
+class AuthModule(Module):
+    name = "auth"
+
+    async def start(self) -> None:
+        settings = self.node.settings
+        admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+        self.tokens = TokenService(self.node.service(KVStore), settings.data_dir, admin)  # type: ignore[type-abstract]
+        await self.tokens.start()
+        self.node.provide(TokenService, self.tokens)
+
+    async def stop(self) -> None:
+        await self.tokens.stop()
+
+    async def health(self) -> Health:
+        return Health(True, f"{len(self.tokens.list())} tokens")
+
+    def routers(self) -> list[APIRouter]:
+        return [router]
+
+
+def principal(request: Request) -> Principal:
+    """The caller, from ``Authorization: Bearer TOKEN`` (or Dapr's ``dapr-api-token``); 401 otherwise."""
+    header = request.headers.get("authorization", "")
+    token = None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        token = value.strip()
+    elif request.headers.get("dapr-api-token"):
+        token = request.headers["dapr-api-token"]
+    if token is None:
+        raise Problem(401, "Unauthorized", "missing bearer token", type="unauthorized",
+                      headers={"WWW-Authenticate": 'Bearer realm="mezzo"'})
+    tokens: TokenService = request.app.state.node.service(TokenService)
+    found = tokens.authenticate(token)
+    if found is None:
+        raise Problem(401, "Unauthorized", "invalid, expired or revoked token", type="unauthorized",
+                      headers={"WWW-Authenticate": 'Bearer realm="mezzo", error="invalid_token"'})
+    return found
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def require(caller: Principal, verb: Verb, namespace: str | None = None) -> None:
+    if not caller.can(verb, namespace):
+        scope = f" in namespace {namespace!r}" if namespace else ""
+        raise Problem(403, "Forbidden", f"role {caller.role.value} may not {verb.value}{scope}", type="forbidden")
+
+
+router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+
+
+class TokenCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._@-]+$")
+    role: Role
+    namespaces: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    ttl: Duration | None = Field(None, description="lifetime, e.g. 30d; none = no expiry")
+
+
+@router.post("", status_code=201)
+async def create_token(body: TokenCreate, caller: Caller, request: Request) -> dict[str, object]:
+    require(caller, Verb.ADMIN)
+    tokens: TokenService = request.app.state.node.service(TokenService)
+    record, plaintext = await tokens.create(body.name, body.role, body.namespaces, body.ttl, caller.name)
+    return {**record.public(), "token": plaintext}
+
+
+@router.get("")
+async def list_tokens(caller: Caller, request: Request) -> dict[str, object]:
+    require(caller, Verb.ADMIN)
+    tokens: TokenService = request.app.state.node.service(TokenService)
+    return {"items": [r.public() for r in tokens.list()]}
+
+
+@router.delete("/{token}")
+async def revoke_token(token: str, caller: Caller, request: Request) -> dict[str, object]:
+    require(caller, Verb.ADMIN)
+    tokens: TokenService = request.app.state.node.service(TokenService)
+    try:
+        record = await tokens.revoke(token, caller.name)
+    except TokenError as exc:
+        if "no token" in str(exc):
+            raise not_found(f"token {token!r}") from None
+        raise Problem(409, "Conflict", str(exc), type="conflict") from None
+    return {"revoked": record.public()}

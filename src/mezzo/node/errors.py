@@ -1,0 +1,102 @@
+"""RFC 9457 problem details: the one error shape of every HTTP API Mezzo serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mezzo.jsonutil import dumps
+
+PROBLEM_TYPE = "https://mezzo.dev/problems/"
+
+
+class Problem(Exception):
+    """An error answered as ``application/problem+json``."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        type: str = "about:blank",
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type if type == "about:blank" or "://" in type else PROBLEM_TYPE + type
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status}
+        if self.detail:
+            body["detail"] = self.detail
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+    def response(self, instance: str | None = None) -> Response:
+        return Response(
+            dumps(self.body(instance)),
+            status_code=self.status,
+            media_type="application/problem+json",
+            headers=self.headers,
+        )
+
+
+def bad_request(detail: str, field: str | None = None, **extra: Any) -> Problem:
+    errors = [{"field": field, "reason": detail}] if field else []
+    return Problem(400, "Bad Request", detail, type="invalid-request", errors=errors, **extra)
+
+
+def not_found(what: str) -> Problem:
+    return Problem(404, "Not Found", f"{what} not found", type="not-found")
+
+
+def conflict(detail: str, **extra: Any) -> Problem:
+    return Problem(409, "Conflict", detail, type="conflict", **extra)
+
+
+def validation_errors(exc: RequestValidationError) -> Problem:
+    errors = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            where, loc = loc[0], loc[1:]
+        else:
+            where = "body"
+        errors.append({"in": where, "field": ".".join(loc) or where, "reason": err.get("msg", "invalid")})
+    detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors) or "invalid request"
+    return Problem(400, "Bad Request", detail, type="invalid-request", errors=errors)
+
+
+_TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+def install(app: FastAPI) -> None:
+    """Make every error of ``app`` a problem document; no stack trace ever reaches a client."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return exc.response(request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return validation_errors(exc).response(request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        title = _TITLES.get(exc.status_code, "Error")
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return Problem(exc.status_code, title, detail, headers=dict(exc.headers or {})).response(
+            request.url.path
+        )

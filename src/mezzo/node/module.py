@@ -1,0 +1,55 @@
+"""What every module of a node looks like: start, stop, health, and what it adds to the node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from mezzo.node.node import Node
+    from mezzo.resources.kinds import KindSpec
+
+
+@dataclass(slots=True)
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Listener:
+    """A socket a module serves once every module has started (closed first at shutdown)."""
+
+    name: str  # e.g. "api"
+    url: str
+    serve: Any  # async () -> None, runs until close() is awaited
+    close: Any  # async (drain_timeout: float) -> None
+
+
+class Module:
+    """Base class for modules. Subclasses set ``name`` and override what they need."""
+
+    name: ClassVar[str]
+    kinds: ClassVar[tuple[KindSpec, ...]] = ()
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def start(self) -> None:
+        """Acquire resources; other modules this one depends on have started."""
+
+    async def stop(self) -> None:
+        """Release resources; modules that depend on this one have stopped."""
+
+    async def health(self) -> Health:
+        return Health(True)
+
+    def routers(self) -> list[APIRouter]:
+        """HTTP routes this module adds to the API."""
+        return []
+
+    def listeners(self) -> list[Listener]:
+        """Sockets this module serves on its own ports."""
+        return []

@@ -1,0 +1,67 @@
+"""Serving an ASGI app on a socket the node binds itself, with a graceful drain on close."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import uvicorn
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind now (port 0 picks a free port) so the URL is known before serving starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket, scheme: str = "http") -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+class HttpListener:
+    """An ASGI app on a bound socket, served by uvicorn (httptools, no lifespan: the node owns lifecycle)."""
+
+    def __init__(self, name: str, app: Any, sock: socket.socket, *, drain_timeout: float) -> None:
+        self.name = name
+        self.sock = sock
+        self.url = url_of(sock)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            http="httptools",
+            ws="auto",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=max(drain_timeout, 0.1),
+            timeout_keep_alive=15,
+        )
+        config.load()
+        self.server = uvicorn.Server(config)
+        self.server.lifespan = config.lifespan_class(config)
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.server.startup(sockets=[self.sock])
+        self._loop_task = asyncio.create_task(self.server.main_loop(), name=f"mezzo-{self.name}")
+
+    async def close(self) -> None:
+        """Stop accepting, let in-flight requests finish up to the drain timeout, then cut."""
+        self.server.should_exit = True
+        if self._loop_task is not None:
+            await self._loop_task
+            await self.server.shutdown(sockets=[self.sock])
+        self.sock.close()

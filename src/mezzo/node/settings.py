@@ -1,0 +1,156 @@
+"""The node's settings: defaults < mezzo.yaml < MEZZO_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from mezzo.resources.types import Duration
+
+Port = int
+
+
+def _port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError("a port is between 0 and 65535 (0 picks a free port)")
+    return value
+
+
+def config_file() -> Path | None:
+    """``MEZZO_CONFIG`` if set (it must exist), else ``./mezzo.yaml`` if present."""
+    explicit = os.environ.get("MEZZO_CONFIG")
+    if explicit:
+        return Path(explicit)
+    default = Path("mezzo.yaml")
+    return default if default.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Every setting a node reads. Names map to ``MEZZO_<NAME>`` and to keys of ``mezzo.yaml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEZZO_", extra="forbid", validate_default=True, case_sensitive=False
+    )
+
+    data_dir: Path = Field(Path(".mezzo"), description="where embedded state lives")
+    host: str = Field("127.0.0.1", description="address every listener binds to")
+    api_port: Port = Field(7700, description="HTTP API and console")
+    gateway_port: Port = Field(8080, description="gateway data plane")
+    resp_port: Port = Field(6380, description="Redis protocol")
+    otlp_port: Port = Field(4318, description="OTLP/HTTP ingest")
+    zipkin_port: Port = Field(9411, description="Zipkin ingest and query")
+    admin_token: SecretStr | None = Field(None, description="admin token; generated when unset")
+    store: str | None = Field(
+        None, description="sqlite:///PATH (default: DATA_DIR/mezzo.db) or postgresql://..."
+    )
+    broker: str = Field("embedded", description="embedded | nats://... | redis://... | postgresql://...")
+    cache: str = Field("memory", description="memory | redis://...")
+    targets: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["all"], description="modules to run")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    tracing: Literal["none", "otlp", "console"] = Field(
+        "none", description="where Mezzo's own spans go"
+    )
+    tracing_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint (default: this node's own collector)"
+    )
+    drain_timeout: Duration = Field(3.0, description="how long shutdown waits for in-flight work")
+    store_history: int = Field(
+        100_000, ge=100, description="store revisions kept for watch before compaction"
+    )
+
+    @field_validator("api_port", "gateway_port", "resp_port", "otlp_port", "zipkin_port")
+    @classmethod
+    def _check_port(cls, value: int) -> int:
+        return _port(value)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split_targets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str | None) -> str | None:
+        if value is not None and value.split(":", 1)[0] not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+        return value
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        if value != "embedded" and value.split(":", 1)[0] not in ("nats", "redis", "postgresql", "postgres"):
+            raise ValueError("use embedded, nats://..., redis://... or postgresql://...")
+        return value
+
+    @field_validator("cache")
+    @classmethod
+    def _check_cache(cls, value: str) -> str:
+        if value != "memory" and value.split(":", 1)[0] not in ("redis", "rediss"):
+            raise ValueError("use memory or redis://...")
+        return value
+
+    @model_validator(mode="after")
+    def _default_store(self) -> Settings:
+        if self.store is None:
+            self.store = f"sqlite:///{(self.data_dir / 'mezzo.db').absolute()}"
+        return self
+
+    @property
+    def store_url(self) -> str:
+        assert self.store is not None
+        return self.store
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective values for display, with secrets and URL passwords hidden."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of ``scheme://user:password@host``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:****@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,123 @@
+"""The Python SDK: ``Mezzo`` (async) and ``MezzoSync``, one sub-client per service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from mezzo import __version__
+from mezzo.jsonutil import dumps, loads
+from mezzo.sdk.config import default_token, default_url
+from mezzo.sdk.errors import ConnectError, api_error
+from mezzo.sdk.resources import ResourcesClient
+from mezzo.sdk.sync import SyncProxy
+from mezzo.sdk.tokens import TokensClient
+
+
+class Mezzo:
+    """Async client. ``async with Mezzo() as client: await client.resources.apply(...)``.
+
+    ``url`` defaults to ``MEZZO_URL`` (or ``MEZZO_HOST``/``MEZZO_API_PORT``), ``token`` to
+    ``MEZZO_TOKEN``, ``MEZZO_ADMIN_TOKEN``, or the admin token in the data dir.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 2,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = (url or default_url()).rstrip("/")
+        self.token = token if token is not None else default_token()
+        headers = {"User-Agent": f"mezzo-python/{__version__}"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            transport=transport or httpx.AsyncHTTPTransport(retries=retries),
+        )
+        self.resources = ResourcesClient(self)
+        self.tokens = TokensClient(self)
+
+    async def __aenter__(self) -> Mezzo:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | str | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send a request; return the decoded JSON body (None when empty); raise APIError on a problem."""
+        if json is not None:
+            content = dumps(json)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = await self._http.request(method, path, content=content, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise ConnectError(f"cannot reach Mezzo at {self.url}: {exc}") from exc
+        return decode(response)
+
+    async def stream_lines(self, path: str, params: dict[str, Any]) -> AsyncIterator[str]:
+        """Lines of a streaming (SSE) response."""
+        params = {k: v for k, v in params.items() if v is not None}
+        try:
+            async with self._http.stream(
+                "GET", path, params=params, timeout=httpx.Timeout(None, connect=5.0),
+                headers={"Accept": "text/event-stream"},
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    decode(response)
+                async for line in response.aiter_lines():
+                    yield line
+        except httpx.TransportError as exc:
+            raise ConnectError(f"cannot reach Mezzo at {self.url}: {exc}") from exc
+
+    async def health(self) -> dict[str, Any]:
+        return await self.request("GET", "/healthz")  # type: ignore[no-any-return]
+
+    async def ready(self) -> dict[str, Any]:
+        """The readiness report (raises APIError 503 when not ready)."""
+        return await self.request("GET", "/readyz")  # type: ignore[no-any-return]
+
+
+def decode(response: httpx.Response) -> Any:
+    body = response.content
+    data = loads(body) if body and "json" in response.headers.get("content-type", "") else None
+    if response.status_code >= 400:
+        problem = data if isinstance(data, dict) else {
+            "title": response.reason_phrase, "detail": body.decode(errors="replace")[:500]}
+        raise api_error(response.status_code, problem)
+    return data
+
+
+class MezzoSync(SyncProxy):
+    """The same surface as ``Mezzo``, blocking: ``with MezzoSync() as client: client.resources.get(...)``."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, **kwargs: Any) -> None:
+        super().__init__(lambda: Mezzo(url, token, **kwargs))
+
+    def __enter__(self) -> MezzoSync:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,78 @@
+"""Reachability checks and clean-up for the real engines tests share."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mezzo.storage.postgres import split_schema
+
+
+async def postgres_problem(url: str) -> str | None:
+    """None when PostgreSQL answers at ``url``, else why not."""
+    try:
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed (pip install 'mezzo[postgres]')"
+    dsn, _ = split_schema(url)
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await conn.close()
+    return None
+
+
+async def drop_postgres_schema(url: str, schema: str) -> None:
+    import asyncpg
+
+    dsn, _ = split_schema(url)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def redis_problem(url: str) -> str | None:
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        return "redis is not installed (pip install 'mezzo[redis]')"
+    client = aioredis.from_url(url, socket_connect_timeout=3)
+    try:
+        await client.ping()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.aclose()
+    return None
+
+
+def delete_redis_prefix(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        batch = list(client.scan_iter(match=f"{prefix}*", count=500))
+        for start in range(0, len(batch), 500):
+            client.delete(*batch[start : start + 500])
+    finally:
+        client.close()
+
+
+async def nats_problem(url: str) -> str | None:
+    try:
+        import nats
+    except ImportError:
+        return "nats-py is not installed (pip install 'mezzo[nats]')"
+    try:
+        client = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        await client.jetstream().account_info()
+    except Exception as exc:
+        return f"JetStream unavailable: {type(exc).__name__}: {exc}"
+    finally:
+        await client.close()
+    return None

@@ -1,0 +1,134 @@
+"""pytest fixtures for Mezzo nodes, loaded by ``tests/conftest.py`` (``pytest_plugins``).
+
+``node`` starts a node in this process on an ephemeral port with a fresh data dir;
+``node_process`` starts ``python -m mezzo up`` as a subprocess, for signal and
+crash tests. Both yield a handle with ``url`` and ``token``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ADMIN = "mzo_testadmin_" + "x" * 32
+
+
+@dataclass
+class RunningNode:
+    url: str
+    token: str
+    data_dir: Path
+    node: Any = None  # the in-process Node
+    process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def client(self, token: str | None = None) -> Any:
+        from mezzo import Mezzo
+
+        return Mezzo(self.url, token or self.token)
+
+
+async def start_node(data_dir: Path, **settings: Any) -> RunningNode:
+    from mezzo.node.node import Node
+    from mezzo.node.settings import Settings
+
+    values: dict[str, Any] = {"data_dir": data_dir, "api_port": 0, "admin_token": ADMIN, **settings}
+    node = Node(Settings(**values))
+    await node.start()
+    url = node.url("api")
+    assert url is not None
+    return RunningNode(url, ADMIN, data_dir, node=node)
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[RunningNode]:
+    """A node with every module, in this process, on an ephemeral API port."""
+    running = await start_node(tmp_path / "data")
+    try:
+        yield running
+    finally:
+        await running.node.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn_node(data_dir: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ("up",)) -> RunningNode:
+    """``python -m mezzo up`` on a free port; returns once /readyz answers 200."""
+    port = free_port()
+    env = {**os.environ, "MEZZO_DATA_DIR": str(data_dir), "MEZZO_API_PORT": str(port),
+           "MEZZO_LOG_FORMAT": "json", **(extra_env or {})}
+    env.pop("MEZZO_URL", None)
+    log = open(data_dir.parent / f"node-{port}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen([sys.executable, "-m", "mezzo", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"node exited with {process.returncode}: {(data_dir.parent / f'node-{port}.log').read_text()}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    else:
+        process.kill()
+        raise TimeoutError("node did not become ready in 30 s")
+    token = env.get("MEZZO_ADMIN_TOKEN") or (data_dir / "admin.token").read_text().strip()
+    return RunningNode(url, token, data_dir, process=process, env=env)
+
+
+def stop_process(running: RunningNode, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    assert running.process is not None
+    if running.process.poll() is None:
+        running.process.send_signal(sig)
+    try:
+        return running.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        running.process.kill()
+        running.process.wait()
+        raise
+
+
+@pytest.fixture
+def node_process(tmp_path: Path) -> Iterator[RunningNode]:
+    """``mezzo up`` in a subprocess with a fresh data dir and a generated admin token."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    running = spawn_node(data_dir)
+    try:
+        yield running
+    finally:
+        if running.process is not None and running.process.poll() is None:
+            stop_process(running, signal.SIGKILL)
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,66 @@
+"""Shared fixtures: real backends with per-test isolation, and Mezzo nodes on ephemeral ports."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from mezzo.testing import backends
+
+pytest_plugins = ["mezzo.testing.fixtures"]
+
+REQUIRE_BACKENDS = os.environ.get("MEZZO_REQUIRE_BACKENDS") == "1"
+
+
+def _absent(name: str, reason: str) -> None:
+    message = f"{name} is not reachable ({reason})"
+    if REQUIRE_BACKENDS:
+        pytest.fail(f"MEZZO_REQUIRE_BACKENDS=1 but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for names of streams, keys and schemas."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def postgres_url(unique: str) -> AsyncIterator[str]:
+    """A PostgreSQL URL whose ``schema`` parameter points at a fresh schema, dropped afterwards."""
+    base = os.environ.get("MEZZO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    problem = await backends.postgres_problem(base)
+    if problem:
+        _absent("PostgreSQL", problem)
+    schema = f"t_{unique}"
+    yield f"{base}{'&' if '?' in base else '?'}schema={schema}"
+    await backends.drop_postgres_schema(base, schema)
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    url = os.environ.get("MEZZO_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    problem = await backends.redis_problem(url)
+    if problem:
+        _absent("Redis", problem)
+    yield url
+
+
+@pytest.fixture
+def redis_prefix(unique: str, redis_url: str) -> Iterator[str]:
+    """A key prefix for this test; every key under it is deleted afterwards."""
+    prefix = f"mezzo-test:{unique}:"
+    yield prefix
+    backends.delete_redis_prefix(redis_url, prefix)
+
+
+@pytest.fixture
+async def nats_url() -> AsyncIterator[str]:
+    url = os.environ.get("MEZZO_TEST_NATS", "nats://127.0.0.1:4222")
+    problem = await backends.nats_problem(url)
+    if problem:
+        _absent("NATS", problem)
+    yield url

@@ -92,11 +92,11 @@ def up(data_dir: DataDir = None, host: Host = None, api_port: ApiPort = None,
 
 
 def run_targets(
-    targets: Annotated[str, typer.Option("--targets", "-t", help="comma-separated modules or targets")],
+    targets: Annotated[str | None, typer.Option("--targets", "-t", help="comma-separated modules or targets (MEZZO_TARGETS)")] = None,
     data_dir: DataDir = None, host: Host = None, api_port: ApiPort = None,
     store: Store = None, log_level: LogLevel = None,
 ) -> None:
-    """Run some modules only (with what they need), e.g. ``--targets api,resources``."""
+    """Run some modules only (with what they need), e.g. ``--targets api,resilience``."""
     serve(load_settings(targets=targets, data_dir=data_dir, host=host, api_port=api_port,
                         store=store, log_level=log_level))
 

@@ -1,6 +1,11 @@
 """Resilience primitives every Mezzo service uses, and the declarative ``Resiliency`` kind."""
 
-from mezzo.resilience.breaker import BreakerStats, CircuitBreaker, CircuitState, Permit, TripCondition
+from mezzo.resilience.breaker import (
+    BreakerStats,
+    CircuitBreaker,
+    CircuitState,
+    Permit,
+)
 from mezzo.resilience.bulkhead import Bulkhead
 from mezzo.resilience.errors import (
     BulkheadFullError,
@@ -30,6 +35,7 @@ from mezzo.resilience.ratelimit import (
 from mezzo.resilience.ratelimit_redis import RedisFixedWindow, RedisSlidingWindow, RedisTokenBucket
 from mezzo.resilience.retry import Retry
 from mezzo.resilience.timeout import deadline, with_timeout
+from mezzo.resilience.trip import TripCondition
 
 __all__ = [
     "NOOP_POLICY",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ from typing import ParamSpec, TypeVar
 
 from mezzo.resilience.errors import CircuitOpenError
 from mezzo.resilience.retry import RetryOn, as_predicate
+from mezzo.resilience.trip import TripCondition
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -25,54 +25,6 @@ class CircuitState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-_CLAUSE = re.compile(r"^(consecutiveFailures|errorRatio|slowCallRatio)\s*>\s*(\d+(?:\.\d+)?)$")
-_OR = re.compile(r"\s*\|\|\s*|\s+or\s+")
-_TRIP_HELP = (
-    "use 'consecutiveFailures > N', 'errorRatio > X' or 'slowCallRatio > X' (X between 0 and 1),"
-    " joined by '||' or 'or'"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class TripCondition:
-    """When a closed circuit opens: as soon as any threshold that is set is exceeded (strictly)."""
-
-    consecutive_failures: int | None = 5
-    error_ratio: float | None = None
-    slow_call_ratio: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.consecutive_failures is None and self.error_ratio is None and self.slow_call_ratio is None:
-            raise ValueError("a trip condition needs at least one threshold")
-        if self.consecutive_failures is not None and self.consecutive_failures < 0:
-            raise ValueError("consecutiveFailures must be at least 0")
-        for ratio in (self.error_ratio, self.slow_call_ratio):
-            if ratio is not None and not 0 <= ratio <= 1:
-                raise ValueError("ratios must be between 0 and 1")
-
-    @classmethod
-    def parse(cls, expression: str) -> TripCondition:
-        """Parse e.g. ``"consecutiveFailures > 5 || errorRatio > 0.5"``; raises ``ValueError``."""
-        found: dict[str, str] = {}
-        for clause in _OR.split(expression.strip()):
-            match = _CLAUSE.match(clause.strip())
-            if match is None:
-                raise ValueError(f"unsupported trip expression {expression!r}: {_TRIP_HELP}")
-            metric, value = match.groups()
-            if metric in found:
-                raise ValueError(f"trip expression {expression!r} names {metric} twice")
-            found[metric] = value
-        failures = found.get("consecutiveFailures")
-        if failures is not None and not failures.isdigit():
-            raise ValueError(f"consecutiveFailures must be a whole number in {expression!r}")
-        errors, slow = found.get("errorRatio"), found.get("slowCallRatio")
-        return cls(
-            consecutive_failures=None if failures is None else int(failures),
-            error_ratio=None if errors is None else float(errors),
-            slow_call_ratio=None if slow is None else float(slow),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +84,9 @@ class _Window:
 
 
 StateListener = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
-_ENTERED: ContextVar[tuple[tuple[int, Permit, float], ...]] = ContextVar("mezzo_breaker_entered", default=())
+_ENTERED: ContextVar[tuple[tuple[int, Permit, float], ...]] = ContextVar(
+    "mezzo_breaker_entered", default=()
+)
 
 
 class CircuitBreaker:
@@ -193,8 +147,14 @@ class CircuitBreaker:
         self._refresh(now)
         calls, failures, slow = self._window.totals(now)
         return BreakerStats(
-            self.name, self._state, self._consecutive_failures,
-            calls, failures, slow, self._times_opened, self._rejected,
+            self.name,
+            self._state,
+            self._consecutive_failures,
+            calls,
+            failures,
+            slow,
+            self._times_opened,
+            self._rejected,
         )
 
     def allow(self) -> Permit:
@@ -284,7 +244,10 @@ class CircuitBreaker:
 
     def _should_trip(self, now: float) -> bool:
         trip = self.trip
-        if trip.consecutive_failures is not None and self._consecutive_failures > trip.consecutive_failures:
+        if (
+            trip.consecutive_failures is not None
+            and self._consecutive_failures > trip.consecutive_failures
+        ):
             return True
         if trip.error_ratio is None and trip.slow_call_ratio is None:
             return False

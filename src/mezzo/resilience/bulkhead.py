@@ -61,7 +61,9 @@ class Bulkhead:
             return
         if self.queued >= self.max_queue:
             self.rejected += 1
-            reason = "all slots busy" if self.max_queue == 0 else "all slots busy and the queue is full"
+            reason = (
+                "all slots busy" if self.max_queue == 0 else "all slots busy and the queue is full"
+            )
             raise BulkheadFullError(self.name, reason)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -76,7 +78,9 @@ class Bulkhead:
                 self._waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
                 self.rejected += 1
-                raise BulkheadFullError(self.name, f"waited {self.queue_timeout:g}s for a slot") from None
+                raise BulkheadFullError(
+                    self.name, f"waited {self.queue_timeout:g}s for a slot"
+                ) from None
             raise
 
     def release(self) -> None:

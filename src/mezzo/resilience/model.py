@@ -5,10 +5,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from mezzo.resilience.breaker import TripCondition
+from mezzo.resilience.trip import TripCondition
 from mezzo.resources.kinds import KindSpec
 from mezzo.resources.types import Duration
 
@@ -42,7 +49,9 @@ class RetryMatching(_Model):
         return value
 
     def status_codes(self) -> frozenset[int] | None:
-        return None if self.http_status_codes is None else parse_status_codes(self.http_status_codes)
+        return (
+            None if self.http_status_codes is None else parse_status_codes(self.http_status_codes)
+        )
 
 
 def parse_status_codes(text: str) -> frozenset[int]:
@@ -152,7 +161,9 @@ class ResiliencySpec(_Model):
 
     def targets_of(self, target_type: str) -> dict[str, TargetPolicies]:
         if target_type not in TARGET_TYPES:
-            raise ValueError(f"unknown target type {target_type!r}: use one of {', '.join(TARGET_TYPES)}")
+            raise ValueError(
+                f"unknown target type {target_type!r}: use one of {', '.join(TARGET_TYPES)}"
+            )
         targets: dict[str, TargetPolicies] = getattr(self.targets, target_type)
         return targets
 

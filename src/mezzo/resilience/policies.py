@@ -58,12 +58,16 @@ class ResiliencePolicy:
             return await self._attempt(fn, args, kwargs)
         return await self.retry.call(self._attempt, fn, args, kwargs)
 
-    async def _attempt(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    async def _attempt(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         if self.breaker is None:
             return await self._timed(fn, args, kwargs)
         return await self.breaker.call(self._timed, fn, args, kwargs)
 
-    async def _timed(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    async def _timed(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         if self.timeout is None:
             return await fn(*args, **kwargs)
         return await with_timeout(lambda: fn(*args, **kwargs), self.timeout)
@@ -98,11 +102,21 @@ def build_retry(
 
     if spec.policy == "constant":
         return Retry.constant(
-            spec.delay(), spec.max_retries, retry_on=retry_on, sleep=sleep, random=random, clock=clock
+            spec.delay(),
+            spec.max_retries,
+            retry_on=retry_on,
+            sleep=sleep,
+            random=random,
+            clock=clock,
         )
     return Retry.exponential(
-        spec.delay(), spec.max_interval, spec.max_retries,
-        retry_on=retry_on, sleep=sleep, random=random, clock=clock,
+        spec.delay(),
+        spec.max_interval,
+        spec.max_retries,
+        retry_on=retry_on,
+        sleep=sleep,
+        random=random,
+        clock=clock,
     )
 
 
@@ -181,9 +195,13 @@ class PolicyRegistry:
         self._reindex(namespace)
         return True
 
-    def policy_for(self, target_type: str, target_name: str, namespace: str = "default") -> ResiliencePolicy:
+    def policy_for(
+        self, target_type: str, target_name: str, namespace: str = "default"
+    ) -> ResiliencePolicy:
         if target_type not in TARGET_TYPES:
-            raise ValueError(f"unknown target type {target_type!r}: use one of {', '.join(TARGET_TYPES)}")
+            raise ValueError(
+                f"unknown target type {target_type!r}: use one of {', '.join(TARGET_TYPES)}"
+            )
         key = (namespace, target_type, target_name)
         cached = self._policies.get(key)
         if cached is not None:
@@ -216,7 +234,10 @@ class PolicyRegistry:
         retry = breaker = None
         if uses.retry is not None:
             retry = build_retry(
-                policies.retries[uses.retry], sleep=self._sleep, random=self._random, clock=self._clock
+                policies.retries[uses.retry],
+                sleep=self._sleep,
+                random=self._random,
+                clock=self._clock,
             )
         if uses.circuit_breaker is not None:
             breaker = build_breaker(

@@ -114,7 +114,9 @@ class _Bucket:
 class TokenBucket(_Keyed[_Bucket]):
     """Holds up to ``burst`` tokens, refilled at ``rate`` per second; a request takes ``cost``."""
 
-    def __init__(self, rate: float, burst: int, *, max_keys: int = 100_000, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: int, *, max_keys: int = 100_000, clock: Clock = time.monotonic
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         super().__init__(burst, max_keys, clock)
@@ -125,7 +127,9 @@ class TokenBucket(_Keyed[_Bucket]):
 
     def _refill(self, bucket: _Bucket, now: float) -> None:
         if now > bucket.updated:
-            bucket.tokens = min(float(self.limit), bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.tokens = min(
+                float(self.limit), bucket.tokens + (now - bucket.updated) * self.rate
+            )
             bucket.updated = now
 
     def _decide(self, bucket: _Bucket, now: float, cost: int) -> RateLimitDecision:
@@ -160,7 +164,9 @@ class _Counts:
 class FixedWindow(_Keyed[_Counts]):
     """At most ``limit`` units per key in each window ``[k * window, (k + 1) * window)`` of the clock."""
 
-    def __init__(self, limit: int, window: float, *, max_keys: int = 100_000, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, limit: int, window: float, *, max_keys: int = 100_000, clock: Clock = time.monotonic
+    ) -> None:
         if window <= 0:
             raise ValueError("window must be positive")
         super().__init__(limit, max_keys, clock)
@@ -194,7 +200,9 @@ class SlidingWindow(_Keyed[_Counts]):
     fixed window never exceeds ``limit``; it avoids the burst of a fixed window at a boundary.
     """
 
-    def __init__(self, limit: int, window: float, *, max_keys: int = 100_000, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, limit: int, window: float, *, max_keys: int = 100_000, clock: Clock = time.monotonic
+    ) -> None:
         if window <= 0:
             raise ValueError("window must be positive")
         super().__init__(limit, max_keys, clock)
@@ -213,7 +221,9 @@ class SlidingWindow(_Keyed[_Counts]):
         return counts.current == 0 and counts.previous == 0
 
 
-def _sliding_decision(limit: int, window: float, counts: _Counts, elapsed: float, cost: int) -> RateLimitDecision:
+def _sliding_decision(
+    limit: int, window: float, counts: _Counts, elapsed: float, cost: int
+) -> RateLimitDecision:
     """Decide (and count, if allowed) one request of a weighted two-window counter."""
     weight = 1.0 - elapsed / window
     estimate = counts.previous * weight + counts.current
@@ -233,4 +243,6 @@ def _sliding_decision(limit: int, window: float, counts: _Counts, elapsed: float
             retry_after = window * (1 - room / counts.previous) - elapsed
         else:  # wait for the next window, where today's count becomes the previous one
             retry_after = to_window_end + window * max(0.0, 1 - (limit - cost) / counts.current)
-    return RateLimitDecision(allowed, limit, max(0, math.floor(limit - estimate)), reset_after, retry_after)
+    return RateLimitDecision(
+        allowed, limit, max(0, math.floor(limit - estimate)), reset_after, retry_after
+    )

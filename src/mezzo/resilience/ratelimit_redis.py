@@ -22,7 +22,9 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
 # ARGV: rate (tokens per microsecond), burst, cost. Hash fields: tokens, ts (microseconds).
-_TOKEN_BUCKET = _NOW_US + """
+_TOKEN_BUCKET = (
+    _NOW_US
+    + """
 local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens, ts = tonumber(state[1]), tonumber(state[2])
@@ -47,9 +49,12 @@ else
 end
 return {allowed, math.floor(tokens), math.ceil(retry), math.ceil(reset)}
 """
+)
 
 # ARGV: limit, window (microseconds), cost. Hash fields: w (window index), n (count).
-_FIXED_WINDOW = _NOW_US + """
+_FIXED_WINDOW = (
+    _NOW_US
+    + """
 local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local index = math.floor(now / window)
 local state = redis.call('HMGET', KEYS[1], 'w', 'n')
@@ -64,9 +69,12 @@ if count + cost <= limit then
 end
 return {0, limit - count, ends_in, ends_in}
 """
+)
 
 # ARGV: limit, window (microseconds), cost. Hash fields: w (window index), cur, prev.
-_SLIDING_WINDOW = _NOW_US + """
+_SLIDING_WINDOW = (
+    _NOW_US
+    + """
 local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local index = math.floor(now / window)
 local elapsed = now - index * window
@@ -103,6 +111,7 @@ else
 end
 return {allowed, math.max(0, math.floor(limit - estimate)), math.ceil(retry), math.ceil(reset)}
 """
+)
 
 
 class _RedisLimiter:
@@ -124,7 +133,9 @@ class _RedisLimiter:
             raise ValueError(f"cost must be between 1 and the limit ({self.limit})")
         reply = await self._script(keys=[self.prefix + key], args=[*self._args(), cost])
         allowed, remaining, retry_us, reset_us = (int(v) for v in reply)
-        return RateLimitDecision(bool(allowed), self.limit, remaining, reset_us / 1e6, retry_us / 1e6)
+        return RateLimitDecision(
+            bool(allowed), self.limit, remaining, reset_us / 1e6, retry_us / 1e6
+        )
 
     def _args(self) -> list[Any]:
         raise NotImplementedError
@@ -136,7 +147,9 @@ class RedisTokenBucket(_RedisLimiter):
     lua = _TOKEN_BUCKET
     default_prefix = "mezzo:ratelimit:tb:"
 
-    def __init__(self, client: Redis, rate: float, burst: int, *, prefix: str | None = None) -> None:
+    def __init__(
+        self, client: Redis, rate: float, burst: int, *, prefix: str | None = None
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         super().__init__(client, burst, prefix)
@@ -147,7 +160,9 @@ class RedisTokenBucket(_RedisLimiter):
 
 
 class _RedisWindow(_RedisLimiter):
-    def __init__(self, client: Redis, limit: int, window: float, *, prefix: str | None = None) -> None:
+    def __init__(
+        self, client: Redis, limit: int, window: float, *, prefix: str | None = None
+    ) -> None:
         if window <= 0:
             raise ValueError("window must be positive")
         super().__init__(client, limit, prefix)

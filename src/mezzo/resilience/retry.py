@@ -89,7 +89,11 @@ class Retry:
         **options: object,
     ) -> Retry:
         """Dapr's ``exponential`` policy: x1.5 per retry, ±50% jitter, capped at ``max_delay``."""
-        defaults: dict[str, object] = {"multiplier": 1.5, "jitter": "proportional", "jitter_ratio": 0.5}
+        defaults: dict[str, object] = {
+            "multiplier": 1.5,
+            "jitter": "proportional",
+            "jitter_ratio": 0.5,
+        }
         return cls(
             max_attempts=_attempts(max_retries),
             initial_delay=initial_delay,
@@ -109,7 +113,9 @@ class Retry:
                 try:
                     base = min(base * self.multiplier**grows, self.max_delay)
                 except OverflowError:  # only with absurdly small initial delays
-                    base = min(math.exp(math.log(base) + grows * math.log(self.multiplier)), self.max_delay)
+                    base = min(
+                        math.exp(math.log(base) + grows * math.log(self.multiplier)), self.max_delay
+                    )
         if self.jitter == "full":
             return base * self.random()
         if self.jitter == "proportional":
@@ -150,9 +156,9 @@ class Retry:
     def attempts(self) -> Attempts:
         """Loop form, for code that cannot be wrapped in a function::
 
-            async for attempt in policy.attempts():
-                with attempt:
-                    await do_something()
+        async for attempt in policy.attempts():
+            with attempt:
+                await do_something()
         """
         return Attempts(self)
 

@@ -38,16 +38,15 @@ class SourceDocument:
         node, line = self.node, self.line
         for part in path:
             if isinstance(node, yaml.MappingNode):
-                match = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
-                if match is None:
-                    # point at the key when it exists, else at the mapping itself
+                pair = next((kv for kv in node.value if getattr(kv[0], "value", None) == str(part)), None)
+                if pair is None:
                     break
-                node = match
+                line, node = pair[0].start_mark.line + 1, pair[1]  # the key's line
             elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
                 node = node.value[part]
+                line = node.start_mark.line + 1
             else:
                 break
-            line = node.start_mark.line + 1
         return line
 
     def error(self, reason: str, path: tuple[str | int, ...] = (), **extra: Any) -> dict[str, Any]:

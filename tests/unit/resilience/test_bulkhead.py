@@ -1,8 +1,10 @@
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from mezzo.resilience import Bulkhead, BulkheadFullError
+from mezzo.testing.fixtures import wait_for
 
 
 class Gate:
@@ -18,10 +20,8 @@ class Gate:
         return name
 
 
-async def until(condition: object) -> None:
-    async with asyncio.timeout(5):  # a deadline, not a timing assertion
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0)
+async def until(condition: Callable[[], bool]) -> None:
+    await wait_for(condition, interval=0)  # polls with a deadline; nothing here takes real time
 
 
 async def test_caps_concurrency_and_runs_the_queue_in_order() -> None:
@@ -99,7 +99,11 @@ async def test_a_slot_handed_to_a_waiter_cancelled_at_that_moment_is_passed_on()
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_concurrent": 0}, {"max_concurrent": 1, "max_queue": -1}, {"max_concurrent": 1, "queue_timeout": 0}],
+    [
+        {"max_concurrent": 0},
+        {"max_concurrent": 1, "max_queue": -1},
+        {"max_concurrent": 1, "queue_timeout": 0},
+    ],
 )
 def test_bad_settings_are_rejected(options: dict[str, float]) -> None:
     with pytest.raises(ValueError):

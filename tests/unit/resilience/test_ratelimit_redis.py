@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 
-async def test_token_bucket_allows_the_burst_then_denies(redis_client: Redis, redis_prefix: str) -> None:
+async def test_token_bucket_allows_the_burst_then_denies(
+    redis_client: Redis, redis_prefix: str
+) -> None:
     bucket = RedisTokenBucket(redis_client, rate=0.001, burst=3, prefix=redis_prefix)
     decisions = [await bucket.acquire("user") for _ in range(4)]
     assert [d.allowed for d in decisions] == [True, True, True, False]
@@ -63,9 +65,13 @@ async def test_concurrent_callers_get_exactly_the_limit(
     limit, callers = 10, 60
     # Refill and windows are slow enough that nothing replenishes while the test runs.
     limiter = {
-        "token_bucket": lambda: RedisTokenBucket(redis_client, rate=1e-6, burst=limit, prefix=redis_prefix),
+        "token_bucket": lambda: RedisTokenBucket(
+            redis_client, rate=1e-6, burst=limit, prefix=redis_prefix
+        ),
         "fixed_window": lambda: RedisFixedWindow(redis_client, limit, 864_000, prefix=redis_prefix),
-        "sliding_window": lambda: RedisSlidingWindow(redis_client, limit, 864_000, prefix=redis_prefix),
+        "sliding_window": lambda: RedisSlidingWindow(
+            redis_client, limit, 864_000, prefix=redis_prefix
+        ),
     }[kind]()
     # Several connections from the pool, as from several nodes.
     decisions = await asyncio.gather(*(limiter.acquire("shared") for _ in range(callers)))

@@ -159,7 +159,10 @@ def test_backoff_is_never_negative_nor_above_max_delay(
     initial: float, max_delay: float, multiplier: float, jitter: str, draw: float, retry_number: int
 ) -> None:
     retry = Retry(
-        initial_delay=initial, max_delay=max_delay, multiplier=multiplier,
-        jitter=jitter, random=lambda: draw,  # type: ignore[arg-type]
+        initial_delay=initial,
+        max_delay=max_delay,
+        multiplier=multiplier,
+        jitter=jitter,
+        random=lambda: draw,  # type: ignore[arg-type]
     )
     assert 0 <= retry.backoff(retry_number) <= max_delay

@@ -1,0 +1,129 @@
+"""A new user's path: `mezzo up` as a process, the CLI against it, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from mezzo.testing.fixtures import RunningNode, spawn_node, stop_process
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "resiliency.yaml"
+
+
+def mezzo(node: RunningNode, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MEZZO_URL": node.url, "MEZZO_TOKEN": token or node.token, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "mezzo", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_apply_get_diff_history_rollback(node_process: RunningNode, tmp_path: Path) -> None:
+    manifest = tmp_path / "shop.yaml"
+    shutil.copy(EXAMPLE, manifest)
+
+    first = mezzo(node_process, "apply", "-f", str(manifest))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "Resiliency/shop created"
+    again = mezzo(node_process, "apply", "-f", str(manifest))
+    assert again.stdout.strip() == "Resiliency/shop unchanged"
+
+    table = mezzo(node_process, "get", "resiliencies")
+    assert "shop" in table.stdout and "GENERATION" in table.stdout
+    as_yaml = mezzo(node_process, "get", "resiliency", "shop", "-o", "yaml")
+    assert "general: 5s" in as_yaml.stdout and "generation: 1" in as_yaml.stdout
+
+    manifest.write_text(manifest.read_text().replace("general: 5s", "general: 8s"))
+    diff = mezzo(node_process, "diff", "-f", str(manifest))
+    assert diff.returncode == 1 and "+      general: 8s" in diff.stdout
+    assert mezzo(node_process, "apply", "-f", str(tmp_path)).stdout.strip() == "Resiliency/shop configured"
+    assert mezzo(node_process, "diff", "-f", str(manifest)).returncode == 0
+
+    history = mezzo(node_process, "history", "Resiliency", "shop")
+    assert "created" in history.stdout and "configured" in history.stdout
+    rolled = mezzo(node_process, "rollback", "Resiliency", "shop", "--to", "1")
+    assert rolled.stdout.strip() == "Resiliency/shop rolled-back (version 3)"
+    assert "general: 5s" in mezzo(node_process, "get", "resiliency", "shop", "-o", "yaml").stdout
+
+    deleted = mezzo(node_process, "delete", "resiliency", "shop")
+    assert deleted.stdout.strip() == "Resiliency/shop deleted"
+    missing = mezzo(node_process, "get", "resiliency", "shop")
+    assert missing.returncode == 1 and "Not Found" in missing.stderr
+
+
+def test_cli_reports_manifest_errors_with_line(node_process: RunningNode, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("maxRetries: 3", "maxRetries: lots"))
+    result = mezzo(node_process, "apply", "-f", str(bad))
+    assert result.returncode == 1
+    assert f"{bad} document 1 (Resiliency shop): spec.policies.retries.std.maxRetries" in result.stderr
+    assert "(line 17)" in result.stderr
+
+
+def test_cli_tokens_and_viewer_cannot_apply(node_process: RunningNode) -> None:
+    created = mezzo(node_process, "token", "create", "reader", "--role", "viewer")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("mzo_")
+    listed = mezzo(node_process, "token", "list")
+    assert "reader" in listed.stdout and "viewer" in listed.stdout
+    denied = mezzo(node_process, "apply", "-f", str(EXAMPLE), token=token)
+    assert denied.returncode == 1 and "Forbidden (403)" in denied.stderr
+    assert mezzo(node_process, "token", "revoke", "reader").returncode == 0
+    assert "Unauthorized" in mezzo(node_process, "get", "resiliency", token=token).stderr
+
+
+def test_sigterm_exits_zero_and_restart_keeps_everything(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    running = spawn_node(data)
+    log = next(tmp_path.glob("node-*.log"))
+    assert "Admin token" in log.read_text()
+    token_file = data / "admin.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert mezzo(running, "apply", "-f", str(EXAMPLE)).returncode == 0
+    assert stop_process(running, signal.SIGTERM, timeout=5) == 0
+
+    restarted = spawn_node(data)
+    try:
+        assert restarted.token == running.token
+        logs = sorted(tmp_path.glob("node-*.log"), key=lambda p: p.stat().st_mtime)
+        assert "Admin token" not in logs[-1].read_text()  # printed on the first start only
+        assert "Resiliency/shop unchanged" in mezzo(restarted, "apply", "-f", str(EXAMPLE)).stdout
+        assert httpx.get(restarted.url + "/readyz").status_code == 200
+    finally:
+        assert stop_process(restarted, signal.SIGINT, timeout=5) == 0
+
+
+def test_invalid_setting_exits_2_naming_the_field(tmp_path: Path) -> None:
+    env = {**os.environ, "MEZZO_API_PORT": "99999", "MEZZO_DATA_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "mezzo", "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "api_port (MEZZO_API_PORT)" in result.stderr and "between 0 and 65535" in result.stderr
+    env = {**os.environ, "MEZZO_TARGETS": "api,nonsense", "MEZZO_DATA_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "mezzo", "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "unknown target 'nonsense'" in result.stderr
+
+
+def test_settings_command_masks_secrets(tmp_path: Path) -> None:
+    env = {**os.environ, "MEZZO_ADMIN_TOKEN": "supersecret", "MEZZO_DATA_DIR": str(tmp_path),
+           "MEZZO_STORE": "postgresql://mezzo:hunter2@db:5432/mezzo", "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-m", "mezzo", "settings", "-o", "json"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "supersecret" not in result.stdout and "hunter2" not in result.stdout
+    assert '"admin_token":"********"' in result.stdout and "mezzo:****@db:5432" in result.stdout
+
+
+def test_run_with_a_subset_of_targets(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    running = spawn_node(data, args=("run", "--targets", "api"))
+    try:
+        modules = httpx.get(running.url + "/readyz").json()["modules"]
+        assert set(modules) == {"telemetry", "store", "auth", "resources", "api"}  # api and what it needs
+    finally:
+        assert stop_process(running) == 0

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import sys
 from collections.abc import Awaitable, Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
 import typer
@@ -23,7 +23,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     table = "table"
     yaml = "yaml"
     json = "json"

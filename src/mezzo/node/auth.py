@@ -10,27 +10,27 @@ import os
 import secrets
 import time
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from mezzo.jsonutil import dumps, loads
-from mezzo.storage.kv import Compare, CompactedError, Delete, EventType, KVStore, Put
 from mezzo.node.audit import audit_put
+from mezzo.storage.kv import CompactedError, Compare, Delete, EventType, KVStore, Put
 
 TOKENS_PREFIX = "/auth/tokens/"
 TOKEN_FILE = "admin.token"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     VIEWER = "viewer"
     DEVELOPER = "developer"
     OPERATOR = "operator"
     ADMIN = "admin"
 
 
-class Verb(str, Enum):
+class Verb(StrEnum):
     READ = "read"  # look at resources, state, metrics
     USE = "use"  # data-plane calls: publish, consume, read config, cache ops
     WRITE = "write"  # change resources and service state
@@ -134,7 +134,7 @@ class TokenService:
         path = self.data_dir / TOKEN_FILE
         if any(r.role is Role.ADMIN for r in self._records.values()):
             return
-        record, plaintext = await self.create("admin", Role.ADMIN, ["*"], None, "mezzo")
+        _, plaintext = await self.create("admin", Role.ADMIN, ["*"], None, "mezzo")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:

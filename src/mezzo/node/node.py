@@ -59,14 +59,14 @@ class Node:
             await self.stop()
             raise
         self.started = True
-        log.info("node started", modules=self.order, listeners={l.name: l.url for l in self.listeners})
+        log.info("node started", modules=self.order, listeners={x.name: x.url for x in self.listeners})
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight work, then stop modules in reverse order."""
         self.started = False
         self._stopping.set()
         listeners, self.listeners = self.listeners, []
-        await asyncio.gather(*(l.close() for l in reversed(listeners)), return_exceptions=True)
+        await asyncio.gather(*(x.close() for x in reversed(listeners)), return_exceptions=True)
         for name in reversed(list(self.modules)):
             try:
                 await self.modules[name].stop()
@@ -87,7 +87,7 @@ class Node:
         return dict(zip(names, results, strict=True))
 
     def url(self, listener: str) -> str | None:
-        return next((l.url for l in self.listeners if l.name == listener), None)
+        return next((x.url for x in self.listeners if x.name == listener), None)
 
     async def run(self, on_started: Callable[[], None] | None = None) -> None:
         """Start, wait for SIGTERM/SIGINT (or ``request_stop``), then stop gracefully."""

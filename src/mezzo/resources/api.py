@@ -15,7 +15,13 @@ from mezzo.node.auth import Verb
 from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import Problem, bad_request, conflict, not_found
 from mezzo.resources.catalog import UnknownKindError
-from mezzo.resources.manifests import ManifestError, SourceDocument, describe, from_objects, parse_yaml
+from mezzo.resources.manifests import (
+    ManifestError,
+    SourceDocument,
+    describe,
+    from_objects,
+    parse_yaml,
+)
 from mezzo.resources.model import ApplyResult, HistoryEntry, Resource
 from mezzo.resources.service import NotFoundError, ResourceService, parse_selector
 from mezzo.storage.kv import CompactedError, ConflictError
@@ -91,7 +97,7 @@ async def _apply(request: Request, caller: Any, dry_run: bool) -> dict[str, Any]
 
 
 @router.post("/resources:apply", summary="Create or replace resources, all or nothing")
-async def apply(request: Request, caller: Caller, dryRun: bool = False) -> dict[str, Any]:  # noqa: N803
+async def apply(request: Request, caller: Caller, dryRun: bool = False) -> dict[str, Any]:
     return await _apply(request, caller, dryRun)
 
 
@@ -114,7 +120,7 @@ async def kinds(request: Request, caller: Caller) -> dict[str, Any]:
 @router.get("/resources/{kind}:watch", summary="Server-sent events for every change of a kind")
 async def watch(
     request: Request, kind: str, caller: Caller,
-    namespace: str | None = None, fromRevision: int | None = Query(None, ge=1),  # noqa: N803
+    namespace: str | None = None, fromRevision: int | None = Query(None, ge=1),
 ) -> StreamingResponse:
     require(caller, Verb.READ, namespace)
     svc = service(request)
@@ -124,7 +130,7 @@ async def watch(
         raise _kind_problem(exc) from None
     last_id = request.headers.get("last-event-id")
     if fromRevision is None and last_id and last_id.isdigit():
-        fromRevision = int(last_id) + 1  # noqa: N806
+        fromRevision = int(last_id) + 1
     current, compacted = await svc.store.revision()
     start = fromRevision or current + 1
     if start <= compacted:

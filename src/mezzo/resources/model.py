@@ -31,17 +31,17 @@ class MetadataIn(BaseModel):
     # read-only, ignored on input
     uid: str | None = None
     generation: int | None = None
-    resourceVersion: int | None = None  # noqa: N815
-    createdAt: datetime | None = None  # noqa: N815
-    updatedAt: datetime | None = None  # noqa: N815
-    createdBy: str | None = None  # noqa: N815
-    updatedBy: str | None = None  # noqa: N815
+    resourceVersion: int | None = None
+    createdAt: datetime | None = None
+    updatedAt: datetime | None = None
+    createdBy: str | None = None
+    updatedBy: str | None = None
 
 
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    apiVersion: Literal["mezzo.dev/v1"]  # noqa: N815
+    apiVersion: Literal["mezzo.dev/v1"]
     kind: str
     metadata: MetadataIn
     spec: dict[str, Any] = Field(default_factory=dict)
@@ -55,17 +55,17 @@ class Metadata(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
     uid: str
     generation: int
-    resourceVersion: int = 0  # noqa: N815  (store revision of the last change)
-    createdAt: datetime  # noqa: N815
-    updatedAt: datetime  # noqa: N815
-    createdBy: str  # noqa: N815
-    updatedBy: str  # noqa: N815
+    resourceVersion: int = 0
+    createdAt: datetime
+    updatedAt: datetime
+    createdBy: str
+    updatedBy: str
 
 
 class Resource(BaseModel):
     """A stored document: what ``mezzo get`` shows and what watchers receive."""
 
-    apiVersion: str = API_VERSION  # noqa: N815
+    apiVersion: str = API_VERSION
     kind: str
     metadata: Metadata
     spec: dict[str, Any]
@@ -85,7 +85,7 @@ class HistoryEntry(BaseModel):
     by: str
     labels: dict[str, str] = Field(default_factory=dict)
     spec: dict[str, Any] = Field(default_factory=dict)
-    rolledBackTo: int | None = None  # noqa: N815
+    rolledBackTo: int | None = None
 
 
 class ApplyResult(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 
@@ -50,7 +50,7 @@ class CompactedError(StoreError):
         self.compact_revision = compact_revision
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     PUT = "PUT"
     DELETE = "DELETE"
 

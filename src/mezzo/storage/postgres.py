@@ -149,8 +149,13 @@ class PostgresStore:
                 await conn.add_listener(self.channel, lambda *_: self._signal.notify())  # type: ignore[union-attr]
                 delay = 0.5
                 self._signal.notify()  # changes may have happened while disconnected
-                while not conn.is_closed():
-                    await asyncio.sleep(5)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _: lost.set())
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 15)
+                    if not lost.is_set():
+                        await conn.execute("SELECT 1", timeout=5)  # notice a silently dropped link
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from mezzo.storage.postgres import split_schema
 
 
@@ -16,7 +14,7 @@ async def postgres_problem(url: str) -> str | None:
     dsn, _ = split_schema(url)
     try:
         conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         return f"{type(exc).__name__}: {exc}"
     await conn.close()
     return None

@@ -150,7 +150,7 @@ class PostgresStore:
                 delay = 0.5
                 self._signal.notify()  # changes may have happened while disconnected
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _: lost.set())
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), 15)

@@ -225,6 +225,8 @@ async def test_audit_records_who_did_what(node: RunningNode) -> None:
         await client.resources.delete("Resiliency", "shop")
         records = (await client.request("GET", "/v1/audit", params={"kind": "Resiliency"}))["items"]
         assert [r["action"] for r in records] == ["resource.create", "resource.delete"]
+        metrics = (await client._http.get("/metrics")).text
+        assert 'mezzo_resources_changes_total{action="created",kind="Resiliency"} 1.0' in metrics
         assert all(r["user"] == "admin" and r["name"] == "shop" for r in records)
 
 
@@ -236,6 +238,7 @@ async def test_probes_metrics_and_openapi(node: RunningNode) -> None:
         await http.get("/v1/kinds")
         metrics = (await http.get("/metrics")).text
         assert 'mezzo_api_requests_total{method="GET",route="/v1/kinds",status="401"}' in metrics
+        assert 'mezzo_auth_failures_total{reason="missing"}' in metrics
         spec = (await http.get("/openapi.json")).json()
         assert "/v1/resources:apply" in spec["paths"]
         assert (await http.get("/docs")).status_code == 200

@@ -12,6 +12,7 @@ from mezzo.node.errors import Problem, not_found
 from mezzo.node.module import Health, Module
 from mezzo.resources.types import Duration
 from mezzo.storage.kv import KVStore
+from mezzo.telemetry.metrics import Metrics
 
 
 class AuthModule(Module):
@@ -43,12 +44,16 @@ def principal(request: Request) -> Principal:
         token = value.strip()
     elif request.headers.get("dapr-api-token"):
         token = request.headers["dapr-api-token"]
+    failures = request.app.state.node.service(Metrics).counter(
+        "auth", "failures", "total", "Rejected API calls by reason.", labels=("reason",))
     if token is None:
+        failures.labels("missing").inc()
         raise Problem(401, "Unauthorized", "missing bearer token", type="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="mezzo"'})
     tokens: TokenService = request.app.state.node.service(TokenService)
     found = tokens.authenticate(token)
     if found is None:
+        failures.labels("invalid").inc()
         raise Problem(401, "Unauthorized", "invalid, expired or revoked token", type="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="mezzo", error="invalid_token"'})
     return found

@@ -25,6 +25,7 @@ from mezzo.resources.manifests import (
 from mezzo.resources.model import ApplyResult, HistoryEntry, Resource
 from mezzo.resources.service import NotFoundError, ResourceService, parse_selector
 from mezzo.storage.kv import CompactedError, ConflictError
+from mezzo.telemetry.metrics import Metrics
 
 router = APIRouter(prefix="/v1", tags=["resources"])
 MAX_MANIFEST_BYTES = 10 * 1024 * 1024
@@ -33,6 +34,14 @@ HEARTBEAT = 15.0
 
 def service(request: Request) -> ResourceService:
     return request.app.state.node.service(ResourceService)
+
+
+def count_changes(request: Request, results: list[ApplyResult]) -> None:
+    counter = request.app.state.node.service(Metrics).counter(
+        "resources", "changes", "total", "Resource changes by kind and action.", labels=("kind", "action"))
+    for result in results:
+        if result.action != "unchanged":
+            counter.labels(result.kind, result.action).inc()
 
 
 async def read_documents(request: Request) -> list[SourceDocument]:
@@ -93,6 +102,8 @@ async def _apply(request: Request, caller: Any, dry_run: bool) -> dict[str, Any]
         results = await svc.apply(desired, caller.name, dry_run=dry_run)
     except ConflictError as exc:
         raise conflict(f"{exc}; the resources keep changing, try again") from None
+    if not dry_run:
+        count_changes(request, results)
     return {"dryRun": dry_run, "items": [r.model_dump(mode="json", exclude_none=True) for r in results]}
 
 
@@ -196,7 +207,7 @@ async def rollback(
 ) -> ApplyResult:
     require(caller, Verb.WRITE, namespace)
     try:
-        return await service(request).rollback(kind, namespace, name, caller.name, to)
+        result = await service(request).rollback(kind, namespace, name, caller.name, to)
     except UnknownKindError as exc:
         raise _kind_problem(exc) from None
     except NotFoundError as exc:
@@ -205,6 +216,8 @@ async def rollback(
         raise bad_request(str(exc), field="to") from None
     except ConflictError as exc:
         raise conflict(str(exc)) from None
+    count_changes(request, [result])
+    return result
 
 
 @router.get("/resources/{kind}/{name}/history", summary="Every version of a resource")
@@ -241,10 +254,12 @@ async def delete_resource(
 ) -> ApplyResult:
     require(caller, Verb.WRITE, namespace)
     try:
-        return await service(request).delete(kind, namespace, name, caller.name)
+        result = await service(request).delete(kind, namespace, name, caller.name)
     except UnknownKindError as exc:
         raise _kind_problem(exc) from None
     except NotFoundError as exc:
         raise not_found(str(exc)) from None
     except ConflictError as exc:
         raise conflict(str(exc)) from None
+    count_changes(request, [result])
+    return result

@@ -67,5 +67,5 @@ def test_defaults_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 async def test_unreachable_server_is_a_clear_error() -> None:
     async with Mezzo("http://127.0.0.1:9", "t", retries=0) as client:
-        with pytest.raises(ConnectError, match="cannot reach Mezzo at http://127.0.0.1:9"):
+        with pytest.raises(ConnectError, match=r"cannot reach Mezzo at http://127\.0\.0\.1:9"):
             await client.health()

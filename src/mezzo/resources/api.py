@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -85,6 +85,19 @@ def invalid_manifest(exc: ManifestError) -> Problem:
 
 def _kind_problem(exc: UnknownKindError) -> Problem:
     return Problem(404, "Unknown kind", str(exc), type="unknown-kind")
+
+
+@contextlib.contextmanager
+def problems() -> Iterator[None]:
+    """Answer the service's lookup and concurrency errors as problem documents."""
+    try:
+        yield
+    except UnknownKindError as exc:
+        raise _kind_problem(exc) from None
+    except NotFoundError as exc:
+        raise not_found(str(exc)) from None
+    except ConflictError as exc:
+        raise conflict(f"{exc}; it changed meanwhile, try again") from None
 
 
 async def _apply(request: Request, caller: Any, dry_run: bool) -> dict[str, Any]:
@@ -192,10 +205,8 @@ async def list_resources(
     namespace: str | None = None, selector: str | None = None,
 ) -> dict[str, Any]:
     require(caller, Verb.READ, namespace)
-    try:
+    with problems():
         items, revision = await service(request).list(kind, namespace, parse_selector(selector))
-    except UnknownKindError as exc:
-        raise _kind_problem(exc) from None
     visible = [r for r in items if caller.can(Verb.READ, r.metadata.namespace)]
     return {"revision": revision, "items": [r.model_dump(mode="json") for r in visible]}
 
@@ -207,15 +218,10 @@ async def rollback(
 ) -> ApplyResult:
     require(caller, Verb.WRITE, namespace)
     try:
-        result = await service(request).rollback(kind, namespace, name, caller.name, to)
-    except UnknownKindError as exc:
-        raise _kind_problem(exc) from None
-    except NotFoundError as exc:
-        raise not_found(str(exc)) from None
+        with problems():
+            result = await service(request).rollback(kind, namespace, name, caller.name, to)
     except ValueError as exc:
         raise bad_request(str(exc), field="to") from None
-    except ConflictError as exc:
-        raise conflict(str(exc)) from None
     count_changes(request, [result])
     return result
 
@@ -225,10 +231,8 @@ async def history(
     request: Request, kind: str, name: str, caller: Caller, namespace: str = "default"
 ) -> dict[str, list[HistoryEntry]]:
     require(caller, Verb.READ, namespace)
-    try:
+    with problems():
         entries = await service(request).history(kind, namespace, name)
-    except UnknownKindError as exc:
-        raise _kind_problem(exc) from None
     if not entries:
         raise not_found(f"{kind} {namespace}/{name}")
     return {"items": entries}
@@ -239,10 +243,8 @@ async def get_resource(
     request: Request, kind: str, name: str, caller: Caller, namespace: str = "default"
 ) -> Resource:
     require(caller, Verb.READ, namespace)
-    try:
+    with problems():
         found = await service(request).get(kind, namespace, name)
-    except UnknownKindError as exc:
-        raise _kind_problem(exc) from None
     if found is None:
         raise not_found(f"{kind} {namespace}/{name}")
     return found
@@ -253,13 +255,7 @@ async def delete_resource(
     request: Request, kind: str, name: str, caller: Caller, namespace: str = "default"
 ) -> ApplyResult:
     require(caller, Verb.WRITE, namespace)
-    try:
+    with problems():
         result = await service(request).delete(kind, namespace, name, caller.name)
-    except UnknownKindError as exc:
-        raise _kind_problem(exc) from None
-    except NotFoundError as exc:
-        raise not_found(str(exc)) from None
-    except ConflictError as exc:
-        raise conflict(str(exc)) from None
     count_changes(request, [result])
     return result

@@ -30,7 +30,7 @@ from mezzo.storage.kv import (
     prefix_end,
 )
 from mezzo.storage.txn import check_ops
-from mezzo.storage.watch import ChangeSignal, watch_events, whole_revisions
+from mezzo.storage.watch import ChangeSignal, watch_store, whole_revisions
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -238,15 +238,7 @@ class SQLiteStore:
         return await self._read(run)
 
     def watch(self, prefix: str = "", start: int | None = None) -> AsyncIterator[Event]:
-        async def stream() -> AsyncIterator[Event]:
-            first = start if start is not None else (await self.revision())[0] + 1
-            assert self._signal is not None, "store is not open"
-            async for event in watch_events(
-                self.events, self._signal, prefix, first, self.poll_interval
-            ):
-                yield event
-
-        return stream()
+        return watch_store(self, self._signal, prefix, start, self.poll_interval)
 
     # writes --------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from mezzo.storage.kv import Event
 
@@ -58,3 +59,14 @@ async def watch_events(
             next_rev = batch[-1].revision + 1
             continue
         await signal.wait(poll_interval)
+
+
+async def watch_store(
+    store: Any, signal: ChangeSignal | None, prefix: str, start: int | None, poll_interval: float
+) -> AsyncIterator[Event]:
+    """``KVStore.watch`` for any store with ``events`` and ``revision``: from ``start`` or from now."""
+    if signal is None:
+        raise RuntimeError("store is not open")
+    first = start if start is not None else (await store.revision())[0] + 1
+    async for event in watch_events(store.events, signal, prefix, first, poll_interval):
+        yield event

@@ -10,7 +10,21 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=_OPTIONS, default=_default)
+    try:
+        return orjson.dumps(value, option=_OPTIONS, default=_default)
+    except orjson.JSONEncodeError:
+        # e.g. a lone surrogate echoed back from bad input: escape it rather than fail
+        return orjson.dumps(_printable(value), option=_OPTIONS, default=_default)
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
 
 
 def loads(data: bytes | str) -> Any:

@@ -127,3 +127,45 @@ def test_run_with_a_subset_of_targets(tmp_path: Path) -> None:
         assert set(modules) == {"telemetry", "store", "auth", "resources", "api"}  # api and what it needs
     finally:
         assert stop_process(running) == 0
+
+
+def test_get_yaml_output_applies_unchanged(node_process: RunningNode, tmp_path: Path) -> None:
+    second = tmp_path / "two.yaml"
+    second.write_text(EXAMPLE.read_text().replace("name: shop", "name: shop-two"))
+    assert mezzo(node_process, "apply", "-f", str(EXAMPLE), "-f", str(second)).returncode == 0
+    exported = tmp_path / "exported.yaml"
+    exported.write_text(mezzo(node_process, "get", "resiliencies", "-o", "yaml").stdout)
+    again = mezzo(node_process, "apply", "-f", str(exported))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split("\n")[:2] == ["Resiliency/shop unchanged", "Resiliency/shop-two unchanged"]
+
+
+def test_diff_exit_codes(node_process: RunningNode, tmp_path: Path) -> None:
+    assert mezzo(node_process, "diff", "-f", str(EXAMPLE)).returncode == 1  # would create
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: [\n")
+    assert mezzo(node_process, "diff", "-f", str(bad)).returncode == 2  # an error, not a difference
+
+
+def test_open_watch_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    running = spawn_node(data)
+    lines: list[str] = []
+    with httpx.stream("GET", running.url + "/v1/resources/resiliency:watch",
+                      headers={"Authorization": f"Bearer {running.token}"}, timeout=30) as response:
+        assert response.status_code == 200
+        stream = response.iter_lines()
+        lines.append(next(stream))
+        running.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        lines.extend(stream)  # the server ends the stream itself: no transport error here
+    assert lines[0] == ": watching"
+    assert running.process.wait(15) == 0  # type: ignore[union-attr]
+    log = next(tmp_path.glob("node-*.log")).read_text()
+    assert "Exception in ASGI application" not in log and "Traceback" not in log
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    env = {**os.environ, "MEZZO_CONFIG": str(tmp_path / "nope.yaml"), "MEZZO_DATA_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "mezzo", "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "nope.yaml" in result.stderr

@@ -52,3 +52,23 @@ async def test_tokens_created_on_one_node_work_on_another(postgres_url: str, tmp
     finally:
         await second.node.stop()
         await first.node.stop()
+
+
+async def test_admin_token_is_minted_once_per_store(postgres_url: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from mezzo.node.node import Node
+    from mezzo.node.settings import Settings
+
+    nodes = [Node(Settings(data_dir=tmp_path / name, api_port=0, store=postgres_url)) for name in "abc"]
+    await asyncio.gather(*(n.start() for n in nodes))
+    try:
+        minted = [n for n in nodes if n.service(TokenService).generated_token]
+        assert len(minted) == 1
+        files = list(tmp_path.glob("*/admin.token"))  # noqa: ASYNC240
+        assert len(files) == 1 and files[0].read_text().strip() == minted[0].service(TokenService).generated_token
+        for node in nodes:  # every node learns of the one admin token through watch
+            await wait_for(lambda n=node: [r for r in n.service(TokenService).list() if r.role == "admin"])
+            assert len([r for r in node.service(TokenService).list() if r.role == "admin"]) == 1
+    finally:
+        await asyncio.gather(*(n.stop() for n in nodes))

@@ -31,7 +31,14 @@ class Output(StrEnum):
 
 def run(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
     """Run an async command body; print a server problem or connection error and exit 1."""
+    return run_with(error_code=1)(fn)
 
+
+def run_with(error_code: int) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, T]]:
+    return lambda fn: _runner(fn, error_code)
+
+
+def _runner(fn: Callable[P, Awaitable[T]], error_code: int) -> Callable[P, T]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -43,11 +50,11 @@ def run(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
                     err.print(f"  {describe(item) if 'document' in item else _field(item)}", markup=False)
             elif exc.detail:
                 err.print(f"  {exc.detail}", markup=False)
-            raise typer.Exit(1) from None
+            raise typer.Exit(error_code) from None
         except ConnectError as exc:
             err.print(f"[red]Error:[/red] {exc}", markup=True)
             err.print("  Is the server running (`mezzo up`)? Set MEZZO_URL to reach another one.")
-            raise typer.Exit(1) from None
+            raise typer.Exit(error_code) from None
 
     return wrapper
 

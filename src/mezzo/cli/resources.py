@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mezzo.cli.common import Output, client, emit, err, out, run
+from mezzo.cli.common import Output, client, emit, err, out, run, run_with
+from mezzo.resources.manifests import to_yaml
 from mezzo.resources.model import ApplyResult, Resource
 from mezzo.sdk.resources import manifest_files
 
@@ -46,9 +47,9 @@ async def apply(files: FileOpt, dry_run: Annotated[bool, typer.Option("--dry-run
         out.print(f"{_ref(ApplyResult.model_validate(item))} {item['action']}{suffix}")
 
 
-@run
+@run_with(error_code=2)
 async def diff(files: FileOpt) -> None:
-    """Show what apply would change. Exits 1 when there are differences, like kubectl diff."""
+    """Show what apply would change. Exit code 0: none, 1: differences, 2: error (like kubectl diff)."""
     body = await _sources(files)
     async with client() as mezzo:
         data = await mezzo.request("POST", "/v1/resources:diff", json=body)
@@ -94,9 +95,12 @@ async def get(
             items = [await mezzo.resources.get(kind, name, namespace)]
         else:
             items = await mezzo.resources.list(kind, None if all_namespaces else namespace, selector)
-    if output is not Output.table:
+    if output is Output.json:
         docs = [r.model_dump(mode="json") for r in items]
-        emit(docs[0] if name else {"apiVersion": "mezzo.dev/v1", "kind": "List", "items": docs}, output)
+        emit(docs[0] if name else {"items": docs}, output)
+        return
+    if output is Output.yaml:  # one YAML document per resource: the output applies as it is
+        out.print("---\n".join(to_yaml(r.model_dump(mode="json")) for r in items), markup=False, end="")
         return
     if not items:
         out.print(f"No resources found{'' if all_namespaces else f' in namespace {namespace}'}.")

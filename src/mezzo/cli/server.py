@@ -52,8 +52,8 @@ def serve(settings: Any) -> None:
 
     try:
         _run_loop(node.run(on_started=lambda: banner(node)))
-    except OSError as exc:
-        err.print(f"[red]Error:[/red] {exc}", markup=True)
+    except Exception as exc:  # a start that fails: say why in one line, no traceback
+        err.print(f"[red]Error:[/red] could not start: {type(exc).__name__}: {exc}", markup=True)
         raise typer.Exit(1) from None
 
 
@@ -76,11 +76,13 @@ def banner(node: Any) -> None:
     if api:
         out.print(f"  {'docs':<10} {api}/docs")
     out.print(f"  {'store':<10} {node.settings.masked()['store']}")
+    path = node.settings.data_dir / "admin.token"
     if node.has(TokenService) and node.service(TokenService).generated_token:
         token = node.service(TokenService).generated_token
-        path = node.settings.data_dir / "admin.token"
         out.print(f"\n[bold yellow]Admin token[/bold yellow] (shown once; saved to {path}, mode 0600):", markup=True)
         out.print(f"  {token}")
+    elif path.is_file():
+        out.print(f"  {'token':<10} in {path} (the CLI reads it from there)")
     out.print("Press Ctrl+C to stop.")
 
 
@@ -105,7 +107,7 @@ def settings(
     output: Annotated[Output, typer.Option("--output", "-o")] = Output.table,
     data_dir: DataDir = None,
 ) -> None:
-    """Print the effective settings (secrets masked) and where each comes from."""
+    """Print the effective settings (secrets masked) with their environment variable names."""
     from mezzo.node.settings import Settings
 
     values = load_settings(data_dir=data_dir).masked()

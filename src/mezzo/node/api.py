@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import contextlib
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -16,6 +17,7 @@ from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import install as install_errors
 from mezzo.node.module import Health, Listener, Module
 from mezzo.node.server import HttpListener, bind
+from mezzo.resources.service import ResourceService
 from mezzo.storage.kv import KVStore
 from mezzo.telemetry.http import TelemetryMiddleware
 from mezzo.telemetry.metrics import Metrics
@@ -40,6 +42,12 @@ class ApiModule(Module):
 
     async def health(self) -> Health:
         return Health(True, self.node.url("api") or "not listening yet")
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 def build_app(node: Any) -> Any:
@@ -73,9 +81,14 @@ def build_app(node: Any) -> Any:
         user: str | None = None, since: datetime | None = None, until: datetime | None = None,
         limit: int = Query(100, ge=1, le=10_000),
     ) -> dict[str, Any]:
+        namespace = namespace or None  # "?namespace=" is no namespace, which needs admin
         require(caller, Verb.ADMIN if namespace is None else Verb.READ, namespace)
+        since, until = utc(since), utc(until)  # a time without a zone is taken as UTC
+        if kind and node.has(ResourceService):
+            with contextlib.suppress(LookupError):
+                kind = node.service(ResourceService).catalog.resolve(kind).kind
         store: KVStore = node.service(KVStore)
-        start = f"{AUDIT_PREFIX}{int(since.timestamp() * 1e9):020d}" if since else None
+        start = f"{AUDIT_PREFIX}{max(int(since.timestamp() * 1e9), 0):020d}" if since else None
         items: list[dict[str, Any]] = []
         cursor = start
         while len(items) < limit:

@@ -13,14 +13,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+import structlog
 from pydantic import BaseModel, Field
 
 from mezzo.jsonutil import dumps, loads
 from mezzo.node.audit import audit_put
-from mezzo.storage.kv import CompactedError, Compare, Delete, EventType, KVStore, Put
+from mezzo.storage.kv import CompactedError, Compare, ConflictError, Delete, EventType, KVStore, Put
 
 TOKENS_PREFIX = "/auth/tokens/"
+BOOTSTRAP_KEY = "/auth/bootstrap"
 TOKEN_FILE = "admin.token"
+
+
+log = structlog.get_logger("mezzo.auth")
 
 
 class Role(StrEnum):
@@ -65,12 +70,21 @@ class Principal(BaseModel):
     namespaces: list[str] = Field(default_factory=lambda: ["*"])
     token_id: str | None = None
 
+    @property
+    def all_namespaces(self) -> bool:
+        return "*" in self.namespaces
+
     def can(self, verb: Verb, namespace: str | None = None) -> bool:
+        """May this caller ``verb`` in ``namespace``? ``None`` means across every namespace."""
         if verb not in ROLE_VERBS[self.role]:
             return False
-        if namespace is None or "*" in self.namespaces:
+        if self.all_namespaces:
             return True
-        return namespace in self.namespaces
+        return namespace is not None and namespace in self.namespaces
+
+    def has_verb(self, verb: Verb) -> bool:
+        """The role allows ``verb`` somewhere (callers then filter by namespace)."""
+        return verb in ROLE_VERBS[self.role]
 
 
 def _hash(token: str) -> str:
@@ -117,7 +131,12 @@ class TokenService:
         }
         return snapshot.revision
 
+    @property
+    def following(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def _follow(self, start: int) -> None:
+        """Apply token changes from any node; a revocation must never stop propagating."""
         while True:
             try:
                 async for event in self.store.watch(TOKENS_PREFIX, start):
@@ -127,19 +146,33 @@ class TokenService:
                     elif event.value is not None:
                         self._records[token_id] = TokenRecord.model_validate(loads(event.value))
                     start = event.revision + 1
-            except CompactedError:
-                start = await self._reload() + 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, CompactedError):
+                    log.warning("token watch failed; re-reading tokens", error=str(exc))
+                    await asyncio.sleep(1)
+                with contextlib.suppress(Exception):
+                    start = await self._reload() + 1
 
     async def _bootstrap_admin(self) -> None:
-        path = self.data_dir / TOKEN_FILE
-        if any(r.role is Role.ADMIN for r in self._records.values()):
+        """Mint the first admin token once per store; the token file is written before the commit."""
+        if await self.store.get(BOOTSTRAP_KEY) is not None:
             return
-        _, plaintext = await self.create("admin", Role.ADMIN, ["*"], None, "mezzo")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        path = self.data_dir / TOKEN_FILE
+        partial = path.with_suffix(".new")
+        token_id, plaintext = new_token()
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(plaintext + "\n")
-        os.chmod(path, 0o600)
+        try:
+            await self.create("admin", Role.ADMIN, ["*"], None, "mezzo", minted=(token_id, plaintext),
+                              extra=[Put(BOOTSTRAP_KEY, b"admin"), Compare(BOOTSTRAP_KEY, 0)])
+        except ConflictError:  # another node on the same store bootstrapped first
+            partial.unlink(missing_ok=True)
+            return
+        os.replace(partial, path)
         self.generated_token = plaintext
 
     def authenticate(self, token: str) -> Principal | None:
@@ -162,8 +195,11 @@ class TokenService:
         namespaces: list[str],
         ttl_seconds: float | None,
         by: str,
+        *,
+        minted: tuple[str, str] | None = None,
+        extra: list[Put | Compare] | None = None,
     ) -> tuple[TokenRecord, str]:
-        token_id, plaintext = new_token()
+        token_id, plaintext = minted or new_token()
         now = datetime.now(UTC)
         expires = (
             datetime.fromtimestamp(now.timestamp() + ttl_seconds, UTC) if ttl_seconds else None
@@ -173,12 +209,14 @@ class TokenService:
             hash=_hash(plaintext), created_at=now, created_by=by, expires_at=expires,
         )
         key = TOKENS_PREFIX + token_id
+        extra = extra or []
         await self.store.txn(
             [
                 Put(key, dumps(record.model_dump(mode="json"))),
                 audit_put(by, "token.create", kind="Token", name=name, detail={"id": token_id, "role": role.value}),
+                *(x for x in extra if isinstance(x, Put)),
             ],
-            [Compare(key, 0)],
+            [Compare(key, 0), *(x for x in extra if isinstance(x, Compare))],
         )
         self._records[token_id] = record
         return record, plaintext

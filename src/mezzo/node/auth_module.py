@@ -29,6 +29,8 @@ class AuthModule(Module):
         await self.tokens.stop()
 
     async def health(self) -> Health:
+        if not self.tokens.following:
+            return Health(False, "token watch stopped: revocations would not reach this node")
         return Health(True, f"{len(self.tokens.list())} tokens")
 
     def routers(self) -> list[APIRouter]:
@@ -75,7 +77,7 @@ class TokenCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._@-]+$")
     role: Role
     namespaces: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
-    ttl: Duration | None = Field(None, description="lifetime, e.g. 30d; none = no expiry")
+    ttl: Duration | None = Field(None, gt=0, le=100 * 365 * 86400, description="lifetime, e.g. 30d; none = no expiry")
 
 
 @router.post("", status_code=201)

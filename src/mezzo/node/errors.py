@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mezzo.jsonutil import dumps
+
+log = structlog.get_logger("mezzo.api")
 
 PROBLEM_TYPE = "https://mezzo.dev/problems/"
 
@@ -92,6 +95,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         return validation_errors(exc).response(request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # A bug, not bad input: log it (without locals: they may hold tokens) and say so plainly.
+        log.error("unhandled error", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+        return Problem(500, "Internal Server Error", "the server failed; the error is in its log",
+                       type="internal").response(request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

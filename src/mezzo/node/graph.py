@@ -31,7 +31,6 @@ MODULES: dict[str, ModuleDef] = {
 # Named sets of modules; any single module name is a target too.
 TARGETS: dict[str, tuple[str, ...]] = {
     "all": tuple(MODULES),
-    "core": ("api", "resources", "resilience"),
 }
 
 

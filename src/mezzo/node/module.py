@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -18,14 +18,20 @@ class Health:
     detail: str = ""
 
 
-@dataclass(slots=True)
-class Listener:
+class Listener(Protocol):
     """A socket a module serves once every module has started (closed first at shutdown)."""
 
     name: str  # e.g. "api"
     url: str
-    serve: Any  # async () -> None, runs until close() is awaited
-    close: Any  # async (drain_timeout: float) -> None
+
+    async def start(self) -> None:
+        """Begin accepting connections."""
+
+    async def close(self) -> None:
+        """Stop accepting, let in-flight work finish up to the drain timeout, then cut it."""
+
+    def force(self) -> None:
+        """Cut in-flight work now (a second stop signal)."""
 
 
 class Module:

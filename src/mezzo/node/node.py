@@ -102,5 +102,15 @@ class Node:
         await self._stopping.wait()
         await self.stop()
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set when shutdown begins: long-lived streams end themselves so the drain is quick."""
+        return self._stopping
+
     def request_stop(self) -> None:
+        """First signal: graceful stop. Second signal: stop waiting for in-flight work."""
+        if self._stopping.is_set():
+            log.warning("second stop signal: cutting in-flight work")
+            for listener in self.listeners:
+                listener.force()
         self._stopping.set()

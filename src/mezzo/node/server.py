@@ -58,6 +58,9 @@ class HttpListener:
         await self.server.startup(sockets=[self.sock])
         self._loop_task = asyncio.create_task(self.server.main_loop(), name=f"mezzo-{self.name}")
 
+    def force(self) -> None:
+        self.server.force_exit = True
+
     async def close(self) -> None:
         """Stop accepting, let in-flight requests finish up to the drain timeout, then cut."""
         self.server.should_exit = True

@@ -30,6 +30,8 @@ def config_file() -> Path | None:
     """``MEZZO_CONFIG`` if set (it must exist), else ``./mezzo.yaml`` if present."""
     explicit = os.environ.get("MEZZO_CONFIG")
     if explicit:
+        if not Path(explicit).is_file():
+            raise ValueError(f"MEZZO_CONFIG names {explicit!r}, which is not a readable file")
         return Path(explicit)
     default = Path("mezzo.yaml")
     return default if default.is_file() else None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
 from mezzo.jsonutil import dumps, loads
@@ -24,10 +24,16 @@ from mezzo.resources.manifests import (
 )
 from mezzo.resources.model import ApplyResult, HistoryEntry, Resource
 from mezzo.resources.service import NotFoundError, ResourceService, parse_selector
+from mezzo.resources.types import NAME_PATTERN
 from mezzo.storage.kv import CompactedError, ConflictError
 from mezzo.telemetry.metrics import Metrics
 
 router = APIRouter(prefix="/v1", tags=["resources"])
+MAX_REVISION = 2**62
+KindPath = Annotated[str, Path(pattern=r"^[A-Za-z][A-Za-z0-9]{0,62}$")]
+NamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253)]
+Namespace = Annotated[str, Query(pattern=NAME_PATTERN, max_length=253)]
+OptionalNamespace = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=253)]
 MAX_MANIFEST_BYTES = 10 * 1024 * 1024
 HEARTBEAT = 15.0
 
@@ -114,7 +120,7 @@ async def _apply(request: Request, caller: Any, dry_run: bool) -> dict[str, Any]
     try:
         results = await svc.apply(desired, caller.name, dry_run=dry_run)
     except ConflictError as exc:
-        raise conflict(f"{exc}; the resources keep changing, try again") from None
+        raise conflict(f"{exc}; try again") from None
     if not dry_run:
         count_changes(request, results)
     return {"dryRun": dry_run, "items": [r.model_dump(mode="json", exclude_none=True) for r in results]}
@@ -134,77 +140,115 @@ async def diff(request: Request, caller: Caller) -> dict[str, Any]:
 async def kinds(request: Request, caller: Caller) -> dict[str, Any]:
     require(caller, Verb.READ)
     return {"items": [
-        {"kind": k.kind, "plural": k.plural, "shortNames": list(k.short_names), "namespaced": k.namespaced,
-         "description": k.description, "columns": [{"header": c.header, "path": c.path} for c in k.columns],
+        {"kind": k.kind, "plural": k.plural, "shortNames": list(k.short_names),          "description": k.description, "columns": [{"header": c.header, "path": c.path} for c in k.columns],
          "schema": k.spec.model_json_schema(by_alias=True)}
         for k in service(request).catalog
     ]}
 
 
+def resume_point(from_revision: int | None, last_event_id: str | None, current: int) -> tuple[int, int]:
+    """(first revision, events of it to skip). SSE ids are ``REVISION.INDEX``, so a client
+    that lost its connection inside a multi-document revision resumes right after the last
+    event it saw, not at the next revision."""
+    if from_revision is not None:
+        return from_revision, 0
+    if last_event_id:
+        revision, _, index = last_event_id.partition(".")
+        if revision.isdigit() and (index.isdigit() or not index):
+            return (int(revision), int(index) + 1) if index else (int(revision) + 1, 0)
+    return current + 1, 0
+
+
 @router.get("/resources/{kind}:watch", summary="Server-sent events for every change of a kind")
 async def watch(
-    request: Request, kind: str, caller: Caller,
-    namespace: str | None = None, fromRevision: int | None = Query(None, ge=1),
+    request: Request, kind: KindPath, caller: Caller,
+    namespace: OptionalNamespace = None,
+    fromRevision: int | None = Query(None, ge=1, le=MAX_REVISION),
 ) -> StreamingResponse:
-    require(caller, Verb.READ, namespace)
+    # Without a namespace a scoped caller sees only its own namespaces' events.
+    if namespace is None and not caller.has_verb(Verb.READ):
+        require(caller, Verb.READ)
+    elif namespace is not None:
+        require(caller, Verb.READ, namespace)
     svc = service(request)
-    try:
+    with problems():
         svc.catalog.resolve(kind)
-    except UnknownKindError as exc:
-        raise _kind_problem(exc) from None
-    last_id = request.headers.get("last-event-id")
-    if fromRevision is None and last_id and last_id.isdigit():
-        fromRevision = int(last_id) + 1
     current, compacted = await svc.store.revision()
-    start = fromRevision or current + 1
+    start, skip = resume_point(fromRevision, request.headers.get("last-event-id"), current)
     if start <= compacted:
         raise Problem(410, "Gone", str(CompactedError(start, compacted)), type="compacted",
                       compactRevision=compacted, currentRevision=current)
-    if not caller.can(Verb.READ, None) and namespace is None:
-        raise Problem(403, "Forbidden", "name a namespace to watch", type="forbidden")
-    return StreamingResponse(_sse(svc, kind, namespace, start), media_type="text/event-stream",
+    stream = _sse(svc, kind, namespace, start, skip, lambda ns: caller.can(Verb.READ, ns),
+                  request.app.state.node.stopping)
+    return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _sse(svc: ResourceService, kind: str, namespace: str | None, start: int) -> AsyncIterator[bytes]:
+def _problem_event(status: int, title: str, detail: str, **extra: Any) -> bytes:
+    problem = {"type": f"https://mezzo.dev/problems/{title.lower().replace(' ', '-')}", "title": title,
+               "status": status, "detail": detail, **extra}
+    return b"event: error\ndata: %s\n\n" % dumps(problem)
+
+
+async def _sse(
+    svc: ResourceService, kind: str, namespace: str | None, start: int, skip: int,
+    visible: Callable[[str], bool], stopping: asyncio.Event,
+) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
 
     async def pump() -> None:
+        revision, index = start, -1
         try:
             async for event in svc.watch(kind, namespace, start):
+                if not visible(event.resource.metadata.namespace):
+                    continue
+                revision, index = event.revision, index + 1 if event.revision == revision else 0
+                if revision == start and index < skip:
+                    continue
                 data = dumps({"type": event.type, "revision": event.revision,
                               "object": event.resource.model_dump(mode="json")})
-                await queue.put(b"id: %d\nevent: %s\ndata: %s\n\n" % (event.revision, event.type.encode(), data))
+                await queue.put(b"id: %d.%d\nevent: %s\ndata: %s\n\n"
+                                % (revision, index, event.type.encode(), data))
         except CompactedError as exc:
-            problem = {"type": "https://mezzo.dev/problems/compacted", "title": "Gone", "status": 410,
-                       "detail": str(exc), "compactRevision": exc.compact_revision}
-            await queue.put(b"event: error\ndata: %s\n\n" % dumps(problem))
-            await queue.put(b"")
+            await queue.put(_problem_event(410, "Compacted", str(exc), compactRevision=exc.compact_revision))
+        except Exception as exc:  # end the stream with a reason rather than leave it silent
+            await queue.put(_problem_event(503, "Watch failed", f"{type(exc).__name__}: {exc}; reconnect"))
+        await queue.put(b"")
 
     task = asyncio.create_task(pump())
+    stop = asyncio.create_task(stopping.wait())
     try:
         yield b": watching\n\n"
         while True:
-            try:
-                chunk = await asyncio.wait_for(queue.get(), HEARTBEAT)
-            except TimeoutError:
+            get = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({get, stop}, timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                if stop in done:  # the node is shutting down: end the stream cleanly
+                    return
                 yield b": heartbeat\n\n"
                 continue
+            chunk = get.result()
             if not chunk:
                 return
             yield chunk
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for pending in (task, stop):
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
 
 
 @router.get("/resources/{kind}", summary="List resources of a kind")
 async def list_resources(
-    request: Request, kind: str, caller: Caller,
-    namespace: str | None = None, selector: str | None = None,
+    request: Request, kind: KindPath, caller: Caller,
+    namespace: OptionalNamespace = None, selector: str | None = None,
 ) -> dict[str, Any]:
-    require(caller, Verb.READ, namespace)
+    if namespace is None:
+        if not caller.has_verb(Verb.READ):
+            require(caller, Verb.READ)
+    else:
+        require(caller, Verb.READ, namespace)
     with problems():
         items, revision = await service(request).list(kind, namespace, parse_selector(selector))
     visible = [r for r in items if caller.can(Verb.READ, r.metadata.namespace)]
@@ -213,8 +257,8 @@ async def list_resources(
 
 @router.post("/resources/{kind}/{name}:rollback", summary="Return a resource to an earlier version")
 async def rollback(
-    request: Request, kind: str, name: str, caller: Caller,
-    namespace: str = "default", to: int | None = Query(None, ge=1),
+    request: Request, kind: KindPath, name: NamePath, caller: Caller,
+    namespace: Namespace = "default", to: int | None = Query(None, ge=1),
 ) -> ApplyResult:
     require(caller, Verb.WRITE, namespace)
     try:
@@ -228,7 +272,7 @@ async def rollback(
 
 @router.get("/resources/{kind}/{name}/history", summary="Every version of a resource")
 async def history(
-    request: Request, kind: str, name: str, caller: Caller, namespace: str = "default"
+    request: Request, kind: KindPath, name: NamePath, caller: Caller, namespace: Namespace = "default"
 ) -> dict[str, list[HistoryEntry]]:
     require(caller, Verb.READ, namespace)
     with problems():
@@ -240,7 +284,7 @@ async def history(
 
 @router.get("/resources/{kind}/{name}", summary="One resource")
 async def get_resource(
-    request: Request, kind: str, name: str, caller: Caller, namespace: str = "default"
+    request: Request, kind: KindPath, name: NamePath, caller: Caller, namespace: Namespace = "default"
 ) -> Resource:
     require(caller, Verb.READ, namespace)
     with problems():
@@ -252,7 +296,7 @@ async def get_resource(
 
 @router.delete("/resources/{kind}/{name}", summary="Delete a resource (its history stays)")
 async def delete_resource(
-    request: Request, kind: str, name: str, caller: Caller, namespace: str = "default"
+    request: Request, kind: KindPath, name: NamePath, caller: Caller, namespace: Namespace = "default"
 ) -> ApplyResult:
     require(caller, Verb.WRITE, namespace)
     with problems():

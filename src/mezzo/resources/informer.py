@@ -48,7 +48,7 @@ class Informer:
             if result is not None:
                 await result
         except Exception:
-            log.exception("resource handler failed", kind=self.kind, resource=resource.ref, event=event)
+            log.exception("resource handler failed", kind=self.kind, resource=resource.ref, change=event)
 
     async def _relist(self) -> int:
         items, revision = await self.resources.list(self.kind)
@@ -79,5 +79,8 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("resource watch failed; retrying", kind=self.kind)
+                # A failed watch may have stopped inside a revision: re-list so nothing is skipped.
+                log.exception("resource watch failed; re-listing", kind=self.kind)
                 await asyncio.sleep(1)
+                with contextlib.suppress(Exception):
+                    start = await self._relist() + 1

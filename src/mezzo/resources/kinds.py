@@ -21,7 +21,6 @@ class KindSpec:
     spec: type[BaseModel]  # validates a document's ``spec``
     plural: str  # lowercase plural, e.g. "topics"
     short_names: tuple[str, ...] = ()
-    namespaced: bool = True
     columns: tuple[Column, ...] = ()
     description: str = ""
     names: frozenset[str] = field(init=False)

@@ -78,6 +78,11 @@ def parse_yaml(text: str, source: str = "input") -> list[SourceDocument]:
             if data is None:
                 continue
             docs.append(SourceDocument(source, index, data, node.start_mark.line + 1, node))
+    except RecursionError:
+        raise ManifestError(
+            [{"source": source, "document": index + 1, "field": None, "line": None,
+              "reason": "invalid YAML: nested too deeply"}]
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         reason = getattr(exc, "problem", None) or str(exc)

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from mezzo.resources.types import Name
 
@@ -16,7 +17,7 @@ LabelKey = str
 class SpecModel(BaseModel):
     """Base for every kind's spec: camelCase in YAML, unknown fields rejected."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
 
 class MetadataIn(BaseModel):

@@ -29,6 +29,7 @@ from mezzo.storage.kv import Compare, ConflictError, Delete, EventType, KVStore,
 RESOURCES = "/resources/"
 HISTORY = "/history/"
 _ATTEMPTS = 8
+BUSY = f"these resources changed {_ATTEMPTS} times while this request was applying them"
 
 
 def resource_key(kind: str, namespace: str, name: str) -> str:
@@ -154,6 +155,7 @@ class ResourceService:
                 result.diff = _diff(old, new)
                 results.append(result)
                 ops += self._write_ops(new, action, user, now)
+                compares.append(Compare(_history_key(new), 0))  # never overwrite a version
             if dry_run or not ops:
                 return results
             try:
@@ -164,7 +166,7 @@ class ResourceService:
                 if result.action != "unchanged":
                     result.revision = txn.revision
             return results
-        raise ConflictError(desired[0].key, 0, 0)
+        raise ConflictError(desired[0].key, 0, 0, BUSY)
 
     async def delete(self, kind: str, namespace: str, name: str, user: str) -> ApplyResult:
         spec = self.catalog.resolve(kind)
@@ -180,19 +182,20 @@ class ResourceService:
                 generation=generation, action="deleted", at=now, by=user,
                 labels=old.metadata.labels, spec=old.spec,
             )
+            history_key = history_prefix(spec.kind, namespace, name) + f"{generation:010d}"
             ops: list[Op] = [
                 Delete(key),
-                Put(history_prefix(spec.kind, namespace, name) + f"{generation:010d}", dumps(entry.model_dump(mode="json"))),
+                Put(history_key, dumps(entry.model_dump(mode="json"))),
                 audit_put(user, "resource.delete", kind=spec.kind, namespace=namespace, name=name,
                           detail={"generation": generation}),
             ]
             try:
-                txn = await self.store.txn(ops, [Compare(key, current.mod_revision)])
+                txn = await self.store.txn(ops, [Compare(key, current.mod_revision), Compare(history_key, 0)])
             except ConflictError:
                 continue
             return ApplyResult(kind=spec.kind, namespace=namespace, name=name, action="deleted",
                                generation=generation, revision=txn.revision)
-        raise ConflictError(key, 0, 0)
+        raise ConflictError(key, 0, 0, BUSY)
 
     async def rollback(
         self, kind: str, namespace: str, name: str, user: str, to: int | None = None
@@ -235,12 +238,13 @@ class ResourceService:
             now = datetime.now(UTC)
             new = self._build(item, old, generation, now, user)
             ops = self._write_ops(new, "rolled-back", user, now, rolled_back_to=target.generation)
+            compares = [Compare(item.key, stored.mod_revision if stored else 0), Compare(_history_key(new), 0)]
             try:
-                txn = await self.store.txn(ops, [Compare(item.key, stored.mod_revision if stored else 0)])
+                txn = await self.store.txn(ops, compares)
             except ConflictError:
                 continue
             return self._result(new, "rolled-back", txn.revision)
-        raise ConflictError(item.key, 0, 0)
+        raise ConflictError(item.key, 0, 0, BUSY)
 
     async def _next_generation(self, item: Desired, old: Resource | None) -> int:
         if old is not None:
@@ -273,8 +277,7 @@ class ResourceService:
             detail["rolledBackTo"] = rolled_back_to
         return [
             Put(resource_key(new.kind, meta.namespace, meta.name), dumps(new.model_dump(mode="json"))),
-            Put(history_prefix(new.kind, meta.namespace, meta.name) + f"{meta.generation:010d}",
-                dumps(entry.model_dump(mode="json"))),
+            Put(_history_key(new), dumps(entry.model_dump(mode="json"))),
             audit_put(user, audit_action, kind=new.kind, namespace=meta.namespace, name=meta.name, detail=detail),
         ]
 
@@ -332,6 +335,10 @@ class ResourceService:
                 if namespace and not kind and res.metadata.namespace != namespace:
                     continue
                 yield ResourceEvent("MODIFIED" if event.prev_value else "ADDED", event.revision, res)
+
+
+def _history_key(res: Resource) -> str:
+    return history_prefix(res.kind, res.metadata.namespace, res.metadata.name) + f"{res.metadata.generation:010d}"
 
 
 def _with_version(res: Resource, revision: int) -> Resource:

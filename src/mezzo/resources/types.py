@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
@@ -22,9 +23,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '100ms', '5s', '7d'")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
+        return _finite(float(value))
     if not isinstance(value, str):
         raise ValueError("a duration is a number of seconds or a string like '100ms', '5s', '7d'")
     text = value.strip()
@@ -43,9 +42,15 @@ def parse_duration(value: Any) -> float:
             raise ValueError(
                 f"invalid duration {value!r}: use a number with a unit (ns, us, ms, s, m, h, d, w), e.g. '250ms' or '1h30m'"
             ) from None
-        if total < 0:
-            raise ValueError("a duration cannot be negative")
-    return total
+    return _finite(total)
+
+
+def _finite(seconds: float) -> float:
+    if not math.isfinite(seconds) or seconds > 10**11:  # ~3000 years: beyond any sensible setting
+        raise ValueError("a duration must be a finite number of seconds below 1e11")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

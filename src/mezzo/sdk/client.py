@@ -76,13 +76,15 @@ class Mezzo:
             raise ConnectError(f"cannot reach Mezzo at {self.url}: {exc}") from exc
         return decode(response)
 
-    async def stream_lines(self, path: str, params: dict[str, Any]) -> AsyncIterator[str]:
+    async def stream_lines(
+        self, path: str, params: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> AsyncIterator[str]:
         """Lines of a streaming (SSE) response."""
         params = {k: v for k, v in params.items() if v is not None}
         try:
             async with self._http.stream(
                 "GET", path, params=params, timeout=httpx.Timeout(None, connect=5.0),
-                headers={"Accept": "text/event-stream"},
+                headers={"Accept": "text/event-stream", **(headers or {})},
             ) as response:
                 if response.status_code >= 400:
                     await response.aread()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from mezzo.jsonutil import loads
 from mezzo.resources.model import ApplyResult, HistoryEntry, Resource
-from mezzo.sdk.errors import Gone
+from mezzo.sdk.errors import APIError, ConnectError, Gone, api_error
 
 if TYPE_CHECKING:
     from mezzo.sdk.client import Mezzo
@@ -22,6 +23,7 @@ class WatchEvent:
     type: str  # ADDED | MODIFIED | DELETED
     revision: int
     resource: Resource
+    id: str = ""  # the SSE event id, "REVISION.INDEX"; empty for events from a re-list
 
 
 def manifest_files(path: Path) -> list[Path]:
@@ -91,53 +93,71 @@ class ResourcesClient:
         return (await self._client.request("GET", "/v1/kinds"))["items"]  # type: ignore[no-any-return]
 
     async def stream(
-        self, kind: str, namespace: str | None = None, from_revision: int | None = None
+        self, kind: str, namespace: str | None = None, from_revision: int | None = None,
+        *, last_event_id: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
-        """Raw changes from ``from_revision`` (default: from now). Raises Gone when it was compacted."""
-        event_type, data = None, []
+        """Raw changes from ``from_revision`` (default: from now), or right after the event whose
+        ``id`` is ``last_event_id``. Raises Gone when that history was compacted."""
+        event_type, event_id, data = None, "", []
+        headers = {"Last-Event-ID": last_event_id} if last_event_id and from_revision is None else None
         async for line in self._client.stream_lines(
-            f"/v1/resources/{kind}:watch", {"namespace": namespace, "fromRevision": from_revision}
+            f"/v1/resources/{kind}:watch", {"namespace": namespace, "fromRevision": from_revision}, headers
         ):
             if line.startswith("event:"):
                 event_type = line[6:].strip()
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
             elif line.startswith("data:"):
                 data.append(line[5:].strip())
             elif not line and data:
                 payload = loads("\n".join(data))
                 if event_type == "error":
-                    raise Gone(int(payload.get("status", 410)), payload)
-                yield WatchEvent(payload["type"], payload["revision"], Resource.model_validate(payload["object"]))
-                event_type, data = None, []
+                    status = int(payload.get("status", 503))
+                    raise Gone(status, payload) if status == 410 else api_error(status, payload)
+                yield WatchEvent(payload["type"], payload["revision"],
+                                 Resource.model_validate(payload["object"]), event_id)
+                event_type, event_id, data = None, "", []
 
-    async def watch(self, kind: str, namespace: str | None = None) -> AsyncIterator[WatchEvent]:
-        """Current resources as ADDED, then every change; re-lists by itself if history was compacted.
+    async def watch(
+        self, kind: str, namespace: str | None = None, *, reconnect_delay: float = 1.0
+    ) -> AsyncIterator[WatchEvent]:
+        """Current resources as ADDED, then every change, for as long as you iterate.
 
-        A consumer that applies these events always ends with the server's state.
+        Reconnects after a dropped connection exactly where it left off (even inside a
+        multi-document revision), and re-lists by itself when that history was compacted,
+        so a consumer applying these events always converges on the server's state.
         """
         known: dict[str, Resource] = {}
         start: int | None = None
+        last_id: str | None = None
         while True:
-            if start is None:
-                data = await self._client.request(
-                    "GET", f"/v1/resources/{kind}", params={"namespace": namespace}
-                )
-                fresh = {r.ref: r for r in (Resource.model_validate(i) for i in data["items"])}
-                revision = data["revision"]
-                for ref, gone in known.items():
-                    if ref not in fresh:
-                        yield WatchEvent("DELETED", revision, gone)
-                for ref, res in fresh.items():
-                    old = known.get(ref)
-                    if old is None or old.metadata.resourceVersion != res.metadata.resourceVersion:
-                        yield WatchEvent("MODIFIED" if old else "ADDED", revision, res)
-                known, start = fresh, revision + 1
             try:
-                async for event in self.stream(kind, namespace, start):
+                if start is None:
+                    data = await self._client.request(
+                        "GET", f"/v1/resources/{kind}", params={"namespace": namespace}
+                    )
+                    fresh = {r.ref: r for r in (Resource.model_validate(i) for i in data["items"])}
+                    revision = data["revision"]
+                    for ref, gone in known.items():
+                        if ref not in fresh:
+                            yield WatchEvent("DELETED", revision, gone)
+                    for ref, res in fresh.items():
+                        old = known.get(ref)
+                        if old is None or old.metadata.resourceVersion != res.metadata.resourceVersion:
+                            yield WatchEvent("MODIFIED" if old else "ADDED", revision, res)
+                    known, start, last_id = fresh, revision + 1, None
+                resume = {"last_event_id": last_id} if last_id else {}
+                async for event in self.stream(kind, namespace, None if last_id else start, **resume):
                     if event.type == "DELETED":
                         known.pop(event.resource.ref, None)
                     else:
                         known[event.resource.ref] = event.resource
+                    last_id = event.id or None
                     start = event.revision + 1
                     yield event
             except Gone:
                 start = None
+            except (ConnectError, APIError) as exc:
+                if isinstance(exc, APIError) and exc.status < 500:
+                    raise
+                await asyncio.sleep(reconnect_delay)

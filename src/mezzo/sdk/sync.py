@@ -64,5 +64,7 @@ class SyncProxy(_Proxy):
 
     def close(self) -> None:
         if self._runner.thread.is_alive():
-            self._runner.run(self._target.aclose())
-            self._runner.stop()
+            try:
+                self._runner.run(self._target.aclose())
+            finally:
+                self._runner.stop()

@@ -21,9 +21,11 @@ class StoreError(Exception):
 class ConflictError(StoreError):
     """A transaction's compare failed: a key was not at the expected revision."""
 
-    def __init__(self, key: str, expected: int, actual: int) -> None:
+    def __init__(self, key: str, expected: int, actual: int, message: str | None = None) -> None:
         super().__init__(
-            f"key {key!r} is at revision {actual}, expected {expected}"
+            message
+            if message
+            else f"key {key!r} is at revision {actual}, expected {expected}"
             if actual
             else f"key {key!r} does not exist (expected revision {expected})"
             if expected
@@ -111,11 +113,15 @@ class TxnResult:
     prev: dict[str, KeyValue] = field(default_factory=dict)
 
 
-def prefix_end(prefix: str) -> str:
-    """The smallest string greater than every string that starts with ``prefix``."""
-    if not prefix:
-        return "\U0010ffff"
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+def prefix_end(prefix: str) -> str | None:
+    """The smallest key greater than every key that starts with ``prefix``; None when there is none."""
+    stem = prefix.rstrip("\U0010ffff")
+    if not stem:
+        return None
+    after = ord(stem[-1]) + 1
+    if 0xD800 <= after <= 0xDFFF:  # surrogates are not valid in keys: skip over them
+        after = 0xE000
+    return stem[:-1] + chr(after)
 
 
 class KVStore(Protocol):

@@ -23,7 +23,7 @@ from mezzo.storage.kv import (
     TxnResult,
     prefix_end,
 )
-from mezzo.storage.txn import check_ops
+from mezzo.storage.txn import check_key, check_ops, check_range
 from mezzo.storage.watch import ChangeSignal, watch_store, whole_revisions
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -96,7 +96,9 @@ class PostgresStore:
         settings = {"search_path": self.schema, "application_name": "mezzo"}
         first = await asyncpg.connect(self.dsn)
         try:
-            await first.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            # IF NOT EXISTS still races between nodes starting together: the loser sees a duplicate.
+            with contextlib.suppress(asyncpg.UniqueViolationError, asyncpg.DuplicateSchemaError):
+                await first.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         finally:
             await first.close()
         self._pool = await asyncpg.create_pool(
@@ -169,6 +171,7 @@ class PostgresStore:
     # reads ---------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
+        check_key(key)
         row = await self._pool.fetchrow(
             "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = $1", key
         )
@@ -177,11 +180,12 @@ class PostgresStore:
     async def range(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> RangeResult:
+        check_range(prefix, limit)
         low = prefix if start_after is None or start_after < prefix else start_after
         op = ">" if start_after is not None and low == start_after else ">="
         sql = (
             f"SELECT key, value, create_rev, mod_rev, version FROM kv"
-            f" WHERE key {op} $1 AND key < $2 ORDER BY key"
+            f" WHERE key {op} $1 AND ($2::text IS NULL OR key < $2) ORDER BY key"
         )
         args: list[Any] = [low, prefix_end(prefix)]
         if limit is not None:
@@ -200,11 +204,12 @@ class PostgresStore:
         return row["revision"], row["compact_revision"]
 
     async def events(self, start: int, prefix: str = "", limit: int = 1000) -> list[Event]:
-        start = max(start, 1)
+        check_range(prefix, limit)
+        start = min(max(start, 1), 2**62)
         end = prefix_end(prefix)
         select = (
             "SELECT rev, type, key, value, prev_value FROM kv_events"
-            " WHERE rev >= $1 AND rev <= $2 AND key >= $3 AND key < $4 ORDER BY rev, seq"
+            " WHERE rev >= $1 AND rev <= $2 AND key >= $3 AND ($4::text IS NULL OR key < $4) ORDER BY rev, seq"
         )
         async with self._pool.acquire() as conn, conn.transaction(
             isolation="repeatable_read", readonly=True
@@ -226,7 +231,7 @@ class PostgresStore:
     # writes --------------------------------------------------------------------
 
     async def txn(self, ops: Sequence[Op], compares: Sequence[Compare] = ()) -> TxnResult:
-        check_ops(ops)
+        check_ops(ops, compares)
         async with self._pool.acquire() as conn, conn.transaction():
             current = await conn.fetchval("SELECT revision FROM kv_meta WHERE id = 1 FOR UPDATE")
             if compares:

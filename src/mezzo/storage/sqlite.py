@@ -29,7 +29,7 @@ from mezzo.storage.kv import (
     TxnResult,
     prefix_end,
 )
-from mezzo.storage.txn import check_ops
+from mezzo.storage.txn import check_key, check_ops, check_range
 from mezzo.storage.watch import ChangeSignal, watch_store, whole_revisions
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -100,7 +100,9 @@ class SQLiteStore:
         self._writer: threading.Thread | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = True
 
     # lifecycle -----------------------------------------------------------------
 
@@ -119,15 +121,28 @@ class SQLiteStore:
             target=self._write_loop, args=(conn,), name="mezzo-sqlite-write", daemon=True
         )
         self._writer.start()
+        self._closed = False
 
     async def close(self) -> None:
+        self._closed = True  # txn() refuses from here on; queued requests are answered below
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if request is not None and not request.future.done():
+                request.future.set_exception(StoreError("store closed before the transaction ran"))
         if self._readers is not None:
             self._readers.shutdown(wait=True)
             self._readers = None
+        for conn in self._reader_conns:
+            conn.close()
+        self._reader_conns.clear()
+        self._local = threading.local()
 
     async def ready(self) -> bool:
         try:
@@ -163,6 +178,7 @@ class SQLiteStore:
         if conn is None:
             conn = _connect(self.path, self.synchronous)
             self._local.conn = conn
+            self._reader_conns.append(conn)
         return conn
 
     async def _read(self, fn: Any) -> Any:
@@ -180,6 +196,7 @@ class SQLiteStore:
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
     async def get(self, key: str) -> KeyValue | None:
+        check_key(key)
         row = await self._read(
             lambda c: c.execute(
                 "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ?", (key,)
@@ -190,16 +207,18 @@ class SQLiteStore:
     async def range(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> RangeResult:
+        check_range(prefix, limit)
         low = prefix if start_after is None or start_after < prefix else start_after
         op = ">" if start_after is not None and low == start_after else ">="
+        end = prefix_end(prefix)
 
         def run(c: sqlite3.Connection) -> RangeResult:
             revision = c.execute("SELECT revision FROM kv_meta").fetchone()[0]
             sql = (
                 f"SELECT key, value, create_rev, mod_rev, version FROM kv"
-                f" WHERE key {op} ? AND key < ? ORDER BY key"
+                f" WHERE key {op} ? AND (? IS NULL OR key < ?) ORDER BY key"
             )
-            args: tuple[Any, ...] = (low, prefix_end(prefix))
+            args: tuple[Any, ...] = (low, end, end)
             if limit is not None:
                 sql += " LIMIT ?"
                 args += (limit + 1,)
@@ -216,23 +235,24 @@ class SQLiteStore:
         return row[0], row[1]
 
     async def events(self, start: int, prefix: str = "", limit: int = 1000) -> list[Event]:
+        check_range(prefix, limit)
         start = max(start, 1)
         end = prefix_end(prefix)
         select = (
             "SELECT rev, type, key, value, prev_value FROM kv_events"
-            " WHERE rev >= ? AND rev <= ? AND key >= ? AND key < ? ORDER BY rev, seq"
+            " WHERE rev >= ? AND rev <= ? AND key >= ? AND (? IS NULL OR key < ?) ORDER BY rev, seq"
         )
 
         def run(c: sqlite3.Connection) -> list[Event]:
             compact = c.execute("SELECT compact_revision FROM kv_meta").fetchone()[0]
             if start <= compact:
                 raise CompactedError(start, compact)
-            rows = c.execute(select + " LIMIT ?", (start, 2**62, prefix, end, limit)).fetchall()
+            rows = c.execute(select + " LIMIT ?", (min(start, 2**62), 2**62, prefix, end, end, limit)).fetchall()
             events = [_event(r) for r in rows]
             page = whole_revisions(events, limit)
             if events and not page:  # one revision bigger than a page: return it whole
                 rev = events[0].revision
-                page = [_event(r) for r in c.execute(select, (rev, rev, prefix, end))]
+                page = [_event(r) for r in c.execute(select, (rev, rev, prefix, end, end))]
             return page
 
         return await self._read(run)
@@ -243,9 +263,9 @@ class SQLiteStore:
     # writes --------------------------------------------------------------------
 
     async def txn(self, ops: Sequence[Op], compares: Sequence[Compare] = ()) -> TxnResult:
-        check_ops(ops)
-        if self._writer is None or self._loop is None:
-            raise RuntimeError("store is not open")
+        check_ops(ops, compares)
+        if self._closed or self._writer is None or self._loop is None:
+            raise StoreError("store is not open")
         future: asyncio.Future[TxnResult] = self._loop.create_future()
         self._queue.put(_Request(tuple(ops), tuple(compares), future))
         return await future
@@ -303,17 +323,20 @@ class SQLiteStore:
                 conn.execute("SAVEPOINT txn")
                 try:
                     outcomes.append((request, _apply(conn, request.ops, request.compares)))
-                except (StoreError, sqlite3.Error) as exc:
+                except Exception as exc:  # one bad request must not take the writer down
                     conn.execute("ROLLBACK TO txn")
                     outcomes.append((request, exc))
                 conn.execute("RELEASE txn")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             outcomes = [(r, StoreError(f"commit failed: {exc}")) for r in batch]
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._resolve, outcomes)
+        try:
+            self._loop.call_soon_threadsafe(self._resolve, outcomes)
+        except RuntimeError:  # the loop is gone: nobody is waiting any more
+            pass
 
     def _resolve(self, outcomes: list[tuple[_Request, TxnResult | BaseException]]) -> None:
         for request, outcome in outcomes:

@@ -92,11 +92,15 @@ def _shared_processors() -> list[Processor]:
 def _renderers(as_json: bool, *, colors: bool) -> list[Processor]:
     if as_json:
         return [
-            structlog.processors.dict_tracebacks,
+            # Never log local variables: they may hold tokens, secrets or payloads.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
             structlog.processors.EventRenamer("message"),
             structlog.processors.JSONRenderer(),
         ]
-    return [structlog.dev.ConsoleRenderer(colors=colors)]
+    formatter = structlog.dev.RichTracebackFormatter(show_locals=False, max_frames=20)
+    return [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=formatter)]
 
 
 def _install(handler: logging.Handler, level: str) -> None:

@@ -100,3 +100,22 @@ def test_label_selectors() -> None:
     assert not matches(labels, parse_selector("app==web"))
     assert not matches(labels, parse_selector("!tier"))
     assert not matches(labels, parse_selector("tier!=web"))
+
+
+def test_logged_errors_never_include_local_variables() -> None:
+    import io
+
+    import orjson
+
+    from mezzo.telemetry.logging import configure_logging, get_logger
+
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    try:
+        secret_token = "mzo_abc_supersecret"  # noqa: F841 - a local the traceback must not show
+        raise RuntimeError("boom")
+    except RuntimeError:
+        get_logger("test").exception("failed")
+    line = stream.getvalue().strip().splitlines()[-1]
+    assert "supersecret" not in line
+    assert orjson.loads(line)["exception"]

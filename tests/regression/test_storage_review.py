@@ -35,7 +35,7 @@ async def test_sqlite_txn_racing_close_does_not_hang(sqlite_store: KVStore) -> N
     await sqlite_store.open()  # let the fixture close it again
 
 
-@pytest.mark.parametrize("prefix", ["a\U0010ffff", "a\ud7ff"[:-1] + "\ud7ff"])
+@pytest.mark.parametrize("prefix", ["a\U0010ffff", "a\ud7ff"])
 async def test_range_and_watch_prefix_edge_chars(store: KVStore, prefix: str) -> None:
     """prefix_end(): chr(0x10FFFF + 1) raises ValueError; prefix ending in U+D7FF yields a lone
     surrogate (U+D800) that neither SQLite nor asyncpg can encode."""

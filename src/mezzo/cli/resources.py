@@ -22,16 +22,16 @@ def _ref(result: ApplyResult) -> str:
     return f"{result.kind}/{ns}{result.name}"
 
 
-async def _sources(files: list[Path]) -> dict[str, Any]:
+async def _sources(files: list[Path], error_code: int = 1) -> dict[str, Any]:
     manifests = []
     for path in files:
         if not path.exists():
             err.print(f"[red]Error:[/red] {path}: no such file or directory", markup=True)
-            raise typer.Exit(1)
+            raise typer.Exit(error_code)
         manifests += [{"source": str(p), "text": p.read_text()} for p in manifest_files(path)]
     if not manifests:
         err.print("[red]Error:[/red] no manifest files found", markup=True)
-        raise typer.Exit(1)
+        raise typer.Exit(error_code)
     return {"manifests": manifests}
 
 
@@ -50,7 +50,7 @@ async def apply(files: FileOpt, dry_run: Annotated[bool, typer.Option("--dry-run
 @run_with(error_code=2)
 async def diff(files: FileOpt) -> None:
     """Show what apply would change. Exit code 0: none, 1: differences, 2: error (like kubectl diff)."""
-    body = await _sources(files)
+    body = await _sources(files, error_code=2)
     async with client() as mezzo:
         data = await mezzo.request("POST", "/v1/resources:diff", json=body)
     changed = False

@@ -159,6 +159,8 @@ class TokenService:
         """Mint the first admin token once per store; the token file is written before the commit."""
         if await self.store.get(BOOTSTRAP_KEY) is not None:
             return
+        if any(r.role is Role.ADMIN for r in self._records.values()):
+            return  # a store from before the marker existed, already bootstrapped
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / TOKEN_FILE
         partial = path.with_suffix(".new")

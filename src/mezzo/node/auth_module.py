@@ -65,9 +65,14 @@ Caller = Annotated[Principal, Depends(principal)]
 
 
 def require(caller: Principal, verb: Verb, namespace: str | None = None) -> None:
-    if not caller.can(verb, namespace):
-        scope = f" in namespace {namespace!r}" if namespace else ""
-        raise Problem(403, "Forbidden", f"role {caller.role.value} may not {verb.value}{scope}", type="forbidden")
+    if caller.can(verb, namespace):
+        return
+    if not caller.has_verb(verb):
+        detail = f"role {caller.role.value} does not allow {verb.value}"
+    else:
+        where = f"namespace {namespace!r}" if namespace else "every namespace"
+        detail = f"this token is scoped to {', '.join(caller.namespaces)}; the call needs {where}"
+    raise Problem(403, "Forbidden", detail, type="forbidden")
 
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])

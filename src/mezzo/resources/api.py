@@ -138,7 +138,8 @@ async def diff(request: Request, caller: Caller) -> dict[str, Any]:
 
 @router.get("/kinds", summary="Kinds this node knows")
 async def kinds(request: Request, caller: Caller) -> dict[str, Any]:
-    require(caller, Verb.READ)
+    if not caller.has_verb(Verb.READ):  # kinds are not namespaced: any reader may list them
+        require(caller, Verb.READ)
     return {"items": [
         {"kind": k.kind, "plural": k.plural, "shortNames": list(k.short_names),          "description": k.description, "columns": [{"header": c.header, "path": c.path} for c in k.columns],
          "schema": k.spec.model_json_schema(by_alias=True)}
@@ -217,6 +218,7 @@ async def _sse(
 
     task = asyncio.create_task(pump())
     stop = asyncio.create_task(stopping.wait())
+    get: asyncio.Task[bytes] | None = None
     try:
         yield b": watching\n\n"
         while True:
@@ -233,10 +235,11 @@ async def _sse(
                 return
             yield chunk
     finally:
-        for pending in (task, stop):
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
+        for pending in (task, stop, get):
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
 
 
 @router.get("/resources/{kind}", summary="List resources of a kind")

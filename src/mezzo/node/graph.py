@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mezzo.messaging.module import MessagingModule
 from mezzo.node.api import ApiModule
 from mezzo.node.auth_module import AuthModule
 from mezzo.node.module import Module
@@ -25,6 +26,7 @@ MODULES: dict[str, ModuleDef] = {
     "auth": ModuleDef(AuthModule, ("store",)),
     "resources": ModuleDef(ResourcesModule, ("store", "auth")),
     "resilience": ModuleDef(ResilienceModule, ("resources",)),
+    "messaging": ModuleDef(MessagingModule, ("store", "resources")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),
 }
 

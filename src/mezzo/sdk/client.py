@@ -11,6 +11,7 @@ from mezzo import __version__
 from mezzo.jsonutil import dumps, loads
 from mezzo.sdk.config import default_token, default_url
 from mezzo.sdk.errors import ConnectError, api_error
+from mezzo.sdk.messaging import MessagingClient
 from mezzo.sdk.resources import ResourcesClient
 from mezzo.sdk.sync import SyncProxy
 from mezzo.sdk.tokens import TokensClient
@@ -44,6 +45,7 @@ class Mezzo:
             transport=transport or httpx.AsyncHTTPTransport(retries=retries),
         )
         self.resources = ResourcesClient(self)
+        self.messaging = MessagingClient(self)
         self.tokens = TokensClient(self)
 
     async def __aenter__(self) -> Mezzo:

@@ -1,0 +1,269 @@
+"""HTTP routes of messaging: publish (JSON or CloudEvents), pull/ack/nack/seek, streaming consume, inspection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from mezzo.jsonutil import dumps, loads
+from mezzo.messaging.backend import StaleReceiptError
+from mezzo.messaging.compat.cloudevents import (
+    BATCH,
+    STRUCTURED,
+    CloudEventError,
+    from_binary,
+    from_structured,
+)
+from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMessage, TopicNotFound
+from mezzo.node.auth import Principal, Verb
+from mezzo.node.auth_module import Caller, require
+from mezzo.node.errors import Problem, bad_request, not_found
+from mezzo.resources.types import NAME_PATTERN, Duration
+
+router = APIRouter(prefix="/v1/topics", tags=["messaging"])
+MAX_BODY = 64 * 1024 * 1024
+TopicPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253)]
+GroupPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253)]
+Namespace = Annotated[str, Query(pattern=NAME_PATTERN, max_length=253)]
+
+
+def service(request: Request) -> MessagingService:
+    return request.app.state.node.service(MessagingService)
+
+
+@contextlib.contextmanager
+def problems() -> Iterator[None]:
+    try:
+        yield
+    except TopicNotFound as exc:
+        raise not_found(str(exc)) from None
+    except MessageTooLarge as exc:
+        raise Problem(413, "Content Too Large", str(exc), type="message-too-large",
+                      errors=[{"field": f"messages[{exc.index}]", "reason": str(exc)}]) from None
+    except StaleReceiptError as exc:
+        raise Problem(409, "Conflict", str(exc), type="stale-receipt") from None
+
+
+def _validation(exc: ValidationError, prefix: str) -> Problem:
+    errors = [{"field": prefix + ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()]
+    return Problem(400, "Bad Request", "; ".join(f"{e['field']}: {e['reason']}" for e in errors),
+                   type="invalid-request", errors=errors)
+
+
+async def read_messages(request: Request) -> list[PublishMessage]:
+    """Messages from JSON (one, or ``{"messages": [...]}``), CloudEvents (binary, structured, batch) or a raw body."""
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise Problem(413, "Content Too Large", f"a publish request is limited to {MAX_BODY} bytes", type="too-large")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if request.headers.get("ce-specversion") is not None:
+            return [from_binary(request.headers, body)]
+        if ctype in (STRUCTURED, BATCH):
+            payload = _json(body)
+            if ctype == BATCH:
+                if not isinstance(payload, list):
+                    raise bad_request("a CloudEvents batch is a JSON array", field="body")
+                return [from_structured(e, f"[{i}].") for i, e in enumerate(payload)]
+            return [from_structured(payload)]
+        if ctype == "application/json":
+            payload = _json(body)
+            if isinstance(payload, dict) and isinstance(payload.get("messages"), list):
+                if not payload["messages"]:
+                    raise bad_request("no messages to publish", field="messages")
+                out = []
+                for i, item in enumerate(payload["messages"]):
+                    try:
+                        out.append(PublishMessage.model_validate(item))
+                    except ValidationError as exc:
+                        raise _validation(exc, f"messages[{i}].") from None
+                return out
+            try:
+                return [PublishMessage.model_validate(payload)]
+            except ValidationError as exc:
+                raise _validation(exc, "") from None
+        params = request.query_params
+        raw: dict[str, Any] = {"contentType": ctype or "application/octet-stream",
+                               "dataBase64": __import__("base64").b64encode(body).decode()}
+        for name in ("id", "key", "delay", "ttl", "deliverAt"):
+            if params.get(name):
+                raw[name] = params[name]
+        if params.get("tags"):
+            raw["tags"] = [t for t in params["tags"].split(",") if t]
+        try:
+            return [PublishMessage.model_validate(raw)]
+        except ValidationError as exc:
+            raise _validation(exc, "") from None
+    except CloudEventError as exc:
+        raise bad_request(exc.reason, field=exc.field) from None
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return loads(body)
+    except ValueError as exc:
+        raise bad_request(f"body is not valid JSON: {exc}", field="body") from None
+
+
+@router.post("/{topic}:publish", summary="Publish one or more messages")
+async def publish(request: Request, topic: TopicPath, caller: Caller, namespace: Namespace = "default") -> dict[str, Any]:
+    require(caller, Verb.USE, namespace)
+    messages = await read_messages(request)
+    with problems():
+        try:
+            results = await service(request).publish(namespace, topic, messages, caller.name)
+        except ValueError as exc:  # e.g. invalid base64
+            raise bad_request(str(exc)) from None
+    return {"messages": [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in results]}
+
+
+class PullRequest(BaseModel):
+    max: int = Field(10, ge=1, le=1000)
+    wait: Duration = Field(0.0, le=60, description="long-poll up to this long for the first message")
+
+
+class Receipts(BaseModel):
+    receipts: list[str] = Field(min_length=1, max_length=10_000)
+
+
+class NackRequest(Receipts):
+    delay: Duration | None = Field(None, le=7 * 86400, description="default: the subscription's backoff")
+
+
+class SeekRequest(BaseModel):
+    to: Literal["earliest", "latest"] | int | dict[int, int] | datetime = Field(
+        description="earliest, latest, an offset, {partition: offset}, or an RFC 3339 time")
+
+
+def _group(caller: Principal, namespace: str) -> None:
+    require(caller, Verb.USE, namespace)
+
+
+@router.post("/{topic}/groups/{group}:pull", summary="Receive messages for a consumer group")
+async def pull(request: Request, topic: TopicPath, group: GroupPath, caller: Caller,
+               body: PullRequest | None = None, namespace: Namespace = "default") -> dict[str, Any]:
+    _group(caller, namespace)
+    body = body or PullRequest()
+    with problems():
+        messages = await service(request).pull(namespace, topic, group, body.max, body.wait)
+    return {"messages": [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in messages]}
+
+
+@router.post("/{topic}/groups/{group}:ack", summary="Acknowledge deliveries")
+async def ack(request: Request, topic: TopicPath, group: GroupPath, body: Receipts, caller: Caller,
+              namespace: Namespace = "default") -> dict[str, int]:
+    _group(caller, namespace)
+    with problems():
+        await service(request).ack(namespace, topic, group, body.receipts)
+    return {"acked": len(body.receipts)}
+
+
+@router.post("/{topic}/groups/{group}:nack", summary="Ask for redelivery (after a delay)")
+async def nack(request: Request, topic: TopicPath, group: GroupPath, body: NackRequest, caller: Caller,
+               namespace: Namespace = "default") -> dict[str, int]:
+    _group(caller, namespace)
+    with problems():
+        await service(request).nack(namespace, topic, group, body.receipts, body.delay)
+    return {"nacked": len(body.receipts)}
+
+
+@router.post("/{topic}/groups/{group}:seek", summary="Move a group to earliest, latest, offsets or a time")
+async def seek(request: Request, topic: TopicPath, group: GroupPath, body: SeekRequest, caller: Caller,
+               namespace: Namespace = "default") -> dict[str, Any]:
+    require(caller, Verb.WRITE, namespace)
+    with problems():
+        try:
+            positions = await service(request).seek(namespace, topic, group, body.to)
+        except ValueError as exc:
+            raise bad_request(str(exc), field="to") from None
+    return {"positions": {str(p): o for p, o in positions.items()}}
+
+
+@router.get("/{topic}/groups/{group}:stream", summary="Server-sent events of messages; ack with :ack")
+async def stream(request: Request, topic: TopicPath, group: GroupPath, caller: Caller,
+                 namespace: Namespace = "default", max: int = Query(10, ge=1, le=1000)) -> StreamingResponse:
+    _group(caller, namespace)
+    svc = service(request)
+    if not svc.broker.has_topic(f"{namespace}/{topic}"):  # type: ignore[attr-defined]
+        raise not_found(f"topic {topic!r} in namespace {namespace!r}")
+    return StreamingResponse(_messages(svc, namespace, topic, group, max, request.app.state.node.stopping),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _messages(svc: MessagingService, namespace: str, topic: str, group: str, batch: int,
+                    stopping: asyncio.Event) -> AsyncIterator[bytes]:
+    yield b": consuming\n\n"
+    while not stopping.is_set():
+        messages = await svc.pull(namespace, topic, group, batch, 5.0)
+        if not messages:
+            yield b": heartbeat\n\n"
+            continue
+        for message in messages:
+            data = dumps(message.model_dump(mode="json", by_alias=True, exclude_none=True))
+            yield b"id: %s\nevent: message\ndata: %s\n\n" % (message.receipt.encode() if message.receipt else b"", data)
+
+
+@router.get("", summary="Topics with their sizes")
+async def list_topics(request: Request, caller: Caller, namespace: Namespace = "default") -> dict[str, Any]:
+    require(caller, Verb.READ, namespace)
+    svc = service(request)
+    prefix = f"{namespace}/"
+    items = []
+    for ref in svc.broker.topics():
+        if ref.startswith(prefix):
+            stats = svc.broker.topic_stats(ref)
+            items.append({"name": ref[len(prefix):], "partitions": stats.partitions, "messages": stats.messages,
+                          "bytes": stats.bytes, "groups": svc.broker.groups(ref)})
+    return {"items": items}
+
+
+@router.get("/{topic}/groups", summary="Consumer groups of a topic, with lag")
+async def list_groups(request: Request, topic: TopicPath, caller: Caller, namespace: Namespace = "default") -> dict[str, Any]:
+    require(caller, Verb.READ, namespace)
+    svc = service(request)
+    ref = f"{namespace}/{topic}"
+    if not svc.broker.has_topic(ref):  # type: ignore[attr-defined]
+        raise not_found(f"topic {topic!r} in namespace {namespace!r}")
+    out = []
+    for group in svc.broker.groups(ref):
+        stats = svc.broker.group_stats(ref, group)
+        out.append({"group": group, "lag": stats.lag, "inFlight": stats.in_flight,
+                    "partitions": {str(p): v for p, v in stats.partitions.items()}})
+    return {"items": out}
+
+
+@router.get("/{topic}/messages", summary="Read messages without a group (e.g. dead letters)")
+async def read_messages_route(request: Request, topic: TopicPath, caller: Caller, namespace: Namespace = "default",
+                              partition: int = Query(0, ge=0), offset: int = Query(0, ge=0),
+                              limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    require(caller, Verb.READ, namespace)
+    from mezzo.messaging.codec import Envelope
+    from mezzo.messaging.service import to_message
+
+    svc = service(request)
+    ref = f"{namespace}/{topic}"
+    if not svc.broker.has_topic(ref):  # type: ignore[attr-defined]
+        raise not_found(f"topic {topic!r} in namespace {namespace!r}")
+    try:
+        deliveries = svc.broker.read(ref, partition, offset, limit)
+    except LookupError as exc:
+        raise bad_request(str(exc), field="partition") from None
+    return {"messages": [to_message(topic, d, Envelope.decode(d.payload)).model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude={"receipt", "attempt"}) for d in deliveries]}
+
+
+@router.post("/{topic}:replay", summary="Publish dead letters back to where they came from")
+async def replay(request: Request, topic: TopicPath, caller: Caller, namespace: Namespace = "default",
+                 limit: int = Query(1000, ge=1, le=100_000)) -> dict[str, int]:
+    require(caller, Verb.WRITE, namespace)
+    with problems():
+        count = await service(request).replay_dead_letters(namespace, topic, limit)
+    return {"replayed": count}

@@ -1,0 +1,114 @@
+"""What a broker engine provides to the messaging service: partitioned logs with consumer-group queues.
+
+The service layer (``service.py``) adds what engines lack: validation, dedup,
+delays, retry backoff, dead letters, filters and push delivery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from mezzo.messaging.model import TopicSpec
+
+
+class Feature(StrEnum):
+    PARTITIONS = "partitions"
+    KEY_ORDERING = "key-ordering"  # one message per key in flight per group
+    SEEK = "seek"
+    RETENTION = "retention"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A message as stored: opaque payload plus what routing and delivery need."""
+
+    id: str
+    payload: bytes  # the encoded message (codec.py)
+    key: str | None = None
+    timestamp_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    partition: int
+    offset: int
+    duplicate: bool = False  # the id was already stored within the dedup window
+
+
+@dataclass(slots=True)
+class Delivery:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    payload: bytes
+    attempt: int  # 1 on first delivery
+    receipt: str  # opaque; identifies this delivery for ack/nack
+
+
+@dataclass(slots=True)
+class GroupStats:
+    group: str
+    lag: int  # messages not yet acked
+    in_flight: int
+    partitions: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TopicStats:
+    topic: str
+    partitions: int
+    messages: int
+    bytes: int
+    first_offsets: list[int]
+    next_offsets: list[int]
+
+
+class StaleReceiptError(LookupError):
+    """The receipt's delivery already timed out, was acked, or was redelivered."""
+
+
+class Broker(Protocol):
+    features: frozenset[Feature]
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ready(self) -> bool: ...
+
+    async def ensure_topic(self, topic: str, spec: TopicSpec) -> None:
+        """Create the topic or update its settings (partitions only grow)."""
+
+    async def delete_topic(self, topic: str) -> None: ...
+
+    def topics(self) -> list[str]: ...
+
+    async def publish(self, topic: str, records: list[Record], partitions: list[int]) -> list[Position]:
+        """Append each record to its partition; durable when this returns."""
+
+    async def fetch(
+        self, topic: str, group: str, max_messages: int, wait: float, ack_timeout: float
+    ) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries for ``group``, waiting up to ``wait`` for the first."""
+
+    async def ack(self, topic: str, group: str, receipts: list[str]) -> None:
+        """Done with these deliveries; raises StaleReceiptError for unknown or outdated receipts."""
+
+    async def nack(self, topic: str, group: str, receipts: list[str], delay: float) -> None:
+        """Redeliver these after ``delay`` seconds."""
+
+    async def seek(self, topic: str, group: str, positions: dict[int, int]) -> None:
+        """Move ``group`` to these offsets (per partition)."""
+
+    def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]: ...
+    def bounds(self, topic: str) -> dict[int, tuple[int, int]]:
+        """(first offset, next offset) per partition."""
+
+    def read(self, topic: str, partition: int, offset: int, max_messages: int) -> list[Delivery]:
+        """Read without a group (inspecting dead letters, tracing)."""
+
+    def groups(self, topic: str) -> list[str]: ...
+    def group_stats(self, topic: str, group: str) -> GroupStats: ...
+    def topic_stats(self, topic: str) -> TopicStats: ...
+    async def enforce_retention(self, now_ms: int) -> None: ...

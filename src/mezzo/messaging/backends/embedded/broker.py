@@ -1,0 +1,457 @@
+"""The embedded broker: topics as partition logs on local disk, consumer groups with journaled acks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import struct
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+import orjson
+
+from mezzo.messaging.backend import (
+    Delivery,
+    Feature,
+    GroupStats,
+    Position,
+    Record,
+    StaleReceiptError,
+    TopicStats,
+)
+from mezzo.messaging.backends.embedded.cursor import PartitionCursor, StaleReceipt
+from mezzo.messaging.backends.embedded.log import PartitionLog
+from mezzo.messaging.model import TopicSpec
+
+FsyncPolicy = Literal["always", "batch", "os"]
+_KEY = struct.Struct("<H")
+MAX_PENDING = 20_000  # loaded-but-unfinished messages per group and partition
+CHECKPOINT_EVERY = 50_000  # journal records between checkpoints
+
+
+def frame(record: Record) -> bytes:
+    """Log payload: key length, key, record id length, id, then the service's payload."""
+    key = (record.key or "").encode()
+    rid = record.id.encode()
+    return _KEY.pack(len(key) + (0 if record.key is None else 1)) + key + _KEY.pack(len(rid)) + rid + record.payload
+
+
+def unframe(data: bytes) -> tuple[str | None, str, bytes]:
+    (klen,) = _KEY.unpack_from(data, 0)
+    key = None if klen == 0 else data[2 : 2 + klen - 1].decode()
+    pos = 2 + max(klen - 1, 0)
+    (rlen,) = _KEY.unpack_from(data, pos)
+    rid = data[pos + 2 : pos + 2 + rlen].decode()
+    return key, rid, data[pos + 2 + rlen :]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class GroupState:
+    """A group's cursors for every partition of a topic, and the journal that makes acks durable."""
+
+    def __init__(self, directory: Path, partitions: int, fsync: FsyncPolicy) -> None:
+        self.directory = directory
+        self.cursors = [PartitionCursor() for _ in range(partitions)]
+        self.journal = PartitionLog(directory / "journal", fsync=fsync)
+        self._since_checkpoint = 0
+        self.rr = 0  # partition to look at first, for fairness
+
+    async def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        await self.journal.open()
+        start = self.journal.first_offset
+        checkpoint = self.directory / "checkpoint.json"
+        if checkpoint.exists():
+            state = orjson.loads(checkpoint.read_bytes())
+            for p, saved in state["partitions"].items():
+                cursor = self._cursor(int(p))
+                cursor.seek(saved["committed"])
+                cursor.done = set(saved["done"])
+                cursor.attempts = {int(o): a for o, a in saved["attempts"].items()}
+            start = max(start, state["journal_next"])
+        offset = start
+        while True:
+            batch = self.journal.read(offset, 10_000)
+            if not batch:
+                break
+            for rec in batch:
+                self._replay(orjson.loads(rec.payload))
+            offset = batch[-1].offset + 1
+
+    def _cursor(self, partition: int) -> PartitionCursor:
+        while partition >= len(self.cursors):
+            self.cursors.append(PartitionCursor())
+        return self.cursors[partition]
+
+    def _replay(self, entry: list[int | str]) -> None:
+        op, partition, offset = entry[0], int(entry[1]), int(entry[2])
+        cursor = self._cursor(partition)
+        if op == "A":
+            cursor.mark_done(offset)
+        elif op == "D":
+            cursor.attempts[offset] = int(entry[3])
+        elif op == "S":
+            cursor.seek(offset)
+
+    async def record(self, entries: list[list[int | str]]) -> None:
+        """Journal decisions; returns when they are durable."""
+        if not entries:
+            return
+        now = int(time.time() * 1000)
+        await self.journal.append([(now, orjson.dumps(e)) for e in entries])
+        self._since_checkpoint += len(entries)
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        state = {
+            "journal_next": self.journal.next_offset,
+            "partitions": {
+                str(p): {
+                    "committed": c.committed,
+                    "done": sorted(c.done),
+                    "attempts": {str(e.offset): e.attempts for e in c.entries.values() if e.attempts}
+                    | {str(o): a for o, a in c.attempts.items()},
+                }
+                for p, c in enumerate(self.cursors)
+            },
+        }
+        await asyncio.to_thread(_atomic_write, self.directory / "checkpoint.json", orjson.dumps(state))
+        await self.journal.truncate_before(state["journal_next"])
+        self._since_checkpoint = 0
+
+    async def close(self) -> None:
+        await self.checkpoint()
+        await self.journal.close()
+
+
+class TopicState:
+    def __init__(self, name: str, directory: Path, spec: TopicSpec, fsync: FsyncPolicy) -> None:
+        self.name = name
+        self.directory = directory
+        self.spec = spec
+        self.fsync = fsync
+        self.logs: list[PartitionLog] = []
+        self.groups: dict[str, GroupState] = {}
+        self.changed = asyncio.Event()  # set on publish, nack and seek: wakes waiting fetches
+        self.seen: OrderedDict[str, tuple[float, Position]] = OrderedDict()  # dedup window
+
+    async def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.directory / "topic.json", orjson.dumps(self.spec.model_dump(mode="json", by_alias=True)))
+        await self.grow(self.spec.partitions)
+        groups = self.directory / "groups"
+        if groups.is_dir():
+            for path in sorted(groups.iterdir()):
+                await self.group(path.name)
+        await self._rebuild_dedup()
+
+    async def grow(self, partitions: int) -> None:
+        while len(self.logs) < partitions:
+            log = PartitionLog(self.directory / f"p{len(self.logs)}", fsync=self.fsync)
+            await log.open()
+            self.logs.append(log)
+
+    async def group(self, name: str) -> GroupState:
+        state = self.groups.get(name)
+        if state is None:
+            state = GroupState(self.directory / "groups" / name, len(self.logs), self.fsync)
+            await state.open()
+            self.groups[name] = state
+        return state
+
+    async def _rebuild_dedup(self) -> None:
+        window_ms = int(self.spec.dedup_window * 1000)
+        if window_ms <= 0:
+            return
+        since = int(time.time() * 1000) - window_ms
+        found: list[tuple[int, str, Position]] = []
+        for p, log in enumerate(self.logs):
+            offset = log.offset_for_timestamp(since)
+            while batch := log.read(offset, 5000):
+                for rec in batch:
+                    _, rid, _ = unframe(rec.payload)
+                    found.append((rec.timestamp_ms, rid, Position(p, rec.offset)))
+                offset = batch[-1].offset + 1
+        for ts, rid, pos in sorted(found, key=lambda f: f[0]):
+            self.seen[rid] = (ts / 1000, pos)
+
+    def remember(self, rid: str, position: Position, now: float) -> None:
+        self.seen[rid] = (now, position)
+        horizon = now - self.spec.dedup_window
+        while self.seen:
+            first = next(iter(self.seen.values()))
+            if first[0] >= horizon:
+                break
+            self.seen.popitem(last=False)
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def close(self) -> None:
+        for group in self.groups.values():
+            await group.close()
+        for log in self.logs:
+            await log.close()
+
+
+class EmbeddedBroker:
+    """Broker on local disk in ``directory``; one process owns it."""
+
+    features = frozenset({Feature.PARTITIONS, Feature.KEY_ORDERING, Feature.SEEK, Feature.RETENTION})
+
+    def __init__(self, directory: Path, *, fsync: FsyncPolicy = "batch", clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self.directory = directory
+        self.fsync = fsync
+        self.clock = clock
+        self._topics: dict[str, TopicState] = {}
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        root = self.directory / "topics"
+        root.mkdir(parents=True, exist_ok=True)
+        for meta in sorted(root.glob("*/*/topic.json")):  # topics/NAMESPACE/NAME/topic.json
+            spec = TopicSpec.model_validate(orjson.loads(meta.read_bytes()))
+            await self.ensure_topic(f"{meta.parent.parent.name}/{meta.parent.name}", spec)
+
+    async def close(self) -> None:
+        for topic in self._topics.values():
+            await topic.close()
+        self._topics.clear()
+
+    async def ready(self) -> bool:
+        return self.directory.is_dir()
+
+    # topics ----------------------------------------------------------------------------
+
+    async def ensure_topic(self, topic: str, spec: TopicSpec) -> None:
+        async with self._lock:
+            state = self._topics.get(topic)
+            if state is None:
+                state = TopicState(topic, self.directory / "topics" / topic, spec, self.fsync)
+                await state.open()
+                self._topics[topic] = state
+                return
+            if spec.partitions < len(state.logs):
+                spec = spec.model_copy(update={"partitions": len(state.logs)})  # partitions only grow
+            state.spec = spec
+            _atomic_write(state.directory / "topic.json", orjson.dumps(spec.model_dump(mode="json", by_alias=True)))
+            await state.grow(spec.partitions)
+
+    async def delete_topic(self, topic: str) -> None:
+        async with self._lock:
+            state = self._topics.pop(topic, None)
+            if state is not None:
+                await state.close()
+                await asyncio.to_thread(shutil.rmtree, state.directory, True)
+
+    def topics(self) -> list[str]:
+        return sorted(self._topics)
+
+    def has_topic(self, topic: str) -> bool:
+        return topic in self._topics
+
+    def _topic(self, topic: str) -> TopicState:
+        try:
+            return self._topics[topic]
+        except KeyError:
+            raise LookupError(f"topic {topic!r} does not exist") from None
+
+    # publishing ------------------------------------------------------------------------
+
+    async def publish(self, topic: str, records: list[Record], partitions: list[int]) -> list[Position]:
+        state = self._topic(topic)
+        now = time.time()
+        positions: list[Position | None] = [None] * len(records)
+        by_partition: dict[int, list[int]] = {}
+        batch_ids: dict[str, int] = {}
+        for i, (record, partition) in enumerate(zip(records, partitions, strict=True)):
+            seen = state.seen.get(record.id) if state.spec.dedup_window > 0 else None
+            if seen is not None:
+                positions[i] = Position(seen[1].partition, seen[1].offset, duplicate=True)
+            elif record.id in batch_ids:
+                continue  # resolved after the append
+            else:
+                batch_ids[record.id] = i
+                by_partition.setdefault(partition % len(state.logs), []).append(i)
+        for partition, indexes in by_partition.items():
+            offsets = await state.logs[partition].append(
+                [(records[i].timestamp_ms, frame(records[i])) for i in indexes]
+            )
+            for i, offset in zip(indexes, offsets, strict=True):
+                positions[i] = Position(partition, offset)
+                if state.spec.dedup_window > 0:
+                    state.remember(records[i].id, positions[i], now)  # type: ignore[arg-type]
+        for i, record in enumerate(records):
+            if positions[i] is None:
+                first = positions[batch_ids[record.id]]
+                assert first is not None
+                positions[i] = Position(first.partition, first.offset, duplicate=True)
+        if by_partition:
+            state.wake()
+        return positions  # type: ignore[return-value]
+
+    # consuming -------------------------------------------------------------------------
+
+    async def fetch(
+        self, topic: str, group: str, max_messages: int, wait: float, ack_timeout: float
+    ) -> list[Delivery]:
+        state = self._topic(topic)
+        gstate = await state.group(group)
+        deadline = self.clock() + wait
+        while True:
+            changed = state.changed
+            out = self._take(state, gstate, max_messages, ack_timeout)
+            if out:
+                await gstate.record([["D", d.partition, d.offset, d.attempt] for d in out])
+                return out
+            now = self.clock()
+            if now >= deadline:
+                return []
+            wakeups = [w for c in gstate.cursors if (w := c.next_wakeup()) is not None]
+            until = min([deadline, *wakeups])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), max(until - now, 0.001))
+
+    def _take(self, state: TopicState, gstate: GroupState, max_messages: int, ack_timeout: float) -> list[Delivery]:
+        out: list[Delivery] = []
+        count = len(state.logs)
+        now = self.clock()
+        for step in range(count):
+            partition = (gstate.rr + step) % count
+            cursor = gstate._cursor(partition)
+            log = state.logs[partition]
+            if cursor.committed < log.first_offset:
+                cursor.skip_to(log.first_offset)
+            if len(cursor.entries) < MAX_PENDING and cursor.read_pos < log.next_offset:
+                batch = log.read(cursor.read_pos, MAX_PENDING - len(cursor.entries))
+                cursor.load((rec.offset, unframe(rec.payload)[0]) for rec in batch)
+            for entry in cursor.take(now, max_messages - len(out), ack_timeout):
+                rec = self._record(state, partition, entry.offset)
+                if rec is None:
+                    continue
+                out.append(Delivery(state.name, partition, entry.offset, rec.timestamp_ms,
+                                    unframe(rec.payload)[2], entry.attempts,
+                                    f"{partition}:{entry.offset}:{entry.attempts}"))
+            if len(out) >= max_messages:
+                break
+        gstate.rr = (gstate.rr + 1) % count
+        return out
+
+    @staticmethod
+    def _record(state: TopicState, partition: int, offset: int):  # type: ignore[no-untyped-def]
+        batch = state.logs[partition].read(offset, 1)
+        return batch[0] if batch and batch[0].offset == offset else None
+
+    async def ack(self, topic: str, group: str, receipts: list[str]) -> None:
+        state = self._topic(topic)
+        gstate = await state.group(group)
+        journal: list[list[int | str]] = []
+        stale: list[str] = []
+        for receipt in receipts:
+            try:
+                partition, offset, attempt = _parse_receipt(receipt)
+                gstate._cursor(partition).ack(offset, attempt)
+                journal.append(["A", partition, offset])
+            except (StaleReceipt, ValueError):
+                stale.append(receipt)
+        await gstate.record(journal)
+        if journal:
+            state.wake()  # a key that was in flight may release the next message
+        if stale:
+            raise StaleReceiptError(f"not in flight (acked, timed out or redelivered): {', '.join(stale[:10])}")
+
+    async def nack(self, topic: str, group: str, receipts: list[str], delay: float) -> None:
+        state = self._topic(topic)
+        gstate = await state.group(group)
+        stale: list[str] = []
+        visible_at = self.clock() + delay
+        for receipt in receipts:
+            try:
+                partition, offset, attempt = _parse_receipt(receipt)
+                gstate._cursor(partition).nack(offset, attempt, visible_at)
+            except (StaleReceipt, ValueError):
+                stale.append(receipt)
+        state.wake()
+        if stale:
+            raise StaleReceiptError(f"not in flight (acked, timed out or redelivered): {', '.join(stale[:10])}")
+
+    async def seek(self, topic: str, group: str, positions: dict[int, int]) -> None:
+        state = self._topic(topic)
+        gstate = await state.group(group)
+        journal: list[list[int | str]] = []
+        for partition, offset in positions.items():
+            log = state.logs[partition]
+            target = min(max(offset, log.first_offset), log.next_offset)
+            gstate._cursor(partition).seek(target)
+            journal.append(["S", partition, target])
+        await gstate.record(journal)
+        state.wake()
+
+    # inspection ------------------------------------------------------------------------
+
+    def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        return {p: log.offset_for_timestamp(timestamp_ms) for p, log in enumerate(self._topic(topic).logs)}
+
+    def bounds(self, topic: str) -> dict[int, tuple[int, int]]:
+        return {p: (log.first_offset, log.next_offset) for p, log in enumerate(self._topic(topic).logs)}
+
+    def read(self, topic: str, partition: int, offset: int, max_messages: int) -> list[Delivery]:
+        state = self._topic(topic)
+        if not 0 <= partition < len(state.logs):
+            raise LookupError(f"topic {topic!r} has no partition {partition}")
+        return [
+            Delivery(topic, partition, rec.offset, rec.timestamp_ms, unframe(rec.payload)[2], 0, "")
+            for rec in state.logs[partition].read(offset, max_messages)
+        ]
+
+    def groups(self, topic: str) -> list[str]:
+        return sorted(self._topic(topic).groups)
+
+    def group_stats(self, topic: str, group: str) -> GroupStats:
+        state = self._topic(topic)
+        gstate = state.groups.get(group)
+        if gstate is None:
+            raise LookupError(f"group {group!r} has not consumed {topic!r}")
+        parts: dict[int, dict[str, int]] = {}
+        for p, log in enumerate(state.logs):
+            cursor = gstate._cursor(p)
+            parts[p] = {"committed": cursor.committed, "next": log.next_offset,
+                        "lag": cursor.lag(log.next_offset), "inFlight": cursor.in_flight()}
+        return GroupStats(group, sum(v["lag"] for v in parts.values()),
+                          sum(v["inFlight"] for v in parts.values()), parts)
+
+    def topic_stats(self, topic: str) -> TopicStats:
+        state = self._topic(topic)
+        firsts = [log.first_offset for log in state.logs]
+        nexts = [log.next_offset for log in state.logs]
+        return TopicStats(topic, len(state.logs), sum(n - f for f, n in zip(firsts, nexts, strict=True)),
+                          sum(log.size_bytes for log in state.logs), firsts, nexts)
+
+    async def enforce_retention(self, now_ms: int) -> None:
+        for state in list(self._topics.values()):
+            for log in state.logs:
+                await log.enforce_retention(
+                    max_age_ms=int(state.spec.retention * 1000),
+                    max_bytes=state.spec.retention_bytes, now_ms=now_ms,
+                )
+
+
+def _parse_receipt(receipt: str) -> tuple[int, int, int]:
+    parts = receipt.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"malformed receipt {receipt!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])

@@ -1,0 +1,119 @@
+"""The ``messaging`` module: a broker engine, the messaging service, and the resources that drive it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from fastapi import APIRouter
+
+from mezzo.messaging.backend import Broker
+from mezzo.messaging.model import SUBSCRIPTION_KIND, TOPIC_KIND, SubscriptionSpec, TopicSpec
+from mezzo.messaging.service import MessagingService, topic_ref
+from mezzo.node.module import Health, Module
+from mezzo.resources.informer import Informer
+from mezzo.resources.manifests import from_objects
+from mezzo.resources.model import Resource
+from mezzo.resources.service import ResourceService
+from mezzo.storage.kv import KVStore
+
+log = structlog.get_logger("mezzo.messaging")
+RETENTION_EVERY = 30.0
+
+
+def open_broker(url: str, data_dir) -> Broker:  # type: ignore[no-untyped-def]
+    if url == "embedded":
+        from mezzo.messaging.backends.embedded.broker import EmbeddedBroker
+
+        return EmbeddedBroker(data_dir / "broker")
+    raise ValueError(
+        f"MEZZO_BROKER={url.split('://')[0]}://... is not available yet; this release runs the "
+        "embedded broker (MEZZO_BROKER=embedded). NATS JetStream, Redis Streams and PostgreSQL "
+        "engines are in progress."
+    )
+
+
+class MessagingModule(Module):
+    name = "messaging"
+    kinds = (TOPIC_KIND, SUBSCRIPTION_KIND)
+
+    async def start(self) -> None:
+        settings = self.node.settings
+        self.broker = open_broker(settings.broker, settings.data_dir)
+        await self.broker.open()
+        resources = self.node.service(ResourceService)
+        self.service = MessagingService(self.broker, self.node.service(KVStore))  # type: ignore[type-abstract]
+        self.service.create_topic = lambda ns, topic, user: self._create_topic(resources, ns, topic, user)
+        self.node.provide(MessagingService, self.service)
+        self.topics = Informer(resources, TOPIC_KIND.kind, self._on_topic)
+        self.subscriptions = Informer(resources, SUBSCRIPTION_KIND.kind, self._on_subscription)
+        await self.topics.start()
+        await self.subscriptions.start()
+        self._tasks = [
+            asyncio.create_task(self._forever(self.service.run_scheduler), name="mezzo-mq-scheduler"),
+            asyncio.create_task(self._retention(), name="mezzo-mq-retention"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.subscriptions.stop()
+        await self.topics.stop()
+        await self.broker.close()
+
+    async def health(self) -> Health:
+        ok = await self.broker.ready() and all(not t.done() for t in self._tasks)
+        return Health(ok, f"embedded broker, {len(self.broker.topics())} topics")
+
+    def routers(self) -> list[APIRouter]:
+        from mezzo.messaging.api import router
+        from mezzo.messaging.compat.dapr import router as dapr
+
+        return [router, dapr]
+
+    async def _on_topic(self, event: str, resource: Resource) -> None:
+        meta = resource.metadata
+        spec = None if event == "DELETED" else TopicSpec.model_validate(resource.spec)
+        await self.service.topic_changed(meta.namespace, meta.name, spec)
+
+    def _on_subscription(self, event: str, resource: Resource) -> None:
+        spec = SubscriptionSpec.model_validate(resource.spec)
+        key = (topic_ref(resource.metadata.namespace, spec.topic), spec.group)
+        if event == "DELETED":
+            self.service.subscriptions.pop(key, None)
+        else:
+            self.service.subscriptions[key] = spec
+
+    @staticmethod
+    async def _create_topic(resources: ResourceService, namespace: str, topic: str, user: str) -> None:
+        """Publishing to a topic that does not exist creates it (as Kafka, RocketMQ and Dapr do), as a resource."""
+        doc = {"apiVersion": "mezzo.dev/v1", "kind": "Topic",
+               "metadata": {"name": topic, "namespace": namespace, "labels": {"mezzo.dev/auto-created": "true"}},
+               "spec": {}}
+        desired = resources.validate(from_objects([doc], "auto-create"))
+        if await resources.get("Topic", namespace, topic) is None:
+            with contextlib.suppress(Exception):  # a concurrent publish may create it first
+                await resources.apply(desired, user)
+
+    @staticmethod
+    async def _forever(fn) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("messaging task failed; restarting")
+                await asyncio.sleep(1)
+
+    async def _retention(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_EVERY)
+            try:
+                await self.broker.enforce_retention(int(time.time() * 1000))
+            except Exception:
+                log.exception("retention failed")

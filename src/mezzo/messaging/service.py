@@ -1,0 +1,388 @@
+"""Messaging semantics on any broker engine: publish, pull, ack/nack with backoff, dead letters, delays, TTL, filters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mezzo.messaging.backend import Broker, Delivery, Position, Record
+from mezzo.messaging.codec import Envelope, data_fields, is_json
+from mezzo.messaging.filters import compile_filter
+from mezzo.messaging.model import OutMessage, SubscriptionSpec, Tag, TopicSpec
+from mezzo.resources.types import Duration, Name
+from mezzo.storage.kv import Delete, KVStore, Put
+
+log = structlog.get_logger("mezzo.messaging")
+DELAYED = "/messaging/delayed/"  # KV keys: DELAYED + due_ms (15 digits) + "/" + topic ref + "/" + id
+DLQ_ATTR = "mezzo.dlq."
+REPLAY_GROUP = "mezzo.replay"
+
+
+class TopicNotFound(LookupError):
+    pass
+
+
+class MessageTooLarge(Exception):
+    def __init__(self, index: int, size: int, limit: int) -> None:
+        super().__init__(f"message {index} is {size} bytes; topic limit is {limit} bytes")
+        self.index, self.size, self.limit = index, size, limit
+
+
+class PublishMessage(BaseModel):
+    """One message to publish (HTTP JSON body, SDK)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str | None = Field(None, min_length=1, max_length=200, description="dedup id; generated when absent")
+    key: str | None = Field(None, min_length=1, max_length=512, description="ordering key")
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
+    attributes: dict[str, str] = Field(default_factory=dict, max_length=64)
+    data: Any = None
+    data_base64: str | None = Field(None, alias="dataBase64")
+    content_type: str | None = Field(None, alias="contentType", max_length=200)
+    delay: Duration | None = Field(None, description="deliver after this long")
+    deliver_at: datetime | None = Field(None, alias="deliverAt", description="deliver at this time")
+    ttl: Duration | None = Field(None, gt=0, description="drop if not delivered within this long")
+
+    @model_validator(mode="after")
+    def _one_data(self) -> PublishMessage:
+        if self.data is not None and self.data_base64 is not None:
+            raise ValueError("give data or dataBase64, not both")
+        if self.delay is not None and self.deliver_at is not None:
+            raise ValueError("give delay or deliverAt, not both")
+        return self
+
+    def body(self) -> tuple[bytes, str | None]:
+        if self.data_base64 is not None:
+            try:
+                return base64.b64decode(self.data_base64, validate=True), self.content_type or "application/octet-stream"
+            except ValueError:
+                raise ValueError("dataBase64 is not valid base64") from None
+        if self.data is None:
+            return b"", self.content_type
+        if isinstance(self.data, str) and self.content_type and not is_json(self.content_type):
+            return self.data.encode(), self.content_type
+        return orjson.dumps(self.data), self.content_type or "application/json"
+
+
+class PublishResult(BaseModel):
+    id: str
+    partition: int | None = None
+    offset: int | None = None
+    duplicate: bool = False
+    scheduled_at: datetime | None = Field(None, alias="scheduledAt")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+@dataclass(slots=True)
+class Prepared:
+    envelope: Envelope
+    key: str | None
+    due_ms: int | None
+
+
+def topic_ref(namespace: str, topic: str) -> str:
+    return f"{namespace}/{topic}"
+
+
+def dead_letter_topic(topic: str, group: str, spec: SubscriptionSpec | None) -> str:
+    if spec is not None and spec.dead_letter_topic:
+        return spec.dead_letter_topic
+    return f"{topic}.{group}.dlq"[:253]
+
+
+class MessagingService:
+    def __init__(self, broker: Broker, store: KVStore, *, auto_create: bool = True) -> None:
+        self.broker = broker
+        self.store = store
+        self.auto_create = auto_create
+        self.topics: dict[str, TopicSpec] = {}  # ref -> spec, from Topic resources
+        self.subscriptions: dict[tuple[str, str], SubscriptionSpec] = {}  # (topic ref, group) -> spec
+        self.create_topic: Any = None  # async (namespace, topic, user) -> None, set by the module
+        self._rr = itertools.count()
+        self._scheduler_wake = asyncio.Event()
+        self.counters: dict[str, int] = {}
+
+    # topics ------------------------------------------------------------------------
+
+    async def topic_changed(self, namespace: str, name: str, spec: TopicSpec | None) -> None:
+        ref = topic_ref(namespace, name)
+        if spec is None:
+            self.topics.pop(ref, None)
+            await self.broker.delete_topic(ref)
+        else:
+            self.topics[ref] = spec
+            await self.broker.ensure_topic(ref, spec)
+
+    async def _topic(self, namespace: str, topic: str, user: str | None) -> TopicSpec:
+        ref = topic_ref(namespace, topic)
+        spec = self.topics.get(ref)
+        if spec is None and self.broker.has_topic(ref):  # type: ignore[attr-defined]
+            spec = self.topics[ref] = TopicSpec()
+        if spec is None:
+            if not (self.auto_create and user and self.create_topic):
+                raise TopicNotFound(f"topic {topic!r} does not exist in namespace {namespace!r}")
+            await self.create_topic(namespace, topic, user)
+            spec = TopicSpec()
+            await self.broker.ensure_topic(ref, spec)
+            self.topics.setdefault(ref, spec)
+        return spec
+
+    # publishing --------------------------------------------------------------------
+
+    async def publish(
+        self, namespace: str, topic: str, messages: list[PublishMessage], user: str | None
+    ) -> list[PublishResult]:
+        spec = await self._topic(namespace, topic, user)
+        now_ms = int(time.time() * 1000)
+        prepared: list[Prepared] = []
+        for index, message in enumerate(messages):
+            data, ctype = message.body()
+            if len(data) > spec.max_message_bytes:
+                raise MessageTooLarge(index, len(data), spec.max_message_bytes)
+            due = None
+            if message.delay:
+                due = now_ms + int(message.delay * 1000)
+            elif message.deliver_at is not None:
+                at = message.deliver_at if message.deliver_at.tzinfo else message.deliver_at.replace(tzinfo=UTC)
+                due = int(at.timestamp() * 1000)
+            env = Envelope(
+                id=message.id or uuid.uuid4().hex, data=data, content_type=ctype, key=message.key, tags=message.tags,
+                attributes=message.attributes, published_ms=now_ms,
+                expires_ms=(due or now_ms) + int(message.ttl * 1000) if message.ttl else None,
+            )
+            prepared.append(Prepared(env, message.key, due if due and due > now_ms else None))
+        return await self._store(namespace, topic, spec, prepared, now_ms)
+
+    async def _store(
+        self, namespace: str, topic: str, spec: TopicSpec, prepared: list[Prepared], now_ms: int
+    ) -> list[PublishResult]:
+        ref = topic_ref(namespace, topic)
+        results: list[PublishResult | None] = [None] * len(prepared)
+        ready = [i for i, p in enumerate(prepared) if p.due_ms is None]
+        later = [i for i, p in enumerate(prepared) if p.due_ms is not None]
+        if ready:
+            records = [Record(prepared[i].envelope.id, prepared[i].envelope.encode(), prepared[i].key, now_ms) for i in ready]
+            parts = [self._partition(prepared[i].key, spec.partitions) for i in ready]
+            positions = await self.broker.publish(ref, records, parts)
+            for i, pos in zip(ready, positions, strict=True):
+                results[i] = PublishResult(id=prepared[i].envelope.id, partition=pos.partition,
+                                           offset=pos.offset, duplicate=pos.duplicate)
+        if later:
+            ops = []
+            for i in later:
+                p = prepared[i]
+                body = orjson.dumps({"key": p.key, "payload": base64.b64encode(p.envelope.encode()).decode()})
+                ops.append(Put(f"{DELAYED}{p.due_ms:015d}/{ref}/{p.envelope.id}", body))
+                results[i] = PublishResult(id=p.envelope.id, scheduled_at=datetime.fromtimestamp(p.due_ms / 1000, UTC))  # type: ignore[operator]
+            await self.store.txn(ops)
+            self._scheduler_wake.set()
+        self._count("published", len(prepared))
+        return results  # type: ignore[return-value]
+
+    def _partition(self, key: str | None, partitions: int) -> int:
+        if partitions == 1:
+            return 0
+        if key is None:
+            return next(self._rr) % partitions
+        return zlib.crc32(key.encode()) % partitions
+
+    async def run_scheduler(self) -> None:
+        """Move delayed messages whose time has come into their topics (at least once, deduplicated by id)."""
+        while True:
+            now_ms = int(time.time() * 1000)
+            page = await self.store.range(DELAYED, limit=500)
+            due = [kv for kv in page.items if int(kv.key[len(DELAYED):].split("/", 1)[0]) <= now_ms]
+            for kv in due:
+                _, ref_and_id = kv.key[len(DELAYED):].split("/", 1)
+                namespace, topic, _ = ref_and_id.split("/", 2)
+                item = orjson.loads(kv.value)
+                payload = base64.b64decode(item["payload"])
+                env = Envelope.decode(payload)
+                try:
+                    spec = await self._topic(namespace, topic, None)
+                    await self.broker.publish(topic_ref(namespace, topic), [Record(env.id, payload, item["key"], now_ms)],
+                                              [self._partition(item["key"], spec.partitions)])
+                except TopicNotFound:
+                    log.warning("dropping delayed message: topic is gone", topic=topic, id=env.id)
+                await self.store.txn([Delete(kv.key)])
+            if due:
+                continue
+            wait = 1.0
+            if page.items:
+                first = int(page.items[0].key[len(DELAYED):].split("/", 1)[0])
+                wait = min(max((first - now_ms) / 1000, 0.001), 1.0)
+            self._scheduler_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._scheduler_wake.wait(), wait)
+
+    # consuming ---------------------------------------------------------------------
+
+    def subscription(self, namespace: str, topic: str, group: str) -> SubscriptionSpec:
+        found = self.subscriptions.get((topic_ref(namespace, topic), group))
+        return found or SubscriptionSpec(topic=topic, group=group)
+
+    async def pull(
+        self, namespace: str, topic: str, group: str, max_messages: int = 10, wait: float = 0.0
+    ) -> list[OutMessage]:
+        await self._topic(namespace, topic, None)
+        sub = self.subscription(namespace, topic, group)
+        ref = topic_ref(namespace, topic)
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            deliveries = await self.broker.fetch(ref, group, max_messages, remaining, sub.ack_timeout)
+            out = await self._screen(namespace, topic, group, sub, deliveries)
+            if out or time.monotonic() >= deadline or not deliveries:
+                return out
+
+    async def _screen(
+        self, namespace: str, topic: str, group: str, sub: SubscriptionSpec, deliveries: list[Delivery]
+    ) -> list[OutMessage]:
+        """Drop expired and filtered-out messages, dead-letter exhausted ones, return the rest."""
+        ref = topic_ref(namespace, topic)
+        now_ms = int(time.time() * 1000)
+        predicate = compile_filter(sub.filter) if sub.filter else None
+        out: list[OutMessage] = []
+        done: list[str] = []
+        for d in deliveries:
+            env = Envelope.decode(d.payload)
+            if env.expires_ms is not None and env.expires_ms <= now_ms:
+                done.append(d.receipt)
+                self._count("expired")
+                continue
+            if predicate is not None and not predicate(env.tags, env.key, env.attributes):
+                done.append(d.receipt)
+                self._count("filtered")
+                continue
+            if d.attempt > sub.max_deliveries:
+                await self._dead_letter(namespace, topic, group, sub, d, env, "max deliveries exceeded")
+                done.append(d.receipt)
+                continue
+            out.append(to_message(topic, d, env))
+        if done:
+            with contextlib.suppress(LookupError):
+                await self.broker.ack(ref, group, done)
+        self._count("delivered", len(out))
+        return out
+
+    async def ack(self, namespace: str, topic: str, group: str, receipts: list[str]) -> None:
+        await self._topic(namespace, topic, None)
+        await self.broker.ack(topic_ref(namespace, topic), group, receipts)
+        self._count("acked", len(receipts))
+
+    async def nack(
+        self, namespace: str, topic: str, group: str, receipts: list[str], delay: float | None = None
+    ) -> None:
+        """Redeliver after ``delay`` (default: the subscription's backoff for that attempt);
+        a message that used its last attempt goes to the dead-letter topic instead."""
+        await self._topic(namespace, topic, None)
+        sub = self.subscription(namespace, topic, group)
+        ref = topic_ref(namespace, topic)
+        by_delay: dict[float, list[str]] = {}
+        exhausted: list[str] = []
+        for receipt in receipts:
+            attempt = int(receipt.rsplit(":", 1)[-1]) if receipt.count(":") == 2 and receipt.rsplit(":", 1)[-1].isdigit() else 0
+            if attempt >= sub.max_deliveries:
+                exhausted.append(receipt)
+            else:
+                wait = sub.backoff.delay(attempt) if delay is None else delay
+                by_delay.setdefault(wait, []).append(receipt)
+        for receipt in exhausted:
+            partition, offset, attempt = (int(x) for x in receipt.split(":"))
+            [d] = self.broker.read(ref, partition, offset, 1) or [None]
+            if d is not None and d.offset == offset:
+                d.attempt = attempt
+                await self._dead_letter(namespace, topic, group, sub, d, Envelope.decode(d.payload), "rejected on last attempt")
+        if exhausted:
+            await self.broker.ack(ref, group, exhausted)
+        for wait, batch in by_delay.items():
+            await self.broker.nack(ref, group, batch, wait)
+        self._count("nacked", len(receipts))
+
+    async def _dead_letter(
+        self, namespace: str, topic: str, group: str, sub: SubscriptionSpec, d: Delivery, env: Envelope, reason: str
+    ) -> None:
+        target = dead_letter_topic(topic, group, sub)
+        attrs = {**env.attributes, f"{DLQ_ATTR}topic": topic, f"{DLQ_ATTR}group": group,
+                 f"{DLQ_ATTR}partition": str(d.partition), f"{DLQ_ATTR}offset": str(d.offset),
+                 f"{DLQ_ATTR}attempts": str(d.attempt), f"{DLQ_ATTR}reason": reason}
+        letter = Envelope(env.id, env.data, env.content_type, env.key, env.tags, attrs, int(time.time() * 1000))
+        spec = await self._topic(namespace, target, "mezzo")
+        await self._store(namespace, target, spec, [Prepared(letter, env.key, None)], letter.published_ms)
+        self._count("dead_lettered")
+        log.info("message dead-lettered", topic=topic, group=group, id=env.id, dlq=target, reason=reason)
+
+    async def seek(self, namespace: str, topic: str, group: str, to: str | int | dict[int, int] | datetime) -> dict[int, int]:
+        """``earliest``, ``latest``, an offset for every partition, ``{partition: offset}``, or a time."""
+        await self._topic(namespace, topic, None)
+        ref = topic_ref(namespace, topic)
+        bounds = self.broker.bounds(ref)
+        if to == "earliest":
+            positions = {p: b[0] for p, b in bounds.items()}
+        elif to == "latest":
+            positions = {p: b[1] for p, b in bounds.items()}
+        elif isinstance(to, datetime):
+            moment = to if to.tzinfo else to.replace(tzinfo=UTC)
+            positions = self.broker.offsets_for_time(ref, int(moment.timestamp() * 1000))
+        elif isinstance(to, int):
+            positions = dict.fromkeys(bounds, to)
+        elif isinstance(to, dict):
+            unknown = set(to) - set(bounds)
+            if unknown:
+                raise ValueError(f"no partition {sorted(unknown)[0]} in topic {topic!r}")
+            positions = dict(to)
+        else:
+            raise ValueError("seek to earliest, latest, an offset, {partition: offset} or a time")
+        await self.broker.seek(ref, group, positions)
+        return positions
+
+    async def replay_dead_letters(self, namespace: str, dlq_topic: str, limit: int = 1000) -> int:
+        """Publish dead letters back to the topics they came from; each letter is replayed once."""
+        await self._topic(namespace, dlq_topic, None)
+        ref = topic_ref(namespace, dlq_topic)
+        replayed = 0
+        while replayed < limit:
+            deliveries = await self.broker.fetch(ref, REPLAY_GROUP, min(100, limit - replayed), 0.0, 60.0)
+            if not deliveries:
+                break
+            for d in deliveries:
+                env = Envelope.decode(d.payload)
+                origin = env.attributes.get(f"{DLQ_ATTR}topic")
+                if origin:
+                    env.attributes = {k: v for k, v in env.attributes.items() if not k.startswith(DLQ_ATTR)}
+                    env.id = f"{env.id}.replay.{d.offset}"  # the original id may still be in the dedup window
+                    env.published_ms = int(time.time() * 1000)
+                    spec = await self._topic(namespace, origin, "mezzo")
+                    await self._store(namespace, origin, spec, [Prepared(env, env.key, None)], env.published_ms)
+                    replayed += 1
+                await self.broker.ack(ref, REPLAY_GROUP, [d.receipt])
+        return replayed
+
+    def _count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
+
+
+def to_message(topic: str, d: Delivery, env: Envelope) -> OutMessage:
+    return OutMessage(
+        id=env.id, topic=topic, partition=d.partition, offset=d.offset, key=env.key, tags=env.tags,
+        attributes=env.attributes, contentType=env.content_type,
+        publishedAt=datetime.fromtimestamp(env.published_ms / 1000, UTC), attempt=d.attempt,
+        receipt=d.receipt or None, **data_fields(env.data, env.content_type),
+    )
+
+
+__all__ = ["MessagingService", "Name", "Position", "PublishMessage", "PublishResult", "TopicNotFound"]

@@ -1,0 +1,175 @@
+"""``client.messaging``: publish, subscribe (pull with ack/nack), seek, topics and groups, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from mezzo.messaging.model import OutMessage
+
+if TYPE_CHECKING:
+    from mezzo.sdk.client import Mezzo
+
+
+
+def message_body(
+    data: Any, *, key: str | None = None, tags: Iterable[str] = (), attributes: dict[str, str] | None = None,
+    id: str | None = None, delay: float | str | None = None, deliver_at: datetime | None = None,
+    ttl: float | str | None = None, content_type: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": key, "tags": list(tags), "attributes": attributes or {}, "id": id,
+                            "delay": delay, "ttl": ttl, "contentType": content_type,
+                            "deliverAt": deliver_at.isoformat() if deliver_at else None}
+    if isinstance(data, bytes | bytearray | memoryview):
+        body["dataBase64"] = base64.b64encode(bytes(data)).decode()
+        body["contentType"] = content_type or "application/octet-stream"
+    elif isinstance(data, str) and content_type is None:
+        body["data"], body["contentType"] = data, "text/plain; charset=utf-8"
+    else:
+        body["data"] = data
+    return {k: v for k, v in body.items() if v not in (None, [], {})}
+
+
+@dataclass(slots=True)
+class Message:
+    """A received message; ``await msg.ack()`` when done, ``await msg.nack(delay)`` to retry."""
+
+    raw: OutMessage
+    _sub: Subscription = field(repr=False)
+
+    @property
+    def data(self) -> Any:
+        if self.raw.data_base64 is not None:
+            return base64.b64decode(self.raw.data_base64)
+        return self.raw.data
+
+    def __getattr__(self, name: str) -> Any:  # id, key, tags, attributes, attempt, offset, ...
+        return getattr(self.raw, name)
+
+    async def ack(self) -> None:
+        await self._sub.ack([self])
+
+    async def nack(self, delay: float | str | None = None) -> None:
+        await self._sub.nack([self], delay)
+
+
+class Subscription:
+    """Pull-based consumption by one member of a consumer group (``async for msg in sub``)."""
+
+    def __init__(self, api: MessagingClient, topic: str, group: str, namespace: str, batch: int, wait: float) -> None:
+        self._api, self.topic, self.group, self.namespace = api, topic, group, namespace
+        self.batch, self.wait = batch, wait
+        self._buffer: list[Message] = []
+        self._closed = False
+
+    def _path(self, verb: str) -> str:
+        return f"/v1/topics/{self.topic}/groups/{self.group}:{verb}"
+
+    async def pull(self, max_messages: int | None = None, wait: float | None = None) -> list[Message]:
+        data = await self._api._client.request(
+            "POST", self._path("pull"), json={"max": max_messages or self.batch, "wait": self.wait if wait is None else wait},
+            params={"namespace": self.namespace})
+        return [Message(OutMessage.model_validate(m), self) for m in data["messages"]]
+
+    async def ack(self, messages: Iterable[Message]) -> None:
+        receipts = [m.raw.receipt for m in messages if m.raw.receipt]
+        if receipts:
+            await self._api._client.request("POST", self._path("ack"), json={"receipts": receipts},
+                                            params={"namespace": self.namespace})
+
+    async def nack(self, messages: Iterable[Message], delay: float | str | None = None) -> None:
+        receipts = [m.raw.receipt for m in messages if m.raw.receipt]
+        if receipts:
+            body: dict[str, Any] = {"receipts": receipts}
+            if delay is not None:
+                body["delay"] = delay
+            await self._api._client.request("POST", self._path("nack"), json=body, params={"namespace": self.namespace})
+
+    async def seek(self, to: str | int | dict[int, int] | datetime) -> dict[str, int]:
+        value = to.isoformat() if isinstance(to, datetime) else to
+        data = await self._api._client.request("POST", self._path("seek"), json={"to": value},
+                                               params={"namespace": self.namespace})
+        return data["positions"]  # type: ignore[no-any-return]
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while not self._closed:
+            if not self._buffer:
+                self._buffer = await self.pull()
+                continue
+            yield self._buffer.pop(0)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
+        if self._buffer:  # hand back what was fetched but not handed out
+            await self.nack(self._buffer, 0)
+            self._buffer = []
+
+
+Handler = Callable[[Message], Awaitable[Any]]
+
+
+class MessagingClient:
+    def __init__(self, client: Mezzo) -> None:
+        self._client = client
+        self._handlers: list[tuple[str, str, str, Handler]] = []
+
+    async def publish(self, topic: str, data: Any = None, *, namespace: str = "default", **options: Any) -> dict[str, Any]:
+        """Publish one message; options: key, tags, attributes, id, delay, deliver_at, ttl, content_type."""
+        data_out = await self._client.request(
+            "POST", f"/v1/topics/{topic}:publish", json=message_body(data, **options), params={"namespace": namespace})
+        return data_out["messages"][0]  # type: ignore[no-any-return]
+
+    async def publish_batch(self, topic: str, messages: Iterable[dict[str, Any]], *, namespace: str = "default") -> list[dict[str, Any]]:
+        """Publish many at once: each item is ``{"data": ..., "key": ..., ...}`` as for ``publish``."""
+        body = {"messages": [message_body(m.get("data"), **{k: v for k, v in m.items() if k != "data"}) for m in messages]}
+        data = await self._client.request("POST", f"/v1/topics/{topic}:publish", json=body, params={"namespace": namespace})
+        return data["messages"]  # type: ignore[no-any-return]
+
+    def subscribe(self, topic: str, group: str, *, namespace: str = "default", batch: int = 10, wait: float = 20.0) -> Subscription:
+        return Subscription(self, topic, group, namespace, batch, wait)
+
+    def handler(self, topic: str, group: str, *, namespace: str = "default") -> Callable[[Handler], Handler]:
+        """Decorator: ``@client.messaging.handler("orders", "billing")``; run them with ``run_handlers()``.
+        Returning normally acks; raising nacks (redelivered with the subscription's backoff)."""
+        def register(fn: Handler) -> Handler:
+            self._handlers.append((topic, group, namespace, fn))
+            return fn
+        return register
+
+    async def run_handlers(self) -> None:
+        async def consume(topic: str, group: str, namespace: str, fn: Handler) -> None:
+            async with self.subscribe(topic, group, namespace=namespace) as sub:
+                async for message in sub:
+                    try:
+                        await fn(message)
+                    except Exception:
+                        await message.nack()
+                    else:
+                        await message.ack()
+
+        await asyncio.gather(*(consume(*h) for h in self._handlers))
+
+    async def topics(self, namespace: str = "default") -> list[dict[str, Any]]:
+        return (await self._client.request("GET", "/v1/topics", params={"namespace": namespace}))["items"]  # type: ignore[no-any-return]
+
+    async def groups(self, topic: str, namespace: str = "default") -> list[dict[str, Any]]:
+        return (await self._client.request("GET", f"/v1/topics/{topic}/groups", params={"namespace": namespace}))["items"]  # type: ignore[no-any-return]
+
+    async def read(self, topic: str, *, partition: int = 0, offset: int = 0, limit: int = 100, namespace: str = "default") -> list[OutMessage]:
+        data = await self._client.request("GET", f"/v1/topics/{topic}/messages", params={
+            "namespace": namespace, "partition": partition, "offset": offset, "limit": limit})
+        return [OutMessage.model_validate(m) for m in data["messages"]]
+
+    async def replay(self, dlq_topic: str, *, limit: int = 1000, namespace: str = "default") -> int:
+        data = await self._client.request("POST", f"/v1/topics/{dlq_topic}:replay", params={"namespace": namespace, "limit": limit})
+        return int(data["replayed"])

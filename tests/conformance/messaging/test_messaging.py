@@ -1,0 +1,281 @@
+"""Messaging semantics, the same on every broker engine."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from mezzo.messaging.service import MessagingService
+from mezzo.sdk.errors import APIError, Conflict, NotFound
+from mezzo.testing.fixtures import RunningNode, wait_for
+
+
+async def drain(sub, want: int, timeout: float = 10.0) -> list:  # type: ignore[no-untyped-def]
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += await sub.pull(wait=0.5)
+    return got
+
+
+async def test_publish_pull_ack_and_groups(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        for i in range(5):
+            await client.messaging.publish("orders", {"n": i})
+        async with client.messaging.subscribe("orders", "billing") as billing, \
+                client.messaging.subscribe("orders", "shipping") as shipping:
+            got = await drain(billing, 5)
+            assert [m.data["n"] for m in got] == [0, 1, 2, 3, 4]
+            assert all(m.attempt == 1 for m in got)
+            for m in got:
+                await m.ack()
+            assert [m.data["n"] for m in await drain(shipping, 5)] == [0, 1, 2, 3, 4]  # every group gets all
+            assert await billing.pull(wait=0.1) == []
+        groups = {g["group"]: g for g in await client.messaging.groups("orders")}
+        assert groups["billing"]["lag"] == 0 and groups["shipping"]["inFlight"] == 5
+
+
+async def test_competing_consumers_share_a_group(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        await client.messaging.publish_batch("jobs", [{"data": i} for i in range(20)])
+        a = client.messaging.subscribe("jobs", "workers", batch=3)
+        b = client.messaging.subscribe("jobs", "workers", batch=3)
+        seen: list[int] = []
+        while len(seen) < 20:
+            for sub in (a, b):
+                batch = await sub.pull(wait=0.2)
+                seen += [m.data for m in batch]
+                await sub.ack(batch)
+        assert sorted(seen) == list(range(20))  # each message went to exactly one consumer
+
+
+async def test_dedup_window(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        first = await client.messaging.publish("pay", "x", id="payment-1")
+        again = await client.messaging.publish("pay", "x", id="payment-1")
+        assert again["duplicate"] and again["offset"] == first["offset"]
+        batch = await client.messaging.publish_batch("pay", [{"data": 1, "id": "b"}, {"data": 2, "id": "b"}])
+        assert [r["duplicate"] for r in batch] == [False, True]
+        assert (await client.messaging.topics())[0]["messages"] == 2
+
+
+async def test_per_key_order_one_in_flight(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "Topic",
+                                      "metadata": {"name": "events"}, "spec": {"partitions": 4}})
+        await wait_for(lambda: mq.node.service(MessagingService).topics.get("default/events"))
+        msgs = [{"data": {"k": k, "n": n}, "key": k} for n in range(5) for k in ("a", "b", "c")]
+        await client.messaging.publish_batch("events", msgs)
+        sub = client.messaging.subscribe("events", "g", batch=100)
+        first = await drain(sub, 3)
+        assert sorted(m.data["k"] for m in first) == ["a", "b", "c"]  # one per key in flight
+        assert all(m.data["n"] == 0 for m in first)
+        order: dict[str, list[int]] = {"a": [0], "b": [0], "c": [0]}
+        pending = first
+        while pending:
+            await sub.ack(pending)
+            pending = await sub.pull(wait=0.5)
+            assert len({m.data["k"] for m in pending}) == len(pending)
+            for m in pending:
+                order[m.data["k"]].append(m.data["n"])
+        assert order == {k: [0, 1, 2, 3, 4] for k in "abc"}
+
+
+async def test_nack_redelivers_with_attempt_count(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        await client.messaging.publish("retry", "hello")
+        sub = client.messaging.subscribe("retry", "g")
+        [m] = await drain(sub, 1)
+        await m.nack(0)
+        [again] = await drain(sub, 1)
+        assert again.attempt == 2 and again.id == m.id
+        with pytest.raises(Conflict):  # the first delivery's receipt is stale now
+            await m.ack()
+        await again.ack()
+
+
+async def test_ack_timeout_redelivers(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "Subscription",
+                                      "metadata": {"name": "quick"},
+                                      "spec": {"topic": "slow", "group": "g", "ackTimeout": "100ms"}})
+        svc = mq.node.service(MessagingService)
+        await wait_for(lambda: svc.subscriptions)
+        await client.messaging.publish("slow", "work")
+        sub = client.messaging.subscribe("slow", "g")
+        [m] = await drain(sub, 1)
+        [again] = await drain(sub, 1)  # never acked: comes back after the ack timeout
+        assert again.attempt == 2 and again.id == m.id
+
+
+async def test_dead_letters_after_max_deliveries_and_replay(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "Subscription",
+                                      "metadata": {"name": "billing-orders"},
+                                      "spec": {"topic": "orders", "group": "billing", "maxDeliveries": 2,
+                                               "backoff": {"initial": "1ms", "max": "1ms"},
+                                               "deadLetterTopic": "orders-dlq"}})
+        svc = mq.node.service(MessagingService)
+        await wait_for(lambda: svc.subscriptions)
+        await client.messaging.publish("orders", {"bad": True}, key="o-1")
+        sub = client.messaging.subscribe("orders", "billing")
+        for attempt in (1, 2):
+            [m] = await drain(sub, 1)
+            assert m.attempt == attempt
+            await m.nack()
+        assert await sub.pull(wait=0.3) == []
+        [letter] = await client.messaging.read("orders-dlq")
+        assert letter.data == {"bad": True} and letter.key == "o-1"
+        assert letter.attributes["mezzo.dlq.topic"] == "orders"
+        assert letter.attributes["mezzo.dlq.attempts"] == "2"
+        assert await client.messaging.replay("orders-dlq") == 1
+        [back] = await drain(sub, 1)
+        assert back.data == {"bad": True} and "mezzo.dlq.topic" not in back.attributes
+        assert await client.messaging.replay("orders-dlq") == 0  # each letter is replayed once
+
+
+async def test_delayed_and_scheduled_delivery(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        later = await client.messaging.publish("timers", "in an hour", delay="1h")
+        assert later["scheduledAt"] and "offset" not in later
+        at = datetime.now(UTC) + timedelta(milliseconds=200)
+        await client.messaging.publish("timers", "soon", deliver_at=at)
+        await client.messaging.publish("timers", "short", delay="50ms")
+        sub = client.messaging.subscribe("timers", "g")
+        got = await drain(sub, 2)
+        assert sorted(m.data for m in got) == ["short", "soon"]
+        assert await sub.pull(wait=0.2) == []  # the one-hour message is still waiting
+
+
+async def test_ttl_drops_undelivered(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        # TTL counts from when a message is due; due an hour ago with a 1 s TTL, it has expired
+        await client.messaging.publish("ttl", "stale", ttl="1s", deliver_at=datetime.now(UTC) - timedelta(hours=1))
+        await client.messaging.publish("ttl", "fresh", ttl="1h")
+        got = await drain(client.messaging.subscribe("ttl", "g"), 1)
+        assert [m.data for m in got] == ["fresh"]
+
+
+async def test_filters(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "Subscription",
+                                      "metadata": {"name": "eu-paid"},
+                                      "spec": {"topic": "sales", "group": "eu",
+                                               "filter": "tags has 'paid' and attributes.region == 'eu'"}})
+        svc = mq.node.service(MessagingService)
+        await wait_for(lambda: svc.subscriptions)
+        await client.messaging.publish("sales", 1, tags=["paid"], attributes={"region": "eu"})
+        await client.messaging.publish("sales", 2, tags=["paid"], attributes={"region": "us"})
+        await client.messaging.publish("sales", 3, attributes={"region": "eu"})
+        await client.messaging.publish("sales", 4, tags=["paid", "vip"], attributes={"region": "eu"})
+        got = await drain(client.messaging.subscribe("sales", "eu"), 2)
+        assert [m.data for m in got] == [1, 4]
+        with pytest.raises(APIError) as info:
+            await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "Subscription",
+                                          "metadata": {"name": "bad"},
+                                          "spec": {"topic": "sales", "group": "x", "filter": "tags has"}})
+        assert info.value.errors[0]["field"] == "spec.filter"
+
+
+async def test_seek_earliest_latest_and_time(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        await client.messaging.publish_batch("log", [{"data": i} for i in range(3)])
+        sub = client.messaging.subscribe("log", "g", batch=10)
+        await sub.ack(await drain(sub, 3))
+        await sub.seek("earliest")
+        assert [m.data for m in await drain(sub, 3)] == [0, 1, 2]
+        await sub.seek("latest")
+        assert await sub.pull(wait=0.1) == []
+        await sub.seek(1)
+        assert [m.data for m in await drain(sub, 2)] == [1, 2]
+        await sub.seek(datetime.now(UTC) + timedelta(hours=1))
+        assert await sub.pull(wait=0.1) == []
+
+
+async def test_size_limit_and_bad_input(mq: RunningNode) -> None:
+    headers = {"Authorization": f"Bearer {mq.token}"}
+    async with httpx.AsyncClient(base_url=mq.url, headers=headers) as http:
+        big = await http.post("/v1/topics/big:publish", json={"data": "x" * (1024 * 1024 + 10)})
+        assert big.status_code == 413, big.text
+        assert big.headers["content-type"] == "application/problem+json"
+        cases = {
+            "/v1/topics/t:publish": {"json": {"data": 1, "dataBase64": "AA=="}},
+            "/v1/topics/T!:publish": {"json": {"data": 1}},
+            "/v1/topics/t2:publish#": {"json": {"messages": []}},
+            "/v1/topics/t3:publish": {"json": {"data": 1, "delay": "soon"}},
+            "/v1/topics/t4:publish": {"content": b"{", "headers": {"content-type": "application/json"}},
+            "/v1/topics/t5:publish": {"content": b"{}", "headers": {"content-type": "application/cloudevents+json"}},
+        }
+        for path, kwargs in cases.items():
+            response = await http.post(path.rstrip("#"), **kwargs)
+            assert 400 <= response.status_code < 500, (path, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+        missing = await http.post("/v1/topics/nope/groups/g:pull", json={})
+        assert missing.status_code == 404
+        stale = await http.post("/v1/topics/t6:publish", json={"data": 1})
+        assert stale.status_code == 200
+        bad_receipt = await http.post("/v1/topics/t6/groups/g:ack", json={"receipts": ["0:99:1", "junk"]})
+        assert bad_receipt.status_code == 409
+
+
+async def test_cloudevents_binary_and_structured(mq: RunningNode) -> None:
+    headers = {"Authorization": f"Bearer {mq.token}"}
+    async with httpx.AsyncClient(base_url=mq.url, headers=headers) as http:
+        binary = await http.post("/v1/topics/ce:publish", content=b'{"a":1}', headers={
+            "ce-specversion": "1.0", "ce-id": "evt-1", "ce-source": "/shop", "ce-type": "order.paid",
+            "ce-partitionkey": "o-7", "content-type": "application/json"})
+        assert binary.status_code == 200, binary.text
+        structured = await http.post("/v1/topics/ce:publish", json={
+            "specversion": "1.0", "id": "evt-2", "source": "/shop", "type": "order.shipped",
+            "subject": "o-7", "data": {"b": 2}}, headers={"content-type": "application/cloudevents+json"})
+        assert structured.status_code == 200, structured.text
+        missing = await http.post("/v1/topics/ce:publish", json={"specversion": "1.0", "id": "x"},
+                                  headers={"content-type": "application/cloudevents+json"})
+        assert missing.status_code == 400 and missing.json()["errors"][0]["field"] == "source"
+    async with mq.client() as client:
+        got = await drain(client.messaging.subscribe("ce", "g"), 2)
+        assert [(m.id, m.data, m.key) for m in got] == [("evt-1", {"a": 1}, "o-7"), ("evt-2", {"b": 2}, None)]
+        assert got[0].attributes["ce.type"] == "order.paid" and got[1].attributes["ce.subject"] == "o-7"
+
+
+async def test_dapr_publish(mq: RunningNode) -> None:
+    async with httpx.AsyncClient(base_url=mq.url) as http:
+        ok = await http.post("/v1.0/publish/mezzo/dapr-orders", json={"status": "completed"},
+                             headers={"dapr-api-token": mq.token})
+        assert ok.status_code == 204
+        plain = await http.post("/v1.0/publish/mezzo/dapr-orders", content=b"hi",
+                                headers={"dapr-api-token": mq.token, "content-type": "text/plain"})
+        assert plain.status_code == 204
+        unknown = await http.post("/v1.0/publish/kafka/dapr-orders", json={}, headers={"dapr-api-token": mq.token})
+        assert unknown.status_code == 404 and unknown.json()["errorCode"] == "ERR_PUBSUB_NOT_FOUND"
+        assert (await http.post("/v1.0/publish/mezzo/dapr-orders", json={})).status_code == 401
+    async with mq.client() as client:
+        got = await drain(client.messaging.subscribe("dapr-orders", "g"), 2)
+        assert [m.data for m in got] == [{"status": "completed"}, "hi"]
+
+
+async def test_unknown_topic_without_auto_create_is_404(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        with pytest.raises(NotFound):
+            await client.messaging.subscribe("never-published", "g").pull()
+
+
+async def test_state_survives_restart(mq: RunningNode) -> None:
+    from mezzo.testing.fixtures import start_node
+
+    async with mq.client() as client:
+        await client.messaging.publish_batch("durable", [{"data": i} for i in range(4)])
+        sub = client.messaging.subscribe("durable", "g", batch=2)
+        await sub.ack(await drain(sub, 2))
+        await client.messaging.publish("durable", "late", delay="150ms")
+    await mq.node.stop()
+    again = await start_node(mq.data_dir)
+    try:
+        async with again.client() as client:
+            got = await drain(client.messaging.subscribe("durable", "g", batch=10), 3)
+            assert [m.data for m in got] == [2, 3, "late"]
+    finally:
+        await again.node.stop()

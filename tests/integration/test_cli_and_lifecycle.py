@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -169,3 +170,20 @@ def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     env = {**os.environ, "MEZZO_CONFIG": str(tmp_path / "nope.yaml"), "MEZZO_DATA_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "mezzo", "up"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "nope.yaml" in result.stderr
+
+
+def test_cli_mq_publish_consume_topics_groups(node_process: RunningNode) -> None:
+    first = mezzo(node_process, "mq", "publish", "orders", '{"n": 1}', "--key", "o-1", "--tag", "paid")
+    assert first.returncode == 0, first.stderr
+    assert "partition 0 offset 0" in first.stdout
+    assert "duplicate" in mezzo(node_process, "mq", "publish", "orders", "x", "--id",
+                                first.stdout.split()[0]).stdout
+    assert "scheduled for" in mezzo(node_process, "mq", "publish", "orders", "later", "--delay", "1h").stdout
+    consumed = mezzo(node_process, "mq", "consume", "orders", "--group", "cli", "--wait", "0.5")
+    lines = [json.loads(line) for line in consumed.stdout.splitlines()]
+    assert [(m["data"], m["key"], m["tags"]) for m in lines] == [({"n": 1}, "o-1", ["paid"])]
+    assert "orders" in mezzo(node_process, "mq", "topics").stdout
+    groups = mezzo(node_process, "mq", "groups", "orders").stdout
+    assert "cli" in groups and "LAG" in groups
+    assert "partition 0: 0" in mezzo(node_process, "mq", "seek", "orders", "--group", "cli", "--to", "earliest").stdout
+    assert mezzo(node_process, "mq", "consume", "orders", "-g", "cli", "--wait", "0.5").stdout.count("\n") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from mezzo import __version__
-from mezzo.cli import resources, server, tokens
+from mezzo.cli import mq, resources, server, tokens
 
 app = typer.Typer(
     name="mezzo",
@@ -24,6 +24,7 @@ app.command("delete")(resources.delete)
 app.command("history")(resources.history)
 app.command("rollback")(resources.rollback)
 app.add_typer(tokens.app, name="token")
+app.add_typer(mq.app, name="mq")
 
 
 @app.command("version")

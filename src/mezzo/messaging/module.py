@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import time
 
+import httpx
 import structlog
 from fastapi import APIRouter
 
 from mezzo.messaging.backend import Broker
 from mezzo.messaging.model import SUBSCRIPTION_KIND, TOPIC_KIND, SubscriptionSpec, TopicSpec
+from mezzo.messaging.push import Pusher
 from mezzo.messaging.service import MessagingService, topic_ref
 from mezzo.node.module import Health, Module
 from mezzo.resources.informer import Informer
@@ -49,6 +51,8 @@ class MessagingModule(Module):
         self.node.provide(MessagingService, self.service)
         self.topics = Informer(resources, TOPIC_KIND.kind, self._on_topic)
         self.subscriptions = Informer(resources, SUBSCRIPTION_KIND.kind, self._on_subscription)
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
+        self.pushers: dict[str, asyncio.Task[None]] = {}  # resource ref -> delivery loop
         await self.topics.start()
         await self.subscriptions.start()
         self._tasks = [
@@ -62,6 +66,12 @@ class MessagingModule(Module):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.subscriptions.stop()
+        for task in self.pushers.values():
+            task.cancel()
+        for task in self.pushers.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.http.aclose()
         await self.topics.stop()
         await self.broker.close()
 
@@ -83,10 +93,17 @@ class MessagingModule(Module):
     def _on_subscription(self, event: str, resource: Resource) -> None:
         spec = SubscriptionSpec.model_validate(resource.spec)
         key = (topic_ref(resource.metadata.namespace, spec.topic), spec.group)
+        old = self.pushers.pop(resource.ref, None)
+        if old is not None:
+            old.cancel()  # the loop restarts below with the new settings
         if event == "DELETED":
             self.service.subscriptions.pop(key, None)
-        else:
-            self.service.subscriptions[key] = spec
+            return
+        self.service.subscriptions[key] = spec
+        if spec.endpoint is not None:
+            pusher = Pusher(self.service, resource.metadata.namespace, spec, self.http)
+            self.pushers[resource.ref] = asyncio.create_task(
+                self._forever(pusher.run), name=f"mezzo-push-{resource.ref}")
 
     @staticmethod
     async def _create_topic(resources: ResourceService, namespace: str, topic: str, user: str) -> None:

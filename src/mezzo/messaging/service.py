@@ -313,6 +313,20 @@ class MessagingService:
             await self.broker.nack(ref, group, batch, wait)
         self._count("nacked", len(receipts))
 
+    async def drop(self, namespace: str, topic: str, group: str, receipts: list[str], reason: str) -> None:
+        """Give up on these deliveries: to the dead-letter topic if the subscription names one."""
+        sub = self.subscription(namespace, topic, group)
+        ref = topic_ref(namespace, topic)
+        if sub.dead_letter_topic:
+            for receipt in receipts:
+                partition, offset, attempt = (int(x) for x in receipt.split(":"))
+                [d] = self.broker.read(ref, partition, offset, 1) or [None]
+                if d is not None and d.offset == offset:
+                    d.attempt = attempt
+                    await self._dead_letter(namespace, topic, group, sub, d, Envelope.decode(d.payload), reason)
+        await self.broker.ack(ref, group, receipts)
+        self._count("dropped", len(receipts))
+
     async def _dead_letter(
         self, namespace: str, topic: str, group: str, sub: SubscriptionSpec, d: Delivery, env: Envelope, reason: str
     ) -> None:

@@ -1,0 +1,92 @@
+"""Push subscriptions: deliver a group's messages to an HTTP endpoint as CloudEvents.
+
+Replies follow Dapr's contract: 2xx acks, unless the JSON body says
+``{"status": "RETRY"}`` (redeliver after the subscription's backoff) or
+``{"status": "DROP"}`` (dead-lettered when the subscription names a
+dead-letter topic, else dropped); 404 drops; any other status or a network
+error retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httpx
+import orjson
+import structlog
+
+from mezzo.jsonutil import dumps
+from mezzo.messaging.compat.cloudevents import STRUCTURED, to_structured
+from mezzo.messaging.model import OutMessage, SubscriptionSpec
+from mezzo.messaging.service import MessagingService, TopicNotFound
+
+log = structlog.get_logger("mezzo.messaging.push")
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def outcome(response: httpx.Response) -> str:
+    """ack, retry or drop, from an endpoint's reply."""
+    if response.status_code == 404:
+        return "drop"
+    if not 200 <= response.status_code < 300:
+        return "retry"
+    status = None
+    if response.content and "json" in response.headers.get("content-type", ""):
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+            status = str(orjson.loads(response.content).get("status", "")).upper()
+    return {"RETRY": "retry", "DROP": "drop"}.get(status or "", "ack")
+
+
+class Pusher:
+    def __init__(self, service: MessagingService, namespace: str, spec: SubscriptionSpec, http: httpx.AsyncClient) -> None:
+        self.service = service
+        self.namespace = namespace
+        self.spec = spec
+        self.http = http
+        self._slots = asyncio.Semaphore(spec.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        spec = self.spec
+        try:
+            while True:
+                free = max(self._slots._value, 1)
+                try:
+                    messages = await self.service.pull(self.namespace, spec.topic, spec.group, free, 5.0)
+                except TopicNotFound:
+                    await asyncio.sleep(1)
+                    continue
+                for message in messages:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(self._deliver(message))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _deliver(self, message: OutMessage) -> None:
+        spec = self.spec
+        try:
+            event = to_structured(message, f"mezzo/{self.namespace}/{spec.topic}")
+            headers = {"content-type": STRUCTURED}
+            headers.update({h: message.attributes[h] for h in TRACE_HEADERS if h in message.attributes})
+            try:
+                response = await self.http.post(str(spec.endpoint), content=dumps(event), headers=headers,
+                                                 timeout=spec.timeout)
+                result = outcome(response)
+            except httpx.HTTPError as exc:
+                log.info("push failed; will retry", endpoint=str(spec.endpoint), error=str(exc))
+                result = "retry"
+            receipts = [message.receipt or ""]
+            if result == "ack":
+                await self.service.ack(self.namespace, spec.topic, spec.group, receipts)
+            elif result == "retry":
+                await self.service.nack(self.namespace, spec.topic, spec.group, receipts)
+            else:
+                await self.service.drop(self.namespace, spec.topic, spec.group, receipts, "dropped by the endpoint")
+        except Exception:
+            log.exception("push delivery failed", topic=spec.topic, group=spec.group, id=message.id)
+        finally:
+            self._slots.release()

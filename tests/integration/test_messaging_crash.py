@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from mezzo.testing.fixtures import spawn_node, stop_process
+from mezzo.testing.fixtures import spawn_node, stop_process, wait_for
 
 
 async def test_sigkill_loses_no_acknowledged_publish_or_ack(tmp_path: Path) -> None:
@@ -52,9 +52,7 @@ async def test_sigkill_loses_no_acknowledged_publish_or_ack(tmp_path: Path) -> N
         await http.post("/v1/topics/crash:publish", json={"id": "seed", "data": 0})
         published.add("seed")
         tasks = [asyncio.create_task(publisher(http, w)) for w in range(3)] + [asyncio.create_task(consumer(http))]
-        deadline = asyncio.get_running_loop().time() + 30
-        while (len(published) < 600 or len(acked) < 150) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: len(published) >= 600 and len(acked) >= 150, timeout=30)
         node.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         node.process.wait()  # type: ignore[union-attr]
         stop.set()

@@ -26,6 +26,7 @@ from mezzo.node.auth import Principal, Verb
 from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import Problem, bad_request, not_found
 from mezzo.resources.types import NAME_PATTERN, Duration
+from mezzo.telemetry.propagation import inject_attributes
 
 router = APIRouter(prefix="/v1/topics", tags=["messaging"])
 MAX_BODY = 64 * 1024 * 1024
@@ -105,6 +106,17 @@ async def read_messages(request: Request) -> list[PublishMessage]:
         raise bad_request(exc.reason, field=exc.field) from None
 
 
+def carry_trace(request: Request, messages: list[PublishMessage]) -> None:
+    """Messages continue the publisher's trace: this request's span when Mezzo traces itself, else its headers."""
+    current: dict[str, str] = {}
+    inject_attributes(current)
+    if not current and request.headers.get("traceparent"):
+        current = {h: request.headers[h] for h in ("traceparent", "tracestate") if h in request.headers}
+    for message in messages:
+        for name, value in current.items():
+            message.attributes.setdefault(name, value)
+
+
 def _json(body: bytes) -> Any:
     try:
         return loads(body)
@@ -116,6 +128,7 @@ def _json(body: bytes) -> Any:
 async def publish(request: Request, topic: TopicPath, caller: Caller, namespace: Namespace = "default") -> dict[str, Any]:
     require(caller, Verb.USE, namespace)
     messages = await read_messages(request)
+    carry_trace(request, messages)
     with problems():
         try:
             results = await service(request).publish(namespace, topic, messages, caller.name)

@@ -20,6 +20,7 @@ from mezzo.resources.manifests import from_objects
 from mezzo.resources.model import Resource
 from mezzo.resources.service import ResourceService
 from mezzo.storage.kv import KVStore
+from mezzo.telemetry.metrics import Metrics
 
 log = structlog.get_logger("mezzo.messaging")
 RETENTION_EVERY = 30.0
@@ -46,7 +47,8 @@ class MessagingModule(Module):
         self.broker = open_broker(settings.broker, settings.data_dir)
         await self.broker.open()
         resources = self.node.service(ResourceService)
-        self.service = MessagingService(self.broker, self.node.service(KVStore))  # type: ignore[type-abstract]
+        self.service = MessagingService(self.broker, self.node.service(KVStore),  # type: ignore[type-abstract]
+                                        metrics=self.node.service(Metrics))
         self.service.create_topic = lambda ns, topic, user: self._create_topic(resources, ns, topic, user)
         self.node.provide(MessagingService, self.service)
         self.topics = Informer(resources, TOPIC_KIND.kind, self._on_topic)

@@ -20,9 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mezzo.messaging.backend import Broker, Delivery, Position, Record
 from mezzo.messaging.codec import Envelope, data_fields, is_json
 from mezzo.messaging.filters import compile_filter
+from mezzo.messaging.metrics import MessagingMetrics
 from mezzo.messaging.model import OutMessage, SubscriptionSpec, Tag, TopicSpec
 from mezzo.resources.types import Duration, Name
 from mezzo.storage.kv import Delete, KVStore, Put
+from mezzo.telemetry.metrics import Metrics
 
 log = structlog.get_logger("mezzo.messaging")
 DELAYED = "/messaging/delayed/"  # KV keys: DELAYED + due_ms (15 digits) + "/" + topic ref + "/" + id
@@ -105,7 +107,7 @@ def dead_letter_topic(topic: str, group: str, spec: SubscriptionSpec | None) -> 
 
 
 class MessagingService:
-    def __init__(self, broker: Broker, store: KVStore, *, auto_create: bool = True) -> None:
+    def __init__(self, broker: Broker, store: KVStore, *, auto_create: bool = True, metrics: Metrics | None = None) -> None:
         self.broker = broker
         self.store = store
         self.auto_create = auto_create
@@ -114,7 +116,7 @@ class MessagingService:
         self.create_topic: Any = None  # async (namespace, topic, user) -> None, set by the module
         self._rr = itertools.count()
         self._scheduler_wake = asyncio.Event()
-        self.counters: dict[str, int] = {}
+        self.metrics = MessagingMetrics(metrics, broker)
 
     # topics ------------------------------------------------------------------------
 
@@ -190,7 +192,7 @@ class MessagingService:
                 results[i] = PublishResult(id=p.envelope.id, scheduled_at=datetime.fromtimestamp(p.due_ms / 1000, UTC))  # type: ignore[operator]
             await self.store.txn(ops)
             self._scheduler_wake.set()
-        self._count("published", len(prepared))
+        self.metrics.count("published", namespace, topic, "", len(prepared))
         return results  # type: ignore[return-value]
 
     def _partition(self, key: str | None, partitions: int) -> int:
@@ -262,27 +264,31 @@ class MessagingService:
             env = Envelope.decode(d.payload)
             if env.expires_ms is not None and env.expires_ms <= now_ms:
                 done.append(d.receipt)
-                self._count("expired")
+                self.metrics.count("expired", namespace, topic, group)
                 continue
             if predicate is not None and not predicate(env.tags, env.key, env.attributes):
                 done.append(d.receipt)
-                self._count("filtered")
+                self.metrics.count("filtered", namespace, topic, group)
                 continue
             if d.attempt > sub.max_deliveries:
                 await self._dead_letter(namespace, topic, group, sub, d, env, "max deliveries exceeded")
                 done.append(d.receipt)
                 continue
             out.append(to_message(topic, d, env))
+            if d.attempt == 1:
+                self.metrics.delivered_after(now_ms / 1000 - d.timestamp_ms / 1000, namespace, topic, group)
+            else:
+                self.metrics.count("redelivered", namespace, topic, group)
         if done:
             with contextlib.suppress(LookupError):
                 await self.broker.ack(ref, group, done)
-        self._count("delivered", len(out))
+        self.metrics.count("delivered", namespace, topic, group, len(out))
         return out
 
     async def ack(self, namespace: str, topic: str, group: str, receipts: list[str]) -> None:
         await self._topic(namespace, topic, None)
         await self.broker.ack(topic_ref(namespace, topic), group, receipts)
-        self._count("acked", len(receipts))
+        self.metrics.count("acked", namespace, topic, group, len(receipts))
 
     async def nack(
         self, namespace: str, topic: str, group: str, receipts: list[str], delay: float | None = None
@@ -311,7 +317,7 @@ class MessagingService:
             await self.broker.ack(ref, group, exhausted)
         for wait, batch in by_delay.items():
             await self.broker.nack(ref, group, batch, wait)
-        self._count("nacked", len(receipts))
+        self.metrics.count("nacked", namespace, topic, group, len(receipts))
 
     async def drop(self, namespace: str, topic: str, group: str, receipts: list[str], reason: str) -> None:
         """Give up on these deliveries: to the dead-letter topic if the subscription names one."""
@@ -325,7 +331,7 @@ class MessagingService:
                     d.attempt = attempt
                     await self._dead_letter(namespace, topic, group, sub, d, Envelope.decode(d.payload), reason)
         await self.broker.ack(ref, group, receipts)
-        self._count("dropped", len(receipts))
+        self.metrics.count("dropped", namespace, topic, group, len(receipts))
 
     async def _dead_letter(
         self, namespace: str, topic: str, group: str, sub: SubscriptionSpec, d: Delivery, env: Envelope, reason: str
@@ -337,7 +343,7 @@ class MessagingService:
         letter = Envelope(env.id, env.data, env.content_type, env.key, env.tags, attrs, int(time.time() * 1000))
         spec = await self._topic(namespace, target, "mezzo")
         await self._store(namespace, target, spec, [Prepared(letter, env.key, None)], letter.published_ms)
-        self._count("dead_lettered")
+        self.metrics.count("dead_lettered", namespace, topic, group)
         log.info("message dead-lettered", topic=topic, group=group, id=env.id, dlq=target, reason=reason)
 
     async def seek(self, namespace: str, topic: str, group: str, to: str | int | dict[int, int] | datetime) -> dict[int, int]:
@@ -385,9 +391,6 @@ class MessagingService:
                     replayed += 1
                 await self.broker.ack(ref, REPLAY_GROUP, [d.receipt])
         return replayed
-
-    def _count(self, what: str, n: int = 1) -> None:
-        self.counters[what] = self.counters.get(what, 0) + n
 
 
 def to_message(topic: str, d: Delivery, env: Envelope) -> OutMessage:

@@ -279,3 +279,17 @@ async def test_state_survives_restart(mq: RunningNode) -> None:
             assert [m.data for m in got] == [2, 3, "late"]
     finally:
         await again.node.stop()
+
+
+async def test_metrics_and_trace_context(mq: RunningNode) -> None:
+    parent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    headers = {"Authorization": f"Bearer {mq.token}", "traceparent": parent}
+    async with httpx.AsyncClient(base_url=mq.url, headers=headers) as http:
+        assert (await http.post("/v1/topics/metered:publish", json={"data": 1})).status_code == 200
+    async with mq.client() as client:
+        [m] = await drain(client.messaging.subscribe("metered", "g"), 1)
+        assert m.attributes["traceparent"] == parent  # the consumer continues the publisher's trace
+        text = (await client._http.get("/metrics")).text
+    assert 'mezzo_messaging_published_total{group="",namespace="default",topic="metered"} 1.0' in text
+    assert 'mezzo_messaging_in_flight_messages{group="g",namespace="default",topic="metered"} 1.0' in text
+    assert 'mezzo_messaging_delivery_latency_seconds_count{group="g",namespace="default",topic="metered"} 1.0' in text

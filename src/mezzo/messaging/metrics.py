@@ -1,0 +1,65 @@
+"""Messaging metrics: counters per topic and group, delivery latency, and lag read from the broker at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from mezzo.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from mezzo.messaging.backend import Broker
+
+EVENTS = ("published", "delivered", "acked", "nacked", "redelivered", "dead_lettered", "dropped", "expired", "filtered")
+LABELS = ("namespace", "topic", "group")
+
+
+class MessagingMetrics:
+    def __init__(self, metrics: Metrics | None, broker: Broker) -> None:
+        self._counters = {}
+        self._latency = None
+        if metrics is None:
+            return
+        for event in EVENTS:
+            self._counters[event] = metrics.counter("messaging", event, "total", f"Messages {event.replace('_', ' ')}.", labels=LABELS)
+        self._latency = metrics.histogram(
+            "messaging", "delivery_latency", "seconds", "From publish (or due time) to first delivery.",
+            labels=LABELS, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        collector = _GroupCollector(broker)
+        if not getattr(metrics, "_mezzo_messaging_collector", None):
+            metrics.registry.register(collector)
+            metrics._mezzo_messaging_collector = collector  # type: ignore[attr-defined]
+        else:
+            metrics._mezzo_messaging_collector.broker = broker  # type: ignore[attr-defined]
+
+    def count(self, event: str, namespace: str, topic: str, group: str = "", n: int = 1) -> None:
+        counter = self._counters.get(event)
+        if counter is not None and n:
+            counter.labels(namespace, topic, group).inc(n)
+
+    def delivered_after(self, seconds: float, namespace: str, topic: str, group: str) -> None:
+        if self._latency is not None:
+            self._latency.labels(namespace, topic, group).observe(max(seconds, 0.0))
+
+
+class _GroupCollector(Collector):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily("mezzo_messaging_lag_messages", "Messages not yet acked by a group.", labels=LABELS)
+        flight = GaugeMetricFamily("mezzo_messaging_in_flight_messages", "Delivered, not yet acked.", labels=LABELS)
+        size = GaugeMetricFamily("mezzo_messaging_stored_messages", "Messages retained in a topic.", labels=LABELS[:2])
+        for ref in self.broker.topics():
+            namespace, topic = ref.split("/", 1)
+            size.add_metric([namespace, topic], self.broker.topic_stats(ref).messages)
+            for group in self.broker.groups(ref):
+                stats = self.broker.group_stats(ref, group)
+                lag.add_metric([namespace, topic, group], stats.lag)
+                flight.add_metric([namespace, topic, group], stats.in_flight)
+        yield lag
+        yield flight
+        yield size

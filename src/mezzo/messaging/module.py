@@ -15,6 +15,7 @@ from mezzo.messaging.model import SUBSCRIPTION_KIND, TOPIC_KIND, SubscriptionSpe
 from mezzo.messaging.push import Pusher
 from mezzo.messaging.service import MessagingService, topic_ref
 from mezzo.node.module import Health, Module
+from mezzo.node.settings import Settings
 from mezzo.resources.informer import Informer
 from mezzo.resources.manifests import from_objects
 from mezzo.resources.model import Resource
@@ -26,11 +27,12 @@ log = structlog.get_logger("mezzo.messaging")
 RETENTION_EVERY = 30.0
 
 
-def open_broker(url: str, data_dir) -> Broker:  # type: ignore[no-untyped-def]
-    if url == "embedded":
+def open_broker(settings: Settings) -> Broker:
+    if settings.broker == "embedded":
         from mezzo.messaging.backends.embedded.broker import EmbeddedBroker
 
-        return EmbeddedBroker(data_dir / "broker")
+        return EmbeddedBroker(settings.data_dir / "broker", fsync=settings.broker_fsync)
+    url = settings.broker
     raise ValueError(
         f"MEZZO_BROKER={url.split('://')[0]}://... is not available yet; this release runs the "
         "embedded broker (MEZZO_BROKER=embedded). NATS JetStream, Redis Streams and PostgreSQL "
@@ -44,7 +46,7 @@ class MessagingModule(Module):
 
     async def start(self) -> None:
         settings = self.node.settings
-        self.broker = open_broker(settings.broker, settings.data_dir)
+        self.broker = open_broker(settings)
         await self.broker.open()
         resources = self.node.service(ResourceService)
         self.service = MessagingService(self.broker, self.node.service(KVStore),  # type: ignore[type-abstract]

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
         None, description="sqlite:///PATH (default: DATA_DIR/mezzo.db) or postgresql://..."
     )
     broker: str = Field("embedded", description="embedded | nats://... | redis://... | postgresql://...")
+    broker_fsync: Literal["always", "batch", "os"] = Field(
+        "batch", description="embedded broker durability: fsync each write, group commit, or leave it to the OS")
     cache: str = Field("memory", description="memory | redis://...")
     targets: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["all"], description="modules to run")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -339,13 +339,19 @@ class EmbeddedBroker:
             if len(cursor.entries) < MAX_PENDING and cursor.read_pos < log.next_offset:
                 batch = log.read(cursor.read_pos, MAX_PENDING - len(cursor.entries))
                 cursor.load((rec.offset, unframe(rec.payload)[0]) for rec in batch)
-            for entry in cursor.take(now, max_messages - len(out), ack_timeout):
-                rec = self._record(state, partition, entry.offset)
-                if rec is None:
-                    continue
-                out.append(Delivery(state.name, partition, entry.offset, rec.timestamp_ms,
-                                    unframe(rec.payload)[2], entry.attempts,
-                                    f"{partition}:{entry.offset}:{entry.attempts}"))
+            taken = cursor.take(now, max_messages - len(out), ack_timeout)
+            if taken:
+                # one read for the span of offsets taken (usually contiguous) instead of one per message
+                first, last = taken[0].offset, max(e.offset for e in taken)
+                records = {rec.offset: rec for rec in log.read(first, last - first + 1, 64 * 1024 * 1024)
+                           if rec.offset <= last} if last - first < 4 * len(taken) else {}
+                for entry in taken:
+                    rec = records.get(entry.offset) or self._record(state, partition, entry.offset)
+                    if rec is None:
+                        continue
+                    out.append(Delivery(state.name, partition, entry.offset, rec.timestamp_ms,
+                                        unframe(rec.payload)[2], entry.attempts,
+                                        f"{partition}:{entry.offset}:{entry.attempts}"))
             if len(out) >= max_messages:
                 break
         gstate.rr = (gstate.rr + 1) % count

@@ -18,7 +18,6 @@ import asyncio
 import os
 import statistics
 import struct
-import sys
 import tempfile
 import time
 import uuid
@@ -27,8 +26,7 @@ from pathlib import Path
 import httpx
 import nats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mezzo.testing.fixtures import spawn_node, stop_process  # noqa: E402
+from mezzo.testing.fixtures import spawn_node, stop_process
 
 PAYLOAD = 128
 

@@ -104,6 +104,8 @@ async def read_messages(request: Request) -> list[PublishMessage]:
             raise _validation(exc, "") from None
     except CloudEventError as exc:
         raise bad_request(exc.reason, field=exc.field) from None
+    except ValidationError as exc:  # a CloudEvent whose attributes do not fit a message
+        raise _validation(exc, "") from None
 
 
 def carry_trace(request: Request, messages: list[PublishMessage]) -> None:

@@ -96,10 +96,15 @@ class Broker(Protocol):
         """Done with these deliveries; raises StaleReceiptError for unknown or outdated receipts."""
 
     async def nack(self, topic: str, group: str, receipts: list[str], delay: float) -> None:
-        """Redeliver these after ``delay`` seconds."""
+        """Redeliver these after ``delay`` seconds; raises StaleReceiptError for any not in flight."""
 
-    async def seek(self, topic: str, group: str, positions: dict[int, int]) -> None:
-        """Move ``group`` to these offsets (per partition)."""
+    async def in_flight(self, topic: str, group: str, receipts: list[str]) -> dict[str, Delivery]:
+        """The deliveries (with payload and attempt) of those receipts that are still in flight."""
+
+    async def seek(self, topic: str, group: str, positions: dict[int, int]) -> dict[int, int]:
+        """Move ``group`` to these offsets (per partition, clamped to what exists); returns them."""
+
+    def has_topic(self, topic: str) -> bool: ...
 
     def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]: ...
     def bounds(self, topic: str) -> dict[int, tuple[int, int]]:

@@ -57,6 +57,7 @@ class MessagingModule(Module):
         self.subscriptions = Informer(resources, SUBSCRIPTION_KIND.kind, self._on_subscription)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
         self.pushers: dict[str, asyncio.Task[None]] = {}  # resource ref -> delivery loop
+        self._sub_keys: dict[str, tuple[str, str]] = {}  # resource ref -> (topic ref, group)
         await self.topics.start()
         await self.subscriptions.start()
         self._tasks = [
@@ -100,9 +101,12 @@ class MessagingModule(Module):
         old = self.pushers.pop(resource.ref, None)
         if old is not None:
             old.cancel()  # the loop restarts below with the new settings
+        previous = self._sub_keys.pop(resource.ref, None)
+        if previous is not None:  # the resource may have moved to another topic or group
+            self.service.subscriptions.pop(previous, None)
         if event == "DELETED":
-            self.service.subscriptions.pop(key, None)
             return
+        self._sub_keys[resource.ref] = key
         self.service.subscriptions[key] = spec
         if spec.endpoint is not None:
             pusher = Pusher(self.service, resource.metadata.namespace, spec, self.http)

@@ -44,27 +44,34 @@ class Pusher:
         self.namespace = namespace
         self.spec = spec
         self.http = http
-        self._slots = asyncio.Semaphore(spec.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
 
     async def run(self) -> None:
         spec = self.spec
         try:
             while True:
-                free = max(self._slots._value, 1)
+                free = spec.max_in_flight - len(self._tasks)
+                if free <= 0:  # pull only what can be sent now, so no ack timer runs while waiting
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    continue
                 try:
                     messages = await self.service.pull(self.namespace, spec.topic, spec.group, free, 5.0)
                 except TopicNotFound:
                     await asyncio.sleep(1)
                     continue
                 for message in messages:
-                    await self._slots.acquire()
                     task = asyncio.create_task(self._deliver(message))
                     self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(self._done)
         finally:
             for task in list(self._tasks):
                 task.cancel()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_freed.set()
 
     async def _deliver(self, message: OutMessage) -> None:
         spec = self.spec
@@ -88,5 +95,3 @@ class Pusher:
                 await self.service.drop(self.namespace, spec.topic, spec.group, receipts, "dropped by the endpoint")
         except Exception:
             log.exception("push delivery failed", topic=spec.topic, group=spec.group, id=message.id)
-        finally:
-            self._slots.release()

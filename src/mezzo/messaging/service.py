@@ -17,7 +17,7 @@ import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mezzo.messaging.backend import Broker, Delivery, Position, Record
+from mezzo.messaging.backend import Broker, Delivery, Position, Record, StaleReceiptError
 from mezzo.messaging.codec import Envelope, data_fields, is_json
 from mezzo.messaging.filters import compile_filter
 from mezzo.messaging.metrics import MessagingMetrics
@@ -30,6 +30,7 @@ log = structlog.get_logger("mezzo.messaging")
 DELAYED = "/messaging/delayed/"  # KV keys: DELAYED + due_ms (15 digits) + "/" + topic ref + "/" + id
 DLQ_ATTR = "mezzo.dlq."
 REPLAY_GROUP = "mezzo.replay"
+REPLAY_FOR = "mezzo.replay.group"  # a replayed dead letter goes to the group that gave up on it only
 
 
 class TopicNotFound(LookupError):
@@ -126,13 +127,15 @@ class MessagingService:
             self.topics.pop(ref, None)
             await self.broker.delete_topic(ref)
         else:
+            await self.broker.ensure_topic(ref, spec)  # before publishers can see it
             self.topics[ref] = spec
-            await self.broker.ensure_topic(ref, spec)
 
     async def _topic(self, namespace: str, topic: str, user: str | None) -> TopicSpec:
         ref = topic_ref(namespace, topic)
         spec = self.topics.get(ref)
-        if spec is None and self.broker.has_topic(ref):  # type: ignore[attr-defined]
+        if spec is not None and not self.broker.has_topic(ref):
+            await self.broker.ensure_topic(ref, spec)
+        if spec is None and self.broker.has_topic(ref):
             spec = self.topics[ref] = TopicSpec()
         if spec is None:
             if not (self.auto_create and user and self.create_topic):
@@ -205,6 +208,7 @@ class MessagingService:
     async def run_scheduler(self) -> None:
         """Move delayed messages whose time has come into their topics (at least once, deduplicated by id)."""
         while True:
+            self._scheduler_wake.clear()  # before reading: a message scheduled after this read wakes us
             now_ms = int(time.time() * 1000)
             page = await self.store.range(DELAYED, limit=500)
             due = [kv for kv in page.items if int(kv.key[len(DELAYED):].split("/", 1)[0]) <= now_ms]
@@ -227,7 +231,6 @@ class MessagingService:
             if page.items:
                 first = int(page.items[0].key[len(DELAYED):].split("/", 1)[0])
                 wait = min(max((first - now_ms) / 1000, 0.001), 1.0)
-            self._scheduler_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._scheduler_wake.wait(), wait)
 
@@ -266,7 +269,9 @@ class MessagingService:
                 done.append(d.receipt)
                 self.metrics.count("expired", namespace, topic, group)
                 continue
-            if predicate is not None and not predicate(env.tags, env.key, env.attributes):
+            only = env.attributes.get(REPLAY_FOR)
+            if (only is not None and only != group) or (
+                    predicate is not None and not predicate(env.tags, env.key, env.attributes)):
                 done.append(d.receipt)
                 self.metrics.count("filtered", namespace, topic, group)
                 continue
@@ -298,40 +303,35 @@ class MessagingService:
         await self._topic(namespace, topic, None)
         sub = self.subscription(namespace, topic, group)
         ref = topic_ref(namespace, topic)
-        by_delay: dict[float, list[str]] = {}
-        exhausted: list[str] = []
-        for receipt in receipts:
-            attempt = int(receipt.rsplit(":", 1)[-1]) if receipt.count(":") == 2 and receipt.rsplit(":", 1)[-1].isdigit() else 0
-            if attempt >= sub.max_deliveries:
-                exhausted.append(receipt)
-            else:
-                wait = sub.backoff.delay(attempt) if delay is None else delay
-                by_delay.setdefault(wait, []).append(receipt)
-        for receipt in exhausted:
-            partition, offset, attempt = (int(x) for x in receipt.split(":"))
-            [d] = self.broker.read(ref, partition, offset, 1) or [None]
-            if d is not None and d.offset == offset:
-                d.attempt = attempt
-                await self._dead_letter(namespace, topic, group, sub, d, Envelope.decode(d.payload), "rejected on last attempt")
+        live = await self.broker.in_flight(ref, group, receipts)
+        stale = [r for r in receipts if r not in live]
+        exhausted = [r for r, d in live.items() if d.attempt >= sub.max_deliveries]
+        for receipt in exhausted:  # dead-letter first, then ack: a crash between repeats, never loses
+            d = live[receipt]
+            await self._dead_letter(namespace, topic, group, sub, d, Envelope.decode(d.payload), "rejected on last attempt")
         if exhausted:
             await self.broker.ack(ref, group, exhausted)
+        by_delay: dict[float, list[str]] = {}
+        for receipt, d in live.items():
+            if receipt not in exhausted:
+                by_delay.setdefault(sub.backoff.delay(d.attempt) if delay is None else delay, []).append(receipt)
         for wait, batch in by_delay.items():
             await self.broker.nack(ref, group, batch, wait)
-        self.metrics.count("nacked", namespace, topic, group, len(receipts))
+        self.metrics.count("nacked", namespace, topic, group, len(live))
+        if stale:
+            raise StaleReceiptError(f"not in flight (acked, timed out or redelivered): {', '.join(stale[:10])}")
 
     async def drop(self, namespace: str, topic: str, group: str, receipts: list[str], reason: str) -> None:
         """Give up on these deliveries: to the dead-letter topic if the subscription names one."""
         sub = self.subscription(namespace, topic, group)
         ref = topic_ref(namespace, topic)
+        live = await self.broker.in_flight(ref, group, receipts)
         if sub.dead_letter_topic:
-            for receipt in receipts:
-                partition, offset, attempt = (int(x) for x in receipt.split(":"))
-                [d] = self.broker.read(ref, partition, offset, 1) or [None]
-                if d is not None and d.offset == offset:
-                    d.attempt = attempt
-                    await self._dead_letter(namespace, topic, group, sub, d, Envelope.decode(d.payload), reason)
-        await self.broker.ack(ref, group, receipts)
-        self.metrics.count("dropped", namespace, topic, group, len(receipts))
+            for d in live.values():
+                await self._dead_letter(namespace, topic, group, sub, d, Envelope.decode(d.payload), reason)
+        if live:
+            await self.broker.ack(ref, group, list(live))
+        self.metrics.count("dropped", namespace, topic, group, len(live))
 
     async def _dead_letter(
         self, namespace: str, topic: str, group: str, sub: SubscriptionSpec, d: Delivery, env: Envelope, reason: str
@@ -367,8 +367,7 @@ class MessagingService:
             positions = dict(to)
         else:
             raise ValueError("seek to earliest, latest, an offset, {partition: offset} or a time")
-        await self.broker.seek(ref, group, positions)
-        return positions
+        return await self.broker.seek(ref, group, positions)
 
     async def replay_dead_letters(self, namespace: str, dlq_topic: str, limit: int = 1000) -> int:
         """Publish dead letters back to the topics they came from; each letter is replayed once."""
@@ -383,7 +382,10 @@ class MessagingService:
                 env = Envelope.decode(d.payload)
                 origin = env.attributes.get(f"{DLQ_ATTR}topic")
                 if origin:
+                    group = env.attributes.get(f"{DLQ_ATTR}group")
                     env.attributes = {k: v for k, v in env.attributes.items() if not k.startswith(DLQ_ATTR)}
+                    if group:
+                        env.attributes[REPLAY_FOR] = group
                     env.id = f"{env.id}.replay.{d.offset}"  # the original id may still be in the dedup window
                     env.published_ms = int(time.time() * 1000)
                     spec = await self._topic(namespace, origin, "mezzo")

@@ -9,6 +9,10 @@ pubsub or topic, 500 failed; errors carry Dapr's ``{"errorCode", "message"}`` bo
 
 from __future__ import annotations
 
+import base64
+import math
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -29,8 +33,6 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 @router.post("/v1.0/publish/{pubsubname}/{topic}", status_code=204, summary="Dapr-compatible publish")
 async def dapr_publish(pubsubname: str, topic: str, request: Request, caller: Caller) -> Response:
-    import re
-
     namespace = request.query_params.get("metadata.namespace", "default")
     if pubsubname != PUBSUB_NAME:
         return _error(404, "ERR_PUBSUB_NOT_FOUND", f"pubsub {pubsubname} not found; Mezzo's is named '{PUBSUB_NAME}'")
@@ -45,11 +47,12 @@ async def dapr_publish(pubsubname: str, topic: str, request: Request, caller: Ca
         if ctype == STRUCTURED:
             message = from_structured(loads(body))
         else:
-            message = PublishMessage.model_validate({"contentType": ctype, "dataBase64": __import__("base64").b64encode(body).decode()})
+            message = PublishMessage.model_validate({"contentType": ctype, "dataBase64": base64.b64encode(body).decode()})
         if ttl is not None:
-            message.ttl = float(ttl)
-            if message.ttl <= 0:
-                raise ValueError("metadata.ttlInSeconds must be positive")
+            seconds = float(ttl)
+            if not math.isfinite(seconds) or not 0 < seconds <= 10**9:
+                raise ValueError("metadata.ttlInSeconds must be a positive number of seconds")
+            message.ttl = seconds
     except (CloudEventError, ValueError) as exc:
         return _error(400, "ERR_PUBSUB_CLOUD_EVENTS_SER", str(exc))
     service: MessagingService = request.app.state.node.service(MessagingService)

@@ -66,6 +66,7 @@ class GroupState:
         self.cursors = [PartitionCursor() for _ in range(partitions)]
         self.journal = PartitionLog(directory / "journal", fsync=fsync)
         self._since_checkpoint = 0
+        self._checkpointing = asyncio.Lock()
         self.rr = 0  # partition to look at first, for fairness
 
     async def open(self) -> None:
@@ -78,6 +79,7 @@ class GroupState:
             for p, saved in state["partitions"].items():
                 cursor = self._cursor(int(p))
                 cursor.seek(saved["committed"])
+                cursor.epoch = saved.get("epoch", 0)
                 cursor.done = set(saved["done"])
                 cursor.attempts = {int(o): a for o, a in saved["attempts"].items()}
             start = max(start, state["journal_next"])
@@ -104,6 +106,7 @@ class GroupState:
             cursor.attempts[offset] = int(entry[3])
         elif op == "S":
             cursor.seek(offset)
+            cursor.epoch = int(entry[3]) if len(entry) > 3 else cursor.epoch
 
     async def record(self, entries: list[list[int | str]]) -> None:
         """Journal decisions; returns when they are durable."""
@@ -112,15 +115,21 @@ class GroupState:
         now = int(time.time() * 1000)
         await self.journal.append([(now, orjson.dumps(e)) for e in entries])
         self._since_checkpoint += len(entries)
-        if self._since_checkpoint >= CHECKPOINT_EVERY:
+        if self._since_checkpoint >= CHECKPOINT_EVERY and not self._checkpointing.locked():
             await self.checkpoint()
 
     async def checkpoint(self) -> None:
+        async with self._checkpointing:  # one at a time: they share checkpoint.tmp
+            self._since_checkpoint = 0
+            await self._write_checkpoint()
+
+    async def _write_checkpoint(self) -> None:
         state = {
             "journal_next": self.journal.next_offset,
             "partitions": {
                 str(p): {
                     "committed": c.committed,
+                    "epoch": c.epoch,
                     "done": sorted(c.done),
                     "attempts": {str(e.offset): e.attempts for e in c.entries.values() if e.attempts}
                     | {str(o): a for o, a in c.attempts.items()},
@@ -130,7 +139,6 @@ class GroupState:
         }
         await asyncio.to_thread(_atomic_write, self.directory / "checkpoint.json", orjson.dumps(state))
         await self.journal.truncate_before(state["journal_next"])
-        self._since_checkpoint = 0
 
     async def close(self) -> None:
         await self.checkpoint()
@@ -280,6 +288,8 @@ class EmbeddedBroker:
         batch_ids: dict[str, int] = {}
         for i, (record, partition) in enumerate(zip(records, partitions, strict=True)):
             seen = state.seen.get(record.id) if state.spec.dedup_window > 0 else None
+            if seen is not None and now - seen[0] >= state.spec.dedup_window:
+                seen = None  # outside the window (a quiet topic evicts nothing until it publishes)
             if seen is not None:
                 positions[i] = Position(seen[1].partition, seen[1].offset, duplicate=True)
             elif record.id in batch_ids:
@@ -321,7 +331,7 @@ class EmbeddedBroker:
             now = self.clock()
             if now >= deadline:
                 return []
-            wakeups = [w for c in gstate.cursors if (w := c.next_wakeup()) is not None]
+            wakeups = [w for c in gstate.cursors if (w := c.next_wakeup(now)) is not None]
             until = min([deadline, *wakeups])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), max(until - now, 0.001))
@@ -351,7 +361,7 @@ class EmbeddedBroker:
                         continue
                     out.append(Delivery(state.name, partition, entry.offset, rec.timestamp_ms,
                                         unframe(rec.payload)[2], entry.attempts,
-                                        f"{partition}:{entry.offset}:{entry.attempts}"))
+                                        f"{partition}:{entry.offset}:{entry.attempts}:{cursor.epoch}"))
             if len(out) >= max_messages:
                 break
         gstate.rr = (gstate.rr + 1) % count
@@ -362,20 +372,53 @@ class EmbeddedBroker:
         batch = state.logs[partition].read(offset, 1)
         return batch[0] if batch and batch[0].offset == offset else None
 
+    def _in_flight(self, state: TopicState, gstate: GroupState, receipt: str) -> tuple[int, int] | None:
+        """(partition, offset) when ``receipt`` names a delivery still in flight, else None."""
+        parsed = _parse_receipt(receipt, len(state.logs))
+        if parsed is None:
+            return None
+        partition, offset, attempt, epoch = parsed
+        cursor = gstate._cursor(partition)
+        if cursor.epoch != epoch:
+            return None
+        try:
+            cursor.check(offset, attempt)
+        except StaleReceipt:
+            return None
+        return partition, offset
+
+    async def in_flight(self, topic: str, group: str, receipts: list[str]) -> dict[str, Delivery]:
+        state = self._topic(topic)
+        gstate = await state.group(group)
+        out: dict[str, Delivery] = {}
+        for receipt in receipts:
+            found = self._in_flight(state, gstate, receipt)
+            if found is None:
+                continue
+            partition, offset = found
+            rec = self._record(state, partition, offset)
+            if rec is not None:
+                attempt = gstate._cursor(partition).entries[offset].attempts
+                out[receipt] = Delivery(state.name, partition, offset, rec.timestamp_ms,
+                                        unframe(rec.payload)[2], attempt, receipt)
+        return out
+
     async def ack(self, topic: str, group: str, receipts: list[str]) -> None:
         state = self._topic(topic)
         gstate = await state.group(group)
-        journal: list[list[int | str]] = []
+        accepted: list[tuple[int, int]] = []
         stale: list[str] = []
         for receipt in receipts:
-            try:
-                partition, offset, attempt = _parse_receipt(receipt)
-                gstate._cursor(partition).ack(offset, attempt)
-                journal.append(["A", partition, offset])
-            except (StaleReceipt, ValueError):
+            found = self._in_flight(state, gstate, receipt)
+            if found is None:
                 stale.append(receipt)
-        await gstate.record(journal)
-        if journal:
+            else:
+                accepted.append(found)
+        # journal first: the cursor changes only once the ack is durable
+        await gstate.record([["A", p, o] for p, o in accepted])
+        for partition, offset in accepted:
+            gstate._cursor(partition).finish(offset)
+        if accepted:
             state.wake()  # a key that was in flight may release the next message
         if stale:
             raise StaleReceiptError(f"not in flight (acked, timed out or redelivered): {', '.join(stale[:10])}")
@@ -386,26 +429,31 @@ class EmbeddedBroker:
         stale: list[str] = []
         visible_at = self.clock() + delay
         for receipt in receipts:
-            try:
-                partition, offset, attempt = _parse_receipt(receipt)
-                gstate._cursor(partition).nack(offset, attempt, visible_at)
-            except (StaleReceipt, ValueError):
+            parsed = _parse_receipt(receipt, len(state.logs))
+            if parsed is None or self._in_flight(state, gstate, receipt) is None:
                 stale.append(receipt)
+                continue
+            partition, offset, attempt, _ = parsed
+            gstate._cursor(partition).nack(offset, attempt, visible_at)
         state.wake()
         if stale:
             raise StaleReceiptError(f"not in flight (acked, timed out or redelivered): {', '.join(stale[:10])}")
 
-    async def seek(self, topic: str, group: str, positions: dict[int, int]) -> None:
+    async def seek(self, topic: str, group: str, positions: dict[int, int]) -> dict[int, int]:
         state = self._topic(topic)
         gstate = await state.group(group)
         journal: list[list[int | str]] = []
+        applied: dict[int, int] = {}
         for partition, offset in positions.items():
             log = state.logs[partition]
             target = min(max(offset, log.first_offset), log.next_offset)
-            gstate._cursor(partition).seek(target)
-            journal.append(["S", partition, target])
+            cursor = gstate._cursor(partition)
+            cursor.seek(target)
+            journal.append(["S", partition, target, cursor.epoch])
+            applied[partition] = target
         await gstate.record(journal)
         state.wake()
+        return applied
 
     # inspection ------------------------------------------------------------------------
 
@@ -456,8 +504,10 @@ class EmbeddedBroker:
                 )
 
 
-def _parse_receipt(receipt: str) -> tuple[int, int, int]:
+def _parse_receipt(receipt: str, partitions: int) -> tuple[int, int, int, int] | None:
+    """``partition:offset:attempt:epoch`` with a partition the topic has; None otherwise."""
     parts = receipt.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"malformed receipt {receipt!r}")
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    if len(parts) != 4 or not all(p.isdigit() and len(p) < 20 for p in parts):
+        return None
+    partition, offset, attempt, epoch = (int(p) for p in parts)
+    return (partition, offset, attempt, epoch) if partition < partitions else None

@@ -28,6 +28,7 @@ class Entry:
 
 class PartitionCursor:
     def __init__(self, committed: int = 0) -> None:
+        self.epoch = 0  # bumped by every seek: receipts from before it no longer match
         self.committed = committed
         self.read_pos = committed
         self.entries: dict[int, Entry] = {}  # insertion order == offset order
@@ -44,6 +45,7 @@ class PartitionCursor:
                 continue
             self.read_pos = offset + 1
             if offset < self.committed or offset in self.done:
+                self.attempts.pop(offset, None)
                 continue
             self.entries[offset] = Entry(offset, key, self.attempts.pop(offset, 0))
 
@@ -93,17 +95,29 @@ class PartitionCursor:
                 break
         return out
 
-    def next_wakeup(self) -> float | None:
-        """The earliest time an entry becomes deliverable again (retry due or ack deadline)."""
+    def next_wakeup(self, now: float) -> float | None:
+        """The earliest future time an entry becomes deliverable (retry due or ack deadline).
+
+        Entries waiting only behind their key are not counted: an ack wakes those."""
         times = [e.deadline if e.deadline is not None else e.visible_at for e in self.entries.values()]
-        return min(times) if times else None
+        future = [t for t in times if t > now]
+        return min(future) if future else None
+
+    def check(self, offset: int, attempt: int) -> Entry:
+        """The in-flight entry of this delivery; StaleReceipt when it is not in flight."""
+        return self._current(offset, attempt)
 
     def ack(self, offset: int, attempt: int) -> Entry:
         entry = self._current(offset, attempt)
-        del self.entries[offset]
-        self._release(entry)
-        self.mark_done(offset)
+        self.finish(offset)
         return entry
+
+    def finish(self, offset: int) -> None:
+        """Done with ``offset`` whatever its state (its ack is already journaled)."""
+        entry = self.entries.pop(offset, None)
+        if entry is not None:
+            self._release(entry)
+        self.mark_done(offset)
 
     def nack(self, offset: int, attempt: int, visible_at: float) -> Entry:
         entry = self._current(offset, attempt)
@@ -113,6 +127,7 @@ class PartitionCursor:
 
     def mark_done(self, offset: int) -> None:
         """Record ``offset`` as finished (also used when replaying the journal)."""
+        self.attempts.pop(offset, None)
         if offset < self.committed:
             return
         self.entries.pop(offset, None)
@@ -123,6 +138,7 @@ class PartitionCursor:
         self.read_pos = max(self.read_pos, self.committed)
 
     def seek(self, offset: int) -> None:
+        self.epoch += 1
         self.committed = self.read_pos = offset
         self.entries.clear()
         self.done.clear()

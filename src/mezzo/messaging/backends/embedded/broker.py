@@ -67,6 +67,7 @@ class GroupState:
         self.journal = PartitionLog(directory / "journal", fsync=fsync)
         self._since_checkpoint = 0
         self._checkpointing = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self.rr = 0  # partition to look at first, for fairness
 
     async def open(self) -> None:
@@ -103,7 +104,8 @@ class GroupState:
         if op == "A":
             cursor.mark_done(offset)
         elif op == "D":
-            cursor.attempts[offset] = int(entry[3])
+            if offset >= cursor.committed and offset not in cursor.done:  # may follow its own ack
+                cursor.attempts[offset] = int(entry[3])
         elif op == "S":
             cursor.seek(offset)
             cursor.epoch = int(entry[3]) if len(entry) > 3 else cursor.epoch
@@ -117,6 +119,11 @@ class GroupState:
         self._since_checkpoint += len(entries)
         if self._since_checkpoint >= CHECKPOINT_EVERY and not self._checkpointing.locked():
             await self.checkpoint()
+
+    def record_later(self, entries: list[list[int | str]]) -> None:
+        task = asyncio.create_task(self.record(entries))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def checkpoint(self) -> None:
         async with self._checkpointing:  # one at a time: they share checkpoint.tmp
@@ -141,6 +148,8 @@ class GroupState:
         await self.journal.truncate_before(state["journal_next"])
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.checkpoint()
         await self.journal.close()
 
@@ -326,7 +335,9 @@ class EmbeddedBroker:
             changed = state.changed
             out = self._take(state, gstate, max_messages, ack_timeout)
             if out:
-                await gstate.record([["D", d.partition, d.offset, d.attempt] for d in out])
+                # Attempt counts are journaled without holding the delivery back for an fsync:
+                # at worst a crash forgets the last few, and a message is retried once more.
+                gstate.record_later([["D", d.partition, d.offset, d.attempt] for d in out])
                 return out
             now = self.clock()
             if now >= deadline:

@@ -20,6 +20,7 @@ LABELS = ("namespace", "topic", "group")
 class MessagingMetrics:
     def __init__(self, metrics: Metrics | None, broker: Broker) -> None:
         self._counters = {}
+        self._children: dict[tuple[str, str, str, str], object] = {}
         self._latency = None
         if metrics is None:
             return
@@ -36,13 +37,21 @@ class MessagingMetrics:
             metrics._mezzo_messaging_collector.broker = broker  # type: ignore[attr-defined]
 
     def count(self, event: str, namespace: str, topic: str, group: str = "", n: int = 1) -> None:
-        counter = self._counters.get(event)
-        if counter is not None and n:
-            counter.labels(namespace, topic, group).inc(n)
+        if n and event in self._counters:
+            self._child(event, namespace, topic, group).inc(n)
 
     def delivered_after(self, seconds: float, namespace: str, topic: str, group: str) -> None:
         if self._latency is not None:
-            self._latency.labels(namespace, topic, group).observe(max(seconds, 0.0))
+            self._child("latency", namespace, topic, group).observe(max(seconds, 0.0))
+
+    def _child(self, event: str, namespace: str, topic: str, group: str):  # type: ignore[no-untyped-def]
+        # labels() hashes and locks on every call; the hot path looks children up once
+        key = (event, namespace, topic, group)
+        child = self._children.get(key)
+        if child is None:
+            parent = self._latency if event == "latency" else self._counters[event]
+            child = self._children[key] = parent.labels(namespace, topic, group)  # type: ignore[union-attr]
+        return child
 
 
 class _GroupCollector(Collector):

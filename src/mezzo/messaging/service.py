@@ -116,6 +116,8 @@ class MessagingService:
         self.subscriptions: dict[tuple[str, str], SubscriptionSpec] = {}  # (topic ref, group) -> spec
         self.create_topic: Any = None  # async (namespace, topic, user) -> None, set by the module
         self._rr = itertools.count()
+        self._ids = itertools.count()
+        self._id_prefix = uuid.uuid4().hex[:16]  # unique per start; a counter makes the rest
         self._scheduler_wake = asyncio.Event()
         self.metrics = MessagingMetrics(metrics, broker)
 
@@ -165,7 +167,7 @@ class MessagingService:
                 at = message.deliver_at if message.deliver_at.tzinfo else message.deliver_at.replace(tzinfo=UTC)
                 due = int(at.timestamp() * 1000)
             env = Envelope(
-                id=message.id or uuid.uuid4().hex, data=data, content_type=ctype, key=message.key, tags=message.tags,
+                id=message.id or self._new_id(), data=data, content_type=ctype, key=message.key, tags=message.tags,
                 attributes=message.attributes, published_ms=now_ms,
                 expires_ms=(due or now_ms) + int(message.ttl * 1000) if message.ttl else None,
             )
@@ -197,6 +199,9 @@ class MessagingService:
             self._scheduler_wake.set()
         self.metrics.count("published", namespace, topic, "", len(prepared))
         return results  # type: ignore[return-value]
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):016x}"
 
     def _partition(self, key: str | None, partitions: int) -> int:
         if partitions == 1:
@@ -396,11 +401,13 @@ class MessagingService:
 
 
 def to_message(topic: str, d: Delivery, env: Envelope) -> OutMessage:
-    return OutMessage(
+    # model_construct: every field comes from our own storage, already valid
+    body = data_fields(env.data, env.content_type)
+    return OutMessage.model_construct(
         id=env.id, topic=topic, partition=d.partition, offset=d.offset, key=env.key, tags=env.tags,
-        attributes=env.attributes, contentType=env.content_type,
-        publishedAt=datetime.fromtimestamp(env.published_ms / 1000, UTC), attempt=d.attempt,
-        receipt=d.receipt or None, **data_fields(env.data, env.content_type),
+        attributes=env.attributes, content_type=env.content_type,
+        published_at=datetime.fromtimestamp(env.published_ms / 1000, UTC), attempt=d.attempt,
+        receipt=d.receipt or None, data=body.get("data"), data_base64=body.get("dataBase64"),
     )
 
 

@@ -21,6 +21,7 @@ from mezzo.messaging.compat.cloudevents import (
     from_binary,
     from_structured,
 )
+from mezzo.messaging.half import HalfMessages, PrepareOptions, TransactionNotFound
 from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMessage, TopicNotFound
 from mezzo.node.auth import Principal, Verb
 from mezzo.node.auth_module import Caller, require
@@ -33,6 +34,7 @@ MAX_BODY = 64 * 1024 * 1024
 TopicPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253)]
 GroupPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253)]
 Namespace = Annotated[str, Query(pattern=NAME_PATTERN, max_length=253)]
+TransactionPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 def service(request: Request) -> MessagingService:
@@ -282,3 +284,52 @@ async def replay(request: Request, topic: TopicPath, caller: Caller, namespace: 
     with problems():
         count = await service(request).replay_dead_letters(namespace, topic, limit)
     return {"replayed": count}
+
+
+class PrepareRequest(PrepareOptions):
+    messages: list[PublishMessage] = Field(min_length=1, max_length=10_000)
+
+
+def half(request: Request) -> HalfMessages:
+    return request.app.state.node.service(HalfMessages)
+
+
+@router.post("/{topic}:prepare", summary="Prepare half messages: stored, invisible until committed")
+async def prepare(request: Request, topic: TopicPath, body: PrepareRequest, caller: Caller,
+                  namespace: Namespace = "default") -> dict[str, Any]:
+    require(caller, Verb.USE, namespace)
+    carry_trace(request, body.messages)
+    with problems():
+        try:
+            return await half(request).prepare(namespace, topic, body.messages, body, caller.name)
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+
+
+@router.post("/{topic}/transactions/{transaction}:commit", summary="Publish a prepared batch")
+async def commit(request: Request, topic: TopicPath, transaction: TransactionPath, caller: Caller,
+                 namespace: Namespace = "default") -> dict[str, Any]:
+    require(caller, Verb.USE, namespace)
+    with problems():
+        try:
+            ids = await half(request).commit(namespace, topic, transaction)
+        except TransactionNotFound as exc:
+            raise not_found(str(exc)) from None
+    return {"committed": ids}
+
+
+@router.post("/{topic}/transactions/{transaction}:rollback", summary="Discard a prepared batch")
+async def rollback(request: Request, topic: TopicPath, transaction: TransactionPath, caller: Caller,
+                   namespace: Namespace = "default") -> dict[str, bool]:
+    require(caller, Verb.USE, namespace)
+    try:
+        await half(request).rollback(namespace, topic, transaction)
+    except TransactionNotFound as exc:
+        raise not_found(str(exc)) from None
+    return {"rolledBack": True}
+
+
+@router.get("/{topic}/transactions", summary="Prepared transactions not yet resolved")
+async def pending(request: Request, topic: TopicPath, caller: Caller, namespace: Namespace = "default") -> dict[str, Any]:
+    require(caller, Verb.READ, namespace)
+    return {"items": await half(request).pending(namespace, topic)}

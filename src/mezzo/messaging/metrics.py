@@ -13,7 +13,8 @@ from mezzo.telemetry.metrics import Metrics
 if TYPE_CHECKING:
     from mezzo.messaging.backend import Broker
 
-EVENTS = ("published", "delivered", "acked", "nacked", "redelivered", "dead_lettered", "dropped", "expired", "filtered")
+EVENTS = ("published", "delivered", "acked", "nacked", "redelivered", "dead_lettered", "dropped", "expired",
+          "filtered", "half_committed", "half_rolled_back", "half_abandoned")
 LABELS = ("namespace", "topic", "group")
 
 

@@ -11,6 +11,7 @@ import structlog
 from fastapi import APIRouter
 
 from mezzo.messaging.backend import Broker
+from mezzo.messaging.half import HalfMessages
 from mezzo.messaging.model import SUBSCRIPTION_KIND, TOPIC_KIND, SubscriptionSpec, TopicSpec
 from mezzo.messaging.push import Pusher
 from mezzo.messaging.service import MessagingService, topic_ref
@@ -60,8 +61,11 @@ class MessagingModule(Module):
         self._sub_keys: dict[str, tuple[str, str]] = {}  # resource ref -> (topic ref, group)
         await self.topics.start()
         await self.subscriptions.start()
+        self.half = HalfMessages(self.service, self.node.service(KVStore), self.http)  # type: ignore[type-abstract]
+        self.node.provide(HalfMessages, self.half)
         self._tasks = [
             asyncio.create_task(self._forever(self.service.run_scheduler), name="mezzo-mq-scheduler"),
+            asyncio.create_task(self._forever(self.half.run_checker), name="mezzo-mq-half-checker"),
             asyncio.create_task(self._retention(), name="mezzo-mq-retention"),
         ]
 

@@ -155,6 +155,11 @@ class MessagingService:
     ) -> list[PublishResult]:
         spec = await self._topic(namespace, topic, user)
         now_ms = int(time.time() * 1000)
+        prepared = await self.prepare_batch(spec, messages, now_ms)
+        return await self._store(namespace, topic, spec, prepared, now_ms)
+
+    async def prepare_batch(self, spec: TopicSpec, messages: list[PublishMessage], now_ms: int) -> list[Prepared]:
+        """Validate sizes and turn messages into stored envelopes (ids, due and expiry times)."""
         prepared: list[Prepared] = []
         for index, message in enumerate(messages):
             data, ctype = message.body()
@@ -172,7 +177,7 @@ class MessagingService:
                 expires_ms=(due or now_ms) + int(message.ttl * 1000) if message.ttl else None,
             )
             prepared.append(Prepared(env, message.key, due if due and due > now_ms else None))
-        return await self._store(namespace, topic, spec, prepared, now_ms)
+        return prepared
 
     async def _store(
         self, namespace: str, topic: str, spec: TopicSpec, prepared: list[Prepared], now_ms: int

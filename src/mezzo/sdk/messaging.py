@@ -159,6 +159,14 @@ class MessagingClient:
 
         await asyncio.gather(*(consume(*h) for h in self._handlers))
 
+    def transaction(
+        self, topic: str, messages: list[dict[str, Any]], *, namespace: str = "default",
+        check_url: str | None = None, check_after: float | str | None = None, max_checks: int | None = None,
+    ) -> Transaction:
+        """Half messages for the outbox pattern; see ``Transaction``."""
+        return Transaction(self, topic, messages, namespace,
+                           {"checkUrl": check_url, "checkAfter": check_after, "maxChecks": max_checks})
+
     async def topics(self, namespace: str = "default") -> list[dict[str, Any]]:
         return (await self._client.request("GET", "/v1/topics", params={"namespace": namespace}))["items"]  # type: ignore[no-any-return]
 
@@ -173,3 +181,43 @@ class MessagingClient:
     async def replay(self, dlq_topic: str, *, limit: int = 1000, namespace: str = "default") -> int:
         data = await self._client.request("POST", f"/v1/topics/{dlq_topic}:replay", params={"namespace": namespace, "limit": limit})
         return int(data["replayed"])
+
+
+class Transaction:
+    """Half messages: prepared (invisible), then committed or rolled back.
+
+    ``async with client.messaging.transaction("orders", [...], check_url=...) as tx:``
+    prepares on entry, commits when the block ends normally, rolls back on an exception.
+    """
+
+    def __init__(self, api: MessagingClient, topic: str, messages: list[dict[str, Any]], namespace: str,
+                 options: dict[str, Any]) -> None:
+        self._api, self.topic, self.namespace = api, topic, namespace
+        self._body = {"messages": [message_body(m.get("data"), **{k: v for k, v in m.items() if k != "data"})
+                                   for m in messages], **{k: v for k, v in options.items() if v is not None}}
+        self.id: str | None = None
+        self.message_ids: list[str] = []
+
+    async def prepare(self) -> Transaction:
+        data = await self._api._client.request("POST", f"/v1/topics/{self.topic}:prepare", json=self._body,
+                                               params={"namespace": self.namespace})
+        self.id, self.message_ids = data["transaction"], data["messages"]
+        return self
+
+    async def commit(self) -> list[str]:
+        data = await self._api._client.request(
+            "POST", f"/v1/topics/{self.topic}/transactions/{self.id}:commit", params={"namespace": self.namespace})
+        return data["committed"]  # type: ignore[no-any-return]
+
+    async def rollback(self) -> None:
+        await self._api._client.request(
+            "POST", f"/v1/topics/{self.topic}/transactions/{self.id}:rollback", params={"namespace": self.namespace})
+
+    async def __aenter__(self) -> Transaction:
+        return await self.prepare()
+
+    async def __aexit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            await self.commit()
+        else:
+            await self.rollback()

@@ -100,6 +100,19 @@ async def test_read_max_bytes_returns_at_least_one_record(log: PartitionLog) -> 
     assert [r.offset for r in log.read(1, max_bytes=HEADER_SIZE + 101)] == [1]
 
 
+async def test_records_larger_than_any_read_buffer(tmp_path: Path) -> None:
+    big = os.urandom(5 * 1024 * 1024)  # more than the default max_bytes and the scan chunk
+    log = await opened(tmp_path)
+    await log.append([(1, b"a"), (2, big), (3, b"b" * 50_000), (4, b"c")])
+    await log.close()
+    log = await opened(tmp_path)  # the tail scan reads past its chunk
+    assert [r.payload for r in log.read(0, max_bytes=10)] == [b"a"]
+    assert [r.payload for r in log.read(1)] == [big]
+    assert [r.payload for r in log.read(2, max_bytes=10)] == [b"b" * 50_000]
+    assert [r.offset for r in log.read(2)] == [2, 3]
+    await log.close()
+
+
 async def test_offsets_contiguous_across_segment_rolls(tmp_path: Path) -> None:
     log = await opened(tmp_path, segment_bytes=300)
     expected: list[Record] = []
@@ -268,7 +281,7 @@ def test_sigkill_loses_nothing_append_returned(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     acked: dict[int, bytes] = {}
     deadline = time.monotonic() + 60
     try:
@@ -280,7 +293,11 @@ def test_sigkill_loses_nothing_append_returned(tmp_path: Path) -> None:
             acked[int(offset)] = bytes.fromhex(payload.decode())
     finally:
         proc.send_signal(signal.SIGKILL)
-        rest, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+    # not communicate(): it reads the pipe past what proc.stdout has already buffered
+    rest, err = proc.stdout.read(), proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
     for line in rest.splitlines(keepends=True):
         if line.endswith(b"\n"):  # the last line may be cut by the kill
             offset, payload = line.split()
@@ -374,6 +391,30 @@ async def test_each_fsync_policy_is_durable_and_readable(
     await log.close()
     log = await opened(tmp_path, fsync=policy)
     assert [r.payload for r in read_all(log)] == [b"x%d" % i for i in range(10)]
+    await log.close()
+
+
+async def test_an_fsync_failure_fails_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await opened(tmp_path)
+    await log.append([(1, b"kept")])
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    results = await asyncio.gather(
+        *(log.append([(2, b"lost")]) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, OSError) for r in results), results
+    with pytest.raises(LogClosedError, match="failed"):
+        await log.append([(3, b"refused")])
+    assert log.read(0) == [Record(0, 1, b"kept")]  # nothing unsynced became visible
+    await log.close()
+    monkeypatch.undo()
+    log = await opened(tmp_path)
+    assert log.read(0)[0] == Record(0, 1, b"kept")
     await log.close()
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from mezzo.storage import open_store
+from mezzo.storage.kv import KVStore
 from mezzo.testing import backends
 
 pytest_plugins = ["mezzo.testing.fixtures"]
@@ -64,3 +67,33 @@ async def nats_url() -> AsyncIterator[str]:
     if problem:
         _absent("NATS", problem)
     yield url
+
+
+async def _open_store(url: str) -> AsyncIterator[KVStore]:
+    kv = open_store(url)
+    kv.poll_interval = 0.05  # type: ignore[attr-defined]  # watch tests should not wait long
+    await kv.open()
+    try:
+        yield kv
+    finally:
+        await kv.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store conformance matrix: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'kv.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[KVStore]:
+    async for kv in _open_store(store_url):
+        yield kv
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[KVStore]:
+    async for kv in _open_store(f"sqlite:///{tmp_path / 'kv.db'}"):
+        yield kv

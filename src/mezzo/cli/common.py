@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from mezzo.jsonutil import dumps
 from mezzo.resources.manifests import describe, to_yaml
@@ -61,6 +62,14 @@ def _runner(fn: Callable[P, Awaitable[T]], error_code: int) -> Callable[P, T]:
 
 def _field(item: dict[str, Any]) -> str:
     return f"{item.get('field') or ''}: {item['reason']}".lstrip(": ")
+
+
+def new_table(*headers: str) -> Table:
+    """A borderless table with bold headers, the one look of every listing."""
+    out_table = Table(box=None, header_style="bold")
+    for header in headers:
+        out_table.add_column(header)
+    return out_table
 
 
 def client() -> Mezzo:

@@ -8,9 +8,8 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.table import Table
 
-from mezzo.cli.common import client, out, run
+from mezzo.cli.common import client, new_table, out, run
 
 app = typer.Typer(help="Messaging: topics, consumer groups, dead letters.", no_args_is_help=True)
 dlq = typer.Typer(help="Dead-letter topics.", no_args_is_help=True)
@@ -101,9 +100,7 @@ async def seek(topic: str, group: GroupOpt,
 async def topics(namespace: NamespaceOpt = "default") -> None:
     async with client() as mezzo:
         items = await mezzo.messaging.topics(namespace)
-    table = Table(box=None, header_style="bold")
-    for header in ("TOPIC", "PARTITIONS", "MESSAGES", "BYTES", "GROUPS"):
-        table.add_column(header)
+    table = new_table("TOPIC", "PARTITIONS", "MESSAGES", "BYTES", "GROUPS")
     for t in items:
         table.add_row(t["name"], str(t["partitions"]), str(t["messages"]), str(t["bytes"]), ", ".join(t["groups"]))
     out.print(table)
@@ -115,9 +112,7 @@ async def groups(topic: str, namespace: NamespaceOpt = "default") -> None:
     """Consumer groups of a topic with their lag."""
     async with client() as mezzo:
         items = await mezzo.messaging.groups(topic, namespace)
-    table = Table(box=None, header_style="bold")
-    for header in ("GROUP", "LAG", "IN FLIGHT"):
-        table.add_column(header)
+    table = new_table("GROUP", "LAG", "IN FLIGHT")
     for g in items:
         table.add_row(g["group"], str(g["lag"]), str(g["inFlight"]))
     out.print(table)
@@ -129,9 +124,7 @@ async def dlq_list(topic: Annotated[str, typer.Argument(help="the dead-letter to
                    limit: int = 100, namespace: NamespaceOpt = "default") -> None:
     async with client() as mezzo:
         letters = await mezzo.messaging.read(topic, limit=limit, namespace=namespace)
-    table = Table(box=None, header_style="bold")
-    for header in ("OFFSET", "ID", "FROM", "GROUP", "ATTEMPTS", "REASON"):
-        table.add_column(header)
+    table = new_table("OFFSET", "ID", "FROM", "GROUP", "ATTEMPTS", "REASON")
     for m in letters:
         a = m.attributes
         table.add_row(str(m.offset), m.id, a.get("mezzo.dlq.topic", ""), a.get("mezzo.dlq.group", ""),

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from mezzo.cli.common import Output, client, emit, err, out, run, run_with
+from mezzo.cli.common import Output, client, emit, err, new_table, out, run, run_with
 from mezzo.resources.manifests import to_yaml
 from mezzo.resources.model import ApplyResult, Resource
 from mezzo.sdk.resources import manifest_files
@@ -106,11 +105,8 @@ async def get(
         out.print(f"No resources found{'' if all_namespaces else f' in namespace {namespace}'}.")
         return
     columns = kinds.get(items[0].kind, {}).get("columns", [])
-    table = Table(box=None, header_style="bold")
-    if all_namespaces:
-        table.add_column("NAMESPACE")
-    for header in ("NAME", *(c["header"] for c in columns), "GENERATION", "AGE"):
-        table.add_column(header)
+    table = new_table(*(["NAMESPACE"] if all_namespaces else []), "NAME",
+                      *(c["header"] for c in columns), "GENERATION", "AGE")
     for res in items:
         cells = [res.metadata.name, *(str(_dig(res.spec, c["path"]) or "") for c in columns),
                  str(res.metadata.generation), _age(res)]
@@ -137,9 +133,7 @@ async def history(
     if output is not Output.table:
         emit([e.model_dump(mode="json") for e in entries], output)
         return
-    table = Table(box=None, header_style="bold")
-    for header in ("VERSION", "ACTION", "BY", "AT", "STORE REVISION", "NOTE"):
-        table.add_column(header)
+    table = new_table("VERSION", "ACTION", "BY", "AT", "STORE REVISION", "NOTE")
     for e in entries:
         note = f"to version {e.rolledBackTo}" if e.rolledBackTo else ""
         table.add_row(str(e.generation), e.action, e.by, e.at.strftime("%Y-%m-%d %H:%M:%S"), str(e.revision), note)

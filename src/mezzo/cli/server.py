@@ -8,9 +8,8 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.table import Table
 
-from mezzo.cli.common import Output, emit, err, out
+from mezzo.cli.common import Output, emit, err, new_table, out
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="MEZZO_DATA_DIR")]
 Host = Annotated[str | None, typer.Option("--host", help="MEZZO_HOST")]
@@ -114,9 +113,7 @@ def settings(
     if output is not Output.table:
         emit(values, output)
         return
-    table = Table(box=None, header_style="bold")
-    for header in ("SETTING", "ENVIRONMENT", "VALUE", "DESCRIPTION"):
-        table.add_column(header)
+    table = new_table("SETTING", "ENVIRONMENT", "VALUE", "DESCRIPTION")
     for name, value in values.items():
         field = Settings.model_fields[name]
         shown = ",".join(value) if isinstance(value, list) else "" if value is None else str(value)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from mezzo.cli.common import client, out, run
+from mezzo.cli.common import client, new_table, out, run
 
 app = typer.Typer(help="API tokens with roles and namespace scopes.", no_args_is_help=True)
 
@@ -32,9 +31,7 @@ async def create(
 async def list_tokens() -> None:
     async with client() as mezzo:
         records = await mezzo.tokens.list()
-    table = Table(box=None, header_style="bold")
-    for header in ("ID", "NAME", "ROLE", "NAMESPACES", "CREATED", "EXPIRES"):
-        table.add_column(header)
+    table = new_table("ID", "NAME", "ROLE", "NAMESPACES", "CREATED", "EXPIRES")
     for r in records:
         table.add_row(r["id"], r["name"], r["role"], ",".join(r["namespaces"]),
                       r["created_at"][:19], (r.get("expires_at") or "never")[:19])

@@ -140,3 +140,22 @@ async def dlq_replay(topic: Annotated[str, typer.Argument(help="the dead-letter 
     async with client() as mezzo:
         count = await mezzo.messaging.replay(topic, limit=limit, namespace=namespace)
     out.print(f"replayed {count} messages")
+
+
+@app.command("trace")
+@run
+async def trace(message_id: str, topic: Annotated[str | None, typer.Option("--topic", help="default: every traced topic")] = None,
+                namespace: NamespaceOpt = "default") -> None:
+    """When a message was published, delivered (to which group and consumer, which attempt), acked or dead-lettered."""
+    from datetime import UTC, datetime
+
+    async with client() as mezzo:
+        events = await mezzo.messaging.trace(message_id, topic=topic, namespace=namespace)
+    table = new_table("AT", "TOPIC", "EVENT", "GROUP", "CONSUMER", "ATTEMPT", "DETAIL")
+    skip = {"at", "topic", "event", "group", "consumer", "attempt", "id"}
+    for e in events:
+        at = datetime.fromtimestamp(e["at"] / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+        detail = " ".join(f"{k}={v}" for k, v in e.items() if k not in skip and v is not None)
+        table.add_row(at, e["topic"], e["event"], e.get("group") or "", e.get("consumer") or "",
+                      str(e.get("attempt") or ""), detail)
+    out.print(table)

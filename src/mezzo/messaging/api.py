@@ -143,6 +143,7 @@ async def publish(request: Request, topic: TopicPath, caller: Caller, namespace:
 
 class PullRequest(BaseModel):
     max: int = Field(10, ge=1, le=1000)
+    consumer: str | None = Field(None, max_length=200, description="who pulls; recorded in message traces")
     wait: Duration = Field(0.0, le=60, description="long-poll up to this long for the first message")
 
 
@@ -169,7 +170,7 @@ async def pull(request: Request, topic: TopicPath, group: GroupPath, caller: Cal
     _group(caller, namespace)
     body = body or PullRequest()
     with problems():
-        messages = await service(request).pull(namespace, topic, group, body.max, body.wait)
+        messages = await service(request).pull(namespace, topic, group, body.max, body.wait, body.consumer)
     return {"messages": [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in messages]}
 
 
@@ -235,7 +236,7 @@ async def list_topics(request: Request, caller: Caller, namespace: Namespace = "
     prefix = f"{namespace}/"
     items = []
     for ref in svc.broker.topics():
-        if ref.startswith(prefix):
+        if ref.startswith(prefix) and not ref[len(prefix):].startswith("_"):  # _trace.* are internal
             stats = svc.broker.topic_stats(ref)
             items.append({"name": ref[len(prefix):], "partitions": stats.partitions, "messages": stats.messages,
                           "bytes": stats.bytes, "groups": svc.broker.groups(ref)})
@@ -333,3 +334,23 @@ async def rollback(request: Request, topic: TopicPath, transaction: TransactionP
 async def pending(request: Request, topic: TopicPath, caller: Caller, namespace: Namespace = "default") -> dict[str, Any]:
     require(caller, Verb.READ, namespace)
     return {"items": await half(request).pending(namespace, topic)}
+
+
+trace_router = APIRouter(prefix="/v1/messages", tags=["messaging"])
+
+
+@trace_router.get("/{message_id}:trace", summary="Every step of a message on topics with trace enabled")
+async def message_trace(request: Request, message_id: Annotated[str, Path(min_length=1, max_length=200)],
+                        caller: Caller, namespace: Namespace = "default",
+                        topic: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None) -> dict[str, Any]:
+    require(caller, Verb.READ, namespace)
+    svc = service(request)
+    prefix = f"{namespace}/"
+    topics = [topic] if topic else sorted(
+        ref[len(prefix):] for ref, spec in svc.topics.items() if ref.startswith(prefix) and spec.trace)
+    found = []
+    for name in topics:
+        found += [{"topic": name, **event} for event in svc.trace.find(namespace, name, message_id)]
+    if not found:
+        raise not_found(f"no trace of message {message_id!r} (is trace enabled on its topic?)")
+    return {"id": message_id, "events": sorted(found, key=lambda e: e["at"])}

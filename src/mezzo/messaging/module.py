@@ -89,10 +89,10 @@ class MessagingModule(Module):
         return Health(ok, f"embedded broker, {len(self.broker.topics())} topics")
 
     def routers(self) -> list[APIRouter]:
-        from mezzo.messaging.api import router
+        from mezzo.messaging.api import router, trace_router
         from mezzo.messaging.compat.dapr import router as dapr
 
-        return [router, dapr]
+        return [router, trace_router, dapr]
 
     async def _on_topic(self, event: str, resource: Resource) -> None:
         meta = resource.metadata

@@ -22,6 +22,7 @@ from mezzo.messaging.codec import Envelope, data_fields, is_json
 from mezzo.messaging.filters import compile_filter
 from mezzo.messaging.metrics import MessagingMetrics
 from mezzo.messaging.model import OutMessage, SubscriptionSpec, Tag, TopicSpec
+from mezzo.messaging.trace import MessageTrace
 from mezzo.resources.types import Duration, Name
 from mezzo.storage.kv import Delete, KVStore, Put
 from mezzo.telemetry.metrics import Metrics
@@ -120,6 +121,7 @@ class MessagingService:
         self._id_prefix = uuid.uuid4().hex[:16]  # unique per start; a counter makes the rest
         self._scheduler_wake = asyncio.Event()
         self.metrics = MessagingMetrics(metrics, broker)
+        self.trace = MessageTrace(broker)
 
     # topics ------------------------------------------------------------------------
 
@@ -130,6 +132,8 @@ class MessagingService:
             await self.broker.delete_topic(ref)
         else:
             await self.broker.ensure_topic(ref, spec)  # before publishers can see it
+            if spec.trace:
+                await self.trace.enable(namespace, name, spec)
             self.topics[ref] = spec
 
     async def _topic(self, namespace: str, topic: str, user: str | None) -> TopicSpec:
@@ -193,8 +197,16 @@ class MessagingService:
             for i, pos in zip(ready, positions, strict=True):
                 results[i] = PublishResult(id=prepared[i].envelope.id, partition=pos.partition,
                                            offset=pos.offset, duplicate=pos.duplicate)
+            if spec.trace:
+                await self.trace.record(namespace, topic, [
+                    {"id": r.id, "event": "duplicate" if r.duplicate else "published",
+                     "partition": r.partition, "offset": r.offset}
+                    for r in (results[i] for i in ready) if r is not None])
         if later:
             ops = []
+            if spec.trace:
+                await self.trace.record(namespace, topic, [
+                    {"id": prepared[i].envelope.id, "event": "scheduled", "due": prepared[i].due_ms} for i in later])
             for i in later:
                 p = prepared[i]
                 body = orjson.dumps({"key": p.key, "payload": base64.b64encode(p.envelope.encode()).decode()})
@@ -251,9 +263,10 @@ class MessagingService:
         return found or SubscriptionSpec(topic=topic, group=group)
 
     async def pull(
-        self, namespace: str, topic: str, group: str, max_messages: int = 10, wait: float = 0.0
+        self, namespace: str, topic: str, group: str, max_messages: int = 10, wait: float = 0.0,
+        consumer: str | None = None,
     ) -> list[OutMessage]:
-        await self._topic(namespace, topic, None)
+        spec = await self._topic(namespace, topic, None)
         sub = self.subscription(namespace, topic, group)
         ref = topic_ref(namespace, topic)
         deadline = time.monotonic() + wait
@@ -261,6 +274,10 @@ class MessagingService:
             remaining = max(deadline - time.monotonic(), 0.0)
             deliveries = await self.broker.fetch(ref, group, max_messages, remaining, sub.ack_timeout)
             out = await self._screen(namespace, topic, group, sub, deliveries)
+            if spec.trace and out:
+                await self.trace.record(namespace, topic, [
+                    {"id": m.id, "event": "delivered", "group": group, "consumer": consumer,
+                     "attempt": m.attempt, "partition": m.partition, "offset": m.offset} for m in out])
             if out or time.monotonic() >= deadline or not deliveries:
                 return out
 
@@ -301,8 +318,14 @@ class MessagingService:
         return out
 
     async def ack(self, namespace: str, topic: str, group: str, receipts: list[str]) -> None:
-        await self._topic(namespace, topic, None)
-        await self.broker.ack(topic_ref(namespace, topic), group, receipts)
+        spec = await self._topic(namespace, topic, None)
+        ref = topic_ref(namespace, topic)
+        traced = await self.broker.in_flight(ref, group, receipts) if spec.trace else {}
+        await self.broker.ack(ref, group, receipts)
+        if traced:
+            await self.trace.record(namespace, topic, [
+                {"id": Envelope.decode(d.payload).id, "event": "acked", "group": group, "attempt": d.attempt}
+                for d in traced.values()])
         self.metrics.count("acked", namespace, topic, group, len(receipts))
 
     async def nack(
@@ -327,6 +350,10 @@ class MessagingService:
                 by_delay.setdefault(sub.backoff.delay(d.attempt) if delay is None else delay, []).append(receipt)
         for wait, batch in by_delay.items():
             await self.broker.nack(ref, group, batch, wait)
+            if self.topics.get(ref, TopicSpec()).trace:
+                await self.trace.record(namespace, topic, [
+                    {"id": Envelope.decode(live[r].payload).id, "event": "nacked", "group": group,
+                     "attempt": live[r].attempt, "retryIn": wait} for r in batch])
         self.metrics.count("nacked", namespace, topic, group, len(live))
         if stale:
             raise StaleReceiptError(f"not in flight (acked, timed out or redelivered): {', '.join(stale[:10])}")
@@ -354,6 +381,10 @@ class MessagingService:
         spec = await self._topic(namespace, target, "mezzo")
         await self._store(namespace, target, spec, [Prepared(letter, env.key, None)], letter.published_ms)
         self.metrics.count("dead_lettered", namespace, topic, group)
+        if self.topics.get(topic_ref(namespace, topic), TopicSpec()).trace:
+            await self.trace.record(namespace, topic, [{"id": env.id, "event": "dead-lettered", "group": group,
+                                                        "attempt": d.attempt, "deadLetterTopic": target,
+                                                        "reason": reason}])
         log.info("message dead-lettered", topic=topic, group=group, id=env.id, dlq=target, reason=reason)
 
     async def seek(self, namespace: str, topic: str, group: str, to: str | int | dict[int, int] | datetime) -> dict[int, int]:

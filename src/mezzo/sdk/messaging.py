@@ -60,8 +60,10 @@ class Message:
 class Subscription:
     """Pull-based consumption by one member of a consumer group (``async for msg in sub``)."""
 
-    def __init__(self, api: MessagingClient, topic: str, group: str, namespace: str, batch: int, wait: float) -> None:
+    def __init__(self, api: MessagingClient, topic: str, group: str, namespace: str, batch: int, wait: float,
+                 consumer: str | None = None) -> None:
         self._api, self.topic, self.group, self.namespace = api, topic, group, namespace
+        self.consumer = consumer
         self.batch, self.wait = batch, wait
         self._buffer: list[Message] = []
         self._closed = False
@@ -71,7 +73,8 @@ class Subscription:
 
     async def pull(self, max_messages: int | None = None, wait: float | None = None) -> list[Message]:
         data = await self._api._client.request(
-            "POST", self._path("pull"), json={"max": max_messages or self.batch, "wait": self.wait if wait is None else wait},
+            "POST", self._path("pull"),
+            json={"max": max_messages or self.batch, "wait": self.wait if wait is None else wait, "consumer": self.consumer},
             params={"namespace": self.namespace})
         return [Message(OutMessage.model_validate(m), self) for m in data["messages"]]
 
@@ -135,8 +138,10 @@ class MessagingClient:
         data = await self._client.request("POST", f"/v1/topics/{topic}:publish", json=body, params={"namespace": namespace})
         return data["messages"]  # type: ignore[no-any-return]
 
-    def subscribe(self, topic: str, group: str, *, namespace: str = "default", batch: int = 10, wait: float = 20.0) -> Subscription:
-        return Subscription(self, topic, group, namespace, batch, wait)
+    def subscribe(self, topic: str, group: str, *, namespace: str = "default", batch: int = 10, wait: float = 20.0,
+                  consumer: str | None = None) -> Subscription:
+        """``consumer`` names this member of the group in message traces (default: none)."""
+        return Subscription(self, topic, group, namespace, batch, wait, consumer)
 
     def handler(self, topic: str, group: str, *, namespace: str = "default") -> Callable[[Handler], Handler]:
         """Decorator: ``@client.messaging.handler("orders", "billing")``; run them with ``run_handlers()``.
@@ -177,6 +182,12 @@ class MessagingClient:
         data = await self._client.request("GET", f"/v1/topics/{topic}/messages", params={
             "namespace": namespace, "partition": partition, "offset": offset, "limit": limit})
         return [OutMessage.model_validate(m) for m in data["messages"]]
+
+    async def trace(self, message_id: str, *, topic: str | None = None, namespace: str = "default") -> list[dict[str, Any]]:
+        """The recorded steps of a message (its topic needs ``trace: true``)."""
+        data = await self._client.request("GET", f"/v1/messages/{message_id}:trace",
+                                          params={"namespace": namespace, "topic": topic})
+        return data["events"]  # type: ignore[no-any-return]
 
     async def replay(self, dlq_topic: str, *, limit: int = 1000, namespace: str = "default") -> int:
         data = await self._client.request("POST", f"/v1/topics/{dlq_topic}:replay", params={"namespace": namespace, "limit": limit})

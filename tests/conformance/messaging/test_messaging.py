@@ -293,3 +293,27 @@ async def test_metrics_and_trace_context(mq: RunningNode) -> None:
     assert 'mezzo_messaging_published_total{group="",namespace="default",topic="metered"} 1.0' in text
     assert 'mezzo_messaging_in_flight_messages{group="g",namespace="default",topic="metered"} 1.0' in text
     assert 'mezzo_messaging_delivery_latency_seconds_count{group="g",namespace="default",topic="metered"} 1.0' in text
+
+
+async def test_message_trace(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        await client.resources.apply([
+            {"apiVersion": "mezzo.dev/v1", "kind": "Topic", "metadata": {"name": "traced"}, "spec": {"trace": True}},
+            {"apiVersion": "mezzo.dev/v1", "kind": "Subscription", "metadata": {"name": "traced-g"},
+             "spec": {"topic": "traced", "group": "g", "maxDeliveries": 2, "backoff": {"initial": "1ms", "max": "1ms"}}},
+        ])
+        svc = mq.node.service(MessagingService)
+        await wait_for(lambda: svc.topics.get("default/traced") and svc.subscriptions)
+        await client.messaging.publish("traced", "x", id="m-1")
+        sub = client.messaging.subscribe("traced", "g", consumer="worker-7")
+        [first] = await drain(sub, 1)
+        await first.nack()
+        [second] = await drain(sub, 1)
+        await second.nack()  # last attempt: dead-lettered
+        events = await client.messaging.trace("m-1")
+        assert [e["event"] for e in events] == ["published", "delivered", "nacked", "delivered", "dead-lettered"]
+        assert events[1]["consumer"] == "worker-7" and events[3]["attempt"] == 2
+        assert events[4]["deadLetterTopic"] == "traced.g.dlq"
+        assert [t["name"] for t in await client.messaging.topics()] == ["traced", "traced.g.dlq"]
+        with pytest.raises(NotFound):
+            await client.messaging.trace("never-published")

@@ -138,7 +138,7 @@ async def publish(request: Request, topic: TopicPath, caller: Caller, namespace:
             results = await service(request).publish(namespace, topic, messages, caller.name)
         except ValueError as exc:  # e.g. invalid base64
             raise bad_request(str(exc)) from None
-    return {"messages": [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in results]}
+    return {"messages": [r.to_json() for r in results]}
 
 
 class PullRequest(BaseModel):
@@ -171,7 +171,7 @@ async def pull(request: Request, topic: TopicPath, group: GroupPath, caller: Cal
     body = body or PullRequest()
     with problems():
         messages = await service(request).pull(namespace, topic, group, body.max, body.wait, body.consumer)
-    return {"messages": [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in messages]}
+    return {"messages": [m.to_json() for m in messages]}
 
 
 @router.post("/{topic}/groups/{group}:ack", summary="Acknowledge deliveries")
@@ -225,7 +225,7 @@ async def _messages(svc: MessagingService, namespace: str, topic: str, group: st
             yield b": heartbeat\n\n"
             continue
         for message in messages:
-            data = dumps(message.model_dump(mode="json", by_alias=True, exclude_none=True))
+            data = dumps(message.to_json())
             yield b"id: %s\nevent: message\ndata: %s\n\n" % (message.receipt.encode() if message.receipt else b"", data)
 
 
@@ -274,8 +274,13 @@ async def read_messages_route(request: Request, topic: TopicPath, caller: Caller
         deliveries = svc.broker.read(ref, partition, offset, limit)
     except LookupError as exc:
         raise bad_request(str(exc), field="partition") from None
-    return {"messages": [to_message(topic, d, Envelope.decode(d.payload)).model_dump(
-        mode="json", by_alias=True, exclude_none=True, exclude={"receipt", "attempt"}) for d in deliveries]}
+    return {"messages": [_inspected(to_message(topic, d, Envelope.decode(d.payload))) for d in deliveries]}
+
+
+def _inspected(message: Any) -> dict[str, Any]:
+    out = message.to_json()
+    out.pop("attempt", None)  # read without a group: there is no delivery
+    return out
 
 
 @router.post("/{topic}:replay", summary="Publish dead letters back to where they came from")

@@ -18,8 +18,8 @@ import structlog
 
 from mezzo.jsonutil import dumps
 from mezzo.messaging.compat.cloudevents import STRUCTURED, to_structured
-from mezzo.messaging.model import OutMessage, SubscriptionSpec
-from mezzo.messaging.service import MessagingService, TopicNotFound
+from mezzo.messaging.model import SubscriptionSpec
+from mezzo.messaging.service import Delivered, MessagingService, TopicNotFound
 
 log = structlog.get_logger("mezzo.messaging.push")
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -73,7 +73,7 @@ class Pusher:
         self._tasks.discard(task)
         self._slot_freed.set()
 
-    async def _deliver(self, message: OutMessage) -> None:
+    async def _deliver(self, message: Delivered) -> None:
         spec = self.spec
         try:
             event = to_structured(message, f"mezzo/{self.namespace}/{spec.topic}")

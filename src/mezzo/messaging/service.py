@@ -21,7 +21,7 @@ from mezzo.messaging.backend import Broker, Delivery, Position, Record, StaleRec
 from mezzo.messaging.codec import Envelope, data_fields, is_json
 from mezzo.messaging.filters import compile_filter
 from mezzo.messaging.metrics import MessagingMetrics
-from mezzo.messaging.model import OutMessage, SubscriptionSpec, Tag, TopicSpec
+from mezzo.messaging.model import SubscriptionSpec, Tag, TopicSpec
 from mezzo.messaging.trace import MessageTrace
 from mezzo.resources.types import Duration, Name
 from mezzo.storage.kv import Delete, KVStore, Put
@@ -81,14 +81,62 @@ class PublishMessage(BaseModel):
         return orjson.dumps(self.data), self.content_type or "application/json"
 
 
-class PublishResult(BaseModel):
+@dataclass(slots=True)
+class PublishResult:
     id: str
     partition: int | None = None
     offset: int | None = None
     duplicate: bool = False
-    scheduled_at: datetime | None = Field(None, alias="scheduledAt")
+    scheduled_ms: int | None = None
 
-    model_config = ConfigDict(populate_by_name=True)
+    def to_json(self) -> dict[str, Any]:
+        if self.scheduled_ms is not None:
+            return {"id": self.id, "scheduledAt": iso(self.scheduled_ms)}
+        return {"id": self.id, "partition": self.partition, "offset": self.offset, "duplicate": self.duplicate}
+
+
+@dataclass(slots=True)
+class Delivered:
+    """A message handed to a consumer. Plain data: the hot path builds thousands per second."""
+
+    id: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    tags: list[str]
+    attributes: dict[str, str]
+    content_type: str | None
+    data: Any
+    data_base64: str | None
+    published_ms: int
+    attempt: int
+    receipt: str | None
+
+    @property
+    def published_at(self) -> datetime:
+        return datetime.fromtimestamp(self.published_ms / 1000, UTC)
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire shape (``OutMessage`` in the SDK), without empty fields."""
+        out: dict[str, Any] = {"id": self.id, "topic": self.topic, "partition": self.partition, "offset": self.offset,
+                               "tags": self.tags, "attributes": self.attributes, "publishedAt": iso(self.published_ms),
+                               "attempt": self.attempt}
+        if self.key is not None:
+            out["key"] = self.key
+        if self.content_type is not None:
+            out["contentType"] = self.content_type
+        if self.data_base64 is not None:
+            out["dataBase64"] = self.data_base64
+        elif self.data is not None:
+            out["data"] = self.data
+        if self.receipt:
+            out["receipt"] = self.receipt
+        return out
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -211,7 +259,7 @@ class MessagingService:
                 p = prepared[i]
                 body = orjson.dumps({"key": p.key, "payload": base64.b64encode(p.envelope.encode()).decode()})
                 ops.append(Put(f"{DELAYED}{p.due_ms:015d}/{ref}/{p.envelope.id}", body))
-                results[i] = PublishResult(id=p.envelope.id, scheduled_at=datetime.fromtimestamp(p.due_ms / 1000, UTC))  # type: ignore[operator]
+                results[i] = PublishResult(id=p.envelope.id, scheduled_ms=p.due_ms)
             await self.store.txn(ops)
             self._scheduler_wake.set()
         self.metrics.count("published", namespace, topic, "", len(prepared))
@@ -265,7 +313,7 @@ class MessagingService:
     async def pull(
         self, namespace: str, topic: str, group: str, max_messages: int = 10, wait: float = 0.0,
         consumer: str | None = None,
-    ) -> list[OutMessage]:
+    ) -> list[Delivered]:
         spec = await self._topic(namespace, topic, None)
         sub = self.subscription(namespace, topic, group)
         ref = topic_ref(namespace, topic)
@@ -283,12 +331,12 @@ class MessagingService:
 
     async def _screen(
         self, namespace: str, topic: str, group: str, sub: SubscriptionSpec, deliveries: list[Delivery]
-    ) -> list[OutMessage]:
+    ) -> list[Delivered]:
         """Drop expired and filtered-out messages, dead-letter exhausted ones, return the rest."""
         ref = topic_ref(namespace, topic)
         now_ms = int(time.time() * 1000)
         predicate = compile_filter(sub.filter) if sub.filter else None
-        out: list[OutMessage] = []
+        out: list[Delivered] = []
         done: list[str] = []
         for d in deliveries:
             env = Envelope.decode(d.payload)
@@ -436,15 +484,10 @@ class MessagingService:
         return replayed
 
 
-def to_message(topic: str, d: Delivery, env: Envelope) -> OutMessage:
-    # model_construct: every field comes from our own storage, already valid
+def to_message(topic: str, d: Delivery, env: Envelope) -> Delivered:
     body = data_fields(env.data, env.content_type)
-    return OutMessage.model_construct(
-        id=env.id, topic=topic, partition=d.partition, offset=d.offset, key=env.key, tags=env.tags,
-        attributes=env.attributes, content_type=env.content_type,
-        published_at=datetime.fromtimestamp(env.published_ms / 1000, UTC), attempt=d.attempt,
-        receipt=d.receipt or None, data=body.get("data"), data_base64=body.get("dataBase64"),
-    )
+    return Delivered(env.id, topic, d.partition, d.offset, env.key, env.tags, env.attributes, env.content_type,
+                     body.get("data"), body.get("dataBase64"), env.published_ms, d.attempt, d.receipt or None)
 
 
 __all__ = ["MessagingService", "Name", "Position", "PublishMessage", "PublishResult", "TopicNotFound"]

@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mezzo.messaging.codec import is_json
-from mezzo.messaging.model import OutMessage
-from mezzo.messaging.service import PublishMessage
+from mezzo.messaging.service import Delivered, PublishMessage
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -67,7 +66,7 @@ def from_binary(headers: Mapping[str, str], body: bytes) -> PublishMessage:
     })
 
 
-def to_structured(message: OutMessage, default_source: str) -> dict[str, Any]:
+def to_structured(message: Delivered, default_source: str) -> dict[str, Any]:
     """The message as a structured-mode CloudEvent (what push subscriptions POST)."""
     attrs = {k[3:]: v for k, v in message.attributes.items() if k.startswith("ce.")}
     event: dict[str, Any] = {

@@ -50,10 +50,29 @@ def serve(settings: Any) -> None:
         raise typer.Exit(2) from None
 
     try:
-        _run_loop(node.run(on_started=lambda: banner(node)))
+        _run_loop(node.run(on_started=lambda: started(node)))
     except Exception as exc:  # a start that fails: say why in one line, no traceback
         err.print(f"[red]Error:[/red] could not start: {type(exc).__name__}: {exc}", markup=True)
         raise typer.Exit(1) from None
+
+
+def started(node: Any) -> None:
+    banner(node)
+    tune_gc()
+
+
+def tune_gc() -> None:
+    """Collector settings for a long-running server process (not for the library: the CLI owns the process).
+
+    What start-up allocated lives as long as the node, so it is frozen out of every
+    collection; young collections run 70x less often, since the per-request garbage is
+    mostly acyclic and freed by reference counting. Measured: messaging p99 latency
+    from ~11 ms to ~7 ms and about a third more throughput (docs/benchmarks.md).
+    """
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def _run_loop(coro: Any) -> None:

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from mezzo.jsonutil import dumps, loads
-from mezzo.messaging.backend import StaleReceiptError
+from mezzo.messaging.backend import StaleReceiptError, TooManyGroupsError
 from mezzo.messaging.compat.cloudevents import (
     BATCH,
     STRUCTURED,
@@ -52,6 +52,10 @@ def problems() -> Iterator[None]:
                       errors=[{"field": f"messages[{exc.index}]", "reason": str(exc)}]) from None
     except StaleReceiptError as exc:
         raise Problem(409, "Conflict", str(exc), type="stale-receipt") from None
+    except TooManyGroupsError as exc:
+        raise Problem(409, "Conflict", str(exc), type="too-many-groups") from None
+    except LookupError as exc:  # e.g. the topic or group was deleted while a pull waited
+        raise not_found(str(exc)) from None
 
 
 def _validation(exc: ValidationError, prefix: str) -> Problem:
@@ -241,6 +245,17 @@ async def list_topics(request: Request, caller: Caller, namespace: Namespace = "
             items.append({"name": ref[len(prefix):], "partitions": stats.partitions, "messages": stats.messages,
                           "bytes": stats.bytes, "groups": svc.broker.groups(ref)})
     return {"items": items}
+
+
+@router.delete("/{topic}/groups/{group}", summary="Delete a consumer group and its progress")
+async def delete_group(request: Request, topic: TopicPath, group: GroupPath, caller: Caller,
+                       namespace: Namespace = "default") -> dict[str, bool]:
+    require(caller, Verb.WRITE, namespace)
+    svc = service(request)
+    ref = f"{namespace}/{topic}"
+    if not svc.broker.has_topic(ref) or not await svc.broker.delete_group(ref, group):
+        raise not_found(f"group {group!r} of topic {topic!r}")
+    return {"deleted": True}
 
 
 @router.get("/{topic}/groups", summary="Consumer groups of a topic, with lag")

@@ -66,6 +66,10 @@ class TopicStats:
     next_offsets: list[int]
 
 
+class TooManyGroupsError(RuntimeError):
+    """A topic reached its limit of consumer groups."""
+
+
 class StaleReceiptError(LookupError):
     """The receipt's delivery already timed out, was acked, or was redelivered."""
 
@@ -114,6 +118,8 @@ class Broker(Protocol):
         """Read without a group (inspecting dead letters, tracing)."""
 
     def groups(self, topic: str) -> list[str]: ...
+    async def delete_group(self, topic: str, group: str) -> bool:
+        """Forget a group's progress; False when it did not exist."""
     def group_stats(self, topic: str, group: str) -> GroupStats: ...
     def topic_stats(self, topic: str) -> TopicStats: ...
     async def enforce_retention(self, now_ms: int) -> None: ...

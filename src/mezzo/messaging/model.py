@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from mezzo.resources.kinds import Column, KindSpec
 from mezzo.resources.model import SpecModel
@@ -51,6 +59,12 @@ class SubscriptionSpec(SpecModel):
     ack_timeout: Duration = Field(30.0, gt=0, description="redeliver when not acked within it")
     max_in_flight: int = Field(16, ge=1, le=10_000, description="push deliveries at once")
     timeout: Duration = Field(30.0, gt=0, description="push request timeout")
+
+    @model_validator(mode="after")
+    def _dead_letters_elsewhere(self) -> SubscriptionSpec:
+        if self.dead_letter_topic == self.topic:
+            raise ValueError("deadLetterTopic must differ from topic (dead letters would come back forever)")
+        return self
 
     @field_validator("filter")
     @classmethod

@@ -283,17 +283,11 @@ class MessagingService:
             page = await self.store.range(DELAYED, limit=500)
             due = [kv for kv in page.items if int(kv.key[len(DELAYED):].split("/", 1)[0]) <= now_ms]
             for kv in due:
-                _, ref_and_id = kv.key[len(DELAYED):].split("/", 1)
-                namespace, topic, _ = ref_and_id.split("/", 2)
-                item = orjson.loads(kv.value)
-                payload = base64.b64decode(item["payload"])
-                env = Envelope.decode(payload)
                 try:
-                    spec = await self._topic(namespace, topic, None)
-                    await self.broker.publish(topic_ref(namespace, topic), [Record(env.id, payload, item["key"], now_ms)],
-                                              [self._partition(item["key"], spec.partitions)])
-                except TopicNotFound:
-                    log.warning("dropping delayed message: topic is gone", topic=topic, id=env.id)
+                    await self._release_delayed(kv.key, kv.value, now_ms)
+                except (ValueError, KeyError, TypeError):  # malformed: it could never be released
+                    log.exception("malformed delayed message dropped", key=kv.key)
+                # any other error (say, the disk) propagates: the loop restarts after a pause and retries
                 await self.store.txn([Delete(kv.key)])
             if due:
                 continue
@@ -303,6 +297,20 @@ class MessagingService:
                 wait = min(max((first - now_ms) / 1000, 0.001), 1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._scheduler_wake.wait(), wait)
+
+    async def _release_delayed(self, key: str, value: bytes, now_ms: int) -> None:
+        _, ref_and_id = key[len(DELAYED):].split("/", 1)
+        namespace, topic, _ = ref_and_id.split("/", 2)
+        item = orjson.loads(value)
+        payload = base64.b64decode(item["payload"])
+        env = Envelope.decode(payload)
+        try:
+            spec = await self._topic(namespace, topic, None)
+        except TopicNotFound:
+            log.warning("dropping delayed message: topic is gone", topic=topic, id=env.id)
+            return
+        await self.broker.publish(topic_ref(namespace, topic), [Record(env.id, payload, item["key"], now_ms)],
+                                  [self._partition(item["key"], spec.partitions)])
 
     # consuming ---------------------------------------------------------------------
 

@@ -178,6 +178,10 @@ class MessagingClient:
     async def groups(self, topic: str, namespace: str = "default") -> list[dict[str, Any]]:
         return (await self._client.request("GET", f"/v1/topics/{topic}/groups", params={"namespace": namespace}))["items"]  # type: ignore[no-any-return]
 
+    async def delete_group(self, topic: str, group: str, *, namespace: str = "default") -> None:
+        """Forget a consumer group's progress (it starts from the beginning if it consumes again)."""
+        await self._client.request("DELETE", f"/v1/topics/{topic}/groups/{group}", params={"namespace": namespace})
+
     async def read(self, topic: str, *, partition: int = 0, offset: int = 0, limit: int = 100, namespace: str = "default") -> list[OutMessage]:
         data = await self._client.request("GET", f"/v1/topics/{topic}/messages", params={
             "namespace": namespace, "partition": partition, "offset": offset, "limit": limit})

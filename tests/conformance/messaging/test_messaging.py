@@ -317,3 +317,31 @@ async def test_message_trace(mq: RunningNode) -> None:
         assert [t["name"] for t in await client.messaging.topics()] == ["traced", "traced.g.dlq"]
         with pytest.raises(NotFound):
             await client.messaging.trace("never-published")
+
+
+async def test_groups_can_be_deleted_and_are_bounded(mq: RunningNode) -> None:
+    from mezzo.messaging.backends.embedded import broker as embedded
+
+    async with mq.client() as client:
+        await client.messaging.publish("g-topic", 1)
+        sub = client.messaging.subscribe("g-topic", "old")
+        await sub.ack(await drain(sub, 1))
+        await client.messaging.delete_group("g-topic", "old")
+        assert await client.messaging.groups("g-topic") == []
+        assert [m.data for m in await drain(sub, 1)] == [1]  # a new group with that name starts over
+        with pytest.raises(NotFound):
+            await client.messaging.delete_group("g-topic", "never")
+        limit, embedded.MAX_GROUPS = embedded.MAX_GROUPS, 1
+        try:
+            with pytest.raises(Conflict):
+                await client.messaging.subscribe("g-topic", "second").pull()
+        finally:
+            embedded.MAX_GROUPS = limit
+
+
+async def test_dead_letter_topic_must_differ(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        with pytest.raises(APIError) as info:
+            await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "Subscription", "metadata": {"name": "loop"},
+                                          "spec": {"topic": "a", "group": "g", "deadLetterTopic": "a"}})
+        assert "deadLetterTopic must differ" in info.value.errors[0]["reason"]

@@ -21,6 +21,7 @@ from mezzo.messaging.backend import (
     Position,
     Record,
     StaleReceiptError,
+    TooManyGroupsError,
     TopicStats,
 )
 from mezzo.messaging.backends.embedded.cursor import PartitionCursor, StaleReceipt
@@ -29,6 +30,7 @@ from mezzo.messaging.model import TopicSpec
 
 FsyncPolicy = Literal["always", "batch", "os"]
 _KEY = struct.Struct("<H")
+MAX_GROUPS = 1000  # consumer groups per topic
 MAX_PENDING = 20_000  # loaded-but-unfinished messages per group and partition
 CHECKPOINT_EVERY = 50_000  # journal records between checkpoints
 
@@ -184,6 +186,9 @@ class TopicState:
     async def group(self, name: str) -> GroupState:
         state = self.groups.get(name)
         if state is None:
+            if len(self.groups) >= MAX_GROUPS:  # each group holds files open: bound what callers can create
+                raise TooManyGroupsError(
+                    f"topic {self.name!r} already has {MAX_GROUPS} consumer groups; delete unused ones")
             state = GroupState(self.directory / "groups" / name, len(self.logs), self.fsync)
             await state.open()
             self.groups[name] = state
@@ -332,6 +337,8 @@ class EmbeddedBroker:
         gstate = await state.group(group)
         deadline = self.clock() + wait
         while True:
+            if self._topics.get(topic) is not state or state.groups.get(group) is not gstate:
+                raise LookupError(f"topic {topic!r} or its group {group!r} was deleted")
             changed = state.changed
             out = self._take(state, gstate, max_messages, ack_timeout)
             if out:
@@ -482,6 +489,16 @@ class EmbeddedBroker:
             Delivery(topic, partition, rec.offset, rec.timestamp_ms, unframe(rec.payload)[2], 0, "")
             for rec in state.logs[partition].read(offset, max_messages)
         ]
+
+    async def delete_group(self, topic: str, group: str) -> bool:
+        state = self._topic(topic)
+        gstate = state.groups.pop(group, None)
+        if gstate is None:
+            return False
+        await gstate.journal.close()
+        await asyncio.to_thread(shutil.rmtree, gstate.directory, True)
+        state.wake()  # fetches waiting on the deleted group give up
+        return True
 
     def groups(self, topic: str) -> list[str]:
         return sorted(self._topic(topic).groups)

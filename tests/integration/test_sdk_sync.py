@@ -69,3 +69,20 @@ async def test_unreachable_server_is_a_clear_error() -> None:
     async with Mezzo("http://127.0.0.1:9", "t", retries=0) as client:
         with pytest.raises(ConnectError, match=r"cannot reach Mezzo at http://127\.0\.0\.1:9"):
             await client.health()
+
+
+def test_sync_messaging_subscriptions_and_transactions(node_process: RunningNode) -> None:
+    with MezzoSync(node_process.url, node_process.token) as client:
+        client.messaging.publish("sync-orders", {"n": 1})
+        with client.messaging.transaction("sync-orders", [{"data": {"n": 2}}]) as tx:
+            assert len(tx.message_ids) == 1
+        with client.messaging.subscribe("sync-orders", "g", wait=1) as sub:
+            got = []
+            for message in sub:
+                got.append(message.data["n"])
+                message.ack()
+                if len(got) == 2:
+                    break
+        assert got == [1, 2]
+        again = client.messaging.subscribe("sync-orders", "g").pull(10, 0.1)
+        assert again == []

@@ -46,7 +46,7 @@ def problems() -> Iterator[None]:
     try:
         yield
     except TopicNotFound as exc:
-        raise not_found(str(exc)) from None
+        raise Problem(404, "Not Found", str(exc), type="not-found") from None
     except MessageTooLarge as exc:
         raise Problem(413, "Content Too Large", str(exc), type="message-too-large",
                       errors=[{"field": f"messages[{exc.index}]", "reason": str(exc)}]) from None
@@ -55,7 +55,7 @@ def problems() -> Iterator[None]:
     except TooManyGroupsError as exc:
         raise Problem(409, "Conflict", str(exc), type="too-many-groups") from None
     except LookupError as exc:  # e.g. the topic or group was deleted while a pull waited
-        raise not_found(str(exc)) from None
+        raise Problem(404, "Not Found", str(exc), type="not-found") from None
 
 
 def _validation(exc: ValidationError, prefix: str) -> Problem:
@@ -243,7 +243,7 @@ async def list_topics(request: Request, caller: Caller, namespace: Namespace = "
         if ref.startswith(prefix) and not ref[len(prefix):].startswith("_"):  # _trace.* are internal
             stats = svc.broker.topic_stats(ref)
             items.append({"name": ref[len(prefix):], "partitions": stats.partitions, "messages": stats.messages,
-                          "bytes": stats.bytes, "groups": svc.broker.groups(ref)})
+                          "bytes": stats.bytes, "groups": [g for g in svc.broker.groups(ref) if not g.startswith("_")]})
     return {"items": items}
 
 
@@ -267,6 +267,8 @@ async def list_groups(request: Request, topic: TopicPath, caller: Caller, namesp
         raise not_found(f"topic {topic!r} in namespace {namespace!r}")
     out = []
     for group in svc.broker.groups(ref):
+        if group.startswith("_"):  # Mezzo's own (dead-letter replay)
+            continue
         stats = svc.broker.group_stats(ref, group)
         out.append({"group": group, "lag": stats.lag, "inFlight": stats.in_flight,
                     "partitions": {str(p): v for p, v in stats.partitions.items()}})
@@ -335,7 +337,7 @@ async def commit(request: Request, topic: TopicPath, transaction: TransactionPat
         try:
             ids = await half(request).commit(namespace, topic, transaction)
         except TransactionNotFound as exc:
-            raise not_found(str(exc)) from None
+            raise Problem(404, "Not Found", str(exc), type="not-found") from None
     return {"committed": ids}
 
 
@@ -346,7 +348,7 @@ async def rollback(request: Request, topic: TopicPath, transaction: TransactionP
     try:
         await half(request).rollback(namespace, topic, transaction)
     except TransactionNotFound as exc:
-        raise not_found(str(exc)) from None
+        raise Problem(404, "Not Found", str(exc), type="not-found") from None
     return {"rolledBack": True}
 
 

@@ -30,7 +30,7 @@ from mezzo.telemetry.metrics import Metrics
 log = structlog.get_logger("mezzo.messaging")
 DELAYED = "/messaging/delayed/"  # KV keys: DELAYED + due_ms (15 digits) + "/" + topic ref + "/" + id
 DLQ_ATTR = "mezzo.dlq."
-REPLAY_GROUP = "mezzo.replay"
+REPLAY_GROUP = "_replay"  # a name no user group can have (names start with a letter or digit)
 REPLAY_FOR = "mezzo.replay.group"  # a replayed dead letter goes to the group that gave up on it only
 
 
@@ -180,6 +180,10 @@ class MessagingService:
             await self.broker.delete_topic(ref)
         else:
             await self.broker.ensure_topic(ref, spec)  # before publishers can see it
+            actual = len(self.broker.bounds(ref))
+            if spec.partitions < actual:  # partitions only grow: keys keep their partition
+                log.warning("ignoring a lower partition count", topic=name, asked=spec.partitions, kept=actual)
+                spec = spec.model_copy(update={"partitions": actual})
             if spec.trace:
                 await self.trace.enable(namespace, name, spec)
             self.topics[ref] = spec
@@ -359,6 +363,7 @@ class MessagingService:
                 self.metrics.count("filtered", namespace, topic, group)
                 continue
             if d.attempt > sub.max_deliveries:
+                d.attempt -= 1  # this delivery was never handed out: count only those that were
                 await self._dead_letter(namespace, topic, group, sub, d, env, "max deliveries exceeded")
                 done.append(d.receipt)
                 continue

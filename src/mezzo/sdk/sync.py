@@ -8,6 +8,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from pydantic import BaseModel
+
 
 class _Loop:
     def __init__(self) -> None:
@@ -37,6 +39,24 @@ def _iterate(runner: _Loop, stream: AsyncIterator[Any]) -> Iterator[Any]:
             runner.run(aclose())
 
 
+_PLAIN = (str, bytes, int, float, bool, type(None), dict, tuple, BaseModel)
+
+
+def _is_async(value: Any) -> bool:
+    """An object whose interface is coroutines (a sub-client, a subscription, a message)."""
+    kind = type(value)
+    return hasattr(kind, "__aiter__") or hasattr(kind, "__aenter__") or any(
+        inspect.iscoroutinefunction(getattr(kind, name, None)) for name in dir(kind) if not name.startswith("__"))
+
+
+def _wrap(value: Any, runner: _Loop) -> Any:
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, list):
+        return [_wrap(v, runner) for v in value]
+    return _Proxy(value, runner) if _is_async(value) else value
+
+
 class _Proxy:
     def __init__(self, target: Any, runner: _Loop) -> None:
         self._target = target
@@ -45,12 +65,22 @@ class _Proxy:
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._target, name)
         if inspect.iscoroutinefunction(value):
-            return lambda *a, **kw: self._runner.run(value(*a, **kw))
+            return lambda *a, **kw: _wrap(self._runner.run(value(*a, **kw)), self._runner)
         if inspect.isasyncgenfunction(value):
-            return lambda *a, **kw: _iterate(self._runner, value(*a, **kw))
-        if callable(value) or isinstance(value, str | int | float | bool | type(None) | dict | list):
-            return value
-        return _Proxy(value, self._runner)  # a sub-client
+            return lambda *a, **kw: (_wrap(v, self._runner) for v in _iterate(self._runner, value(*a, **kw)))
+        if callable(value):
+            return lambda *a, **kw: _wrap(value(*a, **kw), self._runner)
+        return _wrap(value, self._runner)
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in _iterate(self._runner, self._target.__aiter__()):
+            yield _wrap(item, self._runner)
+
+    def __enter__(self) -> Any:
+        return _wrap(self._runner.run(self._target.__aenter__()), self._runner)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._runner.run(self._target.__aexit__(*exc))
 
 
 class SyncProxy(_Proxy):

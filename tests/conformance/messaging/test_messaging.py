@@ -345,3 +345,45 @@ async def test_dead_letter_topic_must_differ(mq: RunningNode) -> None:
             await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "Subscription", "metadata": {"name": "loop"},
                                           "spec": {"topic": "a", "group": "g", "deadLetterTopic": "a"}})
         assert "deadLetterTopic must differ" in info.value.errors[0]["reason"]
+
+
+async def test_partitions_never_shrink_and_keys_stay_put(mq: RunningNode) -> None:
+    topic = {"apiVersion": "mezzo.dev/v1", "kind": "Topic", "metadata": {"name": "shrink"}, "spec": {"partitions": 4}}
+    svc = mq.node.service(MessagingService)
+    async with mq.client() as client:
+        await client.resources.apply(topic)
+        await wait_for(lambda: svc.topics.get("default/shrink"))
+        before = await client.messaging.publish("shrink", 1, key="customer-9")
+        first_spec = svc.topics["default/shrink"]
+        topic["spec"]["partitions"] = 2
+        await client.resources.apply(topic)
+        await wait_for(lambda: svc.topics["default/shrink"] is not first_spec)  # the node has seen the change
+        assert svc.topics["default/shrink"].partitions == 4
+        after = await client.messaging.publish("shrink", 2, key="customer-9")
+        assert after["partition"] == before["partition"]
+        assert (await client.messaging.topics())[0]["partitions"] == 4
+
+
+async def test_dead_letter_counts_only_real_deliveries(mq: RunningNode) -> None:
+    async with mq.client() as client:
+        await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "Subscription", "metadata": {"name": "once"},
+                                      "spec": {"topic": "once", "group": "g", "maxDeliveries": 1, "ackTimeout": "50ms"}})
+        svc = mq.node.service(MessagingService)
+        await wait_for(lambda: svc.subscriptions)
+        await client.messaging.publish("once", "x")
+        sub = client.messaging.subscribe("once", "g")
+        assert len(await drain(sub, 1)) == 1  # delivered once, never acked
+        letters = await wait_for(lambda: _letters(client, "once.g.dlq"))
+        assert letters[0].attributes["mezzo.dlq.attempts"] == "1"
+        assert await client.messaging.replay("once.g.dlq") == 1
+        listed = {t["name"]: t for t in await client.messaging.topics()}
+        assert listed["once.g.dlq"]["groups"] == []  # the replay bookkeeping group is Mezzo's own
+
+
+async def _letters(client, topic: str):  # type: ignore[no-untyped-def]
+    sub = client.messaging.subscribe("once", "g")
+    await sub.pull(wait=0.1)  # a pull notices the expired delivery and dead-letters it
+    try:
+        return await client.messaging.read(topic)
+    except NotFound:
+        return []

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import HTTPConnection
 
 from mezzo.jsonutil import dumps, loads
 from mezzo.messaging.backend import StaleReceiptError, TooManyGroupsError
@@ -24,9 +26,9 @@ from mezzo.messaging.compat.cloudevents import (
 from mezzo.messaging.half import HalfMessages, PrepareOptions, TransactionNotFound
 from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMessage, TopicNotFound
 from mezzo.node.auth import Principal, Verb
-from mezzo.node.auth_module import Caller, require
+from mezzo.node.auth_module import Caller, authenticate, bearer_token, require
 from mezzo.node.errors import Problem, bad_request, not_found
-from mezzo.resources.types import NAME_PATTERN, Duration
+from mezzo.resources.types import NAME_PATTERN, Duration, parse_duration
 from mezzo.telemetry.propagation import inject_attributes
 
 router = APIRouter(prefix="/v1/topics", tags=["messaging"])
@@ -37,7 +39,7 @@ Namespace = Annotated[str, Query(pattern=NAME_PATTERN, max_length=253)]
 TransactionPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
-def service(request: Request) -> MessagingService:
+def service(request: HTTPConnection) -> MessagingService:
     return request.app.state.node.service(MessagingService)
 
 
@@ -376,3 +378,89 @@ async def message_trace(request: Request, message_id: Annotated[str, Path(min_le
     if not found:
         raise not_found(f"no trace of message {message_id!r} (is trace enabled on its topic?)")
     return {"id": message_id, "events": sorted(found, key=lambda e: e["at"])}
+
+
+@router.websocket("/{topic}/groups/{group}:connect")
+async def connect(websocket: WebSocket, topic: str, group: str, namespace: str = "default",
+                  max_in_flight: int = Query(100, alias="maxInFlight", ge=1, le=10_000)) -> None:
+    """A consumer over one WebSocket: Mezzo sends ``{"messages": [...]}`` while fewer than
+    ``maxInFlight`` are unacked; the client sends ``{"ack": [receipts]}`` or
+    ``{"nack": [receipts], "delay": "5s"}``. Browsers may pass the token as ``?access_token=``."""
+    caller = authenticate(websocket, bearer_token(websocket) or websocket.query_params.get("access_token"))
+    names_ok = all(re.match(NAME_PATTERN, n) for n in (topic, group, namespace))
+    if caller is None or not names_ok or not caller.can(Verb.USE, namespace):
+        reason = "invalid names" if not names_ok else "unauthorized" if caller is None else "forbidden"
+        await websocket.close(code=4400 if not names_ok else 4401 if caller is None else 4403, reason=reason)
+        return
+    svc = service(websocket)
+    if not svc.broker.has_topic(f"{namespace}/{topic}"):
+        await websocket.close(code=4404, reason=f"topic {topic!r} does not exist")
+        return
+    await websocket.accept()
+    session = _StreamSession(svc, websocket, namespace, topic, group, max_in_flight, caller.name)
+    await session.run()
+
+
+class _StreamSession:
+    def __init__(self, svc: MessagingService, ws: WebSocket, namespace: str, topic: str, group: str,
+                 max_in_flight: int, consumer: str) -> None:
+        self.svc, self.ws, self.namespace, self.topic, self.group = svc, ws, namespace, topic, group
+        self.max_in_flight, self.consumer = max_in_flight, consumer
+        self.in_flight: set[str] = set()
+        self.credit = asyncio.Event()
+        self.credit.set()
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send())
+        try:
+            await self._receive()
+        except WebSocketDisconnect:
+            pass  # what was not acked is delivered again after the ack timeout
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await sender
+
+    async def _send(self) -> None:
+        while True:
+            room = self.max_in_flight - len(self.in_flight)
+            if room <= 0:
+                self.credit.clear()
+                await self.credit.wait()
+                continue
+            messages = await self.svc.pull(self.namespace, self.topic, self.group, min(room, 1000), 5.0, self.consumer)
+            if messages:
+                self.in_flight.update(m.receipt for m in messages if m.receipt)
+                await self.ws.send_bytes(dumps({"messages": [m.to_json() for m in messages]}))
+
+    async def _receive(self) -> None:
+        while True:
+            raw = await self.ws.receive_text()
+            try:
+                command = loads(raw)
+                if not isinstance(command, dict):
+                    raise ValueError("send a JSON object: {\"ack\": [...]} or {\"nack\": [...], \"delay\": ...}")
+                if "ack" in command:
+                    receipts = _receipts(command["ack"])
+                    await self.svc.ack(self.namespace, self.topic, self.group, receipts)
+                elif "nack" in command:
+                    receipts = _receipts(command["nack"])
+                    delay = command.get("delay")
+                    await self.svc.nack(self.namespace, self.topic, self.group, receipts,
+                                        None if delay is None else parse_duration(delay))
+                else:
+                    raise ValueError("unknown command: use ack or nack")
+            except (ValueError, StaleReceiptError) as exc:
+                await self.ws.send_bytes(dumps({"error": {"status": 409 if isinstance(exc, StaleReceiptError) else 400,
+                                                          "detail": str(exc)}}))
+                if isinstance(exc, StaleReceiptError):
+                    self.in_flight.difference_update(_receipts(command.get("ack") or command.get("nack") or []))
+                continue
+            self.in_flight.difference_update(receipts)
+            self.credit.set()
+
+
+def _receipts(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value) or not value:
+        raise ValueError("receipts are a non-empty list of strings")
+    return value

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
+from starlette.requests import HTTPConnection
 
 from mezzo.node.auth import Principal, Role, TokenError, TokenService, Verb
 from mezzo.node.errors import Problem, not_found
@@ -37,23 +38,28 @@ class AuthModule(Module):
         return [router]
 
 
+def bearer_token(conn: HTTPConnection) -> str | None:
+    """``Authorization: Bearer TOKEN``, else Dapr's ``dapr-api-token`` header."""
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return conn.headers.get("dapr-api-token") or None
+
+
+def authenticate(conn: HTTPConnection, token: str | None) -> Principal | None:
+    return None if token is None else conn.app.state.node.service(TokenService).authenticate(token)
+
+
 def principal(request: Request) -> Principal:
     """The caller, from ``Authorization: Bearer TOKEN`` (or Dapr's ``dapr-api-token``); 401 otherwise."""
-    header = request.headers.get("authorization", "")
-    token = None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        token = value.strip()
-    elif request.headers.get("dapr-api-token"):
-        token = request.headers["dapr-api-token"]
+    token = bearer_token(request)
     failures = request.app.state.node.service(Metrics).counter(
         "auth", "failures", "total", "Rejected API calls by reason.", labels=("reason",))
     if token is None:
         failures.labels("missing").inc()
         raise Problem(401, "Unauthorized", "missing bearer token", type="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="mezzo"'})
-    tokens: TokenService = request.app.state.node.service(TokenService)
-    found = tokens.authenticate(token)
+    found = authenticate(request, token)
     if found is None:
         failures.labels("invalid").inc()
         raise Problem(401, "Unauthorized", "invalid, expired or revoked token", type="unauthorized",

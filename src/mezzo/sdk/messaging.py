@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from mezzo.messaging.model import OutMessage
 
 if TYPE_CHECKING:
@@ -34,12 +36,10 @@ def message_body(
     return {k: v for k, v in body.items() if v not in (None, [], {})}
 
 
-@dataclass(slots=True)
-class Message:
-    """A received message; ``await msg.ack()`` when done, ``await msg.nack(delay)`` to retry."""
+class Received:
+    """What every received message offers: ``data`` (bytes for binary payloads) and the fields of ``raw``."""
 
     raw: OutMessage
-    _sub: Subscription = field(repr=False)
 
     @property
     def data(self) -> Any:
@@ -50,11 +50,33 @@ class Message:
     def __getattr__(self, name: str) -> Any:  # id, key, tags, attributes, attempt, offset, ...
         return getattr(self.raw, name)
 
+
+@dataclass
+class Message(Received):
+    """A pulled message; ``await msg.ack()`` when done, ``await msg.nack(delay)`` to retry."""
+
+    raw: OutMessage
+    _sub: Subscription = field(repr=False)
+
     async def ack(self) -> None:
         await self._sub.ack([self])
 
     async def nack(self, delay: float | str | None = None) -> None:
         await self._sub.nack([self], delay)
+
+
+@dataclass
+class StreamMessage(Received):
+    """A message received over ``MessagingClient.stream``."""
+
+    raw: OutMessage
+    _ws: Any = field(repr=False)
+
+    async def ack(self) -> None:
+        await self._ws.send(orjson.dumps({"ack": [self.raw.receipt]}).decode())
+
+    async def nack(self, delay: float | str | None = None) -> None:
+        await self._ws.send(orjson.dumps({"nack": [self.raw.receipt], "delay": delay}).decode())
 
 
 class Subscription:
@@ -142,6 +164,24 @@ class MessagingClient:
                   consumer: str | None = None) -> Subscription:
         """``consumer`` names this member of the group in message traces (default: none)."""
         return Subscription(self, topic, group, namespace, batch, wait, consumer)
+
+    async def stream(
+        self, topic: str, group: str, *, namespace: str = "default", max_in_flight: int = 100
+    ) -> AsyncIterator[StreamMessage]:
+        """Consume over one WebSocket: messages arrive as the broker has them, up to
+        ``max_in_flight`` unacked; ``await msg.ack()`` / ``await msg.nack(delay)`` on each."""
+        import websockets
+
+        url = self._client.url.replace("http", "ws", 1) + f"/v1/topics/{topic}/groups/{group}:connect"
+        query = f"?namespace={namespace}&maxInFlight={max_in_flight}"
+        headers = {"Authorization": f"Bearer {self._client.token}"} if self._client.token else {}
+        async with websockets.connect(url + query, additional_headers=headers) as ws:
+            async for frame in ws:
+                data = orjson.loads(frame)
+                if "error" in data:
+                    continue  # a stale ack: the message comes back anyway
+                for item in data["messages"]:
+                    yield StreamMessage(OutMessage.model_validate(item), ws)
 
     def handler(self, topic: str, group: str, *, namespace: str = "default") -> Callable[[Handler], Handler]:
         """Decorator: ``@client.messaging.handler("orders", "billing")``; run them with ``run_handlers()``.

@@ -387,3 +387,31 @@ async def _letters(client, topic: str):  # type: ignore[no-untyped-def]
         return await client.messaging.read(topic)
     except NotFound:
         return []
+
+
+async def test_websocket_stream_with_acks(mq: RunningNode) -> None:
+    import websockets
+
+    async with mq.client() as client:
+        await client.messaging.publish_batch("ws", [{"data": i} for i in range(5)])
+        got = []
+        async for message in client.messaging.stream("ws", "g", max_in_flight=2):
+            got.append(message.data)
+            if message.data != 4:
+                await message.ack()
+            if len(got) == 5:
+                break
+        assert got == [0, 1, 2, 3, 4]
+
+        async def lag() -> int:
+            return {g["group"]: g for g in await client.messaging.groups("ws")}["g"]["lag"]
+
+        await wait_for(lambda: _equals(lag(), 1))  # four acks arrived over the socket; one left
+    bad = mq.url.replace("http", "ws", 1) + "/v1/topics/ws/groups/g:connect"
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        async with websockets.connect(bad):
+            pass
+
+
+async def _equals(value, expected) -> bool:  # type: ignore[no-untyped-def]
+    return await value == expected

@@ -11,7 +11,6 @@ from pydantic.alias_generators import to_camel
 from mezzo.resources.types import Name
 
 API_VERSION = "mezzo.dev/v1"
-LabelKey = str
 
 
 class SpecModel(BaseModel):

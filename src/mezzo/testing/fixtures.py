@@ -75,8 +75,9 @@ def spawn_node(data_dir: Path, extra_env: dict[str, str] | None = None, args: tu
     env = {**os.environ, "MEZZO_DATA_DIR": str(data_dir), "MEZZO_API_PORT": str(port),
            "MEZZO_LOG_FORMAT": "json", **(extra_env or {})}
     env.pop("MEZZO_URL", None)
-    log = open(data_dir.parent / f"node-{port}.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "mezzo", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(data_dir.parent / f"node-{port}.log", "wb") as log:  # the child keeps its own copy of the fd
+        process = subprocess.Popen([sys.executable, "-m", "mezzo", *args], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -78,6 +78,25 @@ async def mezzo_consume(http: httpx.AsyncClient, topic: str, total: int, window:
     return total / (time.perf_counter() - t0)
 
 
+async def mezzo_stream(url: str, token: str, topic: str, total: int, window: int) -> float:
+    """Consume over the WebSocket consumer: batches flow while fewer than ``window`` are unacked."""
+    import orjson
+    import websockets
+
+    ws_url = url.replace("http", "ws", 1) + f"/v1/topics/{topic}/groups/bench-ws:connect?maxInFlight={window}"
+    got = 0
+    t0 = time.perf_counter()
+    async with websockets.connect(ws_url, additional_headers={"Authorization": f"Bearer {token}"},
+                                  max_size=64 * 1024 * 1024) as ws:
+        async for frame in ws:
+            messages = orjson.loads(frame).get("messages", [])
+            await ws.send(orjson.dumps({"ack": [m["receipt"] for m in messages]}).decode())
+            got += len(messages)
+            if got >= total:
+                break
+    return total / (time.perf_counter() - t0)
+
+
 async def mezzo_latency(http: httpx.AsyncClient, topic: str, rate: int, seconds: float) -> list[float]:
     import base64
 
@@ -196,6 +215,7 @@ async def main() -> None:
             topic = f"bench-{uuid.uuid4().hex[:6]}"
             results["mezzo"]["publish"] = await mezzo_publish(http, topic, args.messages, args.window, args.batch)
             results["mezzo"]["consume"] = await mezzo_consume(http, topic, args.messages, args.window)
+            results["mezzo"]["stream"] = await mezzo_stream(node.url, node.token, topic, args.messages, args.window)
             lat = await mezzo_latency(http, topic + "-lat", args.rate, args.seconds)
             results["mezzo"]["p50"], results["mezzo"]["p99"] = pct(lat, 50) * 1000, pct(lat, 99) * 1000
     finally:
@@ -216,8 +236,10 @@ async def main() -> None:
 
     m, j = results["mezzo"], results["jetstream"]
     print(f"{'':24}{'mezzo':>12}{'jetstream':>12}{'ratio':>8}")
-    for name, unit in (("publish", "msg/s"), ("consume", "msg/s")):
-        print(f"{name + ' (' + unit + ')':24}{m[name]:12.0f}{j[name]:12.0f}{m[name] / j[name]:8.2f}")
+    rows = (("publish", "publish"), ("pull + ack", "consume"), ("ws stream + ack", "stream"))
+    for label, key in rows:
+        theirs = j["consume"] if key == "stream" else j[key]  # JetStream's consumer is the same in both rows
+        print(f"{label + ' (msg/s)':24}{m[key]:12.0f}{theirs:12.0f}{m[key] / theirs:8.2f}")
     for name in ("p50", "p99"):
         print(f"{'e2e ' + name + ' @' + str(args.rate) + '/s (ms)':24}{m[name]:12.2f}{j[name]:12.2f}{m[name] / j[name]:8.2f}")
 

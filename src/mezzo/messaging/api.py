@@ -428,7 +428,9 @@ class _StreamSession:
                 self.credit.clear()
                 await self.credit.wait()
                 continue
-            messages = await self.svc.pull(self.namespace, self.topic, self.group, min(room, 1000), 5.0, self.consumer)
+            # frames of a quarter window keep acks and new batches overlapping (no ping-pong)
+            batch = min(room, max(self.max_in_flight // 4, 1), 1000)
+            messages = await self.svc.pull(self.namespace, self.topic, self.group, batch, 5.0, self.consumer)
             if messages:
                 self.in_flight.update(m.receipt for m in messages if m.receipt)
                 await self.ws.send_bytes(dumps({"messages": [m.to_json() for m in messages]}))

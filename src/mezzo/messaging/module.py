@@ -17,6 +17,7 @@ from mezzo.messaging.push import Pusher
 from mezzo.messaging.service import MessagingService, topic_ref
 from mezzo.node.module import Health, Module
 from mezzo.node.settings import Settings
+from mezzo.resilience.policies import NOOP_POLICY, PolicyRegistry, ResiliencePolicy
 from mezzo.resources.informer import Informer
 from mezzo.resources.manifests import from_objects
 from mezzo.resources.model import Resource
@@ -113,9 +114,17 @@ class MessagingModule(Module):
         self._sub_keys[resource.ref] = key
         self.service.subscriptions[key] = spec
         if spec.endpoint is not None:
-            pusher = Pusher(self.service, resource.metadata.namespace, spec, self.http)
+            pusher = Pusher(self.service, resource.metadata.namespace, spec, self.http,
+                            self._policy(resource.metadata.namespace, resource.metadata.name))
             self.pushers[resource.ref] = asyncio.create_task(
                 self._forever(pusher.run), name=f"mezzo-push-{resource.ref}")
+
+    def _policy(self, namespace: str, name: str) -> ResiliencePolicy:
+        """What a Resiliency resource says for ``targets.subscriptions.<name>`` (looked up per delivery)."""
+        if not self.node.has(PolicyRegistry):
+            return NOOP_POLICY
+        registry = self.node.service(PolicyRegistry)
+        return _LivePolicy(registry, namespace, name)  # type: ignore[return-value]
 
     @staticmethod
     async def _create_topic(resources: ResourceService, namespace: str, topic: str, user: str) -> None:
@@ -146,3 +155,14 @@ class MessagingModule(Module):
                 await self.broker.enforce_retention(int(time.time() * 1000))
             except Exception:
                 log.exception("retention failed")
+
+
+class _LivePolicy:
+    """Resolves the subscription's policy at each call, so a changed Resiliency applies at once."""
+
+    def __init__(self, registry: PolicyRegistry, namespace: str, name: str) -> None:
+        self.registry, self.namespace, self.name = registry, namespace, name
+
+    async def execute(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        policy = self.registry.policy_for("subscriptions", self.name, self.namespace)
+        return await policy.execute(fn, *args, **kwargs)

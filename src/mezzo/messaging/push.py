@@ -20,6 +20,8 @@ from mezzo.jsonutil import dumps
 from mezzo.messaging.compat.cloudevents import STRUCTURED, to_structured
 from mezzo.messaging.model import SubscriptionSpec
 from mezzo.messaging.service import Delivered, MessagingService, TopicNotFound
+from mezzo.resilience.errors import ResilienceError
+from mezzo.resilience.policies import NOOP_POLICY, ResiliencePolicy
 
 log = structlog.get_logger("mezzo.messaging.push")
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -38,12 +40,23 @@ def outcome(response: httpx.Response) -> str:
     return {"RETRY": "retry", "DROP": "drop"}.get(status or "", "ack")
 
 
+class PushFailed(Exception):
+    """The endpoint answered with a status worth retrying (5xx, 408, 429)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"endpoint answered {response.status_code}")
+        self.response = response
+        self.status_code = response.status_code
+
+
 class Pusher:
-    def __init__(self, service: MessagingService, namespace: str, spec: SubscriptionSpec, http: httpx.AsyncClient) -> None:
+    def __init__(self, service: MessagingService, namespace: str, spec: SubscriptionSpec, http: httpx.AsyncClient,
+                 policy: ResiliencePolicy = NOOP_POLICY) -> None:
         self.service = service
         self.namespace = namespace
         self.spec = spec
         self.http = http
+        self.policy = policy  # the Resiliency policy targeting this subscription, if any
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
 
@@ -79,11 +92,17 @@ class Pusher:
             event = to_structured(message, f"mezzo/{self.namespace}/{spec.topic}")
             headers = {"content-type": STRUCTURED}
             headers.update({h: message.attributes[h] for h in TRACE_HEADERS if h in message.attributes})
+            body = dumps(event)
+
+            async def post() -> httpx.Response:
+                response = await self.http.post(str(spec.endpoint), content=body, headers=headers, timeout=spec.timeout)
+                if response.status_code >= 500 or response.status_code in (408, 429):
+                    raise PushFailed(response)  # lets a Resiliency retry or circuit breaker see it
+                return response
+
             try:
-                response = await self.http.post(str(spec.endpoint), content=dumps(event), headers=headers,
-                                                 timeout=spec.timeout)
-                result = outcome(response)
-            except httpx.HTTPError as exc:
+                result = outcome(await self.policy.execute(post))
+            except (httpx.HTTPError, PushFailed, ResilienceError) as exc:
                 log.info("push failed; will retry", endpoint=str(spec.endpoint), error=str(exc))
                 result = "retry"
             receipts = [message.receipt or ""]

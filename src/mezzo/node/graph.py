@@ -26,7 +26,7 @@ MODULES: dict[str, ModuleDef] = {
     "auth": ModuleDef(AuthModule, ("store",)),
     "resources": ModuleDef(ResourcesModule, ("store", "auth")),
     "resilience": ModuleDef(ResilienceModule, ("resources",)),
-    "messaging": ModuleDef(MessagingModule, ("store", "resources")),
+    "messaging": ModuleDef(MessagingModule, ("store", "resources", "resilience")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),
 }
 

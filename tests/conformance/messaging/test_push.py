@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mezzo.node.server import HttpListener, bind
+from mezzo.resilience.policies import PolicyRegistry
 from mezzo.testing.fixtures import RunningNode, wait_for
 
 
@@ -96,3 +97,21 @@ async def _read(client: Any, topic: str) -> list[Any]:
         return list(await client.messaging.read(topic))
     except Exception:
         return []
+
+
+async def test_resiliency_policy_retries_push_in_place(mq: RunningNode, endpoint: tuple[Endpoint, str]) -> None:
+    """A Resiliency retry targeting the subscription re-POSTs at once, before Mezzo's own backoff."""
+    app, url = endpoint
+    app.script["flaky"] = [Response(status_code=503), Response(status_code=500)]
+    async with mq.client() as client:
+        await client.resources.apply({
+            "apiVersion": "mezzo.dev/v1", "kind": "Resiliency", "metadata": {"name": "push-policy"},
+            "spec": {"policies": {"retries": {"quick": {"policy": "constant", "duration": "1ms", "maxRetries": 3}}},
+                     "targets": {"subscriptions": {"push": {"retry": "quick"}}}}})
+    registry = mq.node.service(PolicyRegistry)
+    await wait_for(lambda: not registry.policy_for("subscriptions", "push").is_noop)
+    await subscribe(mq, url, backoff={"initial": "1h", "max": "1h"})  # Mezzo's own retry would take an hour
+    async with mq.client() as client:
+        await client.messaging.publish("orders", {"say": "flaky"})
+    await wait_for(lambda: len(app.events) == 3)
+    await wait_for(lambda: _lag(mq) == 0)  # acked after the third POST, on the first delivery

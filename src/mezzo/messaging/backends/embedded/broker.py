@@ -120,7 +120,11 @@ class GroupState:
         await self.journal.append([(now, orjson.dumps(e)) for e in entries])
         self._since_checkpoint += len(entries)
         if self._since_checkpoint >= CHECKPOINT_EVERY and not self._checkpointing.locked():
-            await self.checkpoint()
+            # in the background: the ack that crossed the line need not wait for the snapshot
+            self._since_checkpoint = 0
+            task = asyncio.create_task(self.checkpoint())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def record_later(self, entries: list[list[int | str]]) -> None:
         task = asyncio.create_task(self.record(entries))

@@ -32,6 +32,9 @@ class TopicSpec(SpecModel):
     retention: Duration = Field(7 * 86400.0, gt=0, description="how long messages are kept")
     retention_bytes: ByteSize | None = Field(None, gt=0, description="size cap per partition")
     max_message_bytes: ByteSize = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0, le=64 * 1024 * 1024)
+    segment_bytes: ByteSize = Field(
+        64 * 1024 * 1024, ge=4096, le=1024**3,
+        description="retention removes whole segments of this size (for new segments)")
     dedup_window: Duration = Field(120.0, ge=0, le=7 * 86400, description="a message id seen within it is stored once")
     trace: bool = Field(False, description="record every message's path (publish, deliveries, acks)")
 

@@ -415,3 +415,18 @@ async def test_websocket_stream_with_acks(mq: RunningNode) -> None:
 
 async def _equals(value, expected) -> bool:  # type: ignore[no-untyped-def]
     return await value == expected
+
+
+async def test_retention_by_size_and_consumers_skip_ahead(mq: RunningNode) -> None:
+    svc = mq.node.service(MessagingService)
+    async with mq.client() as client:
+        await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "Topic", "metadata": {"name": "kept"},
+                                      "spec": {"segmentBytes": "4KiB", "retentionBytes": "8KiB"}})
+        await wait_for(lambda: svc.topics.get("default/kept"))
+        for _ in range(20):  # a segment rolls between appends, so publish in several requests
+            await client.messaging.publish_batch("kept", [{"data": "x" * 500} for _ in range(5)])
+        await svc.broker.enforce_retention(0)
+        [stats] = await client.messaging.topics()
+        assert stats["messages"] < 100 and stats["bytes"] <= 8 * 1024 + 4096  # old segments went
+        got = await drain(client.messaging.subscribe("kept", "late"), stats["messages"])
+        assert len(got) == stats["messages"] and got[0].offset > 0  # a new group starts at what is kept

@@ -183,7 +183,8 @@ class TopicState:
 
     async def grow(self, partitions: int) -> None:
         while len(self.logs) < partitions:
-            log = PartitionLog(self.directory / f"p{len(self.logs)}", fsync=self.fsync)
+            log = PartitionLog(self.directory / f"p{len(self.logs)}", fsync=self.fsync,
+                               segment_bytes=self.spec.segment_bytes)
             await log.open()
             self.logs.append(log)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -100,7 +101,7 @@ async def read_messages(request: Request) -> list[PublishMessage]:
                 raise _validation(exc, "") from None
         params = request.query_params
         raw: dict[str, Any] = {"contentType": ctype or "application/octet-stream",
-                               "dataBase64": __import__("base64").b64encode(body).decode()}
+                               "dataBase64": base64.b64encode(body).decode()}
         for name in ("id", "key", "delay", "ttl", "deliverAt"):
             if params.get(name):
                 raw[name] = params[name]

@@ -430,3 +430,17 @@ async def test_retention_by_size_and_consumers_skip_ahead(mq: RunningNode) -> No
         assert stats["messages"] < 100 and stats["bytes"] <= 8 * 1024 + 4096  # old segments went
         got = await drain(client.messaging.subscribe("kept", "late"), stats["messages"])
         assert len(got) == stats["messages"] and got[0].offset > 0  # a new group starts at what is kept
+
+
+async def test_ack_wakes_a_poller_waiting_behind_the_key(mq: RunningNode) -> None:
+    import asyncio
+
+    async with mq.client() as client:
+        await client.messaging.publish_batch("keyed", [{"data": 1, "key": "k"}, {"data": 2, "key": "k"}])
+        first = client.messaging.subscribe("keyed", "g")
+        [one] = await drain(first, 1)
+        waiting = asyncio.create_task(client.messaging.subscribe("keyed", "g").pull(wait=30))
+        await asyncio.sleep(0.05)  # let the second consumer start its long poll
+        await one.ack()
+        [two] = await asyncio.wait_for(waiting, 25)  # delivered inside that same long poll
+        assert two.data == 2

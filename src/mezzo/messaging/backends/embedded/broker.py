@@ -439,10 +439,12 @@ class EmbeddedBroker:
                 accepted.append(found)
         # journal first: the cursor changes only once the ack is durable
         await gstate.record([["A", p, o] for p, o in accepted])
+        unblocked = False
         for partition, offset in accepted:
-            gstate._cursor(partition).finish(offset)
-        if accepted:
-            state.wake()  # a key that was in flight may release the next message
+            cursor = gstate._cursor(partition)
+            unblocked |= cursor.finish(offset) or len(cursor.entries) >= MAX_PENDING - len(accepted)
+        if unblocked:
+            state.wake()  # a key that was in flight, or a full window, may release more messages
         if stale:
             raise StaleReceiptError(f"not in flight (acked, timed out or redelivered): {', '.join(stale[:10])}")
 

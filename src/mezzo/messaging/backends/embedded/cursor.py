@@ -112,12 +112,15 @@ class PartitionCursor:
         self.finish(offset)
         return entry
 
-    def finish(self, offset: int) -> None:
-        """Done with ``offset`` whatever its state (its ack is already journaled)."""
+    def finish(self, offset: int) -> bool:
+        """Done with ``offset`` whatever its state (its ack is already journaled).
+
+        True when this may let something else be delivered: a key it held back."""
         entry = self.entries.pop(offset, None)
         if entry is not None:
             self._release(entry)
         self.mark_done(offset)
+        return entry is not None and entry.key is not None
 
     def nack(self, offset: int, attempt: int, visible_at: float) -> Entry:
         entry = self._current(offset, attempt)

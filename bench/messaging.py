@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import struct
 import tempfile
@@ -224,6 +225,7 @@ async def main() -> None:
             results["mezzo"]["p50"], results["mezzo"]["p99"] = pct(lat, 50) * 1000, pct(lat, 99) * 1000
     finally:
         stop_process(node)
+        shutil.rmtree(data, ignore_errors=True)
 
     nc = await nats.connect(args.nats)
     js = nc.jetstream()

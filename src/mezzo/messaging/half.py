@@ -58,7 +58,7 @@ class HalfMessages:
         self, namespace: str, topic: str, messages: list[PublishMessage], options: PrepareOptions, user: str
     ) -> dict[str, Any]:
         """Validate and store the batch, unpublished; returns the transaction id and message ids."""
-        spec = await self.service._topic(namespace, topic, user)
+        spec = await self.service.topic_spec(namespace, topic, user)
         now_ms = int(time.time() * 1000)
         prepared = await self.service.prepare_batch(spec, messages, now_ms)
         tx = uuid.uuid4().hex
@@ -84,8 +84,8 @@ class HalfMessages:
         prepared = [Prepared(Envelope.decode(base64.b64decode(m["payload"])), m["key"],
                              m["due"] if m["due"] and m["due"] > now_ms else None)
                     for m in record["messages"]]
-        spec = await self.service._topic(namespace, topic, None)
-        await self.service._store(namespace, topic, spec, prepared, now_ms)
+        spec = await self.service.topic_spec(namespace, topic, None)
+        await self.service.store_prepared(namespace, topic, spec, prepared, now_ms)
         with contextlib.suppress(Exception):  # already resolved by a concurrent commit: fine
             await self.store.txn([Delete(key)], [Compare(key, kv.mod_revision)])
         self.service.metrics.count("half_committed", namespace, topic)

@@ -188,7 +188,8 @@ class MessagingService:
                 await self.trace.enable(namespace, name, spec)
             self.topics[ref] = spec
 
-    async def _topic(self, namespace: str, topic: str, user: str | None) -> TopicSpec:
+    async def topic_spec(self, namespace: str, topic: str, user: str | None) -> TopicSpec:
+        """The topic's settings; creates it when ``user`` is given and auto-create is on."""
         ref = topic_ref(namespace, topic)
         spec = self.topics.get(ref)
         if spec is not None and not self.broker.has_topic(ref):
@@ -209,10 +210,10 @@ class MessagingService:
     async def publish(
         self, namespace: str, topic: str, messages: list[PublishMessage], user: str | None
     ) -> list[PublishResult]:
-        spec = await self._topic(namespace, topic, user)
+        spec = await self.topic_spec(namespace, topic, user)
         now_ms = int(time.time() * 1000)
         prepared = await self.prepare_batch(spec, messages, now_ms)
-        return await self._store(namespace, topic, spec, prepared, now_ms)
+        return await self.store_prepared(namespace, topic, spec, prepared, now_ms)
 
     async def prepare_batch(self, spec: TopicSpec, messages: list[PublishMessage], now_ms: int) -> list[Prepared]:
         """Validate sizes and turn messages into stored envelopes (ids, due and expiry times)."""
@@ -235,7 +236,7 @@ class MessagingService:
             prepared.append(Prepared(env, message.key, due if due and due > now_ms else None))
         return prepared
 
-    async def _store(
+    async def store_prepared(
         self, namespace: str, topic: str, spec: TopicSpec, prepared: list[Prepared], now_ms: int
     ) -> list[PublishResult]:
         ref = topic_ref(namespace, topic)
@@ -268,6 +269,10 @@ class MessagingService:
             self._scheduler_wake.set()
         self.metrics.count("published", namespace, topic, "", len(prepared))
         return results  # type: ignore[return-value]
+
+    def _traced(self, ref: str) -> bool:
+        spec = self.topics.get(ref)
+        return spec is not None and spec.trace
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):016x}"
@@ -309,7 +314,7 @@ class MessagingService:
         payload = base64.b64decode(item["payload"])
         env = Envelope.decode(payload)
         try:
-            spec = await self._topic(namespace, topic, None)
+            spec = await self.topic_spec(namespace, topic, None)
         except TopicNotFound:
             log.warning("dropping delayed message: topic is gone", topic=topic, id=env.id)
             return
@@ -326,7 +331,7 @@ class MessagingService:
         self, namespace: str, topic: str, group: str, max_messages: int = 10, wait: float = 0.0,
         consumer: str | None = None,
     ) -> list[Delivered]:
-        spec = await self._topic(namespace, topic, None)
+        spec = await self.topic_spec(namespace, topic, None)
         sub = self.subscription(namespace, topic, group)
         ref = topic_ref(namespace, topic)
         deadline = time.monotonic() + wait
@@ -379,7 +384,7 @@ class MessagingService:
         return out
 
     async def ack(self, namespace: str, topic: str, group: str, receipts: list[str]) -> None:
-        spec = await self._topic(namespace, topic, None)
+        spec = await self.topic_spec(namespace, topic, None)
         ref = topic_ref(namespace, topic)
         traced = await self.broker.in_flight(ref, group, receipts) if spec.trace else {}
         await self.broker.ack(ref, group, receipts)
@@ -394,7 +399,7 @@ class MessagingService:
     ) -> None:
         """Redeliver after ``delay`` (default: the subscription's backoff for that attempt);
         a message that used its last attempt goes to the dead-letter topic instead."""
-        await self._topic(namespace, topic, None)
+        await self.topic_spec(namespace, topic, None)
         sub = self.subscription(namespace, topic, group)
         ref = topic_ref(namespace, topic)
         live = await self.broker.in_flight(ref, group, receipts)
@@ -411,7 +416,7 @@ class MessagingService:
                 by_delay.setdefault(sub.backoff.delay(d.attempt) if delay is None else delay, []).append(receipt)
         for wait, batch in by_delay.items():
             await self.broker.nack(ref, group, batch, wait)
-            if self.topics.get(ref, TopicSpec()).trace:
+            if self._traced(ref):
                 await self.trace.record(namespace, topic, [
                     {"id": Envelope.decode(live[r].payload).id, "event": "nacked", "group": group,
                      "attempt": live[r].attempt, "retryIn": wait} for r in batch])
@@ -439,10 +444,10 @@ class MessagingService:
                  f"{DLQ_ATTR}partition": str(d.partition), f"{DLQ_ATTR}offset": str(d.offset),
                  f"{DLQ_ATTR}attempts": str(d.attempt), f"{DLQ_ATTR}reason": reason}
         letter = Envelope(env.id, env.data, env.content_type, env.key, env.tags, attrs, int(time.time() * 1000))
-        spec = await self._topic(namespace, target, "mezzo")
-        await self._store(namespace, target, spec, [Prepared(letter, env.key, None)], letter.published_ms)
+        spec = await self.topic_spec(namespace, target, "mezzo")
+        await self.store_prepared(namespace, target, spec, [Prepared(letter, env.key, None)], letter.published_ms)
         self.metrics.count("dead_lettered", namespace, topic, group)
-        if self.topics.get(topic_ref(namespace, topic), TopicSpec()).trace:
+        if self._traced(topic_ref(namespace, topic)):
             await self.trace.record(namespace, topic, [{"id": env.id, "event": "dead-lettered", "group": group,
                                                         "attempt": d.attempt, "deadLetterTopic": target,
                                                         "reason": reason}])
@@ -450,7 +455,7 @@ class MessagingService:
 
     async def seek(self, namespace: str, topic: str, group: str, to: str | int | dict[int, int] | datetime) -> dict[int, int]:
         """``earliest``, ``latest``, an offset for every partition, ``{partition: offset}``, or a time."""
-        await self._topic(namespace, topic, None)
+        await self.topic_spec(namespace, topic, None)
         ref = topic_ref(namespace, topic)
         bounds = self.broker.bounds(ref)
         if to == "earliest":
@@ -473,7 +478,7 @@ class MessagingService:
 
     async def replay_dead_letters(self, namespace: str, dlq_topic: str, limit: int = 1000) -> int:
         """Publish dead letters back to the topics they came from; each letter is replayed once."""
-        await self._topic(namespace, dlq_topic, None)
+        await self.topic_spec(namespace, dlq_topic, None)
         ref = topic_ref(namespace, dlq_topic)
         replayed = 0
         while replayed < limit:
@@ -490,8 +495,8 @@ class MessagingService:
                         env.attributes[REPLAY_FOR] = group
                     env.id = f"{env.id}.replay.{d.offset}"  # the original id may still be in the dedup window
                     env.published_ms = int(time.time() * 1000)
-                    spec = await self._topic(namespace, origin, "mezzo")
-                    await self._store(namespace, origin, spec, [Prepared(env, env.key, None)], env.published_ms)
+                    spec = await self.topic_spec(namespace, origin, "mezzo")
+                    await self.store_prepared(namespace, origin, spec, [Prepared(env, env.key, None)], env.published_ms)
                     replayed += 1
                 await self.broker.ack(ref, REPLAY_GROUP, [d.receipt])
         return replayed

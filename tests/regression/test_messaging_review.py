@@ -156,7 +156,7 @@ async def test_nack_of_a_stale_last_attempt_receipt_dead_letters_nothing(node: R
         r = await http.post("/v1/topics/t/groups/g:nack", json={"receipts": ["0:0:99"]})
         assert r.status_code == 409
         broker = node.node.service(MessagingService).broker
-        assert not broker.has_topic("default/t.g.dlq") or broker.topic_stats("default/t.g.dlq").messages == 0
+        assert not broker.has_topic("default/t.g.dlq") or (await broker.topic_stats("default/t.g.dlq")).messages == 0
 
 
 @pytest.mark.parametrize("receipt", ["x:0:99", "7:0:99"])

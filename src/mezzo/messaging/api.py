@@ -244,9 +244,9 @@ async def list_topics(request: Request, caller: Caller, namespace: Namespace = "
     items = []
     for ref in svc.broker.topics():
         if ref.startswith(prefix) and not ref[len(prefix):].startswith("_"):  # _trace.* are internal
-            stats = svc.broker.topic_stats(ref)
+            stats = await svc.broker.topic_stats(ref)
             items.append({"name": ref[len(prefix):], "partitions": stats.partitions, "messages": stats.messages,
-                          "bytes": stats.bytes, "groups": [g for g in svc.broker.groups(ref) if not g.startswith("_")]})
+                          "bytes": stats.bytes, "groups": [g for g in await svc.broker.groups(ref) if not g.startswith("_")]})
     return {"items": items}
 
 
@@ -269,10 +269,10 @@ async def list_groups(request: Request, topic: TopicPath, caller: Caller, namesp
     if not svc.broker.has_topic(ref):  # type: ignore[attr-defined]
         raise not_found(f"topic {topic!r} in namespace {namespace!r}")
     out = []
-    for group in svc.broker.groups(ref):
+    for group in await svc.broker.groups(ref):
         if group.startswith("_"):  # Mezzo's own (dead-letter replay)
             continue
-        stats = svc.broker.group_stats(ref, group)
+        stats = await svc.broker.group_stats(ref, group)
         out.append({"group": group, "lag": stats.lag, "inFlight": stats.in_flight,
                     "partitions": {str(p): v for p, v in stats.partitions.items()}})
     return {"items": out}
@@ -291,7 +291,7 @@ async def read_messages_route(request: Request, topic: TopicPath, caller: Caller
     if not svc.broker.has_topic(ref):  # type: ignore[attr-defined]
         raise not_found(f"topic {topic!r} in namespace {namespace!r}")
     try:
-        deliveries = svc.broker.read(ref, partition, offset, limit)
+        deliveries = await svc.broker.read(ref, partition, offset, limit)
     except LookupError as exc:
         raise bad_request(str(exc), field="partition") from None
     return {"messages": [_inspected(to_message(topic, d, Envelope.decode(d.payload))) for d in deliveries]}
@@ -375,7 +375,7 @@ async def message_trace(request: Request, message_id: Annotated[str, Path(min_le
         ref[len(prefix):] for ref, spec in svc.topics.items() if ref.startswith(prefix) and spec.trace)
     found = []
     for name in topics:
-        found += [{"topic": name, **event} for event in svc.trace.find(namespace, name, message_id)]
+        found += [{"topic": name, **event} for event in await svc.trace.find(namespace, name, message_id)]
     if not found:
         raise not_found(f"no trace of message {message_id!r} (is trace enabled on its topic?)")
     return {"id": message_id, "events": sorted(found, key=lambda e: e["at"])}

@@ -86,7 +86,8 @@ class Broker(Protocol):
 
     async def delete_topic(self, topic: str) -> None: ...
 
-    def topics(self) -> list[str]: ...
+    def topics(self) -> list[str]:
+        """Topics this node has ensured (engines track them in memory; ensure_topic runs on every node)."""
 
     async def publish(self, topic: str, records: list[Record], partitions: list[int]) -> list[Position]:
         """Append each record to its partition; durable when this returns."""
@@ -110,16 +111,20 @@ class Broker(Protocol):
 
     def has_topic(self, topic: str) -> bool: ...
 
-    def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]: ...
-    def bounds(self, topic: str) -> dict[int, tuple[int, int]]:
+    async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        """Per partition, the first offset stored at or after ``timestamp_ms``."""
+
+    async def bounds(self, topic: str) -> dict[int, tuple[int, int]]:
         """(first offset, next offset) per partition."""
 
-    def read(self, topic: str, partition: int, offset: int, max_messages: int) -> list[Delivery]:
+    async def read(self, topic: str, partition: int, offset: int, max_messages: int) -> list[Delivery]:
         """Read without a group (inspecting dead letters, tracing)."""
 
-    def groups(self, topic: str) -> list[str]: ...
+    async def groups(self, topic: str) -> list[str]: ...
     async def delete_group(self, topic: str, group: str) -> bool:
         """Forget a group's progress; False when it did not exist."""
-    def group_stats(self, topic: str, group: str) -> GroupStats: ...
-    def topic_stats(self, topic: str) -> TopicStats: ...
+    async def group_stats(self, topic: str, group: str) -> GroupStats:
+        """Raises LookupError when the group has never consumed the topic."""
+
+    async def topic_stats(self, topic: str) -> TopicStats: ...
     async def enforce_retention(self, now_ms: int) -> None: ...

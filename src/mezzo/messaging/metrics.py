@@ -30,12 +30,13 @@ class MessagingMetrics:
         self._latency = metrics.histogram(
             "messaging", "delivery_latency", "seconds", "From publish (or due time) to first delivery.",
             labels=LABELS, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-        collector = _GroupCollector(broker)
-        if not getattr(metrics, "_mezzo_messaging_collector", None):
+        collector = getattr(metrics, "_mezzo_messaging_collector", None)
+        if collector is None:
+            collector = _GroupCollector()
             metrics.registry.register(collector)
             metrics._mezzo_messaging_collector = collector  # type: ignore[attr-defined]
-        else:
-            metrics._mezzo_messaging_collector.broker = broker  # type: ignore[attr-defined]
+            metrics.on_scrape(collector.refresh)
+        collector.broker = broker
 
     def count(self, event: str, namespace: str, topic: str, group: str = "", n: int = 1) -> None:
         if n and event in self._counters:
@@ -56,20 +57,34 @@ class MessagingMetrics:
 
 
 class _GroupCollector(Collector):
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    """Lag and sizes, read from the broker (which may be remote) just before each scrape."""
+
+    def __init__(self) -> None:
+        self.broker: Broker | None = None
+        self._sizes: list[tuple[list[str], int]] = []
+        self._groups: list[tuple[list[str], int, int]] = []
+
+    async def refresh(self) -> None:
+        if self.broker is None:
+            return
+        sizes, groups = [], []
+        for ref in self.broker.topics():
+            namespace, topic = ref.split("/", 1)
+            sizes.append(([namespace, topic], (await self.broker.topic_stats(ref)).messages))
+            for group in await self.broker.groups(ref):
+                stats = await self.broker.group_stats(ref, group)
+                groups.append(([namespace, topic, group], stats.lag, stats.in_flight))
+        self._sizes, self._groups = sizes, groups
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         lag = GaugeMetricFamily("mezzo_messaging_lag_messages", "Messages not yet acked by a group.", labels=LABELS)
         flight = GaugeMetricFamily("mezzo_messaging_in_flight_messages", "Delivered, not yet acked.", labels=LABELS)
         size = GaugeMetricFamily("mezzo_messaging_stored_messages", "Messages retained in a topic.", labels=LABELS[:2])
-        for ref in self.broker.topics():
-            namespace, topic = ref.split("/", 1)
-            size.add_metric([namespace, topic], self.broker.topic_stats(ref).messages)
-            for group in self.broker.groups(ref):
-                stats = self.broker.group_stats(ref, group)
-                lag.add_metric([namespace, topic, group], stats.lag)
-                flight.add_metric([namespace, topic, group], stats.in_flight)
+        for labels, messages in self._sizes:
+            size.add_metric(labels, messages)
+        for labels, behind, in_flight in self._groups:
+            lag.add_metric(labels, behind)
+            flight.add_metric(labels, in_flight)
         yield lag
         yield flight
         yield size

@@ -180,7 +180,7 @@ class MessagingService:
             await self.broker.delete_topic(ref)
         else:
             await self.broker.ensure_topic(ref, spec)  # before publishers can see it
-            actual = len(self.broker.bounds(ref))
+            actual = len(await self.broker.bounds(ref))
             if spec.partitions < actual:  # partitions only grow: keys keep their partition
                 log.warning("ignoring a lower partition count", topic=name, asked=spec.partitions, kept=actual)
                 spec = spec.model_copy(update={"partitions": actual})
@@ -457,14 +457,14 @@ class MessagingService:
         """``earliest``, ``latest``, an offset for every partition, ``{partition: offset}``, or a time."""
         await self.topic_spec(namespace, topic, None)
         ref = topic_ref(namespace, topic)
-        bounds = self.broker.bounds(ref)
+        bounds = await self.broker.bounds(ref)
         if to == "earliest":
             positions = {p: b[0] for p, b in bounds.items()}
         elif to == "latest":
             positions = {p: b[1] for p, b in bounds.items()}
         elif isinstance(to, datetime):
             moment = to if to.tzinfo else to.replace(tzinfo=UTC)
-            positions = self.broker.offsets_for_time(ref, int(moment.timestamp() * 1000))
+            positions = await self.broker.offsets_for_time(ref, int(moment.timestamp() * 1000))
         elif isinstance(to, int):
             positions = dict.fromkeys(bounds, to)
         elif isinstance(to, dict):

@@ -37,17 +37,17 @@ class MessageTrace:
         records = [Record(uuid.uuid4().hex, orjson.dumps({"at": now_ms, **e}), None, now_ms) for e in events]
         await self.broker.publish(trace_ref(namespace, topic), records, [0] * len(records))
 
-    def find(self, namespace: str, topic: str, message_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    async def find(self, namespace: str, topic: str, message_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         """Every recorded step of ``message_id``, oldest first."""
         ref = trace_ref(namespace, topic)
         if not self.broker.has_topic(ref):
             return []
         needle = orjson.dumps(message_id)
         found: list[dict[str, Any]] = []
-        first, next_offset = self.broker.bounds(ref)[0]
+        first, next_offset = (await self.broker.bounds(ref))[0]
         offset = first
         while offset < next_offset and len(found) < limit:
-            batch = self.broker.read(ref, 0, offset, 5000)
+            batch = await self.broker.read(ref, 0, offset, 5000)
             if not batch:
                 break
             for d in batch:

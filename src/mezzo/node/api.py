@@ -72,6 +72,7 @@ def build_app(node: Any) -> Any:
 
     @app.get("/metrics", tags=["probes"], summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
+        await node.service(Metrics).refresh()
         body, ctype = node.service(Metrics).render(request.headers.get("accept"))
         return Response(body, media_type=ctype)
 

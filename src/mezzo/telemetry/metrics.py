@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -49,6 +51,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._by_name: dict[str, _Registered] = {}
         self._lock = threading.Lock()
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
 
     def counter(
         self, service: str, what: str, unit: str, doc: str, labels: Sequence[str] = ()
@@ -79,6 +82,18 @@ class Metrics:
         """A histogram exposed as `mezzo_<service>_<what>_<unit>` (+ _bucket/_sum/_count)."""
         name = _non_counter_name(service, what, unit)
         return self._get_or_create(Histogram, name, doc, labels, unit=unit, buckets=tuple(buckets))
+
+    def on_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Run ``refresh`` before each scrape: for gauges read from a backend over the network."""
+        self._refreshers.append(refresh)
+
+    async def refresh(self, timeout: float = 2.0) -> None:
+        """Run the scrape hooks; one that fails or is slow leaves its last values, the scrape goes on."""
+        for refresh in list(self._refreshers):
+            try:
+                await asyncio.wait_for(refresh(), timeout)
+            except Exception:  # noqa: BLE001 - a scrape must not fail because one backend is down
+                logging.getLogger("mezzo.telemetry").warning("metrics refresh failed", exc_info=True)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """Exposition body and its content type; OpenMetrics when `accept` asks for it."""

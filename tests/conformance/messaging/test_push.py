@@ -71,14 +71,16 @@ async def test_push_delivers_cloudevents_and_retries(mq: RunningNode, endpoint: 
     assert headers["traceparent"].startswith("00-" + "a" * 32)
     assert [e["data"]["say"] for e in app.events].count("flaky") == 3  # 500, RETRY, then success
     async with mq.client() as client:
-        await wait_for(lambda: _lag(mq) == 0)
+        await wait_for(lambda: _lag_is(mq, 0))
 
 
-def _lag(mq: RunningNode) -> int:
+async def _lag(mq: RunningNode) -> int:
     from mezzo.messaging.service import MessagingService
 
     broker = mq.node.service(MessagingService).broker
-    return broker.group_stats("default/orders", "pushed").lag if "pushed" in broker.groups("default/orders") else -1
+    if "pushed" not in await broker.groups("default/orders"):
+        return -1
+    return (await broker.group_stats("default/orders", "pushed")).lag
 
 
 async def test_push_drop_goes_to_dead_letters(mq: RunningNode, endpoint: tuple[Endpoint, str]) -> None:
@@ -114,4 +116,8 @@ async def test_resiliency_policy_retries_push_in_place(mq: RunningNode, endpoint
     async with mq.client() as client:
         await client.messaging.publish("orders", {"say": "flaky"})
     await wait_for(lambda: len(app.events) == 3)
-    await wait_for(lambda: _lag(mq) == 0)  # acked after the third POST, on the first delivery
+    await wait_for(lambda: _lag_is(mq, 0))  # acked after the third POST, on the first delivery
+
+
+async def _lag_is(mq: RunningNode, want: int) -> bool:
+    return await _lag(mq) == want

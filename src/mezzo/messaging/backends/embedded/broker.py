@@ -482,13 +482,13 @@ class EmbeddedBroker:
 
     # inspection ------------------------------------------------------------------------
 
-    def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+    async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         return {p: log.offset_for_timestamp(timestamp_ms) for p, log in enumerate(self._topic(topic).logs)}
 
-    def bounds(self, topic: str) -> dict[int, tuple[int, int]]:
+    async def bounds(self, topic: str) -> dict[int, tuple[int, int]]:
         return {p: (log.first_offset, log.next_offset) for p, log in enumerate(self._topic(topic).logs)}
 
-    def read(self, topic: str, partition: int, offset: int, max_messages: int) -> list[Delivery]:
+    async def read(self, topic: str, partition: int, offset: int, max_messages: int) -> list[Delivery]:
         state = self._topic(topic)
         if not 0 <= partition < len(state.logs):
             raise LookupError(f"topic {topic!r} has no partition {partition}")
@@ -507,10 +507,10 @@ class EmbeddedBroker:
         state.wake()  # fetches waiting on the deleted group give up
         return True
 
-    def groups(self, topic: str) -> list[str]:
+    async def groups(self, topic: str) -> list[str]:
         return sorted(self._topic(topic).groups)
 
-    def group_stats(self, topic: str, group: str) -> GroupStats:
+    async def group_stats(self, topic: str, group: str) -> GroupStats:
         state = self._topic(topic)
         gstate = state.groups.get(group)
         if gstate is None:
@@ -523,7 +523,7 @@ class EmbeddedBroker:
         return GroupStats(group, sum(v["lag"] for v in parts.values()),
                           sum(v["inFlight"] for v in parts.values()), parts)
 
-    def topic_stats(self, topic: str) -> TopicStats:
+    async def topic_stats(self, topic: str) -> TopicStats:
         state = self._topic(topic)
         firsts = [log.first_offset for log in state.logs]
         nexts = [log.next_offset for log in state.logs]

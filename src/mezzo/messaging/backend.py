@@ -75,7 +75,9 @@ class StaleReceiptError(LookupError):
 
 
 class Broker(Protocol):
+    engine: str  # embedded, nats, redis, postgres
     features: frozenset[Feature]
+    max_groups: int  # consumer groups per topic; beyond it fetch raises TooManyGroupsError
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

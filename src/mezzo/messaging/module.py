@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import time
 
 import httpx
@@ -29,17 +30,20 @@ log = structlog.get_logger("mezzo.messaging")
 RETENTION_EVERY = 30.0
 
 
+# URL scheme -> package under mezzo.messaging.backends; each has ``broker.open_broker(url, settings)``
+ENGINES = {"nats": "nats", "redis": "redis", "rediss": "redis", "postgresql": "postgres", "postgres": "postgres"}
+
+
 def open_broker(settings: Settings) -> Broker:
     if settings.broker == "embedded":
         from mezzo.messaging.backends.embedded.broker import EmbeddedBroker
 
         return EmbeddedBroker(settings.data_dir / "broker", fsync=settings.broker_fsync)
-    url = settings.broker
-    raise ValueError(
-        f"MEZZO_BROKER={url.split('://')[0]}://... is not available yet; this release runs the "
-        "embedded broker (MEZZO_BROKER=embedded). NATS JetStream, Redis Streams and PostgreSQL "
-        "engines are in progress."
-    )
+    scheme = settings.broker.split("://", 1)[0]
+    if scheme not in ENGINES:
+        raise ValueError(f"MEZZO_BROKER: no engine for {scheme}://; use embedded, nats://, redis:// or postgresql://")
+    engine = importlib.import_module(f"mezzo.messaging.backends.{ENGINES[scheme]}.broker")
+    return engine.open_broker(settings.broker, settings)  # type: ignore[no-any-return]
 
 
 class MessagingModule(Module):
@@ -87,7 +91,7 @@ class MessagingModule(Module):
 
     async def health(self) -> Health:
         ok = await self.broker.ready() and all(not t.done() for t in self._tasks)
-        return Health(ok, f"embedded broker, {len(self.broker.topics())} topics")
+        return Health(ok, f"{self.broker.engine} broker, {len(self.broker.topics())} topics")
 
     def routers(self) -> list[APIRouter]:
         from mezzo.messaging.api import router, trace_router

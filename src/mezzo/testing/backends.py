@@ -74,3 +74,18 @@ async def nats_problem(url: str) -> str | None:
     finally:
         await client.close()
     return None
+
+
+async def delete_nats_streams(url: str, prefix: str) -> None:
+    """Delete every JetStream stream whose name starts with ``prefix`` (KV buckets included: ``KV_<prefix>...``)."""
+    import nats
+
+    client = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
+    try:
+        js = client.jetstream()
+        for info in await js.streams_info():
+            name = info.config.name or ""
+            if name.startswith((prefix, f"KV_{prefix}", f"OBJ_{prefix}")):
+                await js.delete_stream(name)
+    finally:
+        await client.close()

@@ -188,12 +188,12 @@ class TopicState:
             await log.open()
             self.logs.append(log)
 
-    async def group(self, name: str) -> GroupState:
+    async def group(self, name: str, max_groups: int = MAX_GROUPS) -> GroupState:
         state = self.groups.get(name)
         if state is None:
-            if len(self.groups) >= MAX_GROUPS:  # each group holds files open: bound what callers can create
+            if len(self.groups) >= max_groups:  # each group holds files open: bound what callers can create
                 raise TooManyGroupsError(
-                    f"topic {self.name!r} already has {MAX_GROUPS} consumer groups; delete unused ones")
+                    f"topic {self.name!r} already has {max_groups} consumer groups; delete unused ones")
             state = GroupState(self.directory / "groups" / name, len(self.logs), self.fsync)
             await state.open()
             self.groups[name] = state
@@ -238,12 +238,14 @@ class TopicState:
 class EmbeddedBroker:
     """Broker on local disk in ``directory``; one process owns it."""
 
+    engine = "embedded"
     features = frozenset({Feature.PARTITIONS, Feature.KEY_ORDERING, Feature.SEEK, Feature.RETENTION})
 
     def __init__(self, directory: Path, *, fsync: FsyncPolicy = "batch", clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
         self.directory = directory
         self.fsync = fsync
         self.clock = clock
+        self.max_groups = MAX_GROUPS
         self._topics: dict[str, TopicState] = {}
         self._lock = asyncio.Lock()
 
@@ -339,7 +341,7 @@ class EmbeddedBroker:
         self, topic: str, group: str, max_messages: int, wait: float, ack_timeout: float
     ) -> list[Delivery]:
         state = self._topic(topic)
-        gstate = await state.group(group)
+        gstate = await state.group(group, self.max_groups)
         deadline = self.clock() + wait
         while True:
             if self._topics.get(topic) is not state or state.groups.get(group) is not gstate:
@@ -412,7 +414,7 @@ class EmbeddedBroker:
 
     async def in_flight(self, topic: str, group: str, receipts: list[str]) -> dict[str, Delivery]:
         state = self._topic(topic)
-        gstate = await state.group(group)
+        gstate = await state.group(group, self.max_groups)
         out: dict[str, Delivery] = {}
         for receipt in receipts:
             found = self._in_flight(state, gstate, receipt)
@@ -428,7 +430,7 @@ class EmbeddedBroker:
 
     async def ack(self, topic: str, group: str, receipts: list[str]) -> None:
         state = self._topic(topic)
-        gstate = await state.group(group)
+        gstate = await state.group(group, self.max_groups)
         accepted: list[tuple[int, int]] = []
         stale: list[str] = []
         for receipt in receipts:
@@ -450,7 +452,7 @@ class EmbeddedBroker:
 
     async def nack(self, topic: str, group: str, receipts: list[str], delay: float) -> None:
         state = self._topic(topic)
-        gstate = await state.group(group)
+        gstate = await state.group(group, self.max_groups)
         stale: list[str] = []
         visible_at = self.clock() + delay
         for receipt in receipts:
@@ -466,7 +468,7 @@ class EmbeddedBroker:
 
     async def seek(self, topic: str, group: str, positions: dict[int, int]) -> dict[int, int]:
         state = self._topic(topic)
-        gstate = await state.group(group)
+        gstate = await state.group(group, self.max_groups)
         journal: list[list[int | str]] = []
         applied: dict[int, int] = {}
         for partition, offset in positions.items():

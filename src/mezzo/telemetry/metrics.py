@@ -92,7 +92,7 @@ class Metrics:
         for refresh in list(self._refreshers):
             try:
                 await asyncio.wait_for(refresh(), timeout)
-            except Exception:  # noqa: BLE001 - a scrape must not fail because one backend is down
+            except Exception:
                 logging.getLogger("mezzo.telemetry").warning("metrics refresh failed", exc_info=True)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:

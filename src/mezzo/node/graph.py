@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mezzo.config.module import ConfigModule
 from mezzo.messaging.module import MessagingModule
 from mezzo.node.api import ApiModule
 from mezzo.node.auth_module import AuthModule
@@ -27,6 +28,7 @@ MODULES: dict[str, ModuleDef] = {
     "resources": ModuleDef(ResourcesModule, ("store", "auth")),
     "resilience": ModuleDef(ResilienceModule, ("resources",)),
     "messaging": ModuleDef(MessagingModule, ("store", "resources", "resilience")),
+    "config": ModuleDef(ConfigModule, ("store", "auth")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),
 }
 

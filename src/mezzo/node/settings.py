@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     broker: str = Field("embedded", description="embedded | nats://... | redis://... | postgresql://...")
     broker_fsync: Literal["always", "batch", "os"] = Field(
         "batch", description="embedded broker durability: fsync each write, group commit, or leave it to the OS")
+    secret_keys: SecretStr | None = Field(
+        None, description="config secrets: comma-separated base64 AES-256 keys, the first encrypts "
+        "(default: a key file generated in the data dir; set this when nodes share a store)")
     cache: str = Field("memory", description="memory | redis://...")
     targets: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["all"], description="modules to run")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,1 @@
+"""The config center: apps, environments, clusters and namespaces of configuration, released and pushed."""

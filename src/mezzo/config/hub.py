@@ -1,0 +1,282 @@
+"""What watchers and clients read, kept in memory on every node and pushed on change.
+
+One store watch per node follows ``/config/``; with PostgreSQL as the store it carries changes
+made on any node. A namespace's notification id is the store revision of its ``latest`` pointer
+(the larger of its own and, for an override of a public namespace, the owner's), so ids only
+grow and a client that sends the id it has is answered at once when anything newer exists.
+The hub keeps the last ``RECENT`` pointer changes so a reconnecting stream replays every release
+it missed, in order; a client further behind gets the current state marked as a resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from mezzo.config.formats import Format
+from mezzo.config.gray import in_gray
+from mezzo.config.model import App, ClientInfo, Latest, NamespaceMeta, NsRef, Release, Stored
+from mezzo.config.service import APPS, DEFAULT, LATEST, META, PUBLIC, ROOT, ConfigService
+from mezzo.jsonutil import loads
+from mezzo.storage.kv import CompactedError, Event, EventType
+
+log = structlog.get_logger("mezzo.config")
+RECENT = 50_000  # pointer changes kept for catching up
+RELEASE_CACHE = 4096
+
+
+@dataclass(slots=True)
+class Change:
+    revision: int
+    path: str
+    latest: Latest | None  # None: the namespace was deleted
+
+
+@dataclass(slots=True)
+class Resolved:
+    """A client's view of one namespace."""
+
+    ref: NsRef
+    cluster: str  # where it was found (the asked cluster, or default)
+    format: Format
+    notification_id: int
+    release_key: str
+    config: dict[str, str]
+    resync: bool = False
+
+    def out(self) -> dict[str, Any]:
+        return {"app": self.ref.app, "env": self.ref.env, "cluster": self.cluster, "namespace": self.ref.namespace,
+                "format": self.format.value, "notificationId": self.notification_id, "releaseKey": self.release_key,
+                "configurations": self.config, **({"resync": True} if self.resync else {})}
+
+
+class ConfigHub:
+    def __init__(self, service: ConfigService) -> None:
+        self.service = service
+        self.store = service.store
+        self.latest: dict[str, tuple[int, Latest]] = {}
+        self.metas: dict[str, NamespaceMeta] = {}
+        self.apps: dict[str, App] = {}
+        self.public: dict[str, str] = {}  # namespace name -> owning app
+        self.recent: deque[Change] = deque(maxlen=RECENT)
+        self.revision = 0  # everything up to here is applied
+        self.floor = 0  # ``recent`` holds every pointer change after this revision
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}  # namespace name -> parked watchers
+        self._releases: OrderedDict[tuple[str, int], Release] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        self.synced = asyncio.Event()
+        self.stopped = False
+
+    async def start(self) -> None:
+        await self._load()
+        self._task = asyncio.create_task(self._follow(), name="mezzo-config-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.stopped = True
+        self._wake_all()  # parked long polls answer now instead of holding the node's drain
+
+    # following the store ------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        latest, metas, apps, public = {}, {}, {}, {}
+        revision = None
+        for prefix in (LATEST, META, APPS, PUBLIC):
+            page = await self.store.range(prefix)
+            revision = page.revision if revision is None else min(revision, page.revision)
+            for kv in page.items:
+                name = kv.key[len(prefix):]
+                if prefix == LATEST:
+                    latest[name] = (kv.mod_revision, Latest.model_validate(loads(kv.value)))
+                elif prefix == META:
+                    metas[name] = NamespaceMeta.model_validate(loads(kv.value))
+                elif prefix == APPS:
+                    apps[name] = App.model_validate(loads(kv.value))
+                else:
+                    public[name] = loads(kv.value)["app"]
+        self.latest, self.metas, self.apps, self.public = latest, metas, apps, public
+        self.revision = max(revision or 0, max((r for r, _ in latest.values()), default=0))
+        self.recent.clear()  # a reload breaks the replay chain: older clients resync
+        self.floor = self.revision
+        self.synced.set()
+        self._wake_all()
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async for event in self.store.watch(ROOT, self.revision + 1):
+                    self._apply(event)
+            except asyncio.CancelledError:
+                raise
+            except CompactedError:
+                await self._load()
+            except Exception:
+                log.exception("config watch failed; reloading")
+                await asyncio.sleep(1)
+                with contextlib.suppress(Exception):
+                    await self._load()
+
+    def _apply(self, event: Event) -> None:
+        key, gone = event.key, event.type == EventType.DELETE or event.value is None
+        self.revision = max(self.revision, event.revision)
+        if key.startswith(LATEST):
+            path = key[len(LATEST):]
+            if len(self.recent) == self.recent.maxlen:
+                self.floor = self.recent[0].revision  # about to be dropped
+            if gone:
+                self.latest.pop(path, None)
+                self.recent.append(Change(event.revision, path, None))
+            else:
+                doc = Latest.model_validate(loads(event.value))  # type: ignore[arg-type]
+                self.latest[path] = (event.revision, doc)
+                self.recent.append(Change(event.revision, path, doc))
+            self._wake(path.rsplit("/", 1)[1])
+        elif key.startswith(META):
+            path = key[len(META):]
+            if gone:
+                self.metas.pop(path, None)
+            else:
+                self.metas[path] = NamespaceMeta.model_validate(loads(event.value))  # type: ignore[arg-type]
+        elif key.startswith(APPS):
+            name = key[len(APPS):]
+            if gone:
+                self.apps.pop(name, None)
+            else:
+                self.apps[name] = App.model_validate(loads(event.value))  # type: ignore[arg-type]
+        elif key.startswith(PUBLIC):
+            name = key[len(PUBLIC):]
+            if gone:
+                self.public.pop(name, None)
+            else:
+                self.public[name] = loads(event.value)["app"]  # type: ignore[arg-type]
+            self._wake(name)
+
+    # waiting ------------------------------------------------------------------------------
+
+    def _wake(self, namespace: str) -> None:
+        for fut in self._waiters.pop(namespace, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _wake_all(self) -> None:
+        for name in list(self._waiters):
+            self._wake(name)
+
+    async def wait(self, namespaces: list[str], timeout: float) -> bool:
+        """Park until a pointer of one of these namespace names changes; False on timeout."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for name in namespaces:
+            self._waiters.setdefault(name, set()).add(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            for name in namespaces:
+                waiters = self._waiters.get(name)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[name]
+
+    # resolving ----------------------------------------------------------------------------
+
+    def tenant(self, app: str) -> str:
+        known = self.apps.get(app)
+        return known.tenant if known else DEFAULT
+
+    def _pick(self, ref: NsRef) -> NsRef | None:
+        """The namespace in the asked cluster if it has a release there, else in the default cluster."""
+        for candidate in (ref, ref.in_cluster(DEFAULT)):
+            entry = self.latest.get(candidate.path)
+            if entry is not None and entry[1].release:
+                return candidate
+        return None
+
+    def layers(self, ref: NsRef) -> list[NsRef]:
+        """Base first: the public namespace's owner (when this app overrides it), then the app's own."""
+        out = []
+        owner = self.public.get(ref.namespace)
+        if owner is not None and owner != ref.app:
+            base = self._pick(ref.of_app(owner))
+            if base is not None:
+                out.append(base)
+        own = self._pick(ref)
+        if own is not None:
+            out.append(own)
+        return out
+
+    def notification_id(self, ref: NsRef) -> int:
+        return max((self.latest[layer.path][0] for layer in self.layers(ref)), default=-1)
+
+    def exists(self, ref: NsRef) -> bool:
+        return bool(self.layers(ref)) or any(
+            p in self.metas for p in (ref.path, ref.in_cluster(DEFAULT).path))
+
+    async def resolve(self, ref: NsRef, client: ClientInfo, clear: bool,
+                      override: tuple[str, Latest] | None = None) -> Resolved:
+        """The configuration ``client`` gets: releases of each layer, gray keys where its rules match.
+
+        ``override`` replaces one pointer (a stream replaying a past change)."""
+        merged: dict[str, tuple[Stored, str]] = {}  # key -> (value, path it was encrypted under)
+        keys, found_in, fmt, revision = [], DEFAULT, Format.PROPERTIES, -1
+        for layer in self.layers(ref):
+            entry_revision, latest = self.latest[layer.path]
+            if override is not None and override[0] == layer.path:
+                latest = override[1]
+            if not latest.release:
+                continue
+            revision = max(revision, entry_revision)
+            release = await self._release(layer, latest.release)
+            merged.update({k: (v, layer.path) for k, v in release.config.items()})
+            key = f"{layer.app}-{latest.release}"
+            if in_gray(latest, client, layer.path):
+                merged.update({k: (v, layer.path) for k, v in latest.gray_release.overrides.items()})  # type: ignore[union-attr]
+                key += f"-gray{latest.gray_release.id}"  # type: ignore[union-attr]
+            keys.append(key)
+            meta = self.metas.get(layer.path)
+            if meta is not None:
+                fmt = meta.format
+            if layer.app == ref.app:
+                found_in = layer.cluster
+        values = {name: self.service.reveal(NsRef.from_path(path), {name: stored}, clear)[name]
+                  for name, (stored, path) in merged.items()}
+        return Resolved(ref, found_in, fmt, revision, "+".join(keys), values)
+
+    async def _release(self, ref: NsRef, release_id: int) -> Release:
+        cache_key = (ref.path, release_id)
+        release = self._releases.get(cache_key)
+        if release is None:
+            release = await self.service.release(ref, release_id)
+            self._releases[cache_key] = release
+            if len(self._releases) > RELEASE_CACHE:
+                self._releases.popitem(last=False)
+        else:
+            self._releases.move_to_end(cache_key)
+        return release
+
+    def changes_since(self, revision: int, refs: list[NsRef]) -> list[tuple[NsRef, Change]] | None:
+        """Pointer changes after ``revision`` touching these namespaces, oldest first;
+        None when the hub no longer holds them all (the caller resyncs)."""
+        if revision < self.floor:
+            return None
+        out = []
+        watched = {}
+        for ref in refs:
+            for layer in self.layers(ref) or [ref, ref.in_cluster(DEFAULT)]:
+                watched.setdefault(layer.path, []).append(ref)
+        for change in self.recent:
+            if change.revision <= revision:
+                continue
+            for ref in watched.get(change.path, ()):
+                out.append((ref, change))
+        return out

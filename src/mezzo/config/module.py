@@ -1,0 +1,42 @@
+"""The ``config`` module: the config service, its watch hub and routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from mezzo.config.gray import GrayReleases
+from mezzo.config.hub import ConfigHub
+from mezzo.config.secrets import Keyring
+from mezzo.config.service import ConfigService
+from mezzo.node.module import Health, Module
+from mezzo.storage.kv import KVStore
+
+KEY_FILE = "secret.key"
+
+
+class ConfigModule(Module):
+    name = "config"
+
+    async def start(self) -> None:
+        settings = self.node.settings
+        keys = settings.secret_keys.get_secret_value() if settings.secret_keys else None
+        keyring = Keyring.load(keys, settings.data_dir / KEY_FILE)
+        self.service = ConfigService(self.node.service(KVStore), keyring)  # type: ignore[type-abstract]
+        self.hub = ConfigHub(self.service)
+        await self.hub.start()
+        self.node.provide(ConfigService, self.service)
+        self.node.provide(ConfigHub, self.hub)
+        self.node.provide(GrayReleases, GrayReleases(self.service))
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+
+    async def health(self) -> Health:
+        task = self.hub._task
+        ok = task is not None and not task.done()
+        return Health(ok, f"{len(self.hub.metas)} namespaces, revision {self.hub.revision}")
+
+    def routers(self) -> list[APIRouter]:
+        from mezzo.config.api import router
+
+        return [router]

@@ -414,10 +414,12 @@ async def gray_unset(request: Request, app: Ident, env: Ident, cluster: Ident, n
 
 async def _resolved(request: Request, caller: Principal, ref: NsRef, client: ClientInfo) -> Resolved:
     _, hub = _svc(request)
+    await hub.caught_up()
     tenant = hub.tenant(ref.app)
     require(caller, Verb.READ, tenant)
-    if not hub.exists(ref):
-        raise not_found(f"config namespace {ref.path} (nor in cluster {DEFAULT!r})")
+    if not hub.layers(ref):
+        what = "has no release yet" if hub.exists(ref) else f"does not exist (nor in cluster {DEFAULT!r})"
+        raise Problem(404, "Not Found", f"config namespace {ref.path} {what}", type="not-found")
     try:
         return await hub.resolve(ref, client, clear=caller.can(Verb.USE, tenant))
     except SecretError as exc:
@@ -459,6 +461,7 @@ async def notifications(request: Request, caller: Caller, app: str, notification
     _, hub = _svc(request)
     require(caller, Verb.READ, hub.tenant(app))
     wanted = _wanted(notifications)
+    await hub.caught_up()
     refs = {name: _ref(app, env, cluster, name) for name in wanted}
     stopping = request.app.state.node.stopping
     started = time.monotonic()
@@ -501,12 +504,13 @@ async def stream(request: Request, caller: Caller, app: str,
 async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: ClientInfo, clear: bool,
                   start: int | None) -> AsyncIterator[bytes]:
     stopping = request.app.state.node.stopping
+    await hub.caught_up()
     names = [r.namespace for r in refs]
     sent = start if start is not None else -1
     if start is None or hub.changes_since(start, refs) is None:  # first connect, or too far behind: full state
         sent = hub.revision  # taken first: what changes while resolving is replayed after
         for ref in refs:
-            if hub.exists(ref):
+            if hub.layers(ref):
                 yield _event(await hub.resolve(ref, client, clear), resync=start is not None)
     yield b": live\n\n"
     while not stopping.is_set() and not hub.stopped:
@@ -514,7 +518,7 @@ async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: C
         if changes is None:
             sent = hub.revision
             for ref in refs:
-                if hub.exists(ref):
+                if hub.layers(ref):
                     yield _event(await hub.resolve(ref, client, clear), resync=True)
             continue
         if not changes:

@@ -71,6 +71,7 @@ class ConfigHub:
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
         self.stopped = False
+        self._progress = asyncio.Event()  # set whenever ``revision`` moves
 
     async def start(self) -> None:
         await self._load()
@@ -104,6 +105,7 @@ class ConfigHub:
                     public[name] = loads(kv.value)["app"]
         self.latest, self.metas, self.apps, self.public = latest, metas, apps, public
         self.revision = max(revision or 0, max((r for r, _ in latest.values()), default=0))
+        self._progress.set()
         self.recent.clear()  # a reload breaks the replay chain: older clients resync
         self.floor = self.revision
         self.synced.set()
@@ -127,6 +129,7 @@ class ConfigHub:
     def _apply(self, event: Event) -> None:
         key, gone = event.key, event.type == EventType.DELETE or event.value is None
         self.revision = max(self.revision, event.revision)
+        self._progress.set()
         if key.startswith(LATEST):
             path = key[len(LATEST):]
             if len(self.recent) == self.recent.maxlen:
@@ -160,6 +163,17 @@ class ConfigHub:
             self._wake(name)
 
     # waiting ------------------------------------------------------------------------------
+
+    async def caught_up(self, timeout: float = 5.0) -> None:
+        """Wait (briefly) until the hub has seen this node's own latest write: read-your-writes."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.revision < self.service.last_write and not self.stopped:
+            self._progress.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return  # serve what we have rather than fail the read
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), left)
 
     def _wake(self, namespace: str) -> None:
         for fut in self._waiters.pop(namespace, ()):

@@ -68,6 +68,7 @@ class ConfigService:
     def __init__(self, store: KVStore, keyring: Keyring) -> None:
         self.store = store
         self.keyring = keyring
+        self.last_write = 0  # revision of this node's latest config write
 
     # reading ----------------------------------------------------------------------------
 
@@ -156,7 +157,8 @@ class ConfigService:
         inherits = None
         if public:
             if owner is not None and owner.app != ref.app:
-                raise conflict(f"public namespace {ref.namespace!r} belongs to app {owner.app!r}", field="public")
+                raise conflict(f"public namespace {ref.namespace!r} belongs to app {owner.app!r}",
+                               errors=[{"field": "public", "reason": "owned by another app"}])
             if owner is None:
                 ops.append(Put(PUBLIC + ref.namespace, dumps({"app": ref.app})))
                 compares.append(Compare(PUBLIC + ref.namespace, 0))
@@ -179,7 +181,7 @@ class ConfigService:
         if meta.public:
             ops.append(Delete(PUBLIC + ref.namespace))
         ops.append(self._audit(user, "config.namespace.delete", ref, await self._tenant(ref), before=meta.out()))
-        await self.store.txn(ops)
+        await self._txn(ops)
 
     async def set_permissions(self, ref: NsRef, permissions: Permissions, user: str) -> NamespaceMeta:
         loaded = await self._load(META + ref.path, NamespaceMeta)
@@ -260,7 +262,7 @@ class ConfigService:
                     self._audit(user, action, ref, await self._tenant(ref, tenant), **detail)]
             compares.append(Compare(DRAFT + ref.path, loaded.revision))
             try:
-                result = await self.store.txn(ops, compares)
+                result = await self._txn(ops, compares)
             except ConflictError:
                 if if_match is not None:
                     raise conflict(f"the draft of {ref.path} changed; read it again") from None
@@ -305,7 +307,8 @@ class ConfigService:
         draft: Draft = draft_loaded.doc or Draft()
         if meta.permissions.require_distinct_publisher and kind == "normal" and user in draft.editors:
             raise Problem(403, "Forbidden", f"{user!r} edited this draft; namespace {ref.path} requires "
-                          "another user to publish it", field="user")
+                          "another user to publish it",
+                          errors=[{"field": "user", "reason": "edited the draft"}])
         latest = await self.latest(ref)
         previous = await self.release(ref, latest.doc.release) if latest.doc and latest.doc.release else None
         if config is None:
@@ -399,7 +402,7 @@ class ConfigService:
                     path = path.rsplit("/", 1)[0]
                 if self._rotate_doc(doc, path):
                     try:
-                        await self.store.txn([Put(kv.key, dumps(doc.out()))], [Compare(kv.key, kv.mod_revision)])
+                        await self._txn([Put(kv.key, dumps(doc.out()))], [Compare(kv.key, kv.mod_revision)])
                         changed += 1
                     except ConflictError:
                         continue  # rewritten meanwhile, by a writer that used the active key
@@ -434,9 +437,14 @@ class ConfigService:
                          detail={"app": ref.app, "env": ref.env, "cluster": ref.cluster, "namespace": ref.namespace,
                                  **detail})
 
+    async def _txn(self, ops: list[Op], compares: list[Compare] | None = None) -> Any:
+        result = await self.store.txn(ops, compares or ())
+        self.last_write = max(self.last_write, result.revision)  # reads on this node wait for the hub to see it
+        return result
+
     async def _commit(self, ops: list[Op], compares: list[Compare], message: str) -> int:
         try:
-            return (await self.store.txn(ops, compares)).revision
+            return (await self._txn(ops, compares)).revision
         except ConflictError:
             raise conflict(message) from None
 
@@ -449,7 +457,8 @@ def _check_item(key: str, value: str) -> None:
     if not key or len(key) > MAX_KEY or any(ord(c) < 32 for c in key):
         raise bad_request(f"a key is 1 to {MAX_KEY} printable characters", field="key")
     if len(value.encode()) > MAX_VALUE:
-        raise Problem(413, "Payload Too Large", f"a value is at most {MAX_VALUE} bytes", field="value")
+        raise Problem(413, "Payload Too Large", f"a value is at most {MAX_VALUE} bytes",
+                      errors=[{"field": "value", "reason": "too large"}])
 
 
 def _shown(item: Item | None) -> str | None:

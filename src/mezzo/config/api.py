@@ -33,7 +33,7 @@ from mezzo.jsonutil import dumps, loads
 from mezzo.node.audit import AUDIT_PREFIX, AuditRecord
 from mezzo.node.auth import Principal, Verb
 from mezzo.node.auth_module import Caller, require
-from mezzo.node.errors import Problem, bad_request, not_found
+from mezzo.node.errors import Problem, bad_request
 
 router = APIRouter(prefix="/v1/config", tags=["config"])
 Ident = Annotated[str, Path(pattern=IDENT_PATTERN)]

@@ -530,9 +530,7 @@ async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: C
             if change.latest is None:
                 yield b"id: %d\nevent: deleted\ndata: %s\n\n" % (change.revision, dumps({"namespace": ref.namespace}))
             else:
-                resolved = await hub.resolve(ref, client, clear, override=(change.path, change.latest))
-                resolved.notification_id = change.revision
-                yield _event(resolved)
+                yield await hub.event(ref, client, clear, change)
             sent = max(sent, change.revision)
 
 

@@ -11,8 +11,9 @@ it missed, in order; a client further behind gets the current state marked as a 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from mezzo.config.formats import Format
 from mezzo.config.gray import in_gray
 from mezzo.config.model import App, ClientInfo, Latest, NamespaceMeta, NsRef, Release, Stored
 from mezzo.config.service import APPS, DEFAULT, LATEST, META, PUBLIC, ROOT, ConfigService
-from mezzo.jsonutil import loads
+from mezzo.jsonutil import dumps, loads
 from mezzo.storage.kv import CompactedError, Event, EventType
 
 log = structlog.get_logger("mezzo.config")
@@ -63,7 +64,8 @@ class ConfigHub:
         self.metas: dict[str, NamespaceMeta] = {}
         self.apps: dict[str, App] = {}
         self.public: dict[str, str] = {}  # namespace name -> owning app
-        self.recent: deque[Change] = deque(maxlen=RECENT)
+        self.recent: list[Change] = []  # ordered by revision; trimmed to RECENT in chunks
+        self._events: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()  # rendered stream events
         self.revision = 0  # everything up to here is applied
         self.floor = 0  # ``recent`` holds every pointer change after this revision
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}  # namespace name -> parked watchers
@@ -132,8 +134,9 @@ class ConfigHub:
         self._progress.set()
         if key.startswith(LATEST):
             path = key[len(LATEST):]
-            if len(self.recent) == self.recent.maxlen:
-                self.floor = self.recent[0].revision  # about to be dropped
+            if len(self.recent) >= 2 * RECENT:
+                self.floor = self.recent[-RECENT - 1].revision  # what is dropped can no longer be replayed
+                del self.recent[:-RECENT]
             if gone:
                 self.latest.pop(path, None)
                 self.recent.append(Change(event.revision, path, None))
@@ -266,6 +269,22 @@ class ConfigHub:
                   for name, (stored, path) in merged.items()}
         return Resolved(ref, found_in, fmt, revision, "+".join(keys), values)
 
+    async def event(self, ref: NsRef, client: ClientInfo, clear: bool, change: Change) -> bytes:
+        """The stream event for ``change`` as ``client`` sees it; rendered once for every client
+        that sees the same thing (same namespace, change, gray side and clearance)."""
+        sides = tuple(in_gray(self.latest[layer.path][1] if layer.path != change.path else change.latest,  # type: ignore[arg-type]
+                              client, layer.path) for layer in self.layers(ref) if layer.path in self.latest)
+        key = (ref.path, change.revision, sides, clear)
+        rendered = self._events.get(key)
+        if rendered is None:
+            resolved = await self.resolve(ref, client, clear, override=(change.path, change.latest))  # type: ignore[arg-type]
+            resolved.notification_id = change.revision
+            rendered = b"id: %d\nevent: config\ndata: %s\n\n" % (change.revision, dumps(resolved.out()))
+            self._events[key] = rendered
+            if len(self._events) > 1024:
+                self._events.popitem(last=False)
+        return rendered
+
     async def _release(self, ref: NsRef, release_id: int) -> Release:
         cache_key = (ref.path, release_id)
         release = self._releases.get(cache_key)
@@ -288,9 +307,7 @@ class ConfigHub:
         for ref in refs:
             for layer in self.layers(ref) or [ref, ref.in_cluster(DEFAULT)]:
                 watched.setdefault(layer.path, []).append(ref)
-        for change in self.recent:
-            if change.revision <= revision:
-                continue
+        for change in self.recent[bisect.bisect_right(self.recent, revision, key=lambda c: c.revision):]:
             for ref in watched.get(change.path, ()):
                 out.append((ref, change))
         return out

@@ -14,6 +14,7 @@ import asyncio
 import bisect
 import contextlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +66,11 @@ class ConfigHub:
         self.apps: dict[str, App] = {}
         self.public: dict[str, str] = {}  # namespace name -> owning app
         self.recent: list[Change] = []  # ordered by revision; trimmed to RECENT in chunks
-        self._events: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()  # rendered stream events
+        self._events: OrderedDict[tuple[Any, ...], asyncio.Future[bytes]] = OrderedDict()  # rendered stream events
         self.revision = 0  # everything up to here is applied
         self.floor = 0  # ``recent`` holds every pointer change after this revision
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}  # namespace name -> parked watchers
-        self._releases: OrderedDict[tuple[str, int], Release] = OrderedDict()
+        self._releases: OrderedDict[tuple[str, int], asyncio.Future[Release]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
         self.stopped = False
@@ -275,27 +276,17 @@ class ConfigHub:
         sides = tuple(in_gray(self.latest[layer.path][1] if layer.path != change.path else change.latest,  # type: ignore[arg-type]
                               client, layer.path) for layer in self.layers(ref) if layer.path in self.latest)
         key = (ref.path, change.revision, sides, clear)
-        rendered = self._events.get(key)
-        if rendered is None:
+
+        async def render() -> bytes:
             resolved = await self.resolve(ref, client, clear, override=(change.path, change.latest))  # type: ignore[arg-type]
             resolved.notification_id = change.revision
-            rendered = b"id: %d\nevent: config\ndata: %s\n\n" % (change.revision, dumps(resolved.out()))
-            self._events[key] = rendered
-            if len(self._events) > 1024:
-                self._events.popitem(last=False)
-        return rendered
+            return b"id: %d\nevent: config\ndata: %s\n\n" % (change.revision, dumps(resolved.out()))
+
+        return await _once(self._events, key, render, 1024)  # type: ignore[no-any-return]
 
     async def _release(self, ref: NsRef, release_id: int) -> Release:
-        cache_key = (ref.path, release_id)
-        release = self._releases.get(cache_key)
-        if release is None:
-            release = await self.service.release(ref, release_id)
-            self._releases[cache_key] = release
-            if len(self._releases) > RELEASE_CACHE:
-                self._releases.popitem(last=False)
-        else:
-            self._releases.move_to_end(cache_key)
-        return release
+        return await _once(self._releases, (ref.path, release_id),  # type: ignore[no-any-return]
+                           lambda: self.service.release(ref, release_id), RELEASE_CACHE)
 
     def changes_since(self, revision: int, refs: list[NsRef]) -> list[tuple[NsRef, Change]] | None:
         """Pointer changes after ``revision`` touching these namespaces, oldest first;
@@ -311,3 +302,22 @@ class ConfigHub:
             for ref in watched.get(change.path, ()):
                 out.append((ref, change))
         return out
+
+
+async def _once(cache: OrderedDict[Any, asyncio.Future[Any]], key: Any, make: Callable[[], Awaitable[Any]],
+                size: int) -> Any:
+    """``make()`` computed once per key however many callers ask at the same moment (a publish
+    wakes every watcher at once); failures are not cached."""
+    fut = cache.get(key)
+    if fut is None:
+        fut = cache[key] = asyncio.ensure_future(make())
+        if len(cache) > size:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    try:
+        return await asyncio.shield(fut)
+    except Exception:
+        if cache.get(key) is fut:
+            del cache[key]
+        raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mezzo.config.module import ConfigModule
+from mezzo.gateway.module import GatewayModule
 from mezzo.messaging.module import MessagingModule
 from mezzo.node.api import ApiModule
 from mezzo.node.auth_module import AuthModule
@@ -29,6 +30,7 @@ MODULES: dict[str, ModuleDef] = {
     "resilience": ModuleDef(ResilienceModule, ("resources",)),
     "messaging": ModuleDef(MessagingModule, ("store", "resources", "resilience")),
     "config": ModuleDef(ConfigModule, ("store", "auth")),
+    "gateway": ModuleDef(GatewayModule, ("store", "resources")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),
 }
 

@@ -15,7 +15,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from mezzo.resources.types import Duration
+from mezzo.resources.types import ByteSize, Duration
 
 Port = int
 
@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         None, description="OTLP/HTTP traces endpoint (default: this node's own collector)"
     )
     drain_timeout: Duration = Field(3.0, description="how long shutdown waits for in-flight work")
+    gateway_max_body: ByteSize = Field(16 * 1024 * 1024, description="largest request body the gateway takes (413 above)")
+    gateway_max_header_bytes: ByteSize = Field(16 * 1024, description="request line and headers (431 above)")
+    gateway_header_timeout: Duration = Field(10.0, description="a client must send its headers within this")
+    gateway_body_timeout: Duration = Field(60.0, description="longest pause between pieces of a request body")
+    gateway_keepalive_timeout: Duration = Field(75.0, description="idle client connections close after this")
     store_history: int = Field(
         100_000, ge=100, description="store revisions kept for watch before compaction"
     )

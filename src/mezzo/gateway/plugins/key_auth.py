@@ -1,0 +1,51 @@
+"""key-auth: the caller presents a consumer's key in a header (default ``apikey``) or query argument."""
+
+from __future__ import annotations
+
+import hmac
+
+from pydantic import Field
+
+from mezzo.gateway.http import Reply
+from mezzo.gateway.plugins import Config, Ctx, Plugin, register
+from mezzo.gateway.plugins.auth import unauthorized
+
+
+class KeyAuthConfig(Config):
+    header: str = Field("apikey", min_length=1)
+    query: str = Field("apikey", min_length=1)
+    hide_credentials: bool = Field(False, description="do not pass the key on to the upstream")
+
+
+@register
+class KeyAuth(Plugin):
+    name = "key-auth"
+    priority = 2500
+    schema = KeyAuthConfig
+
+    def __init__(self, conf: KeyAuthConfig, runtime) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(conf, runtime)
+        self.header = conf.header.lower().encode("latin-1")
+
+    def access(self, ctx: Ctx) -> Reply | None:
+        request = ctx.request
+        key = request.header(self.header)
+        from_query = False
+        if key is None:
+            key = request.args.get(self.conf.query)
+            from_query = key is not None
+        if not key:
+            return unauthorized("Missing API key in request", 'apikey')
+        consumer = ctx.runtime.snapshot.credentials.get(("key-auth", key))
+        if consumer is None or not hmac.compare_digest(consumer.spec.credentials["key-auth"].get("key", ""), key):
+            return unauthorized("Invalid API key in request", 'apikey')
+        ctx.consumer = consumer
+        if self.conf.hide_credentials:
+            if from_query:
+                request.query = "&".join(p for p in request.query.split("&")
+                                         if not p.startswith(f"{self.conf.query}="))
+                request._args = None
+            else:
+                request.set_header(self.header, None)
+        request.set_header(b"x-consumer-username", consumer.name)
+        return None

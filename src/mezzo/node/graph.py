@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mezzo.config.module import ConfigModule
+from mezzo.gateway.apis_module import ApisModule
 from mezzo.gateway.module import GatewayModule
 from mezzo.messaging.module import MessagingModule
 from mezzo.node.api import ApiModule
@@ -31,6 +32,7 @@ MODULES: dict[str, ModuleDef] = {
     "messaging": ModuleDef(MessagingModule, ("store", "resources", "resilience")),
     "config": ModuleDef(ConfigModule, ("store", "auth")),
     "gateway": ModuleDef(GatewayModule, ("store", "resources")),
+    "apis": ModuleDef(ApisModule, ("gateway", "resources")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),
 }
 

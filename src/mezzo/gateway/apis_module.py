@@ -16,8 +16,8 @@ from mezzo.node.auth import Verb
 from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import Problem, bad_request, conflict, not_found
 from mezzo.node.module import Health, Module
-from mezzo.resources.informer import Informer
 from mezzo.resources.api import invalid_manifest
+from mezzo.resources.informer import Informer
 from mezzo.resources.manifests import ManifestError, from_objects
 from mezzo.resources.model import Resource
 from mezzo.resources.service import ResourceService

@@ -1,0 +1,1 @@
+"""Tracing: an OTLP and Zipkin collector with a trace store and Jaeger- and Zipkin-compatible queries."""

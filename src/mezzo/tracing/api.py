@@ -1,0 +1,281 @@
+"""HTTP of tracing: OTLP ingest, the Jaeger query API (what Jaeger's UI and Grafana call), Zipkin's v2
+API (ingest and query, on the Zipkin port), and Mezzo's own search, trace paging and export."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import JSONResponse
+from starlette.responses import Response as StarletteResponse
+from starlette.routing import Route
+
+from mezzo.node.auth import Verb
+from mezzo.node.auth_module import Caller, require
+from mezzo.node.errors import bad_request, not_found
+from mezzo.tracing.collector import Collector, IngestError
+from mezzo.tracing.formats import jaeger_trace, kind_name, otlp_json, zipkin_span
+from mezzo.tracing.store import Query as SpanQuery
+from mezzo.tracing.store import TraceStore
+
+router = APIRouter(tags=["tracing"])
+HEX = r"^[0-9a-fA-F]{1,32}$"
+KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
+
+
+def _store(request: Any) -> TraceStore:
+    return request.app.state.node.service(TraceStore)  # type: ignore[no-any-return]
+
+
+def _collector(request: Any) -> Collector:
+    return request.app.state.node.service(Collector)  # type: ignore[no-any-return]
+
+
+def _error_response(exc: IngestError, content_type: str | None) -> Response:
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    body, media = exc.body(ctype)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return Response(body, status_code=exc.status, media_type=media, headers=headers)
+
+
+async def otlp_ingest(request: Any) -> Any:
+    """POST /v1/traces: OTLP/HTTP, protobuf or JSON."""
+    ctype = request.headers.get("content-type")
+    try:
+        body, media = await _collector(request).otlp(await request.body(), ctype, request.headers.get("content-encoding"))
+    except IngestError as exc:
+        return _error_response(exc, ctype)
+    return Response(body, media_type=media)
+
+
+@router.post("/v1/traces", summary="OTLP/HTTP trace ingest (protobuf or JSON)")
+async def otlp_on_api(request: Request, caller: Caller) -> Any:
+    require(caller, Verb.USE)
+    return await otlp_ingest(request)
+
+
+def _trace_id(text: str) -> str:
+    text = text.lower()
+    if not text or len(text) > 32 or any(c not in "0123456789abcdef" for c in text):
+        raise bad_request("a trace id is up to 32 hex digits", field="traceID")
+    return text.rjust(32, "0")
+
+
+# --- Jaeger query API ------------------------------------------------------------------------
+
+def _jaeger(data: Any, **extra: Any) -> dict[str, Any]:
+    return {"data": data, "total": len(data) if isinstance(data, list) else 0, "limit": 0, "offset": 0,
+            "errors": None, **extra}
+
+
+@router.get("/api/services", summary="Jaeger: services")
+async def jaeger_services(request: Request, caller: Caller) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    return _jaeger(await _store(request).services())
+
+
+@router.get("/api/services/{service}/operations", summary="Jaeger: operation names of a service")
+async def jaeger_service_operations(request: Request, service: str, caller: Caller) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    return _jaeger(sorted({name for name, _ in await _store(request).operations(service)}))
+
+
+@router.get("/api/operations", summary="Jaeger: operations with span kinds")
+async def jaeger_operations(request: Request, caller: Caller, service: str,
+                            spanKind: str | None = None) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    kind = KINDS.get(spanKind) if spanKind else None
+    ops = await _store(request).operations(service, kind)
+    return _jaeger([{"name": name, "spanKind": kind_name(k) if k in KINDS.values() else ""} for name, k in ops])
+
+
+def _duration_us(text: str | None, name: str) -> int | None:
+    if not text:
+        return None
+    from mezzo.resources.types import parse_duration
+
+    try:
+        return int(parse_duration(text) * 1_000_000)
+    except ValueError:
+        raise bad_request(f"{name} is a duration like 10ms or 1.5s", field=name) from None
+
+
+@router.get("/api/traces", summary="Jaeger: search traces")
+async def jaeger_search(request: Request, caller: Caller, service: str | None = None, operation: str | None = None,
+                        tags: str | None = None, minDuration: str | None = None,
+                        maxDuration: str | None = None, start: int | None = None, end: int | None = None,
+                        limit: Annotated[int, Query(ge=1, le=1500)] = 20, lookback: str | None = None,
+                        traceID: Annotated[list[str], Query()] = []) -> dict[str, Any]:  # noqa: B006
+    require(caller, Verb.READ)
+    store = _store(request)
+    if traceID:
+        ids = [_trace_id(t) for t in traceID]
+    else:
+        parsed: dict[str, str] = {}
+        if tags:
+            try:
+                raw = orjson.loads(tags)
+                parsed = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
+            except (orjson.JSONDecodeError, AttributeError):
+                raise bad_request('tags is a JSON object, e.g. {"http.status_code":"500"}', field="tags") from None
+        if start is None and lookback and lookback != "custom":
+            start = int((time.time() - (_duration_us(lookback, "lookback") or 0) / 1e6) * 1_000_000)
+        query = SpanQuery(service=service, operation=operation if operation not in (None, "", "all") else None,
+                          tags=parsed, min_duration_us=_duration_us(minDuration, "minDuration"),
+                          max_duration_us=_duration_us(maxDuration, "maxDuration"), start_us=start, end_us=end,
+                          limit=limit)
+        ids = await store.find(query)
+    found = await store.traces(ids)
+    return _jaeger([jaeger_trace(t, spans) for t, spans in found.items() if spans])
+
+
+@router.get("/api/traces/{trace_id}", summary="Jaeger: one trace")
+async def jaeger_trace_by_id(request: Request, trace_id: str, caller: Caller) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    tid = _trace_id(trace_id)
+    spans = await _store(request).trace(tid)
+    if not spans:
+        raise not_found(f"trace {trace_id}")
+    return _jaeger([jaeger_trace(tid, spans)])
+
+
+@router.get("/api/dependencies", summary="Jaeger: service dependencies")
+async def jaeger_dependencies(request: Request, caller: Caller, endTs: int | None = None,
+                              lookback: int = 86_400_000) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    end_us = (endTs if endTs is not None else int(time.time() * 1000)) * 1000
+    deps = await _store(request).dependencies(end_us - lookback * 1000, end_us)
+    return _jaeger(deps)
+
+
+# --- Mezzo's own ---------------------------------------------------------------------------
+
+@router.get("/v1/traces/{trace_id}", summary="A trace's summary, then its spans a page at a time")
+async def mezzo_trace(request: Request, trace_id: str, caller: Caller, offset: Annotated[int, Query(ge=0)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    tid = _trace_id(trace_id)
+    store = _store(request)
+    summary = await store.summary(tid)
+    if summary is None:
+        raise not_found(f"trace {trace_id}")
+    spans = await store.trace(tid, offset, limit)
+    return {**summary, "offset": offset, "items": [zipkin_span(s) | {"status": s.status, "kind": s.kind,
+                                                                      "attributes": s.attributes} for s in spans],
+            "next": offset + limit if offset + limit < summary["spans"] else None}
+
+
+@router.get("/v1/traces/{trace_id}:export", summary="A trace as OTLP/JSON")
+async def mezzo_export(request: Request, trace_id: str, caller: Caller) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    spans = await _store(request).trace(_trace_id(trace_id))
+    if not spans:
+        raise not_found(f"trace {trace_id}")
+    return otlp_json(spans)
+
+
+@router.get("/v1/traces", summary="Search traces by service, operation, any attribute, errors, duration, time")
+async def mezzo_search(request: Request, caller: Caller, service: str | None = None, operation: str | None = None,
+                       attr: Annotated[list[str], Query(description="KEY=VALUE, repeatable")] = [],  # noqa: B006
+                       errors: bool = False, minDuration: str | None = None, maxDuration: str | None = None,
+                       start: int | None = None, end: int | None = None,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    tags = {}
+    for item in attr:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise bad_request(f"attr {item!r} is not KEY=VALUE", field="attr")
+        tags[key] = value
+    store = _store(request)
+    ids = await store.find(SpanQuery(service, operation, tags, _duration_us(minDuration, "minDuration"),
+                                     _duration_us(maxDuration, "maxDuration"), start, end, errors, limit))
+    return {"items": [s for s in [await store.summary(t) for t in ids] if s]}
+
+
+# --- the dedicated ports: OTLP (:4318) and Zipkin (:9411) ------------------------------------
+
+def otlp_app(node: Any) -> Starlette:
+    app = Starlette(routes=[Route("/v1/traces", otlp_ingest, methods=["POST"])])
+    app.state.node = node
+    return app
+
+
+async def zipkin_ingest(request: StarletteRequest) -> StarletteResponse:
+    try:
+        await _collector(request).zipkin(await request.body(), request.headers.get("content-type"),
+                                         request.headers.get("content-encoding"))
+    except IngestError as exc:
+        return _error_response(exc, "application/json")  # type: ignore[return-value]
+    return StarletteResponse(status_code=202)
+
+
+def _ms(request: StarletteRequest, name: str, default: int) -> int:
+    value = request.query_params.get(name)
+    return int(value) if value and value.isdigit() else default
+
+
+async def zipkin_services(request: StarletteRequest) -> JSONResponse:
+    return JSONResponse(await _store(request).services())
+
+
+async def zipkin_spans(request: StarletteRequest) -> JSONResponse:
+    service = request.query_params.get("serviceName", "")
+    return JSONResponse(sorted({n for n, _ in await _store(request).operations(service)}))
+
+
+async def zipkin_remote_services(request: StarletteRequest) -> JSONResponse:
+    return JSONResponse([])
+
+
+async def zipkin_traces(request: StarletteRequest) -> JSONResponse:
+    q = request.query_params
+    end_ms = _ms(request, "endTs", int(time.time() * 1000))
+    lookback = _ms(request, "lookback", 86_400_000)
+    tags: dict[str, str] = {}
+    for term in (q.get("annotationQuery") or "").split(" and "):
+        key, sep, value = term.strip().partition("=")
+        if key and sep:
+            tags[key] = value
+    query = SpanQuery(service=q.get("serviceName") or None, operation=q.get("spanName") or None, tags=tags,
+                      min_duration_us=int(q["minDuration"]) if q.get("minDuration", "").isdigit() else None,
+                      max_duration_us=int(q["maxDuration"]) if q.get("maxDuration", "").isdigit() else None,
+                      start_us=(end_ms - lookback) * 1000, end_us=end_ms * 1000, limit=_ms(request, "limit", 10))
+    store = _store(request)
+    found = await store.traces(await store.find(query))
+    return JSONResponse([[zipkin_span(s) for s in spans] for spans in found.values() if spans])
+
+
+async def zipkin_trace(request: StarletteRequest) -> JSONResponse:
+    text = request.path_params["trace_id"].lower()
+    if not text or len(text) > 32 or any(c not in "0123456789abcdef" for c in text):
+        return JSONResponse({"error": "a trace id is up to 32 hex digits"}, status_code=400)
+    spans = await _store(request).trace(text.rjust(32, "0"))
+    if not spans:
+        return JSONResponse({"error": f"trace {text} not found"}, status_code=404)
+    return JSONResponse([zipkin_span(s) for s in spans])
+
+
+async def zipkin_dependencies(request: StarletteRequest) -> JSONResponse:
+    end_ms = _ms(request, "endTs", int(time.time() * 1000))
+    lookback = _ms(request, "lookback", 86_400_000)
+    deps = await _store(request).dependencies((end_ms - lookback) * 1000, end_ms * 1000)
+    return JSONResponse(deps)
+
+
+def zipkin_app(node: Any) -> Starlette:
+    app = Starlette(routes=[
+        Route("/api/v2/spans", zipkin_ingest, methods=["POST"]),
+        Route("/api/v2/spans", zipkin_spans, methods=["GET"]),
+        Route("/api/v2/services", zipkin_services),
+        Route("/api/v2/remoteServices", zipkin_remote_services),
+        Route("/api/v2/traces", zipkin_traces),
+        Route("/api/v2/trace/{trace_id}", zipkin_trace),
+        Route("/api/v2/dependencies", zipkin_dependencies),
+    ])
+    app.state.node = node
+    return app

@@ -1,0 +1,223 @@
+"""The span as Mezzo stores it, and decoders from OTLP (protobuf and JSON) and Zipkin v2 JSON."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+ZIPKIN_KINDS = {"SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}
+STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
+
+
+class SpanError(ValueError):
+    """A span that cannot be stored, with where in the request it is."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(slots=True)
+class Span:
+    trace_id: str  # 32 lowercase hex
+    span_id: str  # 16 lowercase hex
+    parent_id: str  # "" for a root
+    service: str
+    name: str
+    kind: int
+    start_us: int
+    duration_us: int
+    status: int = STATUS_UNSET
+    status_message: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)  # {timeUs, name, attributes}
+    links: list[dict[str, Any]] = field(default_factory=list)  # {traceId, spanId, attributes}
+    scope: str = ""
+    trace_state: str = ""
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.trace_id, self.span_id, self.parent_id, self.service, self.name, self.kind, self.start_us,
+                self.duration_us, self.status, self.status_message, orjson.dumps(self.attributes).decode(),
+                orjson.dumps(self.resource).decode(), orjson.dumps(self.events).decode() if self.events else "",
+                orjson.dumps(self.links).decode() if self.links else "", self.scope, self.trace_state)
+
+    @classmethod
+    def from_row(cls, row: Any) -> Span:
+        return cls(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                   orjson.loads(row[10]), orjson.loads(row[11]), orjson.loads(row[12]) if row[12] else [],
+                   orjson.loads(row[13]) if row[13] else [], row[14], row[15])
+
+    @property
+    def error(self) -> bool:
+        return self.status == STATUS_ERROR
+
+
+COLUMNS = ("trace_id", "span_id", "parent_id", "service", "name", "kind", "start_us", "duration_us", "status",
+           "status_message", "attributes", "resource", "events", "links", "scope", "trace_state")
+
+
+def _hex(raw: bytes, size: int, what: str) -> str:
+    if len(raw) != size or raw == bytes(size):
+        raise SpanError(f"{what} must be {size} bytes and not all zero", what)
+    return raw.hex()
+
+
+def _hex_text(text: Any, size: int, what: str) -> str:
+    """OTLP/JSON ids are hex (not base64, unlike proto3's JSON mapping); accept base64 too, as some SDKs sent it."""
+    if not isinstance(text, str):
+        raise SpanError(f"{what} must be a string", what)
+    lowered = text.lower()
+    if len(lowered) == size * 2 and all(c in "0123456789abcdef" for c in lowered):
+        if lowered == "0" * (size * 2):
+            raise SpanError(f"{what} must not be all zero", what)
+        return lowered
+    try:
+        return _hex(base64.b64decode(text, validate=True), size, what)
+    except ValueError:
+        raise SpanError(f"{what} must be {size * 2} hex digits", what) from None
+
+
+# --- OTLP protobuf ---------------------------------------------------------------------------
+
+def _any_value(value: Any) -> Any:
+    which = value.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return [_any_value(v) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _any_value(kv.value) for kv in value.kvlist_value.values}
+    if which == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    return getattr(value, which)
+
+
+def _attrs(kvs: Any) -> dict[str, Any]:
+    return {kv.key: _any_value(kv.value) for kv in kvs}
+
+
+def from_otlp_proto(body: bytes) -> list[Span]:
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except DecodeError as exc:
+        raise SpanError(f"not an OTLP ExportTraceServiceRequest: {exc}", "body") from None
+    spans = []
+    for rs in request.resource_spans:
+        resource = _attrs(rs.resource.attributes)
+        service = str(resource.get("service.name") or "unknown_service")
+        for ss in rs.scope_spans:
+            scope = ss.scope.name
+            for s in ss.spans:
+                start, end = s.start_time_unix_nano // 1000, s.end_time_unix_nano // 1000
+                spans.append(Span(
+                    _hex(s.trace_id, 16, "traceId"), _hex(s.span_id, 8, "spanId"),
+                    s.parent_span_id.hex() if s.parent_span_id else "", service, s.name, s.kind, start,
+                    max(end - start, 0), s.status.code, s.status.message, _attrs(s.attributes), resource,
+                    [{"timeUs": e.time_unix_nano // 1000, "name": e.name, "attributes": _attrs(e.attributes)}
+                     for e in s.events],
+                    [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex(), "attributes": _attrs(link.attributes)}
+                     for link in s.links],
+                    scope, s.trace_state))
+    return spans
+
+
+# --- OTLP JSON -------------------------------------------------------------------------------
+
+def _json_value(value: dict[str, Any]) -> Any:
+    if not isinstance(value, dict) or not value:
+        return None
+    (which, inner), = value.items()
+    if which == "arrayValue":
+        return [_json_value(v) for v in (inner or {}).get("values", [])]
+    if which == "kvlistValue":
+        return {kv["key"]: _json_value(kv.get("value", {})) for kv in (inner or {}).get("values", [])}
+    if which == "intValue":
+        return int(inner)
+    if which == "doubleValue":
+        return float(inner)
+    return inner
+
+
+def _json_attrs(items: Any) -> dict[str, Any]:
+    return {kv["key"]: _json_value(kv.get("value", {})) for kv in items or []}
+
+
+def from_otlp_json(body: bytes) -> list[Span]:
+    try:
+        doc = orjson.loads(body)
+        spans = []
+        for i, rs in enumerate(doc.get("resourceSpans", [])):
+            resource = _json_attrs(rs.get("resource", {}).get("attributes"))
+            service = str(resource.get("service.name") or "unknown_service")
+            for ss in rs.get("scopeSpans", rs.get("instrumentationLibrarySpans", [])):
+                scope = (ss.get("scope") or ss.get("instrumentationLibrary") or {}).get("name", "")
+                for s in ss.get("spans", []):
+                    start = int(s.get("startTimeUnixNano", 0)) // 1000
+                    end = int(s.get("endTimeUnixNano", 0)) // 1000
+                    kind = s.get("kind", 0)
+                    if isinstance(kind, str):
+                        kind = {"SPAN_KIND_" + v.upper(): k for k, v in KIND_NAMES.items()}.get(kind, 0)
+                    status = s.get("status") or {}
+                    code = status.get("code", 0)
+                    if isinstance(code, str):
+                        code = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}.get(code, 0)
+                    parent = s.get("parentSpanId") or ""
+                    spans.append(Span(
+                        _hex_text(s.get("traceId"), 16, "traceId"), _hex_text(s.get("spanId"), 8, "spanId"),
+                        _hex_text(parent, 8, "parentSpanId") if parent else "", service, str(s.get("name", "")),
+                        int(kind), start, max(end - start, 0), int(code), str(status.get("message", "")),
+                        _json_attrs(s.get("attributes")), resource,
+                        [{"timeUs": int(e.get("timeUnixNano", 0)) // 1000, "name": e.get("name", ""),
+                          "attributes": _json_attrs(e.get("attributes"))} for e in s.get("events", [])],
+                        [{"traceId": link.get("traceId", ""), "spanId": link.get("spanId", ""),
+                          "attributes": _json_attrs(link.get("attributes"))} for link in s.get("links", [])],
+                        scope, str(s.get("traceState", ""))))
+        return spans
+    except SpanError:
+        raise
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError, KeyError) as exc:
+        raise SpanError(f"not OTLP/JSON: {type(exc).__name__}: {exc}", "body") from None
+
+
+# --- Zipkin v2 -------------------------------------------------------------------------------
+
+def from_zipkin(body: bytes) -> list[Span]:
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SpanError(f"not JSON: {exc}", "body") from None
+    if not isinstance(items, list):
+        raise SpanError("Zipkin v2 expects a JSON list of spans", "body")
+    spans = []
+    for i, z in enumerate(items):  # noqa: B007 - i names the span in errors
+        if not isinstance(z, dict):
+            raise SpanError(f"span {i} is not an object", f"[{i}]")
+        trace_id = str(z.get("traceId", "")).lower().rjust(32, "0")
+        if len(trace_id) != 32 or not all(c in "0123456789abcdef" for c in trace_id) or trace_id == "0" * 32:
+            raise SpanError(f"span {i}: traceId must be 16 or 32 hex digits", f"[{i}].traceId")
+        span_id = str(z.get("id", "")).lower().rjust(16, "0")
+        if len(span_id) != 16 or not all(c in "0123456789abcdef" for c in span_id):
+            raise SpanError(f"span {i}: id must be 16 hex digits", f"[{i}].id")
+        local = z.get("localEndpoint") or {}
+        tags = {str(k): str(v) for k, v in (z.get("tags") or {}).items()}
+        remote = z.get("remoteEndpoint") or {}
+        if remote.get("serviceName"):
+            tags.setdefault("peer.service", remote["serviceName"])
+        error = "error" in tags
+        spans.append(Span(
+            trace_id, span_id, str(z.get("parentId") or "").lower(), str(local.get("serviceName") or "unknown"),
+            str(z.get("name") or ""), ZIPKIN_KINDS.get(str(z.get("kind", "")).upper(), 1),
+            int(z.get("timestamp") or 0), int(z.get("duration") or 0), STATUS_ERROR if error else STATUS_UNSET,
+            tags.get("error", "") if error else "", tags, {"service.name": local.get("serviceName") or "unknown"},
+            [{"timeUs": int(a.get("timestamp", 0)), "name": str(a.get("value", "")), "attributes": {}}
+             for a in z.get("annotations") or []]))
+    return spans

@@ -1,0 +1,64 @@
+"""The ``tracing`` module: the trace store, the collector and its listeners (OTLP :4318, Zipkin :9411)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from fastapi import APIRouter
+
+from mezzo.node.module import Health, Module
+from mezzo.node.server import HttpListener, bind
+from mezzo.telemetry.metrics import Metrics
+from mezzo.tracing.collector import Collector
+from mezzo.tracing.store import TraceStore
+
+log = structlog.get_logger("mezzo.tracing")
+RETENTION_EVERY = 60.0
+
+
+class TracingModule(Module):
+    name = "tracing"
+
+    async def start(self) -> None:
+        settings = self.node.settings
+        self.store = TraceStore(settings.data_dir / "traces.db")
+        await self.store.open()
+        self.node.provide(TraceStore, self.store)
+        self.node.provide(Collector, Collector(self.store, self.node.service(Metrics)))
+        self.otlp_sock = bind(settings.host, settings.otlp_port)
+        self.zipkin_sock = bind(settings.host, settings.zipkin_port)
+        self._retention = asyncio.create_task(self._enforce(), name="mezzo-traces-retention")
+
+    async def stop(self) -> None:
+        self._retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._retention
+        await self.store.close()
+
+    async def health(self) -> Health:
+        return Health(True, f"{self.store.written} spans written, {self.store.pending} pending")
+
+    def routers(self) -> list[APIRouter]:
+        from mezzo.tracing.api import router
+
+        return [router]
+
+    def listeners(self) -> list[HttpListener]:
+        from mezzo.tracing.api import otlp_app, zipkin_app
+
+        drain = self.node.settings.drain_timeout
+        return [HttpListener("otlp", otlp_app(self.node), self.otlp_sock, drain_timeout=drain),
+                HttpListener("zipkin", zipkin_app(self.node), self.zipkin_sock, drain_timeout=drain)]
+
+    async def _enforce(self) -> None:
+        settings = self.node.settings
+        while True:
+            await asyncio.sleep(RETENTION_EVERY)
+            try:
+                gone = await self.store.enforce_retention(settings.trace_retention, settings.trace_max_spans)
+                if gone:
+                    log.info("old spans removed", spans=gone)
+            except Exception:
+                log.exception("trace retention failed")

@@ -155,7 +155,7 @@ def from_otlp_json(body: bytes) -> list[Span]:
     try:
         doc = orjson.loads(body)
         spans = []
-        for i, rs in enumerate(doc.get("resourceSpans", [])):
+        for rs in doc.get("resourceSpans", []):
             resource = _json_attrs(rs.get("resource", {}).get("attributes"))
             service = str(resource.get("service.name") or "unknown_service")
             for ss in rs.get("scopeSpans", rs.get("instrumentationLibrarySpans", [])):
@@ -198,7 +198,7 @@ def from_zipkin(body: bytes) -> list[Span]:
     if not isinstance(items, list):
         raise SpanError("Zipkin v2 expects a JSON list of spans", "body")
     spans = []
-    for i, z in enumerate(items):  # noqa: B007 - i names the span in errors
+    for i, z in enumerate(items):
         if not isinstance(z, dict):
             raise SpanError(f"span {i} is not an object", f"[{i}]")
         trace_id = str(z.get("traceId", "")).lower().rjust(32, "0")

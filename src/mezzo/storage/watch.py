@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,18 +12,37 @@ EventsFn = Callable[[int, str, int], Awaitable[list[Event]]]
 
 
 class ChangeSignal:
-    """Wakes every waiter when the store's revision may have advanced."""
+    """Wakes every waiter when the store's revision may have advanced.
+
+    Waiters park on plain futures rather than ``asyncio.wait_for``: on Python 3.11, a cancel that
+    lands as ``wait_for``'s inner wait completes is swallowed, and a watch task then never stops
+    (seen with stores written many times a second).
+    """
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._waiters: set[asyncio.Future[None]] = set()
 
     def notify(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
+        waiters, self._waiters = self._waiters, set()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(fut)
+        timer = loop.call_later(timeout, _settle, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._waiters.discard(fut)
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def whole_revisions(events: list[Event], limit: int) -> list[Event]:

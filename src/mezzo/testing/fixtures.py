@@ -43,7 +43,9 @@ async def start_node(data_dir: Path, **settings: Any) -> RunningNode:
     from mezzo.node.node import Node
     from mezzo.node.settings import Settings
 
-    values: dict[str, Any] = {"data_dir": data_dir, "api_port": 0, "admin_token": ADMIN, **settings}
+    # every listener on a free port: tests run side by side and must not take the standard ones
+    values: dict[str, Any] = {"data_dir": data_dir, "api_port": 0, "gateway_port": 0, "resp_port": 0, "otlp_port": 0,
+                              "zipkin_port": 0, "gateway_tls_port": 0, "admin_token": ADMIN, **settings}
     node = Node(Settings(**values))
     await node.start()
     url = node.url("api")
@@ -72,7 +74,8 @@ def free_port() -> int:
 def spawn_node(data_dir: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ("up",)) -> RunningNode:
     """``python -m mezzo up`` on a free port; returns once /readyz answers 200."""
     port = free_port()
-    env = {**os.environ, "MEZZO_DATA_DIR": str(data_dir), "MEZZO_API_PORT": str(port),
+    env = {**os.environ, "MEZZO_DATA_DIR": str(data_dir), "MEZZO_API_PORT": str(port), "MEZZO_GATEWAY_PORT": "0",
+           "MEZZO_RESP_PORT": "0", "MEZZO_OTLP_PORT": "0", "MEZZO_ZIPKIN_PORT": "0", "MEZZO_GATEWAY_TLS_PORT": "0",
            "MEZZO_LOG_FORMAT": "json", **(extra_env or {})}
     env.pop("MEZZO_URL", None)
     with open(data_dir.parent / f"node-{port}.log", "wb") as log:  # the child keeps its own copy of the fd

@@ -154,6 +154,15 @@ async def jaeger_dependencies(request: Request, caller: Caller, endTs: int | Non
 
 # --- Mezzo's own ---------------------------------------------------------------------------
 
+@router.get("/v1/traces/{trace_id}:export", summary="A trace as OTLP/JSON")
+async def mezzo_export(request: Request, trace_id: str, caller: Caller) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    spans = await _store(request).trace(_trace_id(trace_id))
+    if not spans:
+        raise not_found(f"trace {trace_id}")
+    return otlp_json(spans)
+
+
 @router.get("/v1/traces/{trace_id}", summary="A trace's summary, then its spans a page at a time")
 async def mezzo_trace(request: Request, trace_id: str, caller: Caller, offset: Annotated[int, Query(ge=0)] = 0,
                       limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
@@ -167,15 +176,6 @@ async def mezzo_trace(request: Request, trace_id: str, caller: Caller, offset: A
     return {**summary, "offset": offset, "items": [zipkin_span(s) | {"status": s.status, "kind": s.kind,
                                                                       "attributes": s.attributes} for s in spans],
             "next": offset + limit if offset + limit < summary["spans"] else None}
-
-
-@router.get("/v1/traces/{trace_id}:export", summary="A trace as OTLP/JSON")
-async def mezzo_export(request: Request, trace_id: str, caller: Caller) -> dict[str, Any]:
-    require(caller, Verb.READ)
-    spans = await _store(request).trace(_trace_id(trace_id))
-    if not spans:
-        raise not_found(f"trace {trace_id}")
-    return otlp_json(spans)
 
 
 @router.get("/v1/traces", summary="Search traces by service, operation, any attribute, errors, duration, time")

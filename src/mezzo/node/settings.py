@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address every listener binds to")
     api_port: Port = Field(7700, description="HTTP API and console")
     gateway_port: Port = Field(8080, description="gateway data plane")
+    gateway_tls_port: Port = Field(8443, description="gateway data plane over TLS (certificates from resources)")
     resp_port: Port = Field(6380, description="Redis protocol")
     otlp_port: Port = Field(4318, description="OTLP/HTTP ingest")
     zipkin_port: Port = Field(9411, description="Zipkin ingest and query")

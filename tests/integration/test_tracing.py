@@ -167,3 +167,45 @@ async def test_retention_by_age_and_count(tr: RunningNode) -> None:
     assert await store.enforce_retention(86400, None) == 2
     assert await store.enforce_retention(86400, 1) == 1
     assert len(await store.find(store_module.Query(limit=10))) == 1
+
+
+async def test_red_metrics_edges_and_remote_sampling(tr: RunningNode) -> None:
+    trace = "5bf92f3577b34da6a3ce929d0e0e4736"
+    spans = [span("10f067aa0ba902b7", "GET /a", 0, 30), span("10f067aa0ba902b8", "GET /a", 1, 50),
+             span("10f067aa0ba902b9", "GET /a", 2, 10, status={"code": 2})]
+    async with httpx.AsyncClient() as http:
+        await http.post(tr.node.url("otlp") + "/v1/traces", content=otlp_doc(trace, spans),
+                        headers={"content-type": "application/json"})
+        child = [span("20f067aa0ba902b7", "SELECT", 3, 5, parent="10f067aa0ba902b7")]
+        await http.post(tr.node.url("otlp") + "/v1/traces", content=otlp_doc(trace, child, service="db"),
+                        headers={"content-type": "application/json"})
+        doc = (await http.get(tr.node.url("otlp") + "/sampling", params={"service": "shop"})).json()
+        assert doc == {"strategyType": "PROBABILISTIC", "probabilisticSampling": {"samplingRate": 1.0}}
+    headers = {"Authorization": f"Bearer {tr.token}"}
+    async with httpx.AsyncClient(base_url=tr.url, headers=headers) as http:
+        red = (await http.get("/v1/tracing/red", params={"window": "1h"})).json()["items"]
+        row = next(r for r in red if r["service"] == "shop")
+        assert row["calls"] == 3 and abs(row["errorRatio"] - 1 / 3) < 1e-9
+        assert row["p50Us"] == 30_000 and row["p99Us"] == 50_000
+        [edge] = (await http.get("/v1/tracing/dependencies", params={"window": "1h"})).json()["items"]
+        assert edge["parent"] == "shop" and edge["child"] == "db" and edge["p99Us"] == 5000
+        metrics = (await http.get("/metrics")).text
+        assert 'mezzo_tracing_calls_total{operation="GET /a",service="shop"} 3.0' in metrics
+        assert 'mezzo_tracing_errors_total{operation="GET /a",service="shop"} 1.0' in metrics
+    async with tr.client() as client:
+        await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "SamplingStrategy",
+                                      "metadata": {"name": "shop"},
+                                      "spec": {"service": "shop", "probability": 0.25,
+                                               "operations": [{"operation": "GET /a", "probability": 1}]}})
+    from mezzo.testing.fixtures import wait_for
+
+    async def strategy() -> dict:  # type: ignore[type-arg]
+        async with httpx.AsyncClient() as http:
+            return (await http.get(tr.node.url("otlp") + "/sampling", params={"service": "shop"})).json()  # type: ignore[no-any-return]
+
+    async def applied() -> bool:
+        return (await strategy())["probabilisticSampling"]["samplingRate"] == 0.25
+
+    await wait_for(applied)
+    doc = await strategy()
+    assert doc["operationSampling"]["perOperationStrategies"][0]["operation"] == "GET /a"

@@ -197,10 +197,48 @@ async def mezzo_search(request: Request, caller: Caller, service: str | None = N
     return {"items": [s for s in [await store.summary(t) for t in ids] if s]}
 
 
+@router.get("/v1/tracing/dependencies", summary="Service graph: calls, errors and p50/p95/p99 per edge")
+async def mezzo_dependencies(request: Request, caller: Caller, window: str = "1h", end: int | None = None) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    end_us = end if end is not None else int(time.time() * 1_000_000)
+    span_us = _duration_us(window, "window") or 3_600_000_000
+    return {"items": await _store(request).dependencies(end_us - span_us, end_us, latency=True)}
+
+
+@router.get("/v1/tracing/red", summary="Rate, error ratio and p50/p95/p99 per service and operation")
+async def mezzo_red(request: Request, caller: Caller, service: str | None = None, window: str = "5m",
+                    end: int | None = None) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    from mezzo.tracing.analytics import red_summary
+
+    end_us = end if end is not None else int(time.time() * 1_000_000)
+    span_us = _duration_us(window, "window") or 300_000_000
+    rows = await _store(request).red(end_us - span_us, end_us, service)
+    return {"window": window, "items": red_summary(rows, span_us / 1e6)}
+
+
 # --- the dedicated ports: OTLP (:4318) and Zipkin (:9411) ------------------------------------
 
+async def sampling_document(request: StarletteRequest) -> JSONResponse:
+    """Jaeger's remote sampling protocol (what the OpenTelemetry Jaeger remote sampler polls)."""
+    from mezzo.tracing.sampling import Strategies
+
+    service = request.query_params.get("service")
+    if not service:
+        return JSONResponse({"error": "service is required"}, status_code=400)
+    return JSONResponse(request.app.state.node.service(Strategies).document(service))
+
+
+@router.get("/api/sampling", summary="Jaeger remote sampling document for a service")
+async def sampling_on_api(request: Request, service: str) -> Any:
+    from mezzo.tracing.sampling import Strategies
+
+    return request.app.state.node.service(Strategies).document(service)
+
+
 def otlp_app(node: Any) -> Starlette:
-    app = Starlette(routes=[Route("/v1/traces", otlp_ingest, methods=["POST"])])
+    app = Starlette(routes=[Route("/v1/traces", otlp_ingest, methods=["POST"]),
+                            Route("/sampling", sampling_document), Route("/api/sampling", sampling_document)])
     app.state.node = node
     return app
 

@@ -66,7 +66,11 @@ class Collector:
     def __init__(self, store: TraceStore, metrics: Any = None) -> None:
         self.store = store
         self.received = self.rejected = None
+        self.red = None
         if metrics is not None:
+            from mezzo.tracing.analytics import RedMetrics
+
+            self.red = RedMetrics(metrics)
             self.received = metrics.counter("tracing", "spans_received", "total", "Spans accepted.", labels=("protocol",))
             self.rejected = metrics.counter("tracing", "spans_rejected", "total", "Requests refused.",
                                             labels=("protocol", "reason"))
@@ -110,6 +114,8 @@ class Collector:
             raise self._refuse(protocol, IngestError(429, str(exc), retry_after=1)) from None
         if self.received is not None:
             self.received.labels(protocol).inc(len(spans))
+        if self.red is not None:
+            self.red.observe(spans)
 
     def _refuse(self, protocol: str, exc: IngestError) -> IngestError:
         if self.rejected is not None:

@@ -10,8 +10,12 @@ from fastapi import APIRouter
 
 from mezzo.node.module import Health, Module
 from mezzo.node.server import HttpListener, bind
+from mezzo.resources.informer import Informer
+from mezzo.resources.model import Resource
+from mezzo.resources.service import ResourceService
 from mezzo.telemetry.metrics import Metrics
 from mezzo.tracing.collector import Collector
+from mezzo.tracing.sampling import SAMPLING_KIND, SamplingSpec, Strategies
 from mezzo.tracing.store import TraceStore
 
 log = structlog.get_logger("mezzo.tracing")
@@ -20,6 +24,7 @@ RETENTION_EVERY = 60.0
 
 class TracingModule(Module):
     name = "tracing"
+    kinds = (SAMPLING_KIND,)
 
     async def start(self) -> None:
         settings = self.node.settings
@@ -30,8 +35,21 @@ class TracingModule(Module):
         self.otlp_sock = bind(settings.host, settings.otlp_port)
         self.zipkin_sock = bind(settings.host, settings.zipkin_port)
         self._retention = asyncio.create_task(self._enforce(), name="mezzo-traces-retention")
+        self.strategies = Strategies()
+        self.node.provide(Strategies, self.strategies)
+        self._services: dict[str, str] = {}  # resource ref -> service it configures
+        self.informer = Informer(self.node.service(ResourceService), SAMPLING_KIND.kind, self._sampling)
+        await self.informer.start()
+
+    def _sampling(self, event: str, resource: Resource) -> None:
+        ref = f"{resource.metadata.namespace}/{resource.metadata.name}"
+        spec = None if event == "DELETED" else SamplingSpec.model_validate(resource.spec)
+        self.strategies.set(spec, ref, self._services.pop(ref, None))
+        if spec is not None:
+            self._services[ref] = spec.service
 
     async def stop(self) -> None:
+        await self.informer.stop()
         self._retention.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._retention

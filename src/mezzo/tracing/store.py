@@ -252,14 +252,43 @@ class TraceStore:
                     "errors": row[3] or 0, "services": sorted(services)}
         return await self._read(run)  # type: ignore[no-any-return]
 
-    async def dependencies(self, start_us: int, end_us: int) -> list[dict[str, Any]]:
-        """Calls between services: a span whose parent is in another service is one call parent -> child."""
-        sql = ("SELECT p.service, c.service, COUNT(*), SUM(c.status = 2) FROM spans c JOIN spans p "
+    async def dependencies(self, start_us: int, end_us: int, latency: bool = False) -> list[dict[str, Any]]:
+        """Calls between services: a span whose parent is in another service is one call parent -> child;
+        with ``latency``, the p50/p95/p99 of those child spans' durations per edge."""
+        from mezzo.tracing.analytics import percentile
+
+        sql = ("SELECT p.service, c.service, c.duration_us, c.status FROM spans c JOIN spans p "
                "ON p.trace_id = c.trace_id AND p.span_id = c.parent_id "
-               "WHERE c.start_us BETWEEN ? AND ? AND p.service != c.service GROUP BY p.service, c.service")
-        return await self._read(lambda c: [  # type: ignore[no-any-return]
-            {"parent": r[0], "child": r[1], "callCount": r[2], "errorCount": r[3] or 0}
-            for r in c.execute(sql, (start_us, end_us))])
+               "WHERE c.start_us BETWEEN ? AND ? AND p.service != c.service")
+
+        def run(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            edges: dict[tuple[str, str], tuple[list[int], int]] = {}
+            for parent, child, duration, status in c.execute(sql, (start_us, end_us)):
+                durations, errors = edges.get((parent, child), ([], 0))
+                durations.append(duration)
+                edges[(parent, child)] = (durations, errors + (status == STATUS_ERROR))
+            out = []
+            for (parent, child), (durations, errors) in sorted(edges.items()):
+                edge: dict[str, Any] = {"parent": parent, "child": child, "callCount": len(durations),
+                                        "errorCount": errors}
+                if latency:
+                    durations.sort()
+                    edge.update(p50Us=percentile(durations, 50), p95Us=percentile(durations, 95),
+                                p99Us=percentile(durations, 99))
+                out.append(edge)
+            return out
+
+        return await self._read(run)  # type: ignore[no-any-return]
+
+    async def red(self, start_us: int, end_us: int, service: str | None = None) -> list[tuple[str, str, int, int]]:
+        """(service, operation, duration, status) of entry spans in the window (see analytics.py)."""
+        sql = ("SELECT service, name, duration_us, status FROM spans WHERE start_us BETWEEN ? AND ? "
+               "AND (kind IN (2, 5) OR parent_id = '')")
+        args: list[Any] = [start_us, end_us]
+        if service:
+            sql += " AND service = ?"
+            args.append(service)
+        return await self._read(lambda c: [tuple(r) for r in c.execute(sql, args)])  # type: ignore[no-any-return]
 
     async def enforce_retention(self, max_age_s: float, max_spans: int | None) -> int:
         """Delete spans older than the age, then the oldest beyond ``max_spans``; returns how many went."""

@@ -209,3 +209,20 @@ async def test_red_metrics_edges_and_remote_sampling(tr: RunningNode) -> None:
     await wait_for(applied)
     doc = await strategy()
     assert doc["operationSampling"]["perOperationStrategies"][0]["operation"] == "GET /a"
+
+
+def test_critical_path_and_compare() -> None:
+    from mezzo.tracing.analysis import compare, critical_path
+    from mezzo.tracing.model import Span
+
+    def s(sid: str, parent: str, start: int, duration: int, name: str) -> Span:
+        return Span("a" * 32, sid, parent, "svc", name, 2, start, duration)
+
+    # root 0..100; a 10..40; b 30..90 (finishes last); c inside b 40..80
+    spans = [s("1", "", 0, 100, "root"), s("2", "1", 10, 30, "a"), s("3", "1", 30, 60, "b"), s("4", "3", 40, 40, "c")]
+    path = critical_path(spans)
+    assert [p["name"] for p in path] == ["root", "b", "c", "a"]
+    assert sum(p["selfUs"] for p in path) == 100  # the path accounts for the whole trace
+    result = compare(spans, spans[:3])
+    assert result["spansA"] == 4 and result["spansB"] == 3
+    assert next(r for r in result["operations"] if r["operation"] == "c")["only"] == "a"

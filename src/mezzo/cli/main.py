@@ -6,6 +6,7 @@ import typer
 
 from mezzo import __version__
 from mezzo.cli import mq, resources, server, tokens
+from mezzo.cli import trace as trace_cli
 
 app = typer.Typer(
     name="mezzo",
@@ -25,6 +26,7 @@ app.command("history")(resources.history)
 app.command("rollback")(resources.rollback)
 app.add_typer(tokens.app, name="token")
 app.add_typer(mq.app, name="mq")
+app.add_typer(trace_cli.app, name="trace")
 
 
 @app.command("version")

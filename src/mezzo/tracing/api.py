@@ -154,6 +154,17 @@ async def jaeger_dependencies(request: Request, caller: Caller, endTs: int | Non
 
 # --- Mezzo's own ---------------------------------------------------------------------------
 
+@router.get("/v1/traces/{trace_id}:critical-path", summary="The spans that set the trace's latency")
+async def mezzo_critical_path(request: Request, trace_id: str, caller: Caller) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    from mezzo.tracing.analysis import critical_path
+
+    spans = await _store(request).trace(_trace_id(trace_id))
+    if not spans:
+        raise not_found(f"trace {trace_id}")
+    return {"items": critical_path(spans)}
+
+
 @router.get("/v1/traces/{trace_id}:export", summary="A trace as OTLP/JSON")
 async def mezzo_export(request: Request, trace_id: str, caller: Caller) -> dict[str, Any]:
     require(caller, Verb.READ)
@@ -195,6 +206,18 @@ async def mezzo_search(request: Request, caller: Caller, service: str | None = N
     ids = await store.find(SpanQuery(service, operation, tags, _duration_us(minDuration, "minDuration"),
                                      _duration_us(maxDuration, "maxDuration"), start, end, errors, limit))
     return {"items": [s for s in [await store.summary(t) for t in ids] if s]}
+
+
+@router.get("/v1/tracing/compare", summary="Two traces side by side, per service and operation")
+async def mezzo_compare(request: Request, caller: Caller, a: str, b: str) -> dict[str, Any]:
+    require(caller, Verb.READ)
+    from mezzo.tracing.analysis import compare
+
+    store = _store(request)
+    left, right = await store.trace(_trace_id(a)), await store.trace(_trace_id(b))
+    if not left or not right:
+        raise not_found(f"trace {a if not left else b}")
+    return compare(left, right)
 
 
 @router.get("/v1/tracing/dependencies", summary="Service graph: calls, errors and p50/p95/p99 per edge")

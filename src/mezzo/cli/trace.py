@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -119,7 +120,6 @@ async def export(trace_id: str,
         doc = await mezzo.request("GET", f"/v1/traces/{trace_id}:export")
     data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
     if output:
-        with open(output, "wb") as fh:
-            fh.write(data)
+        Path(output).write_bytes(data)  # noqa: ASYNC240 - a CLI, nothing else runs on this loop
     else:
         sys.stdout.write(data.decode() + "\n")

@@ -97,8 +97,17 @@ def _any_value(value: Any) -> Any:
     return getattr(value, which)
 
 
+_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+
+
 def _attrs(kvs: Any) -> dict[str, Any]:
-    return {kv.key: _any_value(kv.value) for kv in kvs}
+    """Attributes as a dict; the scalar case inline, since it is nearly every attribute of every span."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        value = kv.value
+        which = value.WhichOneof("value")
+        out[kv.key] = getattr(value, which) if which in _SCALARS else _any_value(value)
+    return out
 
 
 def from_otlp_proto(body: bytes) -> list[Span]:

@@ -226,3 +226,37 @@ def test_critical_path_and_compare() -> None:
     result = compare(spans, spans[:3])
     assert result["spansA"] == 4 and result["spansB"] == 3
     assert next(r for r in result["operations"] if r["operation"] == "c")["only"] == "a"
+
+
+async def test_tail_sampling_keeps_errors_and_slow_traces(tr: RunningNode) -> None:
+    from mezzo.testing.fixtures import wait_for
+    from mezzo.tracing.collector import Collector
+
+    async with tr.client() as client:
+        await client.resources.apply({"apiVersion": "mezzo.dev/v1", "kind": "TailSamplingPolicy",
+                                      "metadata": {"name": "keep-interesting"},
+                                      "spec": {"decisionWait": "200ms", "slowerThan": "500ms",
+                                               "baselinePerSecond": 0}})
+    await wait_for(lambda: tr.node.service(Collector).tail is not None)
+    traces = {"error": "7bf92f3577b34da6a3ce929d0e0e4731", "slow": "7bf92f3577b34da6a3ce929d0e0e4732",
+              "boring": "7bf92f3577b34da6a3ce929d0e0e4733"}
+    async with httpx.AsyncClient() as http:
+        for kind, trace in traces.items():
+            s = span("30f067aa0ba902b7", kind, 0, 900 if kind == "slow" else 5,
+                     **({"status": {"code": 2}} if kind == "error" else {}))
+            r = await http.post(tr.node.url("otlp") + "/v1/traces", content=otlp_doc(trace, [s]),
+                                headers={"content-type": "application/json"})
+            assert r.status_code == 200
+    store = tr.node.service(TraceStore)
+
+    async def decided() -> bool:
+        return tr.node.service(Collector).tail.kept + tr.node.service(Collector).tail.dropped == 3
+
+    await wait_for(decided)
+    assert bool(await store.trace(traces["error"])) and bool(await store.trace(traces["slow"]))
+    assert await store.trace(traces["boring"]) == []
+    async with httpx.AsyncClient() as http:  # a late span of a kept trace is stored too
+        late = span("30f067aa0ba902b8", "late", 1, 1, parent="30f067aa0ba902b7")
+        await http.post(tr.node.url("otlp") + "/v1/traces", content=otlp_doc(traces["error"], [late]),
+                        headers={"content-type": "application/json"})
+    assert len(await store.trace(traces["error"])) == 2

@@ -67,6 +67,8 @@ class Collector:
         self.store = store
         self.received = self.rejected = None
         self.red = None
+        self.tail: Any = None  # a TailSampler while a TailSamplingPolicy exists
+        self.metrics = metrics
         if metrics is not None:
             from mezzo.tracing.analytics import RedMetrics
 
@@ -109,7 +111,10 @@ class Collector:
 
     async def _store(self, protocol: str, spans: list[Span]) -> None:
         try:
-            await self.store.write(spans)
+            if self.tail is not None:
+                await self.tail.offer(spans)
+            else:
+                await self.store.write(spans)
         except Busy as exc:
             raise self._refuse(protocol, IngestError(429, str(exc), retry_after=1)) from None
         if self.received is not None:

@@ -17,6 +17,7 @@ from mezzo.telemetry.metrics import Metrics
 from mezzo.tracing.collector import Collector
 from mezzo.tracing.sampling import SAMPLING_KIND, SamplingSpec, Strategies
 from mezzo.tracing.store import TraceStore
+from mezzo.tracing.tail import TAIL_SAMPLING_KIND, TailSampler, TailSamplingSpec
 
 log = structlog.get_logger("mezzo.tracing")
 RETENTION_EVERY = 60.0
@@ -24,14 +25,15 @@ RETENTION_EVERY = 60.0
 
 class TracingModule(Module):
     name = "tracing"
-    kinds = (SAMPLING_KIND,)
+    kinds = (SAMPLING_KIND, TAIL_SAMPLING_KIND)
 
     async def start(self) -> None:
         settings = self.node.settings
         self.store = TraceStore(settings.data_dir / "traces.db")
         await self.store.open()
         self.node.provide(TraceStore, self.store)
-        self.node.provide(Collector, Collector(self.store, self.node.service(Metrics)))
+        self.collector = Collector(self.store, self.node.service(Metrics))
+        self.node.provide(Collector, self.collector)
         self.otlp_sock = bind(settings.host, settings.otlp_port)
         self.zipkin_sock = bind(settings.host, settings.zipkin_port)
         self._retention = asyncio.create_task(self._enforce(), name="mezzo-traces-retention")
@@ -40,6 +42,29 @@ class TracingModule(Module):
         self._services: dict[str, str] = {}  # resource ref -> service it configures
         self.informer = Informer(self.node.service(ResourceService), SAMPLING_KIND.kind, self._sampling)
         await self.informer.start()
+        self._tail_policies: dict[str, TailSamplingSpec] = {}
+        self.tail_informer = Informer(self.node.service(ResourceService), TAIL_SAMPLING_KIND.kind, self._tail)
+        await self.tail_informer.start()
+
+    async def _tail(self, event: str, resource: Resource) -> None:
+        """One policy applies: the first by namespace/name; none means every span is stored."""
+        ref = f"{resource.metadata.namespace}/{resource.metadata.name}"
+        if event == "DELETED":
+            self._tail_policies.pop(ref, None)
+        else:
+            self._tail_policies[ref] = TailSamplingSpec.model_validate(resource.spec)
+        old = self.collector.tail
+        spec = self._tail_policies[min(self._tail_policies)] if self._tail_policies else None
+        if old is not None and spec == old.spec:
+            return
+        self.collector.tail = None
+        if old is not None:
+            await old.stop()
+            await old.flush(float("inf"))  # decide what it held under the old policy
+        if spec is not None:
+            sampler = TailSampler(spec, self.store.write, self.collector.metrics)
+            sampler.start()
+            self.collector.tail = sampler
 
     def _sampling(self, event: str, resource: Resource) -> None:
         ref = f"{resource.metadata.namespace}/{resource.metadata.name}"
@@ -50,6 +75,10 @@ class TracingModule(Module):
 
     async def stop(self) -> None:
         await self.informer.stop()
+        await self.tail_informer.stop()
+        if self.collector.tail is not None:
+            await self.collector.tail.stop()
+            await self.collector.tail.flush(float("inf"))
         self._retention.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._retention

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     secret_keys: SecretStr | None = Field(
         None, description="config secrets: comma-separated base64 AES-256 keys, the first encrypts "
         "(default: a key file generated in the data dir; set this when nodes share a store)")
+    cache_auth: bool = Field(True, description="Redis-protocol clients must AUTH with a Mezzo token (use right)")
+    cache_snapshot: bool = Field(True, description="save the embedded cache on shutdown and load it on start")
     cache: str = Field("memory", description="memory | redis://...")
     targets: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["all"], description="modules to run")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -106,8 +108,8 @@ class Settings(BaseSettings):
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
-        if value != "embedded" and value.split(":", 1)[0] not in ("nats", "redis", "postgresql", "postgres"):
-            raise ValueError("use embedded, nats://..., redis://... or postgresql://...")
+        if value != "embedded" and value.split(":", 1)[0] not in ("nats", "redis", "rediss", "postgresql", "postgres"):
+            raise ValueError("use embedded, nats://..., redis://... (rediss://...) or postgresql://...")
         return value
 
     @field_validator("cache")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,21 +14,7 @@ from mezzo.testing import backends
 from mezzo.testing.fixtures import RunningNode, start_node
 
 ENGINES = ["embedded", "nats", "redis", "postgres"]
-
-
-def _engine_url(request: pytest.FixtureRequest, engine: str) -> str:
-    """A broker URL for ``engine`` whose streams, keys or tables belong to this test alone."""
-    unique = request.getfixturevalue("unique")
-    if engine == "nats":
-        url = request.getfixturevalue("nats_url")
-        prefix = f"MZT{unique}"
-        request.addfinalizer(lambda: _run(backends.delete_nats_streams(url, prefix)))
-        return f"{url}?prefix={prefix}"
-    if engine == "redis":
-        return f"{request.getfixturevalue('redis_url')}?prefix={request.getfixturevalue('redis_prefix')}"
-    if engine == "postgres":
-        return str(request.getfixturevalue("postgres_url"))  # ?schema=<fresh schema>, dropped afterwards
-    return "embedded"
+REQUIRE_BACKENDS = os.environ.get("MEZZO_REQUIRE_BACKENDS") == "1"
 
 
 def _built(engine: str) -> bool:
@@ -36,10 +24,47 @@ def _built(engine: str) -> bool:
         return False
 
 
-def _run(coro) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
+def _absent(engine: str, problem: str) -> None:
+    message = f"{engine} is not reachable ({problem})"
+    if REQUIRE_BACKENDS:
+        pytest.fail(f"MEZZO_REQUIRE_BACKENDS=1 but {message}", pytrace=False)
+    pytest.skip(message)
 
-    asyncio.run(coro)
+
+async def _engine(engine: str, unique: str) -> tuple[str, object]:
+    """A broker URL for ``engine`` whose streams, keys or tables belong to this test alone,
+    and what to clean up afterwards."""
+    if engine == "nats":
+        url = os.environ.get("MEZZO_TEST_NATS", "nats://127.0.0.1:4222")
+        if problem := await backends.nats_problem(url):
+            _absent("NATS", problem)
+        prefix = f"MZT{unique}"
+        return f"{url}?prefix={prefix}", ("nats", url, prefix)
+    if engine == "redis":
+        url = os.environ.get("MEZZO_TEST_REDIS", "redis://127.0.0.1:6379/0")
+        if problem := await backends.redis_problem(url):
+            _absent("Redis", problem)
+        prefix = f"mezzo-test:{unique}:"
+        return f"{url}{'&' if '?' in url else '?'}prefix={prefix}", ("redis", url, prefix)
+    if engine == "postgres":
+        url = os.environ.get("MEZZO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+        if problem := await backends.postgres_problem(url):
+            _absent("PostgreSQL", problem)
+        schema = f"t_{unique}"
+        return f"{url}{'&' if '?' in url else '?'}schema={schema}", ("postgres", url, schema)
+    return "embedded", None
+
+
+async def _clean(what: object) -> None:
+    if what is None:
+        return
+    kind, url, name = what  # type: ignore[misc]
+    if kind == "nats":
+        await backends.delete_nats_streams(url, name)
+    elif kind == "redis":
+        backends.delete_redis_prefix(url, name)
+    else:
+        await backends.drop_postgres_schema(url, name)
 
 
 @pytest.fixture(params=ENGINES)
@@ -48,8 +73,10 @@ async def mq(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ru
     engine = request.param
     if engine != "embedded" and not _built(engine):
         pytest.skip(f"the {engine} engine is not part of this build yet")
-    running = await start_node(tmp_path / "data", broker=_engine_url(request, engine))
+    url, cleanup = await _engine(engine, uuid.uuid4().hex[:12])
+    running = await start_node(tmp_path / "data", broker=url)
     try:
         yield running
     finally:
         await running.node.stop()
+        await _clean(cleanup)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mezzo.cache.module import CacheModule
 from mezzo.config.module import ConfigModule
 from mezzo.gateway.apis_module import ApisModule
 from mezzo.gateway.module import GatewayModule
-from mezzo.tracing.module import TracingModule
 from mezzo.messaging.module import MessagingModule
 from mezzo.node.api import ApiModule
 from mezzo.node.auth_module import AuthModule
@@ -17,6 +17,7 @@ from mezzo.resilience.module import ResilienceModule
 from mezzo.resources.module import ResourcesModule
 from mezzo.storage.module import StoreModule
 from mezzo.telemetry.module import TelemetryModule
+from mezzo.tracing.module import TracingModule
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ MODULES: dict[str, ModuleDef] = {
     "gateway": ModuleDef(GatewayModule, ("store", "resources")),
     "apis": ModuleDef(ApisModule, ("gateway", "resources")),
     "tracing": ModuleDef(TracingModule, ("telemetry", "auth")),
+    "cache": ModuleDef(CacheModule, ("telemetry", "auth")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),
 }
 

@@ -1,0 +1,544 @@
+"""Redis commands over the embedded engine: strings, hashes, keys, connection and server commands."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mezzo.cache.engine import WRONGTYPE, CacheError, Engine, Keyspace
+from mezzo.cache.resp import Reply, Session
+
+Cmd = Callable[[Any, Session, list[bytes]], bytes]
+COMMANDS: dict[bytes, tuple[Cmd, int, str]] = {}  # name -> (handler, arity as Redis counts it, flags)
+NO_AUTH = {b"auth", b"hello", b"quit", b"ping"}
+
+
+def command(name: str, arity: int, flags: str = "") -> Callable[[Cmd], Cmd]:
+    def register(fn: Cmd) -> Cmd:
+        COMMANDS[name.encode()] = (fn, arity, flags)
+        return fn
+    return register
+
+
+class SyntaxErr(CacheError):
+    def __init__(self) -> None:
+        super().__init__("syntax error")
+
+
+def _int(raw: bytes) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise CacheError("value is not an integer or out of range") from None
+
+
+def _ks(server: Any, s: Session) -> Keyspace:
+    return server.space_for(s)  # type: ignore[no-any-return]
+
+
+# --- strings ----------------------------------------------------------------------------------
+
+@command("get", 2, "readonly")
+def get(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return s.bulk(_ks(server, s).string(a[1]))
+
+
+@command("set", -3, "write")
+def set_(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    ttl = None
+    nx = xx = keep = want_old = False
+    i = 3
+    while i < len(a):
+        opt = a[i].upper()
+        if opt in (b"EX", b"PX", b"EXAT", b"PXAT") and i + 1 < len(a):
+            n = _int(a[i + 1])
+            if n <= 0:
+                raise CacheError("invalid expire time in 'set' command")
+            ttl = {b"EX": n * 1000, b"PX": n, b"EXAT": n * 1000 - int(time.time() * 1000),
+                   b"PXAT": n - int(time.time() * 1000)}[opt]
+            i += 2
+            continue
+        if opt == b"NX":
+            nx = True
+        elif opt == b"XX":
+            xx = True
+        elif opt == b"KEEPTTL":
+            keep = True
+        elif opt == b"GET":
+            want_old = True
+        else:
+            raise SyntaxErr()
+        i += 1
+    if (nx and xx) or (keep and ttl is not None):
+        raise SyntaxErr()
+    old = ks.string(a[1]) if want_old else None
+    exists = ks.exists(a[1])
+    if (nx and exists) or (xx and not exists):
+        return s.bulk(old) if want_old else s.null()
+    ks.store(a[1], a[2], ttl_ms=ttl, keep_ttl=keep)
+    return s.bulk(old) if want_old else Reply.ok()
+
+
+@command("setnx", 3, "write")
+def setnx(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    if ks.exists(a[1]):
+        return Reply.integer(0)
+    ks.store(a[1], a[2])
+    return Reply.integer(1)
+
+
+@command("setex", 4, "write")
+def setex(server: Any, s: Session, a: list[bytes]) -> bytes:
+    seconds = _int(a[2])
+    if seconds <= 0:
+        raise CacheError("invalid expire time in 'setex' command")
+    _ks(server, s).store(a[1], a[3], ttl_ms=seconds * 1000)
+    return Reply.ok()
+
+
+@command("mget", -2, "readonly")
+def mget(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    out = []
+    for key in a[1:]:
+        value = ks.lookup(key)
+        out.append(value if isinstance(value, bytes) else None)
+    return s.array(out)
+
+
+@command("mset", -3, "write")
+def mset(server: Any, s: Session, a: list[bytes]) -> bytes:
+    if len(a) % 2 != 1:
+        raise CacheError("wrong number of arguments for 'mset' command")
+    ks = _ks(server, s)
+    for i in range(1, len(a), 2):
+        ks.store(a[i], a[i + 1])
+    return Reply.ok()
+
+
+@command("getdel", 2, "write")
+def getdel(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    value = ks.string(a[1])
+    if value is not None:
+        ks.delete(a[1])
+    return s.bulk(value)
+
+
+@command("getex", -2, "write")
+def getex(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    value = ks.string(a[1])
+    if value is None:
+        return s.null()
+    if len(a) > 2:
+        opt = a[2].upper()
+        if opt == b"PERSIST" and len(a) == 3:
+            ks.expire(a[1], None)
+        elif opt in (b"EX", b"PX") and len(a) == 4:
+            n = _int(a[3])
+            if n <= 0:
+                raise CacheError("invalid expire time in 'getex' command")
+            ks.expire(a[1], n * 1000 if opt == b"EX" else n)
+        else:
+            raise SyntaxErr()
+    return s.bulk(value)
+
+
+@command("append", 3, "write")
+def append(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    value = (ks.string(a[1]) or b"") + a[2]
+    ks.store(a[1], value, keep_ttl=True)
+    return Reply.integer(len(value))
+
+
+@command("strlen", 2, "readonly")
+def strlen(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return Reply.integer(len(_ks(server, s).string(a[1]) or b""))
+
+
+def _incr(server: Any, s: Session, key: bytes, by: int) -> bytes:
+    ks = _ks(server, s)
+    current = ks.string(key)
+    try:
+        value = int(current) if current is not None else 0
+    except ValueError:
+        raise CacheError("value is not an integer or out of range") from None
+    value += by
+    if not -(2**63) <= value < 2**63:
+        raise CacheError("increment or decrement would overflow")
+    ks.store(key, b"%d" % value, keep_ttl=current is not None)
+    return Reply.integer(value)
+
+
+@command("incr", 2, "write")
+def incr(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return _incr(server, s, a[1], 1)
+
+
+@command("decr", 2, "write")
+def decr(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return _incr(server, s, a[1], -1)
+
+
+@command("incrby", 3, "write")
+def incrby(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return _incr(server, s, a[1], _int(a[2]))
+
+
+@command("decrby", 3, "write")
+def decrby(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return _incr(server, s, a[1], -_int(a[2]))
+
+
+@command("incrbyfloat", 3, "write")
+def incrbyfloat(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    current = ks.string(a[1])
+    try:
+        value = (float(current) if current is not None else 0.0) + float(a[2])
+    except ValueError:
+        raise CacheError("value is not a valid float") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise CacheError("increment would produce NaN or Infinity")
+    text = repr(value).encode() if value != int(value) else b"%d" % int(value)
+    ks.store(a[1], text, keep_ttl=current is not None)
+    return s.bulk(text)
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+@command("del", -2, "write")
+def delete(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    return Reply.integer(sum(ks.delete(k) for k in a[1:]))
+
+
+COMMANDS[b"unlink"] = (delete, -2, "write")
+
+
+@command("exists", -2, "readonly")
+def exists(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    return Reply.integer(sum(ks.exists(k) for k in a[1:]))
+
+
+def _expire(server: Any, s: Session, a: list[bytes], unit: int) -> bytes:
+    n = _int(a[2])
+    return Reply.integer(int(_ks(server, s).expire(a[1], n * unit)))
+
+
+@command("expire", -3, "write")
+def expire(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return _expire(server, s, a, 1000)
+
+
+@command("pexpire", -3, "write")
+def pexpire(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return _expire(server, s, a, 1)
+
+
+@command("persist", 2, "write")
+def persist(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return Reply.integer(int(_ks(server, s).expire(a[1], None)))
+
+
+@command("ttl", 2, "readonly")
+def ttl(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ms = _ks(server, s).ttl_ms(a[1])
+    return Reply.integer(ms if ms < 0 else (ms + 500) // 1000)
+
+
+@command("pttl", 2, "readonly")
+def pttl(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return Reply.integer(_ks(server, s).ttl_ms(a[1]))
+
+
+@command("type", 2, "readonly")
+def type_(server: Any, s: Session, a: list[bytes]) -> bytes:
+    value = _ks(server, s).lookup(a[1], count=False)
+    return Reply.simple("none" if value is None else "string" if isinstance(value, bytes) else "hash")
+
+
+@command("keys", 2, "readonly")
+def keys(server: Any, s: Session, a: list[bytes]) -> bytes:
+    _, found = _ks(server, s).scan(0, a[1], 1 << 62)
+    return s.array(found)  # type: ignore[arg-type]
+
+
+@command("scan", -2, "readonly")
+def scan(server: Any, s: Session, a: list[bytes]) -> bytes:
+    cursor = _int(a[1])
+    match, count, kind = None, 10, None
+    i = 2
+    while i < len(a):
+        opt = a[i].upper()
+        if i + 1 >= len(a):
+            raise SyntaxErr()
+        if opt == b"MATCH":
+            match = a[i + 1]
+        elif opt == b"COUNT":
+            count = _int(a[i + 1])
+            if count < 1:
+                raise SyntaxErr()
+        elif opt == b"TYPE":
+            kind = a[i + 1].decode().lower()
+        else:
+            raise SyntaxErr()
+        i += 2
+    nxt, found = _ks(server, s).scan(cursor, match, count, kind)
+    return s.raw_array([s.bulk(b"%d" % nxt), s.array(found)])  # type: ignore[arg-type]
+
+
+@command("dbsize", 1, "readonly")
+def dbsize(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    return Reply.integer(sum(1 for k in list(ks.data) if ks.exists(k)))
+
+
+@command("flushdb", -1, "write")
+def flushdb(server: Any, s: Session, a: list[bytes]) -> bytes:
+    _ks(server, s).flush()
+    return Reply.ok()
+
+
+@command("flushall", -1, "write")
+def flushall(server: Any, s: Session, a: list[bytes]) -> bytes:
+    for ks in server.engine.spaces.values():
+        ks.flush()
+    return Reply.ok()
+
+
+# --- hashes -----------------------------------------------------------------------------------
+
+def _hash_edit(server: Any, s: Session, key: bytes) -> tuple[Keyspace, dict[bytes, bytes], int, bool]:
+    ks = _ks(server, s)
+    h = ks.hash(key, create=True)
+    assert h is not None
+    from mezzo.cache.engine import _size
+
+    fresh = key not in ks.data or not ks.exists(key)
+    return ks, h, (_size(key, h) if not fresh else 0), fresh
+
+
+def _hash_commit(ks: Keyspace, key: bytes, h: dict[bytes, bytes], before: int, fresh: bool) -> None:
+    if fresh:
+        if h:
+            ks.store(key, h)
+    elif not h:
+        ks.delete(key)
+    else:
+        ks.resized(key, before)
+
+
+@command("hset", -4, "write")
+def hset(server: Any, s: Session, a: list[bytes]) -> bytes:
+    if len(a) % 2 != 0:
+        raise CacheError("wrong number of arguments for 'hset' command")
+    ks, h, before, fresh = _hash_edit(server, s, a[1])
+    added = 0
+    for i in range(2, len(a), 2):
+        added += a[i] not in h
+        h[a[i]] = a[i + 1]
+    _hash_commit(ks, a[1], h, before, fresh)
+    return Reply.integer(added)
+
+
+COMMANDS[b"hmset"] = (lambda server, s, a: (hset(server, s, a), Reply.ok())[1], -4, "write")
+
+
+@command("hget", 3, "readonly")
+def hget(server: Any, s: Session, a: list[bytes]) -> bytes:
+    h = _ks(server, s).hash(a[1])
+    return s.bulk(h.get(a[2]) if h else None)
+
+
+@command("hmget", -3, "readonly")
+def hmget(server: Any, s: Session, a: list[bytes]) -> bytes:
+    h = _ks(server, s).hash(a[1]) or {}
+    return s.array([h.get(f) for f in a[2:]])
+
+
+@command("hdel", -3, "write")
+def hdel(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks = _ks(server, s)
+    if ks.hash(a[1]) is None:
+        return Reply.integer(0)
+    ks, h, before, fresh = _hash_edit(server, s, a[1])
+    removed = sum(h.pop(f, None) is not None for f in a[2:])
+    _hash_commit(ks, a[1], h, before, fresh)
+    return Reply.integer(removed)
+
+
+@command("hgetall", 2, "readonly")
+def hgetall(server: Any, s: Session, a: list[bytes]) -> bytes:
+    h = _ks(server, s).hash(a[1]) or {}
+    return s.map(list(h.items()))
+
+
+@command("hkeys", 2, "readonly")
+def hkeys(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return s.array(list((_ks(server, s).hash(a[1]) or {}).keys()))  # type: ignore[arg-type]
+
+
+@command("hvals", 2, "readonly")
+def hvals(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return s.array(list((_ks(server, s).hash(a[1]) or {}).values()))  # type: ignore[arg-type]
+
+
+@command("hexists", 3, "readonly")
+def hexists(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return Reply.integer(int(a[2] in (_ks(server, s).hash(a[1]) or {})))
+
+
+@command("hlen", 2, "readonly")
+def hlen(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return Reply.integer(len(_ks(server, s).hash(a[1]) or {}))
+
+
+@command("hincrby", 4, "write")
+def hincrby(server: Any, s: Session, a: list[bytes]) -> bytes:
+    ks, h, before, fresh = _hash_edit(server, s, a[1])
+    try:
+        value = int(h.get(a[2], b"0")) + _int(a[3])
+    except ValueError:
+        raise CacheError("hash value is not an integer") from None
+    h[a[2]] = b"%d" % value
+    _hash_commit(ks, a[1], h, before, fresh)
+    return Reply.integer(value)
+
+
+# --- connection and server --------------------------------------------------------------------
+
+@command("ping", -1)
+def ping(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return s.bulk(a[1]) if len(a) > 1 else Reply.simple("PONG")
+
+
+@command("echo", 2)
+def echo(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return s.bulk(a[1])
+
+
+@command("quit", -1)
+def quit_(server: Any, s: Session, a: list[bytes]) -> bytes:
+    s.closing = True
+    return Reply.ok()
+
+
+@command("select", 2)
+def select(server: Any, s: Session, a: list[bytes]) -> bytes:
+    db = _int(a[1])
+    if not 0 <= db < 16:
+        raise CacheError("DB index is out of range")
+    s.db = db
+    return Reply.ok()
+
+
+@command("auth", -2)
+def auth(server: Any, s: Session, a: list[bytes]) -> bytes:
+    token = a[-1].decode("utf-8", "replace")  # AUTH token, or AUTH user token (the user is ignored)
+    if not server.login(s, token):
+        return Reply.error("WRONGPASS invalid username-password pair or user is disabled.")
+    return Reply.ok()
+
+
+@command("hello", -1)
+def hello(server: Any, s: Session, a: list[bytes]) -> bytes:
+    i = 1
+    if len(a) > 1:
+        version = _int(a[1])
+        if version not in (2, 3):
+            return Reply.error("NOPROTO unsupported protocol version")
+        i = 2
+    else:
+        version = 3 if s.resp3 else 2
+    while i < len(a):
+        opt = a[i].upper()
+        if opt == b"AUTH" and i + 2 < len(a):
+            if not server.login(s, a[i + 2].decode("utf-8", "replace")):
+                return Reply.error("WRONGPASS invalid username-password pair or user is disabled.")
+            i += 3
+        elif opt == b"SETNAME" and i + 1 < len(a):
+            s.name = a[i + 1]
+            i += 2
+        else:
+            raise SyntaxErr()
+    if not s.authed:
+        return Reply.error("NOAUTH HELLO must be called with the client already authenticated, "
+                           "otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate")
+    s.resp3 = version == 3
+    info = [(b"server", s.bulk(b"mezzo")), (b"version", s.bulk(b"7.0.0")), (b"proto", Reply.integer(version)),
+            (b"id", Reply.integer(s.id)), (b"mode", s.bulk(b"standalone")), (b"role", s.bulk(b"master")),
+            (b"modules", s.raw_array([]))]
+    head = b"%%%d\r\n" % len(info) if s.resp3 else b"*%d\r\n" % (2 * len(info))
+    return head + b"".join(s.bulk(k) + v for k, v in info)
+
+
+@command("client", -2)
+def client(server: Any, s: Session, a: list[bytes]) -> bytes:
+    sub = a[1].upper()
+    if sub == b"SETNAME" and len(a) == 3:
+        if b" " in a[2]:
+            raise CacheError("Client names cannot contain spaces, newlines or special characters.")
+        s.name = a[2] or None
+        return Reply.ok()
+    if sub == b"GETNAME":
+        return s.bulk(s.name)
+    if sub == b"ID":
+        return Reply.integer(s.id)
+    if sub == b"SETINFO":
+        return Reply.ok()
+    if sub == b"LIST":
+        lines = [f"id={c.session.id} addr={c.session.peer} name={(c.session.name or b'').decode()} db={c.session.db}"
+                 for c in server.clients.values() if c.session is not None]
+        return s.bulk(("\n".join(lines) + "\n").encode())
+    raise CacheError(f"unknown subcommand '{a[1].decode(errors='replace')}'")
+
+
+@command("info", -1)
+def info(server: Any, s: Session, a: list[bytes]) -> bytes:
+    return s.bulk(server.info().encode())
+
+
+@command("command", -1)
+def command_(server: Any, s: Session, a: list[bytes]) -> bytes:
+    if len(a) > 1 and a[1].upper() == b"COUNT":
+        return Reply.integer(len(COMMANDS))
+    if len(a) > 1 and a[1].upper() == b"DOCS":
+        return s.raw_array([])
+    rows = []
+    for name, (_, arity, flags) in sorted(COMMANDS.items()):
+        flag_items = [Reply.simple(f) for f in flags.split(",") if f]
+        rows.append(s.raw_array([s.bulk(name), Reply.integer(arity), s.raw_array(flag_items),
+                                 Reply.integer(1 if arity not in (1, -1) else 0),
+                                 Reply.integer(1 if arity not in (1, -1) else 0), Reply.integer(1)]))
+    return s.raw_array(rows)
+
+
+@command("config", -2)
+def config(server: Any, s: Session, a: list[bytes]) -> bytes:
+    if a[1].upper() == b"GET" and len(a) >= 3:  # redis-benchmark asks for save and appendonly
+        known = {b"save": b"", b"appendonly": b"no", b"maxmemory": b"%d" % (server.max_memory or 0),
+                 b"databases": b"16"}
+        pairs = [(k, v) for k, v in known.items() if any(_glob(p, k) for p in a[2:])]
+        return s.map(pairs)
+    raise CacheError("CONFIG subcommands other than GET are not supported by Mezzo")
+
+
+def _glob(pattern: bytes, name: bytes) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name.decode(), pattern.decode().lower())
+
+
+def check_arity(name: bytes, arity: int, args: list[bytes]) -> None:
+    if (arity > 0 and len(args) != arity) or (arity < 0 and len(args) < -arity):
+        raise CacheError(f"wrong number of arguments for '{name.decode(errors='replace')}' command")
+
+
+__all__ = ["COMMANDS", "NO_AUTH", "WRONGTYPE", "CacheError", "Engine", "check_arity"]

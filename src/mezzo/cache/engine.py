@@ -1,0 +1,299 @@
+"""The embedded cache engine: namespaces of strings and hashes with TTLs, a memory limit and
+LRU or LFU eviction, and a snapshot so a restart comes back warm.
+
+Everything runs on the event loop thread (no locks): a command is a few dict operations.
+Expiry is lazy (an expired key is gone when touched) plus active (a periodic sample of keys
+with TTLs, as Redis does), so memory held by expired keys nobody reads is reclaimed too.
+Memory is accounted approximately (key + value bytes + a fixed overhead per entry).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import random
+import struct
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+OVERHEAD = 64  # bytes per entry beyond key and value, roughly what a dict slot and objects cost
+Policy = Literal["lru", "lfu", "noeviction"]
+Value = bytes | dict[bytes, bytes]
+
+
+class CacheError(Exception):
+    """A command that cannot apply (wrong type, not an integer, out of memory)."""
+
+
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _size(key: bytes, value: Value) -> int:
+    if isinstance(value, bytes):
+        return len(key) + len(value) + OVERHEAD
+    return len(key) + OVERHEAD + sum(len(k) + len(v) + 32 for k, v in value.items())
+
+
+class Keyspace:
+    """One namespace: its entries (in LRU order), TTLs, access counts and counters."""
+
+    def __init__(self, name: str, max_memory: int | None = None, policy: Policy = "lru",
+                 default_ttl_ms: int | None = None) -> None:
+        self.name = name
+        self.data: OrderedDict[bytes, Value] = OrderedDict()
+        self.expires: dict[bytes, int] = {}
+        self.freq: dict[bytes, int] = {}
+        self.max_memory = max_memory
+        self.policy: Policy = policy
+        self.default_ttl_ms = default_ttl_ms
+        self.memory = 0
+        self.hits = self.misses = self.evictions = self.expired = 0
+
+    # lookups --------------------------------------------------------------------------------
+
+    def _live(self, key: bytes) -> Value | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        deadline = self.expires.get(key)
+        if deadline is not None and deadline <= now_ms():
+            self._remove(key)
+            self.expired += 1
+            return None
+        return value
+
+    def lookup(self, key: bytes, count: bool = True) -> Value | None:
+        value = self._live(key)
+        if count:
+            if value is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        if value is not None:
+            self.data.move_to_end(key)
+            if self.policy == "lfu":
+                self.freq[key] = min(self.freq.get(key, 0) + 1, 1_000_000)
+        return value
+
+    def string(self, key: bytes) -> bytes | None:
+        value = self.lookup(key)
+        if value is not None and not isinstance(value, bytes):
+            raise CacheError(WRONGTYPE)
+        return value
+
+    def hash(self, key: bytes, create: bool = False) -> dict[bytes, bytes] | None:
+        value = self.lookup(key, count=not create)
+        if value is None:
+            return {} if create else None
+        if not isinstance(value, dict):
+            raise CacheError(WRONGTYPE)
+        return value
+
+    def exists(self, key: bytes) -> bool:
+        return self._live(key) is not None
+
+    def ttl_ms(self, key: bytes) -> int:
+        """-2: no such key; -1: no TTL; else milliseconds left."""
+        if self._live(key) is None:
+            return -2
+        deadline = self.expires.get(key)
+        return -1 if deadline is None else max(deadline - now_ms(), 0)
+
+    # writes ---------------------------------------------------------------------------------
+
+    def store(self, key: bytes, value: Value, ttl_ms: int | None = None, keep_ttl: bool = False) -> None:
+        old = self.data.get(key)
+        if old is not None:
+            self.memory -= _size(key, old)
+        self.data[key] = value
+        self.data.move_to_end(key)
+        self.memory += _size(key, value)
+        if not keep_ttl:
+            if ttl_ms is None and self.default_ttl_ms is not None and old is None:
+                ttl_ms = self.default_ttl_ms
+            if ttl_ms is None:
+                self.expires.pop(key, None)
+            else:
+                self.expires[key] = now_ms() + ttl_ms
+        if self.policy == "lfu":
+            self.freq.setdefault(key, 1)
+        self.enforce(protect=key)
+
+    def resized(self, key: bytes, before: int) -> None:
+        """A hash changed in place: update the accounting."""
+        value = self.data.get(key)
+        if value is not None:
+            self.memory += _size(key, value) - before
+            self.enforce(protect=key)
+
+    def delete(self, key: bytes) -> bool:
+        if self._live(key) is None:
+            return False
+        self._remove(key)
+        return True
+
+    def _remove(self, key: bytes) -> None:
+        value = self.data.pop(key, None)
+        if value is not None:
+            self.memory -= _size(key, value)
+        self.expires.pop(key, None)
+        self.freq.pop(key, None)
+
+    def expire(self, key: bytes, ttl_ms: int | None) -> bool:
+        if self._live(key) is None:
+            return False
+        if ttl_ms is None:
+            return self.expires.pop(key, None) is not None
+        if ttl_ms <= 0:
+            self._remove(key)
+        else:
+            self.expires[key] = now_ms() + ttl_ms
+        return True
+
+    def flush(self) -> None:
+        self.data.clear()
+        self.expires.clear()
+        self.freq.clear()
+        self.memory = 0
+
+    def enforce(self, protect: bytes | None = None) -> None:
+        """Evict until under the memory limit; with ``noeviction``, refuse instead."""
+        if self.max_memory is None or self.memory <= self.max_memory:
+            return
+        if self.policy == "noeviction":
+            if protect is not None:
+                self._remove(protect)
+            raise CacheError("OOM command not allowed when used memory > 'maxmemory'")
+        while self.memory > self.max_memory and len(self.data) > 1:
+            victim = self._victim(protect)
+            if victim is None:
+                break
+            self._remove(victim)
+            self.evictions += 1
+
+    def _victim(self, protect: bytes | None) -> bytes | None:
+        if self.policy == "lru":
+            for key in self.data:  # oldest first
+                if key != protect:
+                    return key
+            return None
+        keys = list(self.data.keys()) if len(self.data) <= 5 else random.sample(list(self.data.keys()), 5)
+        candidates = [k for k in keys if k != protect]
+        return min(candidates, key=lambda k: self.freq.get(k, 0)) if candidates else None
+
+    def sweep(self, samples: int = 20) -> int:
+        """Active expiry: drop expired keys among a sample of keys with a TTL; repeat while a quarter expire."""
+        removed = 0
+        while self.expires:
+            keys = random.sample(list(self.expires), min(samples, len(self.expires)))
+            now = now_ms()
+            gone = [k for k in keys if self.expires[k] <= now]
+            for key in gone:
+                self._remove(key)
+            removed += len(gone)
+            self.expired += len(gone)
+            if len(gone) < max(1, len(keys) // 4):
+                break
+        if self.policy == "lfu" and random.random() < 0.01:  # age counters so old favourites can go
+            for key in list(self.freq):
+                self.freq[key] //= 2
+        return removed
+
+    def scan(self, cursor: int, match: bytes | None, count: int, kind: str | None = None) -> tuple[int, list[bytes]]:
+        keys = list(self.data.keys())
+        out = []
+        end = min(cursor + count, len(keys))
+        for key in keys[cursor:end]:
+            value = self._live(key)
+            if value is None:
+                continue
+            if match is not None and not fnmatch.fnmatchcase(key.decode("latin-1"), match.decode("latin-1")):
+                continue
+            if kind is not None and kind != ("string" if isinstance(value, bytes) else "hash"):
+                continue
+            out.append(key)
+        return (0 if end >= len(keys) else end), out
+
+
+class Engine:
+    """Every namespace of the node."""
+
+    def __init__(self) -> None:
+        self.spaces: dict[str, Keyspace] = {}
+
+    def space(self, name: str) -> Keyspace:
+        ks = self.spaces.get(name)
+        if ks is None:
+            ks = self.spaces[name] = Keyspace(name)
+        return ks
+
+    def sweep(self) -> int:
+        return sum(ks.sweep() for ks in list(self.spaces.values()))
+
+    # snapshot: [magic][per entry: ns, key, type, ttl, value] length-prefixed --------------------
+
+    def save(self, path: Path) -> int:
+        tmp = path.with_suffix(".tmp")
+        count = 0
+        now = now_ms()
+        with open(tmp, "wb") as fh:
+            fh.write(b"MZC1")
+            for ks in self.spaces.values():
+                name = ks.name.encode()
+                for key, value in ks.data.items():
+                    deadline = ks.expires.get(key)
+                    if deadline is not None and deadline <= now:
+                        continue
+                    if isinstance(value, bytes):
+                        kind, blob = 0, value
+                    else:
+                        kind = 1
+                        blob = b"".join(struct.pack(">I", len(f)) + f + struct.pack(">I", len(v)) + v
+                                        for f, v in value.items())
+                    fh.write(struct.pack(">HIBqI", len(name), len(key), kind, deadline or -1, len(blob)))
+                    fh.write(name + key + blob)
+                    count += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return count
+
+    def load(self, path: Path) -> int:
+        if not path.exists():
+            return 0
+        data = path.read_bytes()
+        if data[:4] != b"MZC1":
+            raise ValueError(f"{path} is not a Mezzo cache snapshot")
+        pos, count, now = 4, 0, now_ms()
+        head = struct.calcsize(">HIBqI")
+        while pos + head <= len(data):
+            nlen, klen, kind, deadline, blen = struct.unpack_from(">HIBqI", data, pos)
+            pos += head
+            name = data[pos:pos + nlen].decode()
+            key = data[pos + nlen:pos + nlen + klen]
+            blob = data[pos + nlen + klen:pos + nlen + klen + blen]
+            pos += nlen + klen + blen
+            if deadline != -1 and deadline <= now:
+                continue
+            value: Value
+            if kind == 0:
+                value = blob
+            else:
+                value, i = {}, 0
+                while i < len(blob):
+                    (flen,) = struct.unpack_from(">I", blob, i)
+                    field = blob[i + 4:i + 4 + flen]
+                    i += 4 + flen
+                    (vlen,) = struct.unpack_from(">I", blob, i)
+                    value[field] = blob[i + 4:i + 4 + vlen]
+                    i += 4 + vlen
+            ks = self.space(name)
+            ks.store(key, value, ttl_ms=None if deadline == -1 else deadline - now)
+            count += 1
+        return count

@@ -260,3 +260,36 @@ async def test_tail_sampling_keeps_errors_and_slow_traces(tr: RunningNode) -> No
         await http.post(tr.node.url("otlp") + "/v1/traces", content=otlp_doc(traces["error"], [late]),
                         headers={"content-type": "application/json"})
     assert len(await store.trace(traces["error"])) == 2
+
+
+async def test_postgres_trace_store_is_shared_by_nodes(postgres_url: str, tmp_path: Path) -> None:
+    one = await start_node(tmp_path / "one", trace_store=postgres_url)
+    two = await start_node(tmp_path / "two", trace_store=postgres_url)
+    try:
+        trace = "8bf92f3577b34da6a3ce929d0e0e4736"
+        body = otlp_doc(trace, [span("40f067aa0ba902b7", "GET /x", 0, 20,
+                                     attributes=[{"key": "tenant", "value": {"stringValue": "acme"}}]),
+                                span("40f067aa0ba902b8", "child", 1, 5, parent="40f067aa0ba902b7",
+                                     status={"code": 2})])
+        async with httpx.AsyncClient() as http:
+            r = await http.post(one.node.url("otlp") + "/v1/traces", content=body,
+                                headers={"content-type": "application/json"})
+            assert r.status_code == 200
+            child = otlp_doc(trace, [span("40f067aa0ba902b9", "query", 2, 3, parent="40f067aa0ba902b8")], service="db")
+            await http.post(one.node.url("otlp") + "/v1/traces", content=child,
+                            headers={"content-type": "application/json"})
+        headers = {"Authorization": f"Bearer {two.token}"}
+        async with httpx.AsyncClient(base_url=two.url, headers=headers) as http:  # the other node answers
+            assert (await http.get("/api/services")).json()["data"] == ["db", "shop"]
+            [found] = (await http.get("/api/traces", params={"service": "shop", "tags": '{"tenant":"acme"}'})).json()["data"]
+            assert found["traceID"] == trace and len(found["spans"]) == 3
+            page = (await http.get(f"/v1/traces/{trace}")).json()
+            assert page["spans"] == 3 and page["errors"] == 1 and page["services"] == ["db", "shop"]
+            [edge] = (await http.get("/v1/tracing/dependencies", params={"window": "1h"})).json()["items"]
+            assert (edge["parent"], edge["child"], edge["callCount"]) == ("shop", "db", 1)
+            red = (await http.get("/v1/tracing/red", params={"window": "1h"})).json()["items"]
+            assert {r["service"] for r in red} == {"db", "shop"}  # server spans enter each service
+        assert await two.node.service(TraceStore).enforce_retention(0.0, None) == 3
+    finally:
+        await two.node.stop()
+        await one.node.stop()

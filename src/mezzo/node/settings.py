@@ -75,6 +75,8 @@ class Settings(BaseSettings):
         None, description="OTLP/HTTP traces endpoint (default: this node's own collector)"
     )
     drain_timeout: Duration = Field(3.0, description="how long shutdown waits for in-flight work")
+    trace_store: str | None = Field(
+        None, description="sqlite (DATA_DIR/traces.db) or postgresql://...; default: PostgreSQL when MEZZO_STORE is")
     trace_retention: Duration = Field(7 * 86400.0, description="spans older than this are deleted")
     trace_max_spans: int | None = Field(None, ge=1, description="keep at most this many spans (oldest go first)")
     gateway_max_body: ByteSize = Field(16 * 1024 * 1024, description="largest request body the gateway takes (413 above)")

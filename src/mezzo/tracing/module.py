@@ -29,7 +29,14 @@ class TracingModule(Module):
 
     async def start(self) -> None:
         settings = self.node.settings
-        self.store = TraceStore(settings.data_dir / "traces.db")
+        url = settings.trace_store or ("sqlite" if not settings.store or settings.store.startswith("sqlite")
+                                       else settings.store)
+        if url.startswith(("postgresql://", "postgres://")):
+            from mezzo.tracing.store_postgres import PostgresTraceStore
+
+            self.store = PostgresTraceStore(url)  # type: ignore[assignment]
+        else:
+            self.store = TraceStore(settings.data_dir / "traces.db")
         await self.store.open()
         self.node.provide(TraceStore, self.store)
         self.collector = Collector(self.store, self.node.service(Metrics))

@@ -30,7 +30,7 @@ from mezzo.config.model import IDENT_PATTERN, ClientInfo, GrayRule, Model, NsRef
 from mezzo.config.secrets import SecretError
 from mezzo.config.service import AUDIT_KIND, DEFAULT, ConfigService
 from mezzo.jsonutil import dumps, loads
-from mezzo.node.audit import AUDIT_PREFIX, AuditRecord
+from mezzo.node.audit import AuditRecord, read_audit
 from mezzo.node.auth import Principal, Verb
 from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import Problem, bad_request
@@ -553,26 +553,13 @@ async def audit(request: Request, caller: Caller, app: str | None = None, namesp
         raise Problem(403, "Forbidden", "audit across every app needs admin; pass app=")
     from mezzo.node.api import utc
 
-    since, until = utc(since), utc(until)
-    cursor = f"{AUDIT_PREFIX}{max(int(since.timestamp() * 1e9), 0):020d}" if since else None
-    items: list[dict[str, Any]] = []
-    while len(items) < limit:
-        page = await store.range(AUDIT_PREFIX, start_after=cursor, limit=1000)
-        for kv in page.items:
-            record = AuditRecord.model_validate(loads(kv.value))
-            if until and record.at > until:
-                return {"items": items}
-            detail = record.detail
-            if record.kind != AUDIT_KIND or (app and detail.get("app") != app) or \
-                    (namespace and detail.get("namespace") != namespace) or (user and record.user != user):
-                continue
-            items.append(record.model_dump(mode="json"))
-            if len(items) >= limit:
-                break
-        if not page.more:
-            break
-        cursor = page.items[-1].key
-    return {"items": items}
+    def keep(record: AuditRecord) -> bool:
+        detail = record.detail
+        return record.kind == AUDIT_KIND and not ((app and detail.get("app") != app)
+                                                  or (namespace and detail.get("namespace") != namespace)
+                                                  or (user and record.user != user))
+
+    return {"items": await read_audit(store, keep, utc(since), utc(until), limit)}
 
 
 @router.post(":rotate-keys", summary="Re-encrypt every secret with the active key")

@@ -10,8 +10,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 
 import mezzo
-from mezzo.jsonutil import dumps, loads
-from mezzo.node.audit import AUDIT_PREFIX, AuditRecord
+from mezzo.jsonutil import dumps
+from mezzo.node.audit import AuditRecord, read_audit
 from mezzo.node.auth import Verb
 from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import install as install_errors
@@ -88,26 +88,12 @@ def build_app(node: Any) -> Any:
         if kind and node.has(ResourceService):
             with contextlib.suppress(LookupError):
                 kind = node.service(ResourceService).catalog.resolve(kind).kind
-        store: KVStore = node.service(KVStore)
-        start = f"{AUDIT_PREFIX}{max(int(since.timestamp() * 1e9), 0):020d}" if since else None
-        items: list[dict[str, Any]] = []
-        cursor = start
-        while len(items) < limit:
-            page = await store.range(AUDIT_PREFIX, start_after=cursor, limit=500)
-            for kv in page.items:
-                record = AuditRecord.model_validate(loads(kv.value))
-                if until and record.at > until:
-                    return {"items": items}
-                if (kind and (record.kind or "").lower() != kind.lower()) or (namespace and record.namespace != namespace) \
-                        or (name and record.name != name) or (user and record.user != user):
-                    continue
-                items.append(record.model_dump(mode="json"))
-                if len(items) >= limit:
-                    break
-            if not page.more:
-                break
-            cursor = page.items[-1].key
-        return {"items": items}
+        def keep(record: AuditRecord) -> bool:
+            return not ((kind and (record.kind or "").lower() != kind.lower())
+                        or (namespace and record.namespace != namespace)
+                        or (name and record.name != name) or (user and record.user != user))
+
+        return {"items": await read_audit(node.service(KVStore), keep, since, until, limit)}
 
     for module in node.modules.values():
         for router in module.routers():

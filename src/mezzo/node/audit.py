@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from mezzo.jsonutil import dumps
-from mezzo.storage.kv import Put
+from mezzo.jsonutil import dumps, loads
+from mezzo.storage.kv import KVStore, Put
 
 AUDIT_PREFIX = "/audit/"
 
@@ -42,3 +43,24 @@ def audit_put(
     )
     key = f"{AUDIT_PREFIX}{now:020d}-{secrets.token_hex(4)}"
     return Put(key, dumps(record.model_dump(mode="json")))
+
+
+async def read_audit(store: KVStore, keep: Callable[[AuditRecord], bool], since: datetime | None,
+                     until: datetime | None, limit: int) -> list[dict[str, Any]]:
+    """Audit records from ``since`` to ``until`` (oldest first) that ``keep`` accepts, at most ``limit``."""
+    cursor = f"{AUDIT_PREFIX}{max(int(since.timestamp() * 1e9), 0):020d}" if since else None
+    items: list[dict[str, Any]] = []
+    while len(items) < limit:
+        page = await store.range(AUDIT_PREFIX, start_after=cursor, limit=500)
+        for kv in page.items:
+            record = AuditRecord.model_validate(loads(kv.value))
+            if until and record.at > until:
+                return items
+            if keep(record):
+                items.append(record.model_dump(mode="json"))
+                if len(items) >= limit:
+                    return items
+        if not page.more:
+            break
+        cursor = page.items[-1].key
+    return items

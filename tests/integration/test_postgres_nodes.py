@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mezzo.node.auth import TokenService
 from mezzo.resilience.policies import PolicyRegistry
-from mezzo.testing.fixtures import start_node, wait_for
+from mezzo.testing.fixtures import FREE_PORTS, start_node, wait_for
 
 MANIFEST = """\
 apiVersion: mezzo.dev/v1
@@ -60,7 +60,7 @@ async def test_admin_token_is_minted_once_per_store(postgres_url: str, tmp_path:
     from mezzo.node.node import Node
     from mezzo.node.settings import Settings
 
-    nodes = [Node(Settings(data_dir=tmp_path / name, api_port=0, store=postgres_url)) for name in "abc"]
+    nodes = [Node(Settings(data_dir=tmp_path / name, **FREE_PORTS, store=postgres_url)) for name in "abc"]
     await asyncio.gather(*(n.start() for n in nodes))
     try:
         minted = [n for n in nodes if n.service(TokenService).generated_token]

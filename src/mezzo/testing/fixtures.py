@@ -39,13 +39,16 @@ class RunningNode:
         return Mezzo(self.url, token or self.token)
 
 
+# every listener on a free port: tests run side by side and must not take the standard ones
+FREE_PORTS = {"api_port": 0, "gateway_port": 0, "gateway_tls_port": 0, "resp_port": 0, "otlp_port": 0,
+              "zipkin_port": 0}
+
+
 async def start_node(data_dir: Path, **settings: Any) -> RunningNode:
     from mezzo.node.node import Node
     from mezzo.node.settings import Settings
 
-    # every listener on a free port: tests run side by side and must not take the standard ones
-    values: dict[str, Any] = {"data_dir": data_dir, "api_port": 0, "gateway_port": 0, "resp_port": 0, "otlp_port": 0,
-                              "zipkin_port": 0, "gateway_tls_port": 0, "admin_token": ADMIN, **settings}
+    values: dict[str, Any] = {"data_dir": data_dir, **FREE_PORTS, "admin_token": ADMIN, **settings}
     node = Node(Settings(**values))
     await node.start()
     url = node.url("api")

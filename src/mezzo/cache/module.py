@@ -37,6 +37,12 @@ class CacheModule(Module):
                                   metrics=self.node.service(Metrics))
         self.node.provide(Engine, self.engine)
         self.node.provide(CacheServer, self.server)
+        metrics = self.node.service(Metrics)
+        collector = getattr(metrics, "_mezzo_cache_collector", None)
+        if collector is None:
+            collector = metrics._mezzo_cache_collector = _SpaceCollector()  # type: ignore[attr-defined]
+            metrics.registry.register(collector)
+        collector.engine = self.engine
         self.sock = bind(settings.host, settings.resp_port)
         self._sweeper = asyncio.create_task(self._sweep(), name="mezzo-cache-expiry")
 
@@ -51,6 +57,11 @@ class CacheModule(Module):
     async def health(self) -> Health:
         keys = sum(len(ks.data) for ks in self.engine.spaces.values())
         return Health(not self._sweeper.done(), f"{keys} keys, {len(self.server.clients)} clients")
+
+    def routers(self) -> list[Any]:
+        from mezzo.cache.api import router
+
+        return [router]
 
     def listeners(self) -> list[Any]:
         return [RespListener("resp", self.server, self.sock)]
@@ -83,3 +94,26 @@ class RespListener:
             self._server.close()
         self.force()
         self.sock.close()
+
+
+class _SpaceCollector:
+    """Per-namespace keys, memory, hits, misses and evictions, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        keys = GaugeMetricFamily("mezzo_cache_keys", "Keys held.", labels=["namespace"])
+        memory = GaugeMetricFamily("mezzo_cache_memory_bytes", "Approximate memory held.", labels=["namespace"])
+        hits = CounterMetricFamily("mezzo_cache_hits", "Lookups that found a key.", labels=["namespace"])
+        misses = CounterMetricFamily("mezzo_cache_misses", "Lookups that did not.", labels=["namespace"])
+        evictions = CounterMetricFamily("mezzo_cache_evictions", "Keys evicted for memory.", labels=["namespace"])
+        for ks in list(self.engine.spaces.values()) if self.engine is not None else []:
+            keys.add_metric([ks.name], len(ks.data))
+            memory.add_metric([ks.name], ks.memory)
+            hits.add_metric([ks.name], ks.hits)
+            misses.add_metric([ks.name], ks.misses)
+            evictions.add_metric([ks.name], ks.evictions)
+        yield from (keys, memory, hits, misses, evictions)

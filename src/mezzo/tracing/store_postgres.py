@@ -51,8 +51,10 @@ class PostgresTraceStore:
                                                server_settings={"search_path": self.schema,
                                                                 "application_name": "mezzo-traces"})
         async with self._pool.acquire() as conn:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            await conn.execute(SCHEMA)
+            async with conn.transaction():  # nodes starting together must not race on CREATE ... IF NOT EXISTS
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"mezzo-traces:{self.schema}")
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await conn.execute(SCHEMA)
             rows = await conn.fetch("SELECT service, name, kind FROM operations")
             self._known_ops = {(r[0], r[1], r[2]) for r in rows}
 

@@ -208,3 +208,35 @@ def test_port_is_free_of_standard_redis(cache: RunningNode) -> None:
     assert port_of(cache) != 6379
     with socket.create_connection(("127.0.0.1", port_of(cache))):
         pass
+
+
+async def test_http_api_sdk_and_single_flight(cache: RunningNode) -> None:
+    async with cache.client() as client:
+        assert await client.cache.set("greeting", "hello", ttl="1m")
+        assert await client.cache.get("greeting") == b"hello"
+        assert await client.cache.set("greeting", "again", nx=True) is False
+        assert await client.cache.set("blob", b"\x00\xff")
+        assert await client.cache.get("blob") == b"\x00\xff"
+        assert sorted(await client.cache.keys("g*")) == ["greeting"]
+        calls = 0
+
+        async def loader() -> str:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.05)  # a slow source, so the callers below overlap
+            return "computed"
+
+        results = await asyncio.gather(*(client.cache.get_or_set("expensive", loader, ttl=60) for _ in range(20)))
+        assert results == [b"computed"] * 20 and calls == 1  # loaded once for twenty callers
+        stats = await client.cache.stats()
+        assert stats["keys"] >= 3 and stats["hits"] >= 1 and 0 <= stats["hitRatio"] <= 1
+        assert await client.cache.delete("greeting") and not await client.cache.delete("greeting")
+        r = await client._http.put("/v1/cache/default/keys/x", json={"value": "a", "valueBase64": "YQ=="})
+        assert r.status_code == 400
+        metrics = (await client._http.get("/metrics")).text
+        assert 'mezzo_cache_keys{namespace="default"}' in metrics
+    r = await connect(cache)  # the same data over the Redis protocol
+    try:
+        assert await r.get("expensive") == b"computed"
+    finally:
+        await r.aclose()

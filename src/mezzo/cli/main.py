@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from mezzo import __version__
-from mezzo.cli import mq, resources, server, tokens
+from mezzo.cli import config, mq, resources, server, tokens
 from mezzo.cli import trace as trace_cli
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command("rollback")(resources.rollback)
 app.add_typer(tokens.app, name="token")
 app.add_typer(mq.app, name="mq")
 app.add_typer(trace_cli.app, name="trace")
+app.add_typer(config.app, name="config")
 
 
 @app.command("version")

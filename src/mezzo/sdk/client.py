@@ -9,7 +9,9 @@ import httpx
 
 from mezzo import __version__
 from mezzo.jsonutil import dumps, loads
+from mezzo.sdk.cache import CacheClient
 from mezzo.sdk.config import default_token, default_url
+from mezzo.sdk.configcenter import ConfigClient
 from mezzo.sdk.errors import ConnectError, api_error
 from mezzo.sdk.messaging import MessagingClient
 from mezzo.sdk.resources import ResourcesClient
@@ -47,6 +49,8 @@ class Mezzo:
         self.resources = ResourcesClient(self)
         self.messaging = MessagingClient(self)
         self.tokens = TokensClient(self)
+        self.cache = CacheClient(self)
+        self.config = ConfigClient(self)
 
     async def __aenter__(self) -> Mezzo:
         return self
@@ -55,6 +59,7 @@ class Mezzo:
         await self.aclose()
 
     async def aclose(self) -> None:
+        await self.config.aclose()
         await self._http.aclose()
 
     async def request(

@@ -507,7 +507,8 @@ async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: C
     await hub.caught_up()
     names = [r.namespace for r in refs]
     sent = start if start is not None else -1
-    if start is None or hub.changes_since(start, refs) is None:  # first connect, or too far behind: full state
+    # first connect, too far behind, or ahead of this store (restored, wiped): the full state
+    if start is None or start > hub.revision or hub.changes_since(start, refs) is None:
         sent = hub.revision  # taken first: what changes while resolving is replayed after
         for ref in refs:
             if hub.layers(ref):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 from mezzo.config.gray import GrayReleases
@@ -27,8 +29,17 @@ class ConfigModule(Module):
         self.node.provide(ConfigService, self.service)
         self.node.provide(ConfigHub, self.hub)
         self.node.provide(GrayReleases, GrayReleases(self.service))
+        self._drain = asyncio.create_task(self._end_waits_on_stop(), name="mezzo-config-drain")
+
+    async def _end_waits_on_stop(self) -> None:
+        """When the node starts draining, parked long polls answer and streams end at once
+        (the hub itself stops only after the listeners have drained)."""
+        await self.node.stopping.wait()
+        self.hub.stopped = True
+        self.hub._wake_all()
 
     async def stop(self) -> None:
+        self._drain.cancel()
         await self.hub.stop()
 
     async def health(self) -> Health:

@@ -161,3 +161,22 @@ def test_killed_node_loses_no_published_release(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(Exception):
             stop_process(again, signal.SIGKILL)
+
+
+async def test_stream_ahead_of_the_store_gets_the_full_state(http: httpx.AsyncClient) -> None:
+    """A client whose Last-Event-ID is newer than the store (a restored or wiped store) resyncs."""
+    await publish(http, "a", "1")
+    stream = events(http, {"app": "shop", "namespace": "application"}, {"Last-Event-ID": "999999999"})
+    first = await asyncio.wait_for(anext(stream), 30)
+    await stream.aclose()
+    assert first["data"]["configurations"] == {"a": "1"} and first["data"]["resync"] is True
+
+
+async def test_stopping_node_ends_long_polls_and_streams(cfg: RunningNode, http: httpx.AsyncClient) -> None:
+    await publish(http, "a", "1")
+    nid = (await http.get("/v1/config/notifications", params=_notifications(-1))).json()[0]["notificationId"]
+    poll = asyncio.create_task(http.get("/v1/config/notifications", params=_notifications(nid)))
+    await asyncio.sleep(0.05)
+    cfg.node.stopping.set()  # what node.stop() does first: the poll answers instead of holding the drain
+    r = await asyncio.wait_for(poll, 10)
+    assert r.status_code == 304

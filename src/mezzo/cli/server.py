@@ -16,6 +16,8 @@ Host = Annotated[str | None, typer.Option("--host", help="MEZZO_HOST")]
 ApiPort = Annotated[int | None, typer.Option("--api-port", help="MEZZO_API_PORT")]
 Store = Annotated[str | None, typer.Option("--store", help="MEZZO_STORE")]
 LogLevel = Annotated[str | None, typer.Option("--log-level", help="MEZZO_LOG_LEVEL")]
+Workers = Annotated[int | None, typer.Option(
+    "--workers", help="MEZZO_GATEWAY_WORKERS: processes serving the gateway ports (SO_REUSEPORT)")]
 
 
 def load_settings(**flags: Any) -> Any:
@@ -105,20 +107,20 @@ def banner(node: Any) -> None:
 
 
 def up(data_dir: DataDir = None, host: Host = None, api_port: ApiPort = None,
-       store: Store = None, log_level: LogLevel = None) -> None:
+       store: Store = None, log_level: LogLevel = None, workers: Workers = None) -> None:
     """Run every service in one process with embedded storage (target ``all``)."""
     serve(load_settings(targets=["all"], data_dir=data_dir, host=host, api_port=api_port,
-                        store=store, log_level=log_level))
+                        store=store, log_level=log_level, gateway_workers=workers))
 
 
 def run_targets(
     targets: Annotated[str | None, typer.Option("--targets", "-t", help="comma-separated modules or targets (MEZZO_TARGETS)")] = None,
     data_dir: DataDir = None, host: Host = None, api_port: ApiPort = None,
-    store: Store = None, log_level: LogLevel = None,
+    store: Store = None, log_level: LogLevel = None, workers: Workers = None,
 ) -> None:
     """Run some modules only (with what they need), e.g. ``--targets api,resilience``."""
     serve(load_settings(targets=targets, data_dir=data_dir, host=host, api_port=api_port,
-                        store=store, log_level=log_level))
+                        store=store, log_level=log_level, gateway_workers=workers))
 
 
 def settings(

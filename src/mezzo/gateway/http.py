@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 import orjson
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate"})
+# what the proxy sets itself on the way upstream; the client's values are dropped
+NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for"}
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
@@ -21,10 +24,13 @@ class Request:
     __slots__ = (
         "_args",
         "_cookies",
+        "_decoded",
+        "_query",
         "body",
         "chunked",
         "client_ip",
         "content_length",
+        "forwarded",
         "headers",
         "host",
         "http_version",
@@ -32,15 +38,32 @@ class Request:
         "method",
         "path",
         "query",
+        "raw_path",
+        "raw_target",
+        "scheme",
         "upgrade",
     )
 
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], client_ip: str,
                  http_version: str, keep_alive: bool) -> None:
-        raw_path, _, query = target.partition(b"?")
+        raw, _, query = target.partition(b"?")
+        self.raw_target: bytes | None = target  # forwarded as is while path and query are unchanged
         self.method = method
-        self.path = unquote(raw_path.decode("latin-1")) if b"%" in raw_path else raw_path.decode("latin-1")
-        self.query = query.decode("latin-1")
+        self.raw_path = raw.decode("latin-1")  # as sent: forwarded unchanged unless a plugin rewrites the path
+        if b"%" in raw:
+            self.path = unquote(self.raw_path)
+        else:
+            self.path = self.raw_path
+        if "/." in self.path:  # "/a/../b" must not match a route for "/a/*": match and forward "/b"
+            normal = remove_dot_segments(self.path)
+            if normal != self.path:
+                self.path = normal
+                self.raw_path = quote(normal, safe=PATH_SAFE)
+                self.raw_target = None
+        self._decoded = self.path
+        self.query = self._query = query.decode("latin-1")
+        self.scheme = "http"
+        self.forwarded: bytes | None = None  # the client connection's X-Forwarded-* lines, made once
         self.headers = headers  # (lowercase name, value), in order
         self.client_ip = client_ip
         self.http_version = http_version
@@ -85,7 +108,24 @@ class Request:
 
     @property
     def target(self) -> str:
-        return f"{self.path}?{self.query}" if self.query else self.path
+        """The request target sent upstream: the client's own bytes unless ``path`` was changed."""
+        path = self.raw_path if self.path is self._decoded or self.path == self._decoded \
+            else quote(self.path, safe=PATH_SAFE)
+        return f"{path}?{self.query}" if self.query else path
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4, for absolute paths: "/a/./b/../c" is "/a/c"; never above the root."""
+    out: list[str] = []
+    segments = path.split("/")[1:]
+    for segment in segments:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    trailing = segments[-1] in (".", "..") if segments else False
+    return "/" + "/".join(out) + ("/" if trailing and out else "")
 
 
 class Reply:
@@ -107,15 +147,18 @@ class Reply:
         self.body = bytes(body)
 
     def encode(self, keep_alive: bool, extra: list[tuple[bytes, bytes]] | None = None, head: bool = False) -> bytes:
+        """The response bytes; ``head`` for a HEAD request (headers only, the length of the body)."""
         lines = [b"HTTP/1.1 %d %s" % (self.status, REASONS.get(self.status, b"Unknown"))]
         for name, value in self.headers.items():
             lines.append(b"%s: %s" % (name.encode("latin-1"), str(value).encode("latin-1")))
         for name, value in extra or ():
             lines.append(b"%s: %s" % (name, value))
-        lines.append(b"content-length: %d" % len(self.body))
+        bodyless = self.status in (204, 304) or self.status < 200
+        if not bodyless:
+            lines.append(b"content-length: %d" % len(self.body))
         if not keep_alive:
             lines.append(b"connection: close")
-        return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else self.body)
+        return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head or bodyless else self.body)
 
 
 def problem(status: int, detail: str, **extra: Any) -> Reply:
@@ -123,31 +166,45 @@ def problem(status: int, detail: str, **extra: Any) -> Reply:
     return Reply(status, orjson.dumps(body), content_type="application/problem+json")
 
 
+def forwarded_lines(client_ip: str, scheme: str, forwarded_for: bytes | None = None) -> bytes:
+    ip = client_ip.encode()
+    return b"x-forwarded-for: %s\r\nx-real-ip: %s\r\nx-forwarded-proto: %s\r\n" % (
+        forwarded_for + b", " + ip if forwarded_for else ip, ip, scheme.encode())
+
+
 def upstream_head(request: Request, host: str, body_length: int | None, chunked: bool,
                   extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
     """The request head sent upstream: hop-by-hop headers dropped, X-Forwarded-* added, framing set."""
-    parts = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (request.method.encode(), request.target.encode("latin-1"),
-                                                 host.encode("latin-1"))]
+    target = request.raw_target
+    if target is None or request.path is not request._decoded or request.query is not request._query:
+        target = request.target.encode("latin-1")
+    parts = [request.method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host.encode("latin-1"), b"\r\n"]
     forwarded_for = None
-    connection_tokens: set[bytes] = set()
+    connection_tokens: list[bytes] | None = None
     for name, value in request.headers:
-        if name == b"connection":
-            connection_tokens.update(t.strip().lower() for t in value.split(b","))
-    for name, value in request.headers:
-        if name in HOP_BY_HOP or name == b"host" or name == b"content-length" or name in connection_tokens:
+        if name in NOT_FORWARDED:
+            if name == b"x-forwarded-for":
+                forwarded_for = value
+            elif name == b"connection":
+                connection_tokens = [t.strip().lower() for t in value.split(b",")]
             continue
-        if name == b"x-forwarded-for":
-            forwarded_for = value
-            continue
-        parts.append(b"%s: %s\r\n" % (name, value))
-    ip = request.client_ip.encode()
-    parts.append(b"x-forwarded-for: %s\r\n" % (forwarded_for + b", " + ip if forwarded_for else ip))
-    parts.append(b"x-real-ip: %s\r\n" % ip)
-    parts.append(b"x-forwarded-proto: http\r\n")
+        parts += (name, b": ", value, b"\r\n")
+    if connection_tokens:  # headers the client named in Connection are hop-by-hop too
+        drop = {t for t in connection_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+        if drop:
+            kept = parts[:6]
+            for i in range(6, len(parts), 4):
+                if parts[i] not in drop:
+                    kept += parts[i:i + 4]
+            parts = kept
+    if forwarded_for is None and request.forwarded is not None:
+        parts.append(request.forwarded)
+    else:
+        parts.append(forwarded_lines(request.client_ip, request.scheme, forwarded_for))
     if request.host:
-        parts.append(b"x-forwarded-host: %s\r\n" % request.host.encode("latin-1"))
+        parts += (b"x-forwarded-host: ", request.host.encode("latin-1"), b"\r\n")
     for name, value in extra or ():
-        parts.append(b"%s: %s\r\n" % (name, value))
+        parts += (name, b": ", value, b"\r\n")
     if request.upgrade:
         parts.append(b"connection: upgrade\r\nupgrade: %s\r\n" % (request.header(b"upgrade") or "websocket").encode())
     if chunked:

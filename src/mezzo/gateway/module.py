@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
 from typing import Any
 
 import structlog
 
+from mezzo.gateway.client import TICK, ClientConnection, Limits
 from mezzo.gateway.model import KINDS
-from mezzo.gateway.proxy import ClientConnection, Limits
 from mezzo.gateway.runtime import Gateway
+from mezzo.gateway.tls import CertStore
+from mezzo.gateway.workers import WORKER_POLL, WorkerPool, follow_parent
 from mezzo.node.module import Health, Module
 from mezzo.node.server import bind, url_of
 from mezzo.resources.informer import Informer
 from mezzo.resources.model import Resource
 from mezzo.resources.service import ResourceService
+from mezzo.storage.kv import KVStore
+from mezzo.storage.sqlite import SQLiteStore
 from mezzo.telemetry.metrics import Metrics
 
 log = structlog.get_logger("mezzo.gateway")
+SWEEP_EVERY = 5.0  # how often idle pooled upstream connections are looked at
 
 
 class GatewayModule(Module):
@@ -34,12 +41,47 @@ class GatewayModule(Module):
         cache = settings.cache if settings.cache.startswith(("redis://", "rediss://")) else None
         self.gateway = Gateway(limits, self.node.service(Metrics), registry, cache)
         self.node.provide(Gateway, self.gateway)
+        self.certs = CertStore()
+        self.gateway.on_certificates = self.certs.load
         resources = self.node.service(ResourceService)
+        self.workers: WorkerPool | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        if settings.gateway_worker:  # a worker: follow the main process's writes closely, and die with it
+            store = self.node.service(KVStore)  # type: ignore[type-abstract]
+            if isinstance(store, SQLiteStore):
+                store.poll_interval = WORKER_POLL
+            self._tasks.append(asyncio.create_task(follow_parent(self.node.request_stop), name="mezzo-worker-parent"))
         self.informers = [Informer(resources, kind.kind, self._handler(kind.kind)) for kind in KINDS]
         for informer in self.informers:
             await informer.start()
-        self.sock = bind(settings.host, settings.gateway_port)
-        with_reuseport(self.sock)
+        # SO_REUSEPORT only with workers: a second node started by mistake still fails to bind
+        shared = settings.gateway_workers > 1 or settings.gateway_worker > 0
+        self.sock = bind(settings.host, settings.gateway_port, reuse_port=shared)
+        self.tls_sock = bind(settings.host, settings.gateway_tls_port, reuse_port=shared)
+        self._tasks.append(asyncio.create_task(self._tick(), name="mezzo-gateway-tick"))
+        if settings.gateway_workers > 1 and not settings.gateway_worker:
+            self.workers = WorkerPool(settings, settings.gateway_workers, self.sock.getsockname()[1],
+                                      self.tls_sock.getsockname()[1])
+            await self.workers.start()
+
+    async def _tick(self) -> None:
+        """The data plane's one clock: request and upstream timeouts, idle pooled connections."""
+        loop = asyncio.get_running_loop()
+        sweep = loop.time() + SWEEP_EVERY
+        while True:
+            await asyncio.sleep(TICK)
+            now = loop.time()
+            for conn in list(self.gateway.connections):
+                try:
+                    conn.tick(now)
+                except Exception:
+                    log.exception("gateway connection clock failed")
+            if now >= sweep:
+                sweep = now + SWEEP_EVERY
+                try:
+                    self.gateway.expire_idle()
+                except Exception:
+                    log.exception("gateway sweep failed")
 
     def _registry(self) -> Any:
         try:
@@ -65,41 +107,49 @@ class GatewayModule(Module):
         return handle
 
     async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop(self.node.settings.drain_timeout + 5)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for informer in self.informers:
             await informer.stop()
         await self.gateway.close()
 
     async def health(self) -> Health:
         snap = self.gateway.snapshot
-        return Health(True, f"{len(self.gateway.items['Route'])} routes, {len(snap.upstreams)} upstreams, "
-                            f"{len(self.gateway.connections)} connections")
+        detail = (f"{len(self.gateway.items['Route'])} routes, {len(snap.upstreams)} upstreams, "
+                  f"{len(self.gateway.connections)} connections")
+        if self.workers is not None:
+            detail += f", {self.workers.running + 1}/{self.workers.count} processes"
+        return Health(True, detail)
 
     def listeners(self) -> list[Any]:
-        return [GatewayListener("gateway", self.gateway, self.sock, self.node.settings.drain_timeout)]
-
-
-def with_reuseport(sock: socket.socket) -> None:
-    if hasattr(socket, "SO_REUSEPORT"):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        except OSError:
-            pass
+        drain = self.node.settings.drain_timeout
+        return [GatewayListener("gateway", self.gateway, self.sock, drain),
+                GatewayListener("gateway-tls", self.gateway, self.tls_sock, drain, self.certs.server)]
 
 
 class GatewayListener:
     """Serves the data plane on a bound socket; on close, stops accepting and lets requests finish."""
 
-    def __init__(self, name: str, gateway: Gateway, sock: socket.socket, drain_timeout: float) -> None:
+    def __init__(self, name: str, gateway: Gateway, sock: socket.socket, drain_timeout: float,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.gateway = gateway
         self.sock = sock
-        self.url = url_of(sock)
+        self.tls = tls
+        self.url = url_of(sock, "https" if tls is not None else "http")
         self.drain_timeout = drain_timeout
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: ClientConnection(self.gateway), sock=self.sock, backlog=2048)
+        scheme = "https" if self.tls is not None else "http"
+        tls: dict[str, Any] = {"ssl": self.tls, "ssl_handshake_timeout": 10.0} if self.tls is not None else {}
+        self.server = await loop.create_server(lambda: ClientConnection(self.gateway, scheme), sock=self.sock,
+                                               backlog=2048, **tls)
 
     def force(self) -> None:
         for conn in list(self.gateway.connections):

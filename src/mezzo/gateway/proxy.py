@@ -1,318 +1,35 @@
-"""The data plane: an HTTP/1.1 reverse proxy on asyncio protocols and httptools, no ASGI in between.
+"""The upstream half of the data plane: one try of a request against a node, retries, tunnels.
 
-Per client connection, requests are parsed as bytes arrive; a request whose body fits in
-``BUFFER_BODY`` is read whole before it is proxied (so it can be retried on another node),
-a larger one is streamed to the upstream as it arrives. The response is piped from the
-upstream connection's parser callbacks straight into the client transport, with back-pressure
-both ways. Pipelined requests are answered in order.
-
-Protections: headers beyond ``max_header_bytes`` get 431, bodies beyond ``max_body`` 413,
-unparseable requests 400; a client that does not finish its headers within the header timeout,
-or pauses its body longer than the body timeout, is answered 408 and cut; idle keep-alive
-connections close after the keep-alive timeout.
+The response is piped from the upstream connection's parser callbacks straight into the client
+transport (the head goes out with the first body bytes, in one write), with back-pressure both
+ways. ``start_fast`` takes the common case, a buffered request and an idle pooled connection,
+without a task; ``proxy`` is the general path: new connections, retries, streamed bodies,
+websocket upgrades.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from typing import Any
 
 import httptools
 import structlog
 
-from mezzo.gateway.http import IDEMPOTENT, Reply, Request, problem, upstream_head
+from mezzo.gateway.client import ClientAbort, ClientConnection, _BodyStream
+from mezzo.gateway.http import IDEMPOTENT, REASONS, problem, upstream_head
 from mezzo.gateway.plugins import Ctx
 from mezzo.gateway.upstream import Balancer, NodeState, UpstreamConnection
 
 log = structlog.get_logger("mezzo.gateway")
-BUFFER_BODY = 1024 * 1024
-HIGH_WATER = 1024 * 1024
 NO_BODY_STATUS = frozenset({204, 304})
 DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection", b"trailer",
                            b"upgrade", b"te"})
+STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in REASONS.items()}
 
 
-class Limits:
-    __slots__ = ("body_timeout", "header_timeout", "keepalive_timeout", "max_body", "max_header_bytes")
-
-    def __init__(self, max_header_bytes: int = 16 * 1024, max_body: int = 16 * 1024 * 1024,
-                 header_timeout: float = 10.0, body_timeout: float = 60.0, keepalive_timeout: float = 75.0) -> None:
-        self.max_header_bytes = max_header_bytes
-        self.max_body = max_body
-        self.header_timeout = header_timeout
-        self.body_timeout = body_timeout
-        self.keepalive_timeout = keepalive_timeout
-
-
-class _Reject(Exception):
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-
-
-class ClientConnection(asyncio.Protocol):
-    """One client connection: parses requests and answers them in order."""
-
-    def __init__(self, gateway: Any) -> None:
-        self.gateway = gateway
-        self.limits: Limits = gateway.limits
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.client_ip = ""
-        self.closed = False
-        # the request being parsed
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._header_bytes = 0
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._current: Request | None = None
-        self._stream: _BodyStream | None = None
-        # requests ready to be answered, and whether one is being answered
-        self._queue: deque[tuple[Request, _BodyStream | None]] = deque()
-        self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._writable: asyncio.Future[None] | None = None
-        self.on_writable: Any = None  # resumes an upstream paused for our sake
-        self.tunnel: UpstreamConnection | None = None
-        self.tunnel_ended: asyncio.Future[None] | None = None
-        self._upgrade_rest = b""
-
-    # asyncio.Protocol ---------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
-        self.gateway.connections.add(self)
-        self._arm(self.limits.header_timeout, 408)
-
-    def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.write(data)
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade_rest = data[upgrade.args[0]:]
-            self._on_upgrade_parsed()
-        except _Reject as reject:
-            self._fail(reject.reply)
-        except httptools.HttpParserError as exc:
-            self._fail(problem(400, f"malformed request: {exc}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.gateway.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_exception(ConnectionResetError("client went away"))
-        if self.tunnel is not None:
-            self.tunnel.close()
-            if self.tunnel_ended is not None and not self.tunnel_ended.done():
-                self.tunnel_ended.set_result(None)
-        if self._stream is not None:
-            self._stream.fail(ConnectionResetError("client went away"))
-
-    def pause_writing(self) -> None:
-        self._writable = self.loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
-        if self.on_writable is not None:
-            self.on_writable()
-
-    @property
-    def writable(self) -> bool:
-        return self._writable is None
-
-    # httptools callbacks -------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._header_bytes = 0
-        self._body = []
-        self._body_size = 0
-        self._current = None
-        self._stream = None
-        if self._timer is not None:  # a keep-alive wait ends; the header clock starts
-            self._arm(self.limits.header_timeout, 408)
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise _Reject(problem(414 if len(self._url) > self.limits.max_header_bytes else 431,
-                                  "request line or headers too large"))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise _Reject(problem(431, f"request headers larger than {self.limits.max_header_bytes} bytes"))
-        self._headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        request = Request(parser.get_method().decode(), self._url, self._headers, self.client_ip,
-                          parser.get_http_version(), parser.should_keep_alive())
-        length = None
-        for name, value in self._headers:
-            if name == b"host":
-                request.host = value.decode("latin-1")
-            elif name == b"content-length":
-                if not value.strip().isdigit():
-                    raise _Reject(problem(400, "invalid content-length"))
-                length = int(value)
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                request.chunked = True
-        request.content_length = length
-        request.upgrade = bool(parser.should_upgrade())
-        if length is not None and length > self.limits.max_body:
-            raise _Reject(problem(413, f"request body larger than {self.limits.max_body} bytes"))
-        self._current = request
-        if request.upgrade:
-            return  # the upgrade exception follows; handled in data_received
-        if (length is None and not request.chunked) or length == 0:
-            request.body = b""
-            return  # complete; dispatched by on_message_complete
-        if request.chunked or (length or 0) > BUFFER_BODY:
-            self._stream = _BodyStream(self, chunked=request.chunked)
-            self._dispatch(request, self._stream)
-        self._arm(self.limits.body_timeout, 408)
-
-    def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > self.limits.max_body:
-            raise _Reject(problem(413, f"request body larger than {self.limits.max_body} bytes"))
-        if self._stream is not None:
-            self._stream.feed(body)
-        else:
-            self._body.append(body)
-        self._arm(self.limits.body_timeout, 408)
-
-    def on_message_complete(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        request = self._current
-        if request is None:
-            return
-        if self._stream is not None:
-            self._stream.finish()
-            return
-        if request.body is None:
-            request.body = b"".join(self._body)
-        self._dispatch(request, None)
-
-    def _on_upgrade_parsed(self) -> None:
-        request = self._current
-        if request is None:
-            self._fail(problem(400, "malformed upgrade"))
-            return
-        request.body = b""
-        if self.transport is not None:
-            self.transport.pause_reading()  # nothing more until the upstream accepts the upgrade
-        self._dispatch(request, None)
-
-    # answering ------------------------------------------------------------------------------
-    def _dispatch(self, request: Request, stream: _BodyStream | None) -> None:
-        if self._busy:
-            self._queue.append((request, stream))
-            if self.transport is not None and len(self._queue) > 16:
-                self.transport.pause_reading()  # a client pipelining without reading answers
-            return
-        self._busy = True
-        self.loop.create_task(self._serve(request, stream))
-
-    async def _serve(self, request: Request, stream: _BodyStream | None) -> None:
-        while True:
-            keep = await self.gateway.handle(self, request, stream)
-            if not keep or not request.keep_alive or self.closed:
-                self.close()
-                return
-            if not self._queue:
-                break
-            request, stream = self._queue.popleft()
-        self._busy = False
-        if self.transport is not None and not self.closed and self.tunnel is None:
-            self.transport.resume_reading()
-            self._arm(self.limits.keepalive_timeout, None)
-
-    def _arm(self, seconds: float, status: int | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(seconds, self._timeout, status)
-
-    def _timeout(self, status: int | None) -> None:
-        self._timer = None
-        if status is not None and not self._busy:
-            self._fail(problem(status, "the client was too slow"))
-        elif status is None and not self._busy:
-            self.close()
-
-    def _fail(self, reply: Reply) -> None:
-        if self.transport is not None and not self.closed:
-            if not self._busy:
-                self.transport.write(reply.encode(False))
-            self.close()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    async def drain(self) -> None:
-        if self._writable is not None:
-            await self._writable
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
-
-
-class _BodyStream:
-    """A request body being streamed upstream: buffered until an upstream connection takes it."""
-
-    def __init__(self, client: ClientConnection, chunked: bool) -> None:
-        self.client = client
-        self.parts: list[bytes] = []
-        self.conn: UpstreamConnection | None = None
-        self.chunked = chunked  # forwarded as it came: chunked, or with its content-length
-        self.done = False
-        self.finished: asyncio.Future[None] = client.loop.create_future()
-
-    def feed(self, data: bytes) -> None:
-        if self.conn is None:
-            self.parts.append(data)
-            return
-        self.conn.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
-        transport = self.conn.transport
-        if transport is not None and transport.get_write_buffer_size() > HIGH_WATER and self.client.transport:
-            self.client.transport.pause_reading()
-            self.conn.on_drain = self.client.transport.resume_reading
-
-    def finish(self) -> None:
-        self.done = True
-        if self.conn is not None and self.chunked:
-            self.conn.write(b"0\r\n\r\n")
-        if not self.finished.done():
-            self.finished.set_result(None)
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.finished.done():
-            self.finished.set_exception(exc)
-
-    def attach(self, conn: UpstreamConnection) -> None:
-        self.conn = conn
-        parts, self.parts = self.parts, []
-        for part in parts:
-            self.feed(part)
-        if self.done and self.chunked:
-            conn.write(b"0\r\n\r\n")
+class PluginFailure(Exception):
+    """A header or body filter raised: the response is answered 500 (or cut, if it had begun)."""
 
 
 class Exchange:
@@ -320,6 +37,8 @@ class Exchange:
 
     __slots__ = (
         "balancer",
+        "body_filters",
+        "callback",
         "chunked",
         "client",
         "close_after",
@@ -328,184 +47,369 @@ class Exchange:
         "done",
         "head_only",
         "head_sent",
+        "last_read",
         "loop",
         "node",
+        "pending",
         "read_timeout",
+        "send_timeout",
+        "settled",
         "started",
         "status",
-        "timer",
+        "stream",
         "upgraded",
     )
 
-    def __init__(self, client: ClientConnection, ctx: Ctx, node: NodeState, balancer: Balancer,
-                 read_timeout: float, head_only: bool) -> None:
-        self.client, self.ctx, self.node, self.balancer = client, ctx, node, balancer
-        self.loop = client.loop
-        self.done: asyncio.Future[None] = self.loop.create_future()
-        self.head_sent = False
+    def __init__(self, client: ClientConnection, ctx: Ctx, conn: UpstreamConnection, timeouts: Any,
+                 head_only: bool, stream: _BodyStream | None, callback: Any = None) -> None:
+        self.client, self.ctx, self.conn = client, ctx, conn
+        self.loop = loop = client.loop
+        # how the end is told: callback(exchange, error) on the fast path, else this future
+        self.callback = callback
+        self.done: asyncio.Future[None] | None = None if callback is not None else loop.create_future()
+        self.settled = False
+        self.node: NodeState | None = None
+        self.balancer: Balancer | None = None
+        self.head_sent = False  # bytes of the response went out to the client
+        self.pending: bytes | None = None  # the response head, sent with the first body bytes
         self.chunked = False
         self.close_after = False
         self.started = time.monotonic()
-        self.read_timeout = read_timeout
-        self.timer: asyncio.TimerHandle | None = None
-        self.conn: UpstreamConnection | None = None
+        self.read_timeout: float = timeouts.read
+        self.send_timeout: float = timeouts.send
+        self.last_read = loop.time()
         self.head_only = head_only
         self.status = 0
         self.upgraded = False
+        self.stream = stream
+        self.body_filters = ctx.route.body_filters
 
-    def arm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(self.read_timeout, self._timed_out)
+    def tick(self, now: float) -> None:
+        """The read clock runs from the last byte read; while the body still goes up, the send clock
+        runs instead, from the moment the upstream stopped taking it."""
+        if self.settled:
+            return
+        stream = self.stream
+        conn = self.conn
+        if stream is not None and not stream.done and not self.head_sent:
+            if conn.writing_paused and now - conn.paused_at >= self.send_timeout:
+                conn._fail(TimeoutError("upstream send timeout"))
+            else:
+                self.last_read = now
+        elif now - self.last_read >= self.read_timeout:
+            conn._fail(TimeoutError("upstream read timeout"))
 
-    def _timed_out(self) -> None:
-        self.timer = None
-        if self.conn is not None:
-            self.conn._fail(TimeoutError("upstream read timeout"))
+    def abort(self, exc: BaseException) -> None:
+        """End the exchange from our side: the upstream connection is closed, never reused."""
+        conn = self.conn
+        if conn.sink is self:
+            conn.close()
+        self._settle(exc)
+
+    def _settle(self, exc: BaseException | None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.client.on_writable = None
+        if self.callback is not None:
+            self.callback(self, exc)
+        elif exc is None:
+            self.done.set_result(None)  # type: ignore[union-attr]
+        else:
+            self.done.set_exception(exc)  # type: ignore[union-attr]
 
     # Sink
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]], conn: UpstreamConnection) -> None:
-        self.arm()
+        self.last_read = self.loop.time()
         self.status = status
         ctx = self.ctx
         ctx.status = status
-        for hook in ctx.route.chain.header_filter if ctx.route.chain else ():
-            hook(ctx, headers)
-        status = ctx.status
-        request = ctx.request
-        framed = False
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
+        hooks = ctx.route.chain.header_filter
+        if hooks:
+            try:
+                for hook in hooks:
+                    hook(ctx, headers)
+            except Exception as exc:
+                log.exception("gateway header filter failed", route=ctx.route.ref)
+                self.abort(PluginFailure(str(exc)))
+                return
+            status = ctx.status
         if status == 101:
             self.upgraded = True
-            for name, value in headers:
-                lines.append(b"%s: %s\r\n" % (name, value))
-            self.client.write(b"".join(lines) + b"\r\n")
+            self.client.write(STATUS_LINES[101] + b"".join(b"%s: %s\r\n" % h for h in headers) + b"\r\n")
             self.head_sent = True
-            if not self.done.done():
-                self.done.set_result(None)  # the tunnel takes over
+            self._settle(None)  # the tunnel takes over
             return
-        else:
-            for name, value in headers:
-                if name in DROP_RESPONSE:
-                    if name == b"transfer-encoding":
-                        self.chunked = True
-                    continue
-                if name == b"content-length":
-                    framed = True
-                lines.append(b"%s: %s\r\n" % (name, value))
-            for name, value in ctx.response_headers:
-                lines.append(b"%s: %s\r\n" % (name, value))
-            bodyless = self.head_only or status in NO_BODY_STATUS or status < 200
-            if not framed and not bodyless:
-                if request.http_version == "1.0":
-                    self.close_after = True  # close-delimited for an HTTP/1.0 client
-                else:
-                    self.chunked = True
-                    lines.append(b"transfer-encoding: chunked\r\n")
-            elif framed or bodyless:
-                self.chunked = self.chunked and not framed and not bodyless
-            if not conn.keep_alive and not framed and not self.chunked and not bodyless:
-                self.close_after = True
-            if self.close_after or not request.keep_alive:
-                lines.append(b"connection: close\r\n")
+        request = ctx.request
+        framed = False
+        filters = self.body_filters
+        out = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+        for name, value in headers:
+            if name in DROP_RESPONSE:
+                continue
+            if name == b"content-length":
+                if filters:
+                    continue  # a body filter may change the length
+                framed = True
+            out += (name, b": ", value, b"\r\n")
+        for name, value in ctx.response_headers:
+            out += (name, b": ", value, b"\r\n")
+        bodyless = self.head_only or status in NO_BODY_STATUS or status < 200
+        if not framed and not bodyless:
+            if request.http_version == "1.1":
+                self.chunked = True
+                out.append(b"transfer-encoding: chunked\r\n")
             else:
-                lines.append(b"connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        self.client.write(b"".join(lines))
-        self.head_sent = True
+                self.close_after = True  # an HTTP/1.0 client: the body ends when the connection does
+        out.append(b"connection: close\r\n\r\n" if self.close_after or not request.keep_alive
+                   else b"connection: keep-alive\r\n\r\n")
+        self.pending = b"".join(out)  # one write with the body that usually comes in the same read
+
+    def flush(self) -> None:
+        """The upstream's read is consumed: send a head still waiting for its body."""
+        if self.pending is not None:
+            self.client.write(self.pending)
+            self.pending = None
+            self.head_sent = True
 
     def on_body(self, data: bytes) -> None:
-        self.arm()
+        self.last_read = self.loop.time()
+        if self.body_filters:
+            data = self._filter(data, False)
+            if not data:
+                return
         self.ctx.bytes_sent += len(data)
-        self.client.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
-        if not self.client.writable and self.conn is not None and self.conn.transport is not None:
+        client = self.client
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        if self.pending is not None:
+            data = self.pending + data
+            self.pending = None
+            self.head_sent = True
+        client.write(data)
+        if client._writable is not None:  # the client reads slower than the upstream sends
             transport = self.conn.transport
-            transport.pause_reading()
-            self.client.on_writable = transport.resume_reading
+            if transport is not None:
+                transport.pause_reading()
+                client.on_writable = transport.resume_reading
 
     def on_end(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        out = self.pending or b""
+        if self.body_filters and not (self.head_only or self.status in NO_BODY_STATUS):
+            tail = self._filter(b"", True)
+            if tail:
+                self.ctx.bytes_sent += len(tail)
+                out += b"%x\r\n%s\r\n" % (len(tail), tail) if self.chunked else tail
         if self.chunked:
-            self.client.write(b"0\r\n\r\n")
-        self.client.on_writable = None
-        if not self.done.done():
-            self.done.set_result(None)
+            out += b"0\r\n\r\n"
+        if out:
+            self.client.write(out)
+            self.head_sent = True
+        self.pending = None
+        self._settle(None)
+
+    def _filter(self, data: bytes, last: bool) -> bytes:
+        ctx = self.ctx
+        try:
+            for body_filter in self.body_filters:
+                result = body_filter(ctx, data, last)
+                if result is not None:
+                    data = result
+        except Exception as exc:
+            log.exception("gateway body filter failed", route=ctx.route.ref)
+            self.abort(PluginFailure(str(exc)))
+            return b""
+        return data
 
     def on_error(self, exc: BaseException) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.client.on_writable = None
-        if not self.done.done():
-            self.done.set_exception(exc)
+        self._settle(exc)
 
     def on_tunnel(self, data: bytes) -> None:
         self.client.write(data)
 
 
-def _reason(status: int) -> bytes:
-    from mezzo.gateway.http import REASONS
-
-    return REASONS.get(status, b"Unknown")
-
-
 async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: _BodyStream | None,
-                extra_headers: list[tuple[bytes, bytes]] | None = None) -> bool:
-    """Send the request upstream with retries; True when the client connection may be kept."""
+                extra_headers: list[tuple[bytes, bytes]] | None = None, *,
+                tried: list[NodeState] | None = None, last_error: BaseException | None = None,
+                fresh_retry: bool = True, first: NodeState | None = None) -> bool:
+    """Send the request upstream with retries; True when the client connection may be kept.
+
+    ``tried``, ``last_error`` and ``fresh_retry`` carry on from a first try made by ``start_fast``;
+    ``first`` is a node it picked but had no idle connection to."""
     request = ctx.request
     spec = balancer.spec
+    ended = client.aborted or (stream.error if stream is not None else None)
+    if ended is not None:
+        return _client_ended(client, ctx, ended)
     retryable = stream is None and request.method in IDEMPOTENT and not request.upgrade
     tries = 1 + (spec.retries if retryable else 0)
-    tried: list[NodeState] = []
-    last_error: BaseException | None = None
-    for _ in range(tries):
-        node = balancer.pick(ctx.hash_key, tried)
-        if node is None:
-            break
-        tried.append(node)
+    hash_key = ctx.hash_key
+    if hash_key is None and balancer.ring is not None:
+        hash_key = ctx.hash_key = balancer.key_for(ctx)
+    tried = tried if tried is not None else []
+    body = request.body if stream is None else None
+    length = len(body) if body is not None else request.content_length
+    head_only = request.method == "HEAD"
+    head = b""
+    fresh_retry = fresh_retry and retryable  # one more try on a new connection when a pooled one was stale
+    attempt = len(tried)
+    node: NodeState | None = None
+    while attempt < tries:
+        if first is not None:
+            node, first = first, None
+            node.active -= 1  # start_fast counted it in already (least_conn sees it at once)
+            tried.append(node)
+            attempt += 1
+        elif node is None or not fresh_retry:
+            node = balancer.pick(hash_key, tried)
+            if node is None:
+                break
+            tried.append(node)
+            attempt += 1
         ctx.node = node
-        host = request.host if spec.pass_host == "pass" and request.host else (
-            spec.upstream_host if spec.pass_host == "rewrite" else f"{node.host}:{node.port}")
-        body = request.body if stream is None else None
-        head = upstream_head(request, host or node.key, len(body) if body is not None else request.content_length,
-                             chunked=stream is not None and stream.chunked, extra=extra_headers)
-        node.active += 1
-        exchange: Exchange | None = None
+        if not head or spec.pass_host == "node":
+            host = request.host if spec.pass_host == "pass" and request.host else (
+                spec.upstream_host if spec.pass_host == "rewrite" else node.key)
+            head = upstream_head(request, host or node.key, length, stream is not None and stream.chunked,
+                                 extra_headers)
+        current = node
+        current.active += 1
         try:
-            try:
-                conn = await node.connect(spec.timeout.connect)
-            except (OSError, TimeoutError) as exc:
-                last_error = exc
-                balancer.report(node, False)
-                continue
-            exchange = Exchange(client, ctx, node, balancer, spec.timeout.read, request.method == "HEAD")
-            exchange.conn = conn
-            conn.start(exchange, head, body, exchange.head_only)
+            conn = node.take()
+            if conn is None:
+                try:
+                    conn = await node.connect(spec.timeout.connect)
+                except (OSError, TimeoutError) as exc:
+                    last_error = exc
+                    balancer.report(node, False)
+                    node = None
+                    continue
+            ended = client.aborted or (stream.error if stream is not None else None)
+            if ended is not None:
+                node.release(conn)
+                return _client_ended(client, ctx, ended)
+            exchange = Exchange(client, ctx, conn, spec.timeout, head_only, stream)
+            client.exchange = exchange
+            conn.start(exchange, head, body, head_only)
             if stream is not None:
                 stream.attach(conn)
-            exchange.arm()
             try:
-                await exchange.done
+                await exchange.done  # type: ignore[misc]
+            except ClientAbort as abort:
+                return _client_ended(client, ctx, abort, exchange)
+            except PluginFailure as exc:
+                ctx.status, ctx.error = 500, str(exc)
+                if not exchange.head_sent:
+                    client.write(problem(500, "the gateway failed on this response").encode(False))
+                return False
             except (OSError, TimeoutError, httptools.HttpParserError) as exc:
+                if exchange.status:  # the upstream had answered: no retry
+                    balancer.report(node, False)
+                    ctx.status, ctx.error = 502, str(exc)
+                    if not exchange.head_sent:
+                        client.write(problem(502, f"upstream {balancer.name!r} failed mid-response").encode(False))
+                    return False  # mid-response: nothing to do but cut the connection
+                if (fresh_retry and conn.reused and not conn.response_started
+                        and isinstance(exc, ConnectionError)):
+                    fresh_retry = False  # a pooled connection the upstream had closed: not the node's fault
+                    continue
                 last_error = exc
                 balancer.report(node, False)
-                if exchange.head_sent:
-                    client.close()  # mid-response: nothing to do but cut the connection
-                    return False
+                node = None
                 if isinstance(exc, TimeoutError):
                     break  # a read timeout is not retried: the upstream may be working on it
                 continue
+            finally:
+                client.exchange = None
             if exchange.upgraded:
                 await _tunnel(client, conn)
                 return False
             statuses = spec.health_check.passive.statuses if spec.health_check.passive else ()
             balancer.report(node, exchange.status not in statuses, time.monotonic() - exchange.started)
-            node.release(conn)
+            if stream is not None and not stream.done:
+                stream.discard()  # the upstream answered before it had the whole body: that connection is spent
+                conn.close()
+            else:
+                node.release(conn)
+            if request.upgrade:
+                return False  # a refused upgrade: the client's parser state is gone
             return not exchange.close_after
         finally:
-            node.active -= 1
-            if exchange is not None and exchange.timer is not None:
-                exchange.timer.cancel()
+            current.active -= 1
+    return _answer_error(client, ctx, balancer, last_error)
+
+
+def start_fast(client: ClientConnection, ctx: Ctx, balancer: Balancer) -> tuple[bool, NodeState | None]:
+    """Begin the common case without a task: a buffered request and an idle pooled connection to the
+    node the balancer picks. The exchange's end calls ``_fast_done``. (False, the node picked, if
+    any): take ``proxy`` instead, starting with that node."""
+    request = ctx.request
+    hash_key = ctx.hash_key
+    if hash_key is None and balancer.ring is not None:
+        hash_key = ctx.hash_key = balancer.key_for(ctx)
+    node = balancer.pick(hash_key, None)
+    if node is None:
+        return False, None
+    conn = node.take()
+    if conn is None:
+        node.active += 1
+        return False, node
+    spec = balancer.spec
+    host = request.host if spec.pass_host == "pass" and request.host else (
+        spec.upstream_host if spec.pass_host == "rewrite" else node.key)
+    body = request.body
+    head = upstream_head(request, host or node.key, len(body) if body is not None else None, False)
+    head_only = request.method == "HEAD"
+    node.active += 1
+    ctx.node = node
+    exchange = Exchange(client, ctx, conn, spec.timeout, head_only, None, _fast_done)
+    exchange.node, exchange.balancer = node, balancer
+    client.exchange = exchange
+    conn.start(exchange, head, body, head_only)
+    return True, None
+
+
+def _fast_done(exchange: Exchange, exc: BaseException | None) -> None:
+    client, ctx, conn = exchange.client, exchange.ctx, exchange.conn
+    node, balancer = exchange.node, exchange.balancer
+    assert node is not None and balancer is not None
+    node.active -= 1
+    client.exchange = None
+    gateway = client.gateway
+    if exc is None:
+        spec = balancer.spec
+        statuses = spec.health_check.passive.statuses if spec.health_check.passive else ()
+        balancer.report(node, exchange.status not in statuses, time.monotonic() - exchange.started)
+        node.release(conn)
+        gateway.complete(client, ctx, not exchange.close_after)
+    elif isinstance(exc, ClientAbort):
+        gateway.complete(client, ctx, _client_ended(client, ctx, exc, exchange))
+    elif isinstance(exc, PluginFailure):
+        ctx.status, ctx.error = 500, str(exc)
+        if not exchange.head_sent:
+            client.write(problem(500, "the gateway failed on this response").encode(False))
+        gateway.complete(client, ctx, False)
+    elif exchange.status:  # failed mid-response
+        balancer.report(node, False)
+        ctx.status, ctx.error = 502, str(exc)
+        if not exchange.head_sent:
+            client.write(problem(502, f"upstream {balancer.name!r} failed mid-response").encode(False))
+        gateway.complete(client, ctx, False)
+    else:  # no answer at all: the general path retries as the upstream allows
+        stale = conn.reused and not conn.response_started and isinstance(exc, ConnectionError) \
+            and ctx.request.method in IDEMPOTENT
+        if not stale:
+            balancer.report(node, False)
+        if isinstance(exc, TimeoutError):
+            gateway.complete(client, ctx, _answer_error(client, ctx, balancer, exc))
+            return
+        gateway.resume(client, ctx, proxy(client, ctx, balancer, None, tried=[] if stale else [node],
+                                          last_error=None if stale else exc, fresh_retry=not stale))
+
+
+def _answer_error(client: ClientConnection, ctx: Ctx, balancer: Balancer, last_error: BaseException | None) -> bool:
+    """Every try failed: 503 (no node), 504 (timeouts) or 502; True: the connection may be kept."""
+    request = ctx.request
     if last_error is None:
         reply = problem(503, f"upstream {balancer.name!r} has no node to send to")
     elif isinstance(last_error, TimeoutError):
@@ -514,8 +418,18 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
         reply = problem(502, f"upstream {balancer.name!r} failed: {type(last_error).__name__}: {last_error}")
     ctx.status = reply.status
     ctx.error = str(last_error) if last_error else "no node"
-    client.write(reply.encode(request.keep_alive, ctx.response_headers))
-    return True
+    client.answer(reply, request, ctx.response_headers)
+    return not request.upgrade
+
+
+def _client_ended(client: ClientConnection, ctx: Ctx, abort: ClientAbort, exchange: Exchange | None = None) -> bool:
+    """The client went away or broke a limit: answer the limit if nothing was sent yet; never keep."""
+    ctx.status = abort.reply.status if abort.reply is not None else 499  # nginx's "client closed request"
+    ctx.error = str(abort)
+    if abort.reply is not None and (exchange is None or not exchange.head_sent):
+        client.write(abort.reply.encode(False))
+    client.close()
+    return False
 
 
 async def _tunnel(client: ClientConnection, conn: UpstreamConnection) -> None:
@@ -523,9 +437,8 @@ async def _tunnel(client: ClientConnection, conn: UpstreamConnection) -> None:
     ended: asyncio.Future[None] = client.loop.create_future()
     client.tunnel = conn
     client.tunnel_ended = ended
-    conn.sink = _TunnelSink(client, ended)
-    if client._timer is not None:
-        client._timer.cancel()  # a tunnel has no request timeouts
+    client.deadline = 0.0  # a tunnel has no request timeouts
+    conn.attach_tunnel(_TunnelSink(client, ended))
     rest = client._upgrade_rest
     if rest:
         conn.write(rest)
@@ -544,6 +457,8 @@ class _TunnelSink:
 
     def on_tunnel(self, data: bytes) -> None:
         self.client.write(data)
+
+    def flush(self) -> None: ...
 
     def on_error(self, exc: BaseException) -> None:
         if not self.ended.done():

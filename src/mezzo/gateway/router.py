@@ -1,7 +1,8 @@
 """Route matching: host, path (exact, prefix, parameters, regex), method, headers, query, cookies.
 
 Among the routes that match, the highest ``priority`` wins; at equal priority the more specific
-path wins (exact, then parameters, then the longest prefix, then regex), then the route name.
+host wins (exact, then the longest wildcard, then routes without hosts), then the more specific
+path (exact, then parameters, then the longest prefix, then regex), then the route name.
 Exact paths are found by one dict lookup, so a large table of exact routes costs nothing extra.
 """
 
@@ -29,6 +30,8 @@ class CompiledRoute:
     conditions: tuple[tuple[str, Match, re.Pattern[str] | None], ...]
     chain: Any = None  # the plugin chain (plugins.Chain), set by the runtime
     upstream: Any = None  # the Balancer, set by the runtime
+    body_filters: tuple[Any, ...] = ()  # plugins' body_filter(ctx, chunk, last) methods, set by the runtime
+    async_chain: bool = False  # some rewrite or access phase is a coroutine (set by the runtime)
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -39,6 +42,7 @@ class _PathRule:
     route: CompiledRoute
     prefix: str = ""
     pattern: re.Pattern[str] | None = None
+    priority: int = 0
 
 
 class Router:
@@ -48,36 +52,45 @@ class Router:
         for route in routes:
             for path in route.spec.paths:
                 self._add(path, route)
-        # longest prefixes and most specific rules first, so the common case stops early
-        self.rules.sort(key=lambda r: (r.kind, r.length), reverse=True)
+        # highest priority, then the most specific rules first, so the common case stops early
+        self.rules.sort(key=lambda r: (r.priority, r.kind, r.length), reverse=True)
+        for candidates in self.exact.values():
+            candidates.sort(key=lambda r: (r.spec.priority, r.ref), reverse=True)
 
     def _add(self, path: str, route: CompiledRoute) -> None:
+        priority = route.spec.priority
         if path.startswith("~"):
-            self.rules.append(_PathRule(REGEX, 0, route, pattern=re.compile(path[1:])))
+            self.rules.append(_PathRule(REGEX, 0, route, pattern=re.compile(path[1:]), priority=priority))
         elif path.endswith("*"):
             prefix = path[:-1]
-            self.rules.append(_PathRule(PREFIX, len(prefix), route, prefix=prefix))
+            self.rules.append(_PathRule(PREFIX, len(prefix), route, prefix=prefix, priority=priority))
         elif _PARAM.search(path):
             regex = "".join(
                 f"(?P<{m.group(1) or m.group(2)}>[^/]+)" if m else re.escape(part)
                 for part, m in _split_params(path))
-            self.rules.append(_PathRule(PARAMS, len(path), route, pattern=re.compile(f"^{regex}$")))
+            self.rules.append(_PathRule(PARAMS, len(path), route, pattern=re.compile(f"^{regex}$"),
+                                        priority=priority))
         else:
             self.exact.setdefault(path, []).append(route)
 
     def match(self, request: Request) -> tuple[CompiledRoute, dict[str, str]] | None:
-        best: tuple[int, int, int, str] | None = None
+        best: tuple[int, int, int, int, str] | None = None
         found: tuple[CompiledRoute, dict[str, str]] | None = None
         path = request.path
+        host = _bare_host(request.host)
         for route in self.exact.get(path, ()):
-            if _accepts(route, request):
-                rank = (route.spec.priority, EXACT, len(path), route.ref)
+            host_rank = _accepts(route, request, host)
+            if host_rank >= 0:
+                rank = (route.spec.priority, host_rank, EXACT, len(path), route.ref)
                 if best is None or rank > best:
                     best, found = rank, (route, {})
         for rule in self.rules:
+            if best is not None:
+                if rule.priority < best[0]:
+                    break  # sorted: nothing further can win
+                if best[1] == HOST_EXACT and (rule.kind, rule.length) < best[2:4]:
+                    continue
             route = rule.route
-            if best is not None and (route.spec.priority, rule.kind, rule.length) < best[:3]:
-                continue
             params: dict[str, str] = {}
             if rule.kind == PREFIX:
                 if not (path.startswith(rule.prefix) or path == rule.prefix.rstrip("/")):
@@ -88,9 +101,10 @@ class Router:
                 if m is None:
                     continue
                 params = {k: v for k, v in m.groupdict().items() if v is not None}
-            if not _accepts(route, request):
+            host_rank = _accepts(route, request, host)
+            if host_rank < 0:
                 continue
-            rank = (route.spec.priority, rule.kind, rule.length, route.ref)
+            rank = (rule.priority, host_rank, rule.kind, rule.length, route.ref)
             if best is None or rank > best:
                 best, found = rank, (route, params)
         return found
@@ -109,11 +123,32 @@ def _split_params(path: str) -> list[tuple[str, re.Match[str] | None]]:
     return out
 
 
-def _accepts(route: CompiledRoute, request: Request) -> bool:
+HOST_EXACT = 1 << 20  # above any wildcard's rank (its length)
+
+
+def _bare_host(host: str) -> str:
+    """The Host header's name, lowercase, without the port ("[::1]:80" is "[::1]")."""
+    if host.startswith("["):
+        return host[:host.find("]") + 1].lower()
+    return host.partition(":")[0].lower()
+
+
+def _accepts(route: CompiledRoute, request: Request, host: str) -> int:
+    """-1 if the route does not take the request, else how specifically its hosts matched."""
     if route.methods and request.method not in route.methods:
-        return False
-    if route.hosts and not any(_host_matches(h, request.host) for h in route.hosts):
-        return False
+        return -1
+    rank = 0
+    if route.hosts:
+        rank = -1
+        for rule in route.hosts:
+            if rule.startswith("*."):
+                if host.endswith(rule[1:]) and len(host) > len(rule) - 1:
+                    rank = max(rank, len(rule))
+            elif host == rule:
+                rank = HOST_EXACT
+                break
+        if rank < 0:
+            return -1
     for where, cond, pattern in route.conditions:
         if where == "header":
             value = request.header(cond.name.lower().encode("latin-1"))
@@ -122,8 +157,8 @@ def _accepts(route: CompiledRoute, request: Request) -> bool:
         else:
             value = request.cookies.get(cond.name)
         if not _condition(cond, pattern, value):
-            return False
-    return True
+            return -1
+    return rank
 
 
 def _condition(cond: Match, pattern: re.Pattern[str] | None, value: str | None) -> bool:
@@ -136,17 +171,10 @@ def _condition(cond: Match, pattern: re.Pattern[str] | None, value: str | None) 
     return True
 
 
-def _host_matches(rule: str, host: str) -> bool:
-    host = host.split(":", 1)[0].lower()
-    if rule.startswith("*."):
-        return host.endswith(rule[1:]) and host != rule[2:]
-    return host == rule.lower()
-
-
 def compile_route(namespace: str, name: str, spec: RouteSpec) -> CompiledRoute:
     conditions = tuple(
         (where, m, re.compile(m.regex) if m.regex else None)
         for where, items in (("header", spec.headers), ("query", spec.query), ("cookie", spec.cookies))
         for m in items)
     return CompiledRoute(f"{namespace}/{name}", namespace, name, spec, frozenset(spec.methods),
-                         tuple(spec.hosts), conditions)
+                         tuple(h.lower() for h in spec.hosts), conditions)

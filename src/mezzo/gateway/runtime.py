@@ -17,12 +17,13 @@ from typing import Any
 import orjson
 import structlog
 
+from mezzo.gateway.client import Limits
 from mezzo.gateway.http import Reply, Request, problem
-from mezzo.gateway.model import ConsumerSpec, GlobalRuleSpec, RouteSpec, UpstreamSpec
+from mezzo.gateway.model import ConsumerSpec, UpstreamSpec
 from mezzo.gateway.plugins import Chain, Ctx, Plugin, instantiate
-from mezzo.gateway.proxy import Limits, proxy
+from mezzo.gateway.proxy import proxy, start_fast
 from mezzo.gateway.router import CompiledRoute, Router, compile_route
-from mezzo.gateway.upstream import Balancer, NodeState, run_active_checks
+from mezzo.gateway.upstream import IDLE_TIMEOUT, Balancer, NodeState, run_active_checks
 
 log = structlog.get_logger("mezzo.gateway")
 
@@ -64,12 +65,15 @@ class Gateway:
         self._rebuild: asyncio.Handle | None = None
         self.revision = 0
         self.rebuilt = asyncio.Event()
-        self.on_certificates: Any = None
+        self.on_certificates: Any = None  # called with the Certificate items when they change
+        self._certificates_changed = False
 
     # configuration ------------------------------------------------------------------------
 
     def changed(self, kind: str, event: str, namespace: str, name: str, spec: Any, revision: int) -> None:
         ref = f"{namespace}/{name}"
+        if kind == "Certificate":
+            self._certificates_changed = True
         if event == "DELETED":
             self.items[kind].pop(ref, None)
         else:
@@ -90,8 +94,12 @@ class Gateway:
         self.rebuilt = asyncio.Event()
         log.debug("gateway configuration applied", revision=self.revision,
                   routes=len(self.items["Route"]), ms=round((time.perf_counter() - started) * 1000, 2))
-        if self.on_certificates is not None:
-            self.on_certificates(self.items["Certificate"])
+        if self._certificates_changed and self.on_certificates is not None:
+            self._certificates_changed = False
+            try:
+                self.on_certificates(self.items["Certificate"])
+            except Exception:
+                log.exception("gateway certificates failed to load; keeping the previous ones")
 
     def build(self) -> Snapshot:
         used: set[str] = set()
@@ -122,6 +130,8 @@ class Gateway:
                 plugins += self._instances(f"upstream/{namespace}/{spec.upstream}", upstream.spec.plugins, used)
             plugins.sort(key=lambda p: p.priority, reverse=True)
             route.chain = Chain(plugins)
+            route.body_filters = tuple(p.body_filter for p in plugins if hasattr(p, "body_filter"))
+            route.async_chain = any(is_async for _, is_async in (*route.chain.rewrite, *route.chain.access))
             route.upstream = upstream
             routes.append(route)
         for key in list(self._plugins):
@@ -190,55 +200,126 @@ class Gateway:
 
     # serving ------------------------------------------------------------------------------
 
-    async def handle(self, client: Any, request: Request, stream: Any) -> bool:
+    def serve(self, client: Any, request: Request, stream: Any) -> None:
+        """Answer one request: match, run the plugins' request phases, proxy, run the log phase.
+
+        Synchronous as far as it can go: sync plugins, then a pooled upstream connection, take no task;
+        an async plugin, a new upstream connection or a streamed body continue in one. Every way
+        ends in ``complete``, which tells the client connection."""
         ctx = Ctx(request, self, time.monotonic())
-        snapshot = self.snapshot
-        found = snapshot.router.match(request)
+        found = self.snapshot.router.match(request)
         if found is None:
             ctx.status = 404
-            client.write(problem(404, f"no route matches {request.method} {request.path}").encode(request.keep_alive))
-            return True
+            client.answer(problem(404, f"no route matches {request.method} {request.path}"), request)
+            client.finished(not request.upgrade)
+            return
         route, ctx.params = found
         ctx.route = route
         ctx.upstream = route.upstream
         status = route.spec.status
-        if status != "published" and status != "deprecated":
-            reply = problem(410, f"this API is retired: {route.spec.api or route.name}") if status == "retired" \
-                else problem(404, f"no route matches {request.method} {request.path}")
-            client.write(reply.encode(request.keep_alive))
-            return True
-        if status == "deprecated":
+        if status != "published":
+            if status != "deprecated":
+                reply = problem(410, f"this API is retired: {route.spec.api or route.name}") if status == "retired" \
+                    else problem(404, f"no route matches {request.method} {request.path}")
+                client.answer(reply, request)
+                client.finished(not request.upgrade)
+                return
             ctx.response_headers.append((b"deprecation", b"true"))
-        keep = True
+        if route.async_chain:
+            self.resume(client, ctx, self._serve_async(client, ctx, stream))
+            return
         try:
-            reply = await route.chain.before(ctx)
-            if reply is not None:
-                ctx.status = reply.status
-                client.write(reply.encode(request.keep_alive, ctx.response_headers, head=request.method == "HEAD"))
-            elif ctx.upstream is None:
-                ctx.status = 502
-                client.write(problem(502, f"route {route.name!r} has no upstream").encode(request.keep_alive))
+            reply = None
+            chain = route.chain
+            for call, _ in chain.rewrite:
+                reply = call(ctx)
+                if reply is not None:
+                    break
             else:
-                keep = await proxy(client, ctx, ctx.upstream, stream)
+                for call, _ in chain.access:
+                    reply = call(ctx)
+                    if reply is not None:
+                        break
+            keep = self._answer_without_upstream(client, ctx, reply)
+            if keep is None:
+                first = None
+                if stream is None and not request.upgrade:
+                    started, first = start_fast(client, ctx, ctx.upstream)
+                    if started:
+                        return  # the exchange's end completes the request
+                self.resume(client, ctx, proxy(client, ctx, ctx.upstream, stream, first=first))
+                return
         except Exception as exc:
-            log.exception("gateway request failed", route=route.ref)
-            ctx.status, ctx.error = 500, str(exc)
-            client.write(problem(500, "the gateway failed on this request").encode(False))
-            keep = False
-        for hook in route.chain.log:
+            keep = self._failed(client, ctx, exc)
+        self.complete(client, ctx, keep)
+
+    async def _serve_async(self, client: Any, ctx: Ctx, stream: Any) -> bool:
+        chain = ctx.route.chain
+        reply = None
+        for phase in (chain.rewrite, chain.access):
+            for call, is_async in phase:
+                reply = call(ctx)
+                if is_async:
+                    reply = await reply
+                if reply is not None:
+                    break
+            if reply is not None:
+                break
+        keep = self._answer_without_upstream(client, ctx, reply)
+        if keep is None:
+            keep = await proxy(client, ctx, ctx.upstream, stream)
+        return keep
+
+    def _answer_without_upstream(self, client: Any, ctx: Ctx, reply: Reply | None) -> bool | None:
+        """Answer a plugin's reply or a request the route cannot proxy; None: go upstream."""
+        request = ctx.request
+        route = ctx.route
+        if reply is not None:
+            ctx.status = reply.status
+            client.answer(reply, request, ctx.response_headers)
+            return not request.upgrade
+        if request.upgrade and not route.spec.enable_websocket:
+            ctx.status = 400
+            client.answer(problem(400, f"route {route.name!r} does not take websocket upgrades"), request)
+            return False
+        if ctx.upstream is None:
+            ctx.status = 502
+            client.answer(problem(502, f"route {route.name!r} has no upstream"), request)
+            return not request.upgrade
+        return None
+
+    def resume(self, client: Any, ctx: Ctx, work: Any) -> None:
+        """Finish the request in a task: ``work`` is a coroutine that answers it and says whether to keep."""
+        asyncio.get_running_loop().create_task(self._finish_async(client, ctx, work))
+
+    async def _finish_async(self, client: Any, ctx: Ctx, work: Any) -> None:
+        try:
+            keep = await work
+        except Exception as exc:
+            keep = self._failed(client, ctx, exc)
+        self.complete(client, ctx, keep)
+
+    def _failed(self, client: Any, ctx: Ctx, exc: Exception) -> bool:
+        log.exception("gateway request failed", route=ctx.route.ref if ctx.route else None)
+        ctx.status, ctx.error = 500, str(exc)
+        client.write(problem(500, "the gateway failed on this request").encode(False))
+        return False
+
+    def complete(self, client: Any, ctx: Ctx, keep: bool) -> None:
+        """The request is answered: run the log phase, then let the connection go on."""
+        for hook in ctx.route.chain.log:
             try:
                 hook(ctx)
             except Exception:
-                log.exception("gateway log phase failed", route=route.ref)
-        return keep
+                log.exception("gateway log phase failed", route=ctx.route.ref)
+        client.finished(keep)
+
+    def expire_idle(self) -> None:
+        """Close pooled upstream connections idle for longer than IDLE_TIMEOUT."""
+        before = time.monotonic() - IDLE_TIMEOUT
+        for balancer in self.snapshot.upstreams.values():
+            balancer.expire(before)
 
 
 def _signature(balancer: Balancer) -> str:
     return orjson.dumps([balancer.spec.health_check.model_dump(mode="json"), [n.key for n in balancer.nodes]]).decode()
-
-
-def reply_for(ctx: Ctx, reply: Reply) -> Reply:
-    return reply
-
-
-__all__ = ["Gateway", "GlobalRuleSpec", "RouteSpec", "Snapshot"]

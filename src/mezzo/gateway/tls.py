@@ -42,39 +42,48 @@ def context_for(cert_pem: str, key_pem: str) -> ssl.SSLContext:
 
 
 class CertStore:
-    """Server names to SSL contexts; the listening context switches to the right one by SNI."""
+    """Server names to SSL contexts; the listening context switches to the right one by SNI.
+
+    As APISIX does, a name that no certificate covers (or a client that sends no SNI) fails the
+    handshake with ``unrecognized_name``: the gateway never presents a certificate for another name.
+    A wildcard ``*.example.com`` covers one label: ``a.example.com``, not ``a.b.example.com``.
+    """
 
     def __init__(self) -> None:
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wildcard: dict[str, ssl.SSLContext] = {}
-        self.default: ssl.SSLContext | None = None
+        self._contexts: dict[tuple[str, str], ssl.SSLContext] = {}  # by (cert, key): reloads reuse them
         self.server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.server.set_alpn_protocols(["http/1.1"])
         self.server.sni_callback = self._pick
 
     def load(self, items: dict[str, tuple[str, str, Any]]) -> None:
+        """Take the current Certificate resources (ref -> (namespace, name, spec)); swap in one step."""
         exact: dict[str, ssl.SSLContext] = {}
         wildcard: dict[str, ssl.SSLContext] = {}
-        first = None
+        contexts: dict[tuple[str, str], ssl.SSLContext] = {}
         for _, (_, _, spec) in sorted(items.items()):
-            ctx = context_for(spec.cert, spec.key)
-            first = first or ctx
+            pair = (spec.cert, spec.key)
+            ctx = contexts.get(pair) or self._contexts.get(pair) or context_for(*pair)
+            contexts[pair] = ctx
             for sni in spec.snis:
                 if sni.startswith("*."):
-                    wildcard[sni[1:].lower()] = ctx
+                    wildcard.setdefault(sni[1:].lower(), ctx)
                 else:
-                    exact[sni.lower()] = ctx
-        self.exact, self.wildcard, self.default = exact, wildcard, first
+                    exact.setdefault(sni.lower(), ctx)
+        self.exact, self.wildcard, self._contexts = exact, wildcard, contexts
 
     def lookup(self, name: str | None) -> ssl.SSLContext | None:
-        if name:
-            name = name.lower()
-            if name in self.exact:
-                return self.exact[name]
+        if not name:
+            return None
+        name = name.lower().rstrip(".")
+        found = self.exact.get(name)
+        if found is None:
             dot = name.find(".")
-            if dot > 0 and name[dot:] in self.wildcard:
-                return self.wildcard[name[dot:]]
-        return self.default
+            if dot > 0:
+                found = self.wildcard.get(name[dot:])
+        return found
 
     def _pick(self, sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> int | None:
         ctx = self.lookup(name)

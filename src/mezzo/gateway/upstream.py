@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import socket
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,7 +24,7 @@ import structlog
 from mezzo.gateway.model import UpstreamSpec
 
 log = structlog.get_logger("mezzo.gateway")
-IDLE_TIMEOUT = 60.0  # an idle pooled connection is closed after this
+IDLE_TIMEOUT = 60.0  # an idle pooled connection is closed after this (checked by the gateway's sweep)
 
 
 class Sink(Protocol):
@@ -36,23 +35,33 @@ class Sink(Protocol):
     def on_end(self) -> None: ...
     def on_error(self, exc: BaseException) -> None: ...
     def on_tunnel(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream node: sends request heads and bodies, parses responses into a sink."""
+
     __slots__ = (
-        "_idle_timer",
         "_writable",
         "closed",
         "head_only",
         "headers",
+        "interim",
         "keep_alive",
         "node",
         "on_drain",
         "parser",
+        "paused_at",
+        "pending",
+        "released_at",
+        "reset",
         "response_started",
+        "reused",
         "sink",
         "transport",
         "tunnel",
+        "until_close",
+        "upgrading",
     )
 
     def __init__(self, node: NodeState) -> None:
@@ -64,9 +73,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = True
         self.tunnel = False
+        self.upgrading = False  # a 101 came: what follows belongs to the tunnel
+        self.pending: list[bytes] = []  # tunnel bytes that came before the tunnel's sink
         self.head_only = False
+        self.interim = False  # inside a 1xx response that is not the answer (100 Continue)
+        self.reset = False  # the parser must be replaced (after the head of a HEAD answer)
+        self.until_close = False  # the body ends when the upstream closes
         self.response_started = False
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self.reused = False
+        self.released_at = 0.0
+        self.paused_at = 0.0
         self._writable: asyncio.Future[None] | None = None
         self.on_drain: Callable[[], None] | None = None  # resumes a client paused for our sake
 
@@ -80,30 +96,54 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
-            if self.sink is not None:
-                self.sink.on_tunnel(data)
+            self._tunnel_data(data)
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self.tunnel = True
             rest = data[upgrade.args[0]:]
-            if rest and self.sink is not None:
-                self.sink.on_tunnel(rest)
+            if rest:
+                self._tunnel_data(rest)
         except httptools.HttpParserError as exc:
             self._fail(exc)
+        sink = self.sink
+        if sink is not None:
+            sink.flush()
+        if self.reset:
+            self.reset = False
+            self.parser = httptools.HttpResponseParser(self)
+
+    def _tunnel_data(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_tunnel(data)
+        else:
+            self.pending.append(data)
+
+    def attach_tunnel(self, sink: Sink) -> None:
+        """The tunnel after a 101 is set up: deliver what came before it, then everything as it comes."""
+        self.sink = sink
+        pending, self.pending = self.pending, []
+        for data in pending:
+            sink.on_tunnel(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         if self.sink is not None:
-            self._fail(exc or ConnectionResetError("upstream closed the connection"))
+            if self.until_close and exc is None:
+                self._end()  # a close-delimited body is complete when the upstream closes
+            else:
+                self._fail(exc or ConnectionResetError("upstream closed the connection"))
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(ConnectionResetError("upstream closed the connection"))
 
     def pause_writing(self) -> None:
-        self._writable = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._writable = loop.create_future()
+        self.paused_at = loop.time()
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -112,9 +152,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.on_drain is not None:
             self.on_drain()
 
-    async def drain(self) -> None:
-        if self._writable is not None:
-            await self._writable
+    @property
+    def writing_paused(self) -> bool:
+        return self._writable is not None
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -125,11 +165,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.keep_alive = self.parser.should_keep_alive()
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200 and status != 101:
+            self.interim = True  # 100 Continue and friends: the answer is still to come
+            return
+        self.keep_alive = parser.should_keep_alive()
+        if status == 101:
+            self.upgrading = True
+        elif not self.head_only and status not in (204, 304):
+            self.until_close = not any(n == b"content-length" or n == b"transfer-encoding" for n, _ in self.headers)
         if self.sink is not None:
-            self.sink.on_head(self.parser.get_status_code(), self.headers, self)
-        if self.head_only:  # a HEAD answer has no body, whatever its headers say: end it here, do not reuse
-            self.keep_alive = False
+            self.sink.on_head(status, self.headers, self)
+        if self.head_only:  # the answer to HEAD has no body, whatever its headers say
+            self.reset = True
             self._end()
 
     def on_body(self, body: bytes) -> None:
@@ -137,10 +186,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self.head_only:
+        if self.interim:
+            self.interim = False
+        elif not self.head_only and not self.upgrading:
             self._end()
 
     def _end(self) -> None:
+        self.until_close = False
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.on_end()
@@ -155,17 +207,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     # pool use
     def start(self, sink: Sink, head: bytes, body: bytes | None, head_only: bool) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         self.sink = sink
         self.head_only = head_only
         self.response_started = False
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
         if body:
-            self.transport.writelines((head, body))
+            transport.writelines((head, body))
         else:
-            self.transport.write(head)
+            transport.write(head)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -173,6 +223,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self.sink = None
         if self.transport is not None:
             self.transport.close()
 
@@ -215,11 +266,17 @@ class NodeState:
     def healthy(self, now: float) -> bool:
         return not self.probe_down and now >= self.ejected_until and self.weight > 0
 
-    async def connect(self, timeout: float) -> UpstreamConnection:
-        while self.idle:
-            conn = self.idle.pop()
+    def take(self) -> UpstreamConnection | None:
+        """An idle pooled connection, the most recently used first (it is the least likely to be stale)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
             if not conn.closed:
+                conn.reused = True
                 return conn
+        return None
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         _, conn = await asyncio.wait_for(loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
                                          timeout)
@@ -229,13 +286,14 @@ class NodeState:
         if conn.closed or not conn.keep_alive or conn.tunnel or len(self.idle) >= self.keepalive:
             conn.close()
             return
+        conn.released_at = time.monotonic()
         self.idle.append(conn)
-        conn._idle_timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._expire, conn)
 
-    def _expire(self, conn: UpstreamConnection) -> None:
-        if conn in self.idle:
-            self.idle.remove(conn)
-        conn.close()
+    def expire(self, before: float) -> None:
+        """Close pooled connections idle since before ``before`` (the oldest are at the front)."""
+        idle = self.idle
+        while idle and (idle[0].closed or idle[0].released_at < before):
+            idle.pop(0).close()
 
     def close(self) -> None:
         for conn in self.idle:
@@ -301,16 +359,38 @@ class Balancer:
         self.ring = HashRing(nodes) if spec.load_balancer == "chash" else None
         self._pick = {"roundrobin": pick_roundrobin, "least_conn": pick_least_conn, "ewma": pick_ewma,
                       "chash": pick_roundrobin}[spec.load_balancer]
+        self.hash_on = spec.hash_on.on
+        self.hash_name = (spec.hash_on.key or "").lower()
+        self.hash_header = self.hash_name.encode("latin-1")
+
+    def key_for(self, ctx: Any) -> str | None:
+        """The consistent-hash key of a request (``hashOn``), or None when it has none."""
+        request = ctx.request
+        on = self.hash_on
+        if on == "ip":
+            return request.client_ip  # type: ignore[no-any-return]
+        if on == "header":
+            return request.header(self.hash_header)  # type: ignore[no-any-return]
+        if on == "cookie":
+            return request.cookies.get(self.hash_name)  # type: ignore[no-any-return]
+        if on == "arg":
+            return request.args.get(self.hash_name)  # type: ignore[no-any-return]
+        if on == "consumer":
+            return ctx.consumer.ref if ctx.consumer is not None else None
+        return request.path  # type: ignore[no-any-return]
 
     def pick(self, hash_key: str | None, tried: list[NodeState] | None) -> NodeState | None:
         now = time.monotonic()
+        nodes = self.nodes
         if self.ring is not None and hash_key is not None:
             found = self.ring.lookup(hash_key, lambda n: n.healthy(now) and (not tried or n not in tried))
             if found is not None:
                 return found
-        candidates = [n for n in self.nodes if n.healthy(now) and (not tried or n not in tried)]
+        if not tried and len(nodes) == 1:
+            return nodes[0] if nodes[0].weight > 0 else None  # one node: up or not, it is the only choice
+        candidates = [n for n in nodes if n.healthy(now) and (not tried or n not in tried)]
         if not candidates:  # panic: every node looks down; try them anyway
-            candidates = [n for n in self.nodes if n.weight > 0 and (not tried or n not in tried)]
+            candidates = [n for n in nodes if n.weight > 0 and (not tried or n not in tried)]
         if not candidates:
             return None
         return candidates[0] if len(candidates) == 1 else self._pick(candidates, hash_key)
@@ -328,6 +408,10 @@ class Balancer:
             node.fails = 0
             node.ejected_until = time.monotonic() + passive.ejection
             log.warning("upstream node ejected", upstream=self.name, node=node.key, seconds=passive.ejection)
+
+    def expire(self, before: float) -> None:
+        for node in self.nodes:
+            node.expire(before)
 
     def close(self) -> None:
         for node in self.nodes:
@@ -376,6 +460,3 @@ async def _probe(balancer: Balancer, node: NodeState) -> None:
             node.probe_down = True
             log.warning("upstream node failed its health check", upstream=balancer.name, node=node.key)
 
-
-def crc_key(text: str) -> int:
-    return zlib.crc32(text.encode())

@@ -9,11 +9,16 @@ from typing import Any
 import uvicorn
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """Bind now (port 0 picks a free port) so the URL is known before serving starts."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Bind now (port 0 picks a free port) so the URL is known before serving starts.
+
+    ``reuse_port``: SO_REUSEPORT, set before the bind where it counts, so several processes can
+    listen on the port and the kernel spreads connections among them (gateway workers)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -84,11 +84,15 @@ class Settings(BaseSettings):
     gateway_header_timeout: Duration = Field(10.0, description="a client must send its headers within this")
     gateway_body_timeout: Duration = Field(60.0, description="longest pause between pieces of a request body")
     gateway_keepalive_timeout: Duration = Field(75.0, description="idle client connections close after this")
+    gateway_workers: int = Field(
+        1, ge=1, le=64, description="processes serving the gateway ports (SO_REUSEPORT): this one and N-1 workers "
+        "that run only the gateway module against the same store")
+    gateway_worker: int = Field(0, ge=0, description="set by the node on the worker processes it starts (1..N-1)")
     store_history: int = Field(
         100_000, ge=100, description="store revisions kept for watch before compaction"
     )
 
-    @field_validator("api_port", "gateway_port", "resp_port", "otlp_port", "zipkin_port")
+    @field_validator("api_port", "gateway_port", "gateway_tls_port", "resp_port", "otlp_port", "zipkin_port")
     @classmethod
     def _check_port(cls, value: int) -> int:
         return _port(value)

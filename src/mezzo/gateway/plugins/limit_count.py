@@ -64,6 +64,8 @@ class LimitCount(Plugin):
             self.client = aioredis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
             limiter = RedisSlidingWindow if conf.algorithm == "sliding" else RedisFixedWindow
             self.remote = limiter(self.client, conf.count, conf.window, prefix="mezzo:gw:limit:")
+        # a local limit decides without a task switch; the chain sees a sync access phase
+        self.access = self._access_local if self.remote is None else self._access_remote  # type: ignore[method-assign]
 
     def _key(self, ctx: Ctx) -> str:
         conf = self.conf
@@ -81,9 +83,6 @@ class LimitCount(Plugin):
         else:
             value = request.client_ip
         return f"{getattr(self, 'scope', '')}|{value}"
-
-        # a local limit decides without a task switch; the chain sees a sync access phase
-        self.access = self._access_local if self.remote is None else self._access_remote  # type: ignore[method-assign]
 
     def access(self, ctx: Ctx) -> Reply | None:  # replaced per instance in __init__
         return self._access_local(ctx)

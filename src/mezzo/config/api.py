@@ -155,7 +155,7 @@ async def import_file(request: Request, app: Ident, env: Ident, cluster: Ident, 
                       body: ImportIn, tenant: str = DEFAULT) -> Response:
     svc, hub = _svc(request)
     ref = _ref(app, env, cluster, namespace)
-    await svc.authorize(caller, ref, Verb.WRITE, "edit")
+    await svc.authorize(caller, ref, Verb.WRITE, "edit", new_tenant=tenant)
     fmt = body.format or format_of_file(body.filename)
     meta = hub.metas.get(ref.path)
     target = meta.format if meta else Format.PROPERTIES
@@ -167,7 +167,10 @@ async def import_file(request: Request, app: Ident, env: Ident, cluster: Ident, 
             values = parse_properties(body.content)
         elif fmt in (Format.YAML, Format.JSON):
             validate(fmt, body.content)
-            document = yaml.safe_load(body.content) if fmt is Format.YAML else json.loads(body.content)
+            try:
+                document = yaml.safe_load(body.content) if fmt is Format.YAML else json.loads(body.content)
+            except yaml.YAMLError:  # valid, but several documents
+                raise FormatError("a yaml file imported into properties must hold one document") from None
             if not isinstance(document, dict):
                 raise FormatError(f"a {fmt.value} file imported into properties must hold a mapping")
             values = flatten(document)
@@ -274,10 +277,7 @@ async def set_item(request: Request, app: Ident, env: Ident, cluster: Ident, nam
 async def _set(request: Request, ref: NsRef, caller: Principal, items: dict[str, ItemIn], if_match: str | None,
                tenant: str) -> Response:
     svc, _ = _svc(request)
-    known = await svc.app(ref.app)
-    if known is None:
-        require(caller, Verb.WRITE, tenant)
-    await svc.authorize(caller, ref, Verb.WRITE, "edit")
+    await svc.authorize(caller, ref, Verb.WRITE, "edit", new_tenant=tenant)
     revision = await svc.set_items(ref, {k: (v.value, v.secret, v.comment) for k, v in items.items()}, caller.name,
                                    _etag(if_match), tenant=tenant)
     return Response(status_code=204, headers={"ETag": f'"{revision}"'})
@@ -528,7 +528,7 @@ async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: C
                 yield b": heartbeat\n\n"
             continue
         for ref, change in changes:
-            if change.latest is None:
+            if change.latest is None and not hub.layers(ref):  # else it now resolves elsewhere (a fallback)
                 yield b"id: %d\nevent: deleted\ndata: %s\n\n" % (change.revision, dumps({"namespace": ref.namespace}))
             else:
                 yield await hub.event(ref, client, clear, change)

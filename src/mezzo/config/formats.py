@@ -8,6 +8,7 @@ carries a document its clients cannot parse.
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -57,9 +58,25 @@ def validate(fmt: Format, content: str) -> None:
             raise FormatError(f"invalid yaml: {exc}") from None
     elif fmt is Format.JSON:
         try:
-            json.loads(content)
+            json.loads(content, parse_constant=_not_json)
         except json.JSONDecodeError as exc:
             raise FormatError(f"invalid json: {exc.msg}", exc.lineno, exc.colno) from None
+        except _NotJson as exc:  # Python reads NaN and Infinity; JSON (and other clients' parsers) do not
+            outside_strings = re.sub(r'"(?:\\.|[^"\\])*"', lambda m: " " * len(m.group()), content)
+            at = outside_strings.index(exc.token)
+            line = content.count("\n", 0, at) + 1
+            raise FormatError(f"invalid json: {exc.token} is not a JSON value", line,
+                              at - content.rfind("\n", 0, at)) from None
+
+
+class _NotJson(ValueError):
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.token = token
+
+
+def _not_json(token: str) -> Any:
+    raise _NotJson(token)
 
 
 def parse_properties(text: str) -> dict[str, str]:

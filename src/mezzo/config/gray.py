@@ -13,11 +13,22 @@ import hashlib
 import ipaddress
 from typing import Any
 
-from mezzo.config.model import ClientInfo, Gray, GrayRelease, GrayRule, Item, Latest, NsRef, Stored
+from mezzo.config.formats import CONTENT, Format
+from mezzo.config.model import (
+    ClientInfo,
+    Gray,
+    GrayRelease,
+    GrayRule,
+    Item,
+    Latest,
+    NamespaceMeta,
+    NsRef,
+    Stored,
+)
 from mezzo.config.secrets import MASK
 from mezzo.config.service import GRAY, LATEST, ConfigService, Release, _check_item, _shown, now
 from mezzo.jsonutil import dumps
-from mezzo.node.errors import conflict, not_found
+from mezzo.node.errors import Problem, bad_request, conflict, not_found
 from mezzo.storage.kv import Compare, Delete, Put
 
 
@@ -80,6 +91,9 @@ class GrayReleases:
     async def set_items(self, ref: NsRef, values: dict[str, tuple[str, bool, str]], user: str) -> Gray:
         for key, (value, _, _) in values.items():
             _check_item(key, value)
+        fmt = (await self.service.meta(ref)).format
+        if fmt is not Format.PROPERTIES and set(values) - {CONTENT}:
+            raise bad_request(f"a {fmt.value} namespace holds one document under the key 'content'", field="key")
 
         def change(gray: Gray) -> dict[str, Any]:
             for key, (value, secret, comment) in values.items():
@@ -112,7 +126,13 @@ class GrayReleases:
         return await self._edit(ref, user, "rules", change, pointer=True)
 
     async def publish(self, ref: NsRef, user: str) -> Gray:
+        meta = await self.service.meta(ref)
+
         def change(gray: Gray) -> dict[str, Any]:
+            self._check_publisher(ref, meta, gray, user)
+            if meta.format is not Format.PROPERTIES and CONTENT in gray.items:
+                item = gray.items[CONTENT]
+                self.service.validated(ref, meta.format, Stored(value=item.value, secret=item.secret))
             number = (gray.release.id if gray.release else 0) + 1
             gray.release = GrayRelease(id=number, author=user, at=now(),
                                        overrides={k: Stored(value=v.value, secret=v.secret) for k, v in gray.items.items()})
@@ -128,15 +148,19 @@ class GrayReleases:
         gray: Gray = loaded.doc
         if gray.release is None:
             raise conflict(f"publish the gray release of {ref.path} before promoting it")
-        draft, _ = await self.service.draft(ref)
-        current = await self.service.latest_release(ref)
+        self._check_publisher(ref, await self.service.meta(ref), gray, user)
+        latest = await self.service.latest(ref)
+        draft, draft_revision = await self.service.draft(ref)
+        current = await self.service.release(ref, latest.doc.release) if latest.doc and latest.doc.release else None
         if any(self.service.pending(ref, draft, current).values()):
             raise conflict(f"the draft of {ref.path} has unpublished changes; publish or discard them first")
         config = dict(current.config if current else {})
         config.update(gray.release.overrides)
         return await self.service.publish(
             ref, user, f"promote gray release {gray.release.id}", kind="promote", config=config, clear_gray=True,
-            extra_ops=[Delete(GRAY + ref.path)], extra_compares=[Compare(GRAY + ref.path, loaded.revision)])
+            extra_ops=[Delete(GRAY + ref.path)],
+            extra_compares=[Compare(GRAY + ref.path, loaded.revision),
+                            *self.service.unchanged(ref, latest.revision, draft_revision)])
 
     async def abandon(self, ref: NsRef, user: str) -> None:
         loaded = await self.service._load(GRAY + ref.path, Gray)
@@ -149,12 +173,20 @@ class GrayReleases:
             [Compare(GRAY + ref.path, loaded.revision), Compare(LATEST + ref.path, latest.revision)],
             f"the gray release of {ref.path} changed; try again")
 
+    def _check_publisher(self, ref: NsRef, meta: NamespaceMeta, gray: Gray, user: str) -> None:
+        """The distinct-publisher option covers the gray keys too: they reach clients on publish."""
+        if meta.permissions.require_distinct_publisher and user in gray.editors:
+            raise Problem(403, "Forbidden", f"{user!r} edited the gray release; namespace {ref.path} requires "
+                          "another user to publish it", errors=[{"field": "user", "reason": "edited the gray release"}])
+
     async def _edit(self, ref: NsRef, user: str, action: str, change: Any, pointer: bool = False) -> Gray:
         loaded = await self.service._load(GRAY + ref.path, Gray)
         if loaded.doc is None:
             raise not_found(f"gray release of {ref.path}")
         gray: Gray = loaded.doc
         detail = change(gray)
+        if action in ("set", "unset") and user not in gray.editors:
+            gray.editors.append(user)
         ops = [Put(GRAY + ref.path, dumps(gray.out())), await self._audit(ref, user, action, **detail)]
         compares = [Compare(GRAY + ref.path, loaded.revision)]
         if pointer:

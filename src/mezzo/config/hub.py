@@ -65,6 +65,7 @@ class ConfigHub:
         self.metas: dict[str, NamespaceMeta] = {}
         self.apps: dict[str, App] = {}
         self.public: dict[str, str] = {}  # namespace name -> owning app
+        self.gone: dict[str, int] = {}  # deleted pointer -> revision of the deletion (ids never go back)
         self.recent: list[Change] = []  # ordered by revision; trimmed to RECENT in chunks
         self._events: OrderedDict[tuple[Any, ...], asyncio.Future[bytes]] = OrderedDict()  # rendered stream events
         self.revision = 0  # everything up to here is applied
@@ -107,6 +108,8 @@ class ConfigHub:
                 else:
                     public[name] = loads(kv.value)["app"]
         self.latest, self.metas, self.apps, self.public = latest, metas, apps, public
+        self.gone = {}
+        self._releases.clear()  # a namespace may have been deleted and recreated while we were away
         self.revision = max(revision or 0, max((r for r, _ in latest.values()), default=0))
         self._progress.set()
         self.recent.clear()  # a reload breaks the replay chain: older clients resync
@@ -140,10 +143,15 @@ class ConfigHub:
                 del self.recent[:-RECENT]
             if gone:
                 self.latest.pop(path, None)
+                self.gone[path] = event.revision
                 self.recent.append(Change(event.revision, path, None))
+                # release ids start again at 1 if the namespace is created anew: forget the old ones
+                for cached in [k for k in self._releases if k[0] == path]:
+                    del self._releases[cached]
             else:
                 doc = Latest.model_validate(loads(event.value))  # type: ignore[arg-type]
                 self.latest[path] = (event.revision, doc)
+                self.gone.pop(path, None)
                 self.recent.append(Change(event.revision, path, doc))
             self._wake(path.rsplit("/", 1)[1])
         elif key.startswith(META):
@@ -221,20 +229,35 @@ class ConfigHub:
         return None
 
     def layers(self, ref: NsRef) -> list[NsRef]:
-        """Base first: the public namespace's owner (when this app overrides it), then the app's own."""
+        """Base first: the public namespace's owner (when this app overrides it), then the app's own.
+
+        An app's own namespace sits on the public one only if it was created as its override
+        (``inherits``); a private namespace of the same name stays private."""
         out = []
+        own = self._pick(ref)
         owner = self.public.get(ref.namespace)
         if owner is not None and owner != ref.app:
+            mine = next((m for m in (self.metas.get(p.path) for p in ([own] if own else self.candidates(ref)))
+                         if m is not None), None)
             base = self._pick(ref.of_app(owner))
-            if base is not None:
+            if base is not None and (mine is None or mine.inherits == owner):
                 out.append(base)
-        own = self._pick(ref)
         if own is not None:
             out.append(own)
         return out
 
+    def candidates(self, ref: NsRef) -> list[NsRef]:
+        """The app's own pointers ``ref`` may resolve to: its cluster's, else the default cluster's."""
+        return [ref, ref.in_cluster(DEFAULT)] if ref.cluster != DEFAULT else [ref]
+
     def notification_id(self, ref: NsRef) -> int:
-        return max((self.latest[layer.path][0] for layer in self.layers(ref)), default=-1)
+        """The newest revision among its layers and its deleted fallbacks: deleting a cluster's
+        namespace moves its clients to the default cluster with a *newer* id."""
+        layers = self.layers(ref)
+        if not layers:
+            return -1
+        deleted = (self.gone.get(c.path, -1) for c in self.candidates(ref))
+        return max(max(self.latest[layer.path][0] for layer in layers), *deleted)
 
     def exists(self, ref: NsRef) -> bool:
         return bool(self.layers(ref)) or any(
@@ -251,7 +274,7 @@ class ConfigHub:
             entry_revision, latest = self.latest[layer.path]
             if override is not None and override[0] == layer.path:
                 latest = override[1]
-            if not latest.release:
+            if latest is None or not latest.release:  # replaying the deletion of a since recreated layer
                 continue
             revision = max(revision, entry_revision)
             release = await self._release(layer, latest.release)
@@ -268,13 +291,14 @@ class ConfigHub:
                 found_in = layer.cluster
         values = {name: self.service.reveal(NsRef.from_path(path), {name: stored}, clear)[name]
                   for name, (stored, path) in merged.items()}
+        revision = max(revision, *(self.gone.get(c.path, -1) for c in self.candidates(ref))) if keys else revision
         return Resolved(ref, found_in, fmt, revision, "+".join(keys), values)
 
     async def event(self, ref: NsRef, client: ClientInfo, clear: bool, change: Change) -> bytes:
         """The stream event for ``change`` as ``client`` sees it; rendered once for every client
         that sees the same thing (same namespace, change, gray side and clearance)."""
-        sides = tuple(in_gray(self.latest[layer.path][1] if layer.path != change.path else change.latest,  # type: ignore[arg-type]
-                              client, layer.path) for layer in self.layers(ref) if layer.path in self.latest)
+        sides = tuple(in_gray(latest, client, layer.path) for layer in self.layers(ref) if layer.path in self.latest
+                      and (latest := self.latest[layer.path][1] if layer.path != change.path else change.latest))
         key = (ref.path, change.revision, sides, clear)
 
         async def render() -> bytes:
@@ -295,8 +319,8 @@ class ConfigHub:
             return None
         out = []
         watched = {}
-        for ref in refs:
-            for layer in self.layers(ref) or [ref, ref.in_cluster(DEFAULT)]:
+        for ref in refs:  # its layers, and its own pointers it could fall back from or move to
+            for layer in dict.fromkeys([*self.layers(ref), *self.candidates(ref)]):
                 watched.setdefault(layer.path, []).append(ref)
         for change in self.recent[bisect.bisect_right(self.recent, revision, key=lambda c: c.revision):]:
             for ref in watched.get(change.path, ()):

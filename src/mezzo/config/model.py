@@ -133,6 +133,7 @@ class GrayRelease(Model):
 class Gray(Model):
     items: dict[str, Item] = Field(default_factory=dict)  # overrides being edited
     rules: list[GrayRule] = Field(default_factory=list)
+    editors: list[str] = Field(default_factory=list)  # who set or unset its keys
     release: GrayRelease | None = None
     created_by: str = ""
     created_at: datetime | None = None

@@ -119,10 +119,12 @@ class ConfigService:
 
     # access -----------------------------------------------------------------------------
 
-    async def authorize(self, caller: Principal, ref: NsRef, verb: Verb, right: str | None = None) -> str:
-        """Check the caller may ``verb`` the app's tenant and, for ``edit``/``publish``, holds that right."""
+    async def authorize(self, caller: Principal, ref: NsRef, verb: Verb, right: str | None = None,
+                        new_tenant: str = DEFAULT) -> str:
+        """Check the caller may ``verb`` the app's tenant (``new_tenant``, where a write would create
+        the app, when it does not exist yet) and, for ``edit``/``publish``, holds that right."""
         app = await self.app(ref.app)
-        tenant = app.tenant if app else DEFAULT
+        tenant = app.tenant if app else new_tenant
         if not caller.can(verb, tenant):
             raise Problem(403, "Forbidden", f"{verb.value} access to app {ref.app!r} (tenant {tenant!r}) is not granted")
         if right is not None and not caller.can(Verb.ADMIN, tenant):
@@ -316,11 +318,7 @@ class ConfigService:
                 raise conflict(f"nothing to publish: the draft of {ref.path} equals release {previous.id}")
             config = {k: Stored(value=v.value, secret=v.secret) for k, v in draft.items.items()}
         if meta.format is not Format.PROPERTIES and CONTENT in config:
-            try:
-                validate(meta.format, self._plain(f"{ref.path}/{CONTENT}", config[CONTENT].value,
-                                                  config[CONTENT].secret))
-            except FormatError as exc:
-                raise bad_request(str(exc), field="content", line=exc.line, column=exc.column) from None
+            self.validated(ref, meta.format, config[CONTENT])
         release_id = (previous.id if previous else 0) + 1
         release = Release(id=release_id, title=title or f"release {release_id}", message=message, author=user,
                           at=now(), kind=kind, rolled_back_to=rolled_back_to, config=config)
@@ -344,6 +342,13 @@ class ConfigService:
         await self._commit(ops, compares, f"{ref.path} changed while publishing; try again")
         return release
 
+    def validated(self, ref: NsRef, fmt: Format, content: Stored) -> None:
+        """400 with the line and column when the document does not parse as ``fmt``."""
+        try:
+            validate(fmt, self._plain(f"{ref.path}/{CONTENT}", content.value, content.secret))
+        except FormatError as exc:
+            raise bad_request(str(exc), field="content", line=exc.line, column=exc.column) from None
+
     async def releases(self, ref: NsRef, limit: int = 100) -> list[Release]:
         await self.meta(ref)
         items = (await self.store.range(f"{RELEASES}{ref.path}/")).items
@@ -351,7 +356,9 @@ class ConfigService:
 
     async def rollback(self, ref: NsRef, user: str, to: int | None = None, force: bool = False) -> Release:
         """A new release with the configuration of release ``to`` (default: the one before the latest)."""
-        current = await self.latest_release(ref)
+        latest = await self.latest(ref)
+        draft, draft_revision = await self.draft(ref)
+        current = await self.release(ref, latest.doc.release) if latest.doc and latest.doc.release else None
         if current is None:
             raise conflict(f"{ref.path} has no release to roll back")
         if to is None:
@@ -359,13 +366,17 @@ class ConfigService:
         if to < 1 or to >= current.id:
             raise bad_request(f"roll back to a release between 1 and {current.id - 1}", field="to")
         target = await self.release(ref, to)
-        draft, _ = await self.draft(ref)
         changes = self.pending(ref, draft, current)
         if any(changes.values()) and not force:
             raise conflict(f"the draft of {ref.path} has unpublished changes {changes}; publish or discard them, "
                            "or roll back with force (the draft is reset to the rolled-back release)")
+        # what was checked above must still hold when the release is written
         return await self.publish(ref, user, f"rollback to release {to}", kind="rollback", config=target.config,
-                                  rolled_back_to=to)
+                                  rolled_back_to=to, extra_compares=self.unchanged(ref, latest.revision, draft_revision))
+
+    def unchanged(self, ref: NsRef, latest_revision: int, draft_revision: int) -> list[Compare]:
+        """Compares that fail when the namespace's pointer or draft changed since they were read."""
+        return [Compare(LATEST + ref.path, latest_revision), Compare(DRAFT + ref.path, draft_revision)]
 
     async def diff(self, ref: NsRef, a: int, b: int) -> dict[str, Any]:
         left, right = await self.release(ref, a), await self.release(ref, b)
@@ -396,16 +407,20 @@ class ConfigService:
         changed = 0
         for prefix, model in ((DRAFT, Draft), (RELEASES, Release), (GRAY, Gray), (LATEST, Latest)):
             for kv in (await self.store.range(prefix)).items:
-                doc = model.model_validate(loads(kv.value))
                 path = kv.key[len(prefix):]
                 if prefix == RELEASES:
                     path = path.rsplit("/", 1)[0]
-                if self._rotate_doc(doc, path):
+                current: Any = kv
+                while current is not None:  # a concurrent write may keep other keys' old ciphertexts: redo it
+                    doc = model.model_validate(loads(current.value))
+                    if not self._rotate_doc(doc, path):
+                        break
                     try:
-                        await self._txn([Put(kv.key, dumps(doc.out()))], [Compare(kv.key, kv.mod_revision)])
+                        await self._txn([Put(kv.key, dumps(doc.out()))], [Compare(kv.key, current.mod_revision)])
                         changed += 1
+                        break
                     except ConflictError:
-                        continue  # rewritten meanwhile, by a writer that used the active key
+                        current = await self.store.get(kv.key)
         await self.store.txn([audit_put(user, "config.rotate-keys", kind=AUDIT_KIND, detail={"documents": changed,
                                                                                            "key": self.keyring.active})])
         return changed

@@ -302,3 +302,16 @@ async def test_key_rotation_does_not_skip_a_document_edited_meanwhile(cfg: Runni
     svc.keyring = Keyring([new])  # the old key is dropped
     draft, _ = await svc.draft(REF)
     assert svc.keyring.decrypt(draft.items["db.password"].value, f"{REF.path}/db.password") == "hunter2"
+
+
+async def test_setting_a_secret_again_without_the_flag_keeps_it_secret(cfg, http) -> None:  # type: ignore[no-untyped-def]
+    """A secret key set again without ``"secret": true`` (as the SDK and CLI did by default) was
+    stored in clear and shown to viewers; leaving the flag out now keeps the key secret."""
+    path = "/v1/config/apps/shop/envs/default/clusters/default/namespaces/application"
+    await http.put(f"{path}/items/db.password", json={"value": "one", "secret": True})
+    await http.put(f"{path}/items/db.password", json={"value": "two"})
+    await http.post(f"{path}:import", json={"content": "db.password=three\n", "filename": "x.properties"})
+    items = (await http.get(f"{path}/items")).json()["items"]
+    assert items["db.password"]["secret"] is True and items["db.password"]["value"] == "******"
+    await http.put(f"{path}/items/db.password", json={"value": "plain now", "secret": False})  # only when said
+    assert (await http.get(f"{path}/items")).json()["items"]["db.password"]["value"] == "plain now"

@@ -67,7 +67,7 @@ async def set_(
 ) -> None:
     """Set a key in the draft (creating the namespace if needed); publish to release it."""
     async with client() as mezzo:
-        etag = await mezzo.config.set(app, namespace, key, _value(value), secret=secret, comment=comment,
+        etag = await mezzo.config.set(app, namespace, key, _value(value), secret=secret or None, comment=comment,
                                       env=env, cluster=cluster, if_match=if_match)
     out.print(f"set {key} in the draft of {_where(app, namespace, env, cluster)} (ETag {etag})", markup=False)
 
@@ -406,7 +406,7 @@ async def gray_set(
 ) -> None:
     """Set a key of the gray release (live for the chosen clients after `gray publish`)."""
     async with client() as mezzo:
-        await mezzo.config.gray_set(app, namespace, key, _value(value), secret=secret, env=env, cluster=cluster)
+        await mezzo.config.gray_set(app, namespace, key, _value(value), secret=secret or None, env=env, cluster=cluster)
     out.print(f"set {key} in the gray release of {_where(app, namespace, env, cluster)}", markup=False)
 
 

@@ -77,7 +77,7 @@ class NamespaceIn(Model):
 
 class ItemIn(Model):
     value: str
-    secret: bool = False
+    secret: bool | None = Field(None, description="absent: a key keeps whether it is secret (new keys are not)")
     comment: str = ""
 
 
@@ -178,7 +178,7 @@ async def import_file(request: Request, app: Ident, env: Ident, cluster: Ident, 
             raise FormatError("a properties namespace imports .properties, .yaml or .json files")
     except FormatError as exc:
         raise bad_request(str(exc), field="content", line=exc.line, column=exc.column) from None
-    revision = await svc.set_items(ref, {k: (v, k in body.secret_keys, "") for k, v in values.items()},
+    revision = await svc.set_items(ref, {k: (v, True if k in body.secret_keys else None, "") for k, v in values.items()},
                                    caller.name, tenant=tenant, action="config.import")
     return Response(status_code=204, headers={"ETag": f'"{revision}"'})
 

@@ -88,7 +88,7 @@ class GrayReleases:
                                    [Compare(GRAY + ref.path, 0)], f"{ref.path} already has a gray release")
         return gray
 
-    async def set_items(self, ref: NsRef, values: dict[str, tuple[str, bool, str]], user: str) -> Gray:
+    async def set_items(self, ref: NsRef, values: dict[str, tuple[str, bool | None, str]], user: str) -> Gray:
         for key, (value, _, _) in values.items():
             _check_item(key, value)
         fmt = (await self.service.meta(ref)).format
@@ -96,8 +96,9 @@ class GrayReleases:
             raise bad_request(f"a {fmt.value} namespace holds one document under the key 'content'", field="key")
 
         def change(gray: Gray) -> dict[str, Any]:
-            for key, (value, secret, comment) in values.items():
+            for key, (value, asked, comment) in values.items():
                 old = gray.items.get(key)
+                secret = bool(old and old.secret) if asked is None else asked
                 if value == MASK and old is not None and old.secret:
                     stored, secret = old.value, True
                 else:

@@ -203,7 +203,7 @@ class ConfigService:
         loaded = await self._load(DRAFT + ref.path, Draft)
         return (loaded.doc or Draft()), loaded.revision
 
-    async def set_items(self, ref: NsRef, values: dict[str, tuple[str, bool, str]], user: str,
+    async def set_items(self, ref: NsRef, values: dict[str, tuple[str, bool | None, str]], user: str,
                         if_match: int | None = None, *, tenant: str = DEFAULT, action: str = "config.set") -> int:
         """Set keys to ``(value, secret, comment)`` in the draft; creates a missing namespace
         (private, properties). Returns the draft's new ETag."""
@@ -215,9 +215,11 @@ class ConfigService:
                 raise bad_request(f"a {meta.format.value} namespace holds one document under the key 'content'",
                                   field="key")
             before: dict[str, Any] = {}
-            for key, (value, secret, comment) in values.items():
+            for key, (value, asked, comment) in values.items():
                 old = draft.items.get(key)
                 before[key] = _shown(old)
+                # not saying whether a key is secret keeps what it was: a secret never turns plain by accident
+                secret = bool(old and old.secret) if asked is None else asked
                 keep_secret = secret or bool(old and old.secret and value == MASK)
                 if keep_secret and value == MASK and old is not None:
                     stored = old.value  # re-saving a masked value keeps the secret as it was

@@ -665,12 +665,14 @@ class ConfigClient:
         response = await self._send("GET", _base(app, env, cluster, namespace) + "/items")
         return {**response.json(), "etag": _etag(response)}
 
-    async def set(self, app: str, namespace: str, key: str, value: str, *, secret: bool = False, comment: str = "",
+    async def set(self, app: str, namespace: str, key: str, value: str, *, secret: bool | None = None, comment: str = "",
                   env: str = DEFAULT, cluster: str = DEFAULT, if_match: str | int | None = None,
                   tenant: str | None = None) -> str:
         """Set a key in the draft (a missing namespace is created: private, properties); returns the
         draft's new ETag. With ``if_match``, Conflict when the draft changed since that ETag."""
-        body = {"value": value, "secret": secret, "comment": comment}
+        body: dict[str, Any] = {"value": value, "comment": comment}
+        if secret is not None:  # unsaid: the key keeps whether it is secret
+            body["secret"] = secret
         response = await self._send("PUT", _base(app, env, cluster, namespace) + f"/items/{_q(key)}", json=body,
                                     params={"tenant": tenant}, headers=_if_match(if_match))
         return _etag(response)
@@ -680,7 +682,7 @@ class ConfigClient:
                        tenant: str | None = None) -> str:
         """Set several keys in one draft edit; returns the new ETag."""
         secrets = set(secret_keys)
-        body = {"items": {k: {"value": v, "secret": k in secrets} for k, v in values.items()}}
+        body = {"items": {k: {"value": v, **({"secret": True} if k in secrets else {})} for k, v in values.items()}}
         response = await self._send("PUT", _base(app, env, cluster, namespace) + "/items", json=body,
                                     params={"tenant": tenant}, headers=_if_match(if_match))
         return _etag(response)
@@ -761,10 +763,11 @@ class ConfigClient:
         """The gray release: ``items`` being edited, ``rules``, the published ``release``."""
         return await self._client.request("GET", _base(app, env, cluster, namespace) + "/gray")  # type: ignore[no-any-return]
 
-    async def gray_set(self, app: str, namespace: str, key: str, value: str, *, secret: bool = False,
+    async def gray_set(self, app: str, namespace: str, key: str, value: str, *, secret: bool | None = None,
                        comment: str = "", env: str = DEFAULT, cluster: str = DEFAULT) -> dict[str, Any]:
         return await self._client.request("PUT", _base(app, env, cluster, namespace) + f"/gray/items/{_q(key)}",  # type: ignore[no-any-return]
-                                          json={"value": value, "secret": secret, "comment": comment})
+                                          json={"value": value, "comment": comment,
+                                                **({} if secret is None else {"secret": secret})})
 
     async def gray_unset(self, app: str, namespace: str, key: str, *, env: str = DEFAULT,
                          cluster: str = DEFAULT) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from mezzo.resources.service import ResourceService
 from mezzo.storage.kv import KVStore
 from mezzo.storage.sqlite import SQLiteStore
 from mezzo.telemetry.metrics import Metrics
+from mezzo.telemetry.tracing import Tracing
 
 log = structlog.get_logger("mezzo.gateway")
 SWEEP_EVERY = 5.0  # how often idle pooled upstream connections are looked at
@@ -40,6 +41,7 @@ class GatewayModule(Module):
         registry = self._registry()
         cache = settings.cache if settings.cache.startswith(("redis://", "rediss://")) else None
         self.gateway = Gateway(limits, self.node.service(Metrics), registry, cache)
+        self.gateway.tracing = self.node.service(Tracing) if self.node.has(Tracing) else None  # opentelemetry plugin
         self.node.provide(Gateway, self.gateway)
         self.certs = CertStore()
         self.gateway.on_certificates = self.certs.load

@@ -25,7 +25,9 @@ from pydantic.alias_generators import to_camel
 from mezzo.gateway.http import Reply, Request
 
 MODULES = ("key_auth", "basic_auth", "limit_count", "prometheus", "request_id", "proxy_rewrite", "mocking",
-           "cors", "ip_restriction", "response_rewrite", "fault_injection", "redirect")
+           "cors", "ip_restriction", "response_rewrite", "fault_injection", "redirect",
+           "jwt_auth", "hmac_auth", "consumer_restriction", "request_validation", "limit_req", "limit_conn",
+           "api_breaker", "traffic_split", "proxy_cache", "opentelemetry")
 
 
 class Config(BaseModel):
@@ -95,9 +97,9 @@ def register(cls: type[Plugin]) -> type[Plugin]:
 
 
 def _load() -> None:
-    if not PLUGINS:
-        for module in MODULES:
-            importlib.import_module(f"mezzo.gateway.plugins.{module}")
+    # every module, even when one was imported on its own before (its import registers only itself)
+    for module in MODULES:
+        importlib.import_module(f"mezzo.gateway.plugins.{module}")
 
 
 def validate_plugin_configs(value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,7 @@ import typer
 from mezzo import __version__
 from mezzo.cli import config, mq, resources, server, tokens
 from mezzo.cli import trace as trace_cli
+from mezzo.cli import tx as tx_cli
 
 app = typer.Typer(
     name="mezzo",
@@ -27,6 +28,7 @@ app.command("rollback")(resources.rollback)
 app.add_typer(tokens.app, name="token")
 app.add_typer(mq.app, name="mq")
 app.add_typer(trace_cli.app, name="trace")
+app.add_typer(tx_cli.app, name="tx")
 app.add_typer(config.app, name="config")
 
 

@@ -17,6 +17,7 @@ from mezzo.resources.module import ResourcesModule
 from mezzo.storage.module import StoreModule
 from mezzo.telemetry.module import TelemetryModule
 from mezzo.tracing.module import TracingModule
+from mezzo.transactions.module import TransactionsModule
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ MODULES: dict[str, ModuleDef] = {
     "apis": ModuleDef(ApisModule, ("gateway", "resources")),
     "tracing": ModuleDef(TracingModule, ("telemetry", "auth")),
     "cache": ModuleDef(CacheModule, ("telemetry", "auth")),
+    "transactions": ModuleDef(TransactionsModule, ("store", "auth", "telemetry")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),
 }
 

@@ -17,6 +17,7 @@ from mezzo.sdk.messaging import MessagingClient
 from mezzo.sdk.resources import ResourcesClient
 from mezzo.sdk.sync import SyncProxy
 from mezzo.sdk.tokens import TokensClient
+from mezzo.sdk.tx import TxClient
 
 
 class Mezzo:
@@ -49,6 +50,7 @@ class Mezzo:
         self.resources = ResourcesClient(self)
         self.messaging = MessagingClient(self)
         self.tokens = TokensClient(self)
+        self.tx = TxClient(self)
         self.cache = CacheClient(self)
         self.config = ConfigClient(self)
 

@@ -1,0 +1,1 @@
+"""Foreign protocols the transaction coordinator speaks (DTM's HTTP API)."""

@@ -1,0 +1,200 @@
+"""DTM's HTTP API (``/api/dtmsvr/...``), so DTM clients such as ``dtmcli`` work against Mezzo unchanged.
+
+DTM clients send no token: the Mezzo token is accepted as the password of HTTP basic auth (a client
+configured with ``http://mezzo:TOKEN@host:7700/api/dtmsvr``) as well as a bearer token. Successes
+answer ``{"dtm_result": "SUCCESS"}``; a refused state change is a 409, which DTM clients read as FAILURE.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import ValidationError
+
+from mezzo.node.auth import Principal, Verb
+from mezzo.node.auth_module import authenticate, bearer_token, require
+from mezzo.node.errors import Problem, bad_request, conflict
+from mezzo.transactions.api import traceparent_of
+from mezzo.transactions.model import Branch, GlobalTx, Mode, Options, Status, Step
+from mezzo.transactions.service import TxService, new_gid, steps_of
+
+router = APIRouter(prefix="/api/dtmsvr", tags=["dtm"])
+SUCCESS = {"dtm_result": "SUCCESS"}
+OPTION_FIELDS = ("wait_result", "timeout_to_fail", "request_timeout", "retry_interval", "branch_headers",
+                 "concurrent", "retry_limit")
+
+
+def dtm_caller(request: Request) -> Principal:
+    """A bearer token, or the token as the password of basic auth; 401 otherwise."""
+    token = bearer_token(request)
+    if token is None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                token = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2] or None
+            except (binascii.Error, UnicodeDecodeError):
+                token = None
+    found = authenticate(request, token)
+    if found is None:
+        raise Problem(401, "Unauthorized", "send the Mezzo token as a bearer token or as the basic-auth password "
+                      "(http://mezzo:TOKEN@host:7700/api/dtmsvr)", type="unauthorized",
+                      headers={"WWW-Authenticate": 'Basic realm="mezzo"'})
+    return found
+
+
+DtmCaller = Annotated[Principal, Depends(dtm_caller)]
+
+
+def _svc(request: Request) -> TxService:
+    return request.app.state.node.service(TxService)  # type: ignore[no-any-return]
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise bad_request("the body is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("gid"), str) or not body["gid"]:
+        raise bad_request("the body is a JSON object with a gid", field="gid")
+    return body
+
+
+def _mode(body: dict[str, Any]) -> Mode:
+    try:
+        return Mode(body.get("trans_type", ""))
+    except ValueError:
+        raise bad_request(f"trans_type is one of {', '.join(m.value for m in Mode)}", field="trans_type") from None
+
+
+def transaction_of(body: dict[str, Any], request: Request) -> GlobalTx:
+    """DTM's TransBase JSON as a GlobalTx (0 means the server's default, as in DTM)."""
+    raw = {k: body[k] for k in OPTION_FIELDS if body.get(k) not in (None, 0, "", {})}
+    orders: dict[int, list[int]] = {}
+    if body.get("custom_data"):
+        try:
+            custom = orjson.loads(body["custom_data"])
+        except (orjson.JSONDecodeError, TypeError):
+            custom = {}
+        if isinstance(custom, dict):
+            if custom.get("concurrent"):
+                raw["concurrent"] = True
+            try:
+                orders = {int(k): [int(j) for j in v] for k, v in (custom.get("orders") or {}).items()}
+            except (TypeError, ValueError, AttributeError):
+                raise bad_request("custom_data.orders maps a step index to the step indexes it waits for",
+                                  field="custom_data") from None
+    try:
+        options = Options.model_validate(raw)
+    except ValidationError as exc:
+        raise bad_request(f"options: {exc.errors()[0]['msg']}", field="options") from None
+    payloads = body.get("payloads") or []
+    if not isinstance(payloads, list) or not all(isinstance(p, str) for p in payloads):
+        raise bad_request("payloads is a list of strings", field="payloads")
+    steps: list[Step] = steps_of(body.get("steps") or [])
+    return GlobalTx(gid=body["gid"], mode=_mode(body), status=Status.PREPARED, steps=steps, payloads=payloads,
+                    orders=orders, query_prepared=body.get("query_prepared") or "", options=options,
+                    custom_data=body.get("custom_data") or "", traceparent=traceparent_of(request))
+
+
+@router.get("/newGid")
+async def new_gid_route(caller: DtmCaller) -> dict[str, str]:
+    return {"gid": new_gid(), **SUCCESS}
+
+
+@router.post("/prepare")
+async def prepare(request: Request, caller: DtmCaller) -> dict[str, str]:
+    tx = transaction_of(await _body(request), request)
+    require(caller, Verb.USE, tx.namespace)
+    await _svc(request).prepare(tx, caller.name)
+    return SUCCESS
+
+
+@router.post("/submit")
+async def submit(request: Request, caller: DtmCaller) -> dict[str, str]:
+    tx = transaction_of(await _body(request), request)
+    require(caller, Verb.USE, tx.namespace)
+    done = await _svc(request).submit(tx, caller.name)
+    if tx.options.wait_result and done.status in (Status.ABORTING, Status.FAILED):
+        raise conflict(f"transaction {tx.gid} is {done.status.value}", dtm_result="FAILURE")
+    return SUCCESS
+
+
+@router.post("/abort")
+async def abort(request: Request, caller: DtmCaller) -> dict[str, str]:
+    body = await _body(request)
+    svc = _svc(request)
+    current = (await svc.get(body["gid"])).tx
+    require(caller, Verb.USE, current.namespace)
+    await svc.abort(current.gid, caller.name)
+    return SUCCESS
+
+
+@router.post("/registerBranch")
+async def register_branch(request: Request, caller: DtmCaller) -> dict[str, str]:
+    body = await _body(request)
+    mode = _mode(body)
+    svc = _svc(request)
+    current = (await svc.get(body["gid"])).tx
+    require(caller, Verb.USE, current.namespace)
+    if mode is Mode.XA:
+        urls = {"commit": body.get("url", ""), "rollback": body.get("url", "")}
+    else:
+        urls = {"confirm": body.get("confirm", ""), "cancel": body.get("cancel", "")}
+    data = body.get("data") or ""
+    if not isinstance(data, str):
+        data = orjson.dumps(data).decode()
+    await svc.register_branch(current.gid, str(body.get("branch_id", "")), mode, urls, data, caller.name)
+    return SUCCESS
+
+
+@router.get("/query")
+async def query(request: Request, caller: DtmCaller, gid: str) -> dict[str, Any]:
+    svc = _svc(request)
+    loaded = await svc.log.load(gid)
+    if loaded is None:
+        return {"transaction": None, "branches": []}
+    require(caller, Verb.READ, loaded.tx.namespace)
+    return {"transaction": dtm_transaction(loaded.tx), "branches": [dtm_branch(b) for b in await svc.log.branches(gid)]}
+
+
+@router.get("/all")
+async def all_transactions(request: Request, caller: DtmCaller, position: str = "",
+                           limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    require(caller, Verb.READ, None if caller.all_namespaces else caller.namespaces[0])
+    namespaces = None if caller.all_namespaces else set(caller.namespaces)
+    items, cursor = await _svc(request).list(start_after=position or None, limit=limit, namespaces=namespaces)
+    return {"transactions": [dtm_transaction(t) for t in items], "next_position": cursor or ""}
+
+
+def _time(moment: float | None) -> str | None:
+    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+def dtm_transaction(tx: GlobalTx) -> dict[str, Any]:
+    options = tx.options.model_dump(include={"wait_result", "timeout_to_fail", "retry_interval", "request_timeout",
+                                             "branch_headers", "concurrent", "retry_limit"})
+    return {
+        "gid": tx.gid, "trans_type": tx.mode.value, "status": tx.status.value,
+        "steps": [s.model_dump() for s in tx.steps], "payloads": tx.payloads,
+        "query_prepared": tx.query_prepared, "protocol": "http", "custom_data": tx.custom_data,
+        "create_time": _time(tx.created), "update_time": _time(tx.updated),
+        "finish_time": _time(tx.finished if tx.status is Status.SUCCEED else None),
+        "rollback_time": _time(tx.finished if tx.status is Status.FAILED else None),
+        "rollback_reason": tx.rollback_reason, "options": orjson.dumps(options).decode(),
+        "next_cron_interval": int(tx.options.retry_interval),
+    }
+
+
+def dtm_branch(branch: Branch) -> dict[str, Any]:
+    return {
+        "gid": branch.gid, "branch_id": branch.branch_id, "op": branch.op, "url": branch.url,
+        "bin_data": base64.b64encode(branch.data.encode()).decode(), "status": branch.status.value,
+        "create_time": _time(branch.created),
+        "finish_time": _time(branch.finished if branch.status.value == "succeed" else None),
+        "rollback_time": _time(branch.finished if branch.status.value == "failed" else None),
+    }

@@ -1,0 +1,378 @@
+"""The engine that drives global transactions to their end, on this node and after any crash.
+
+A round of one transaction runs under its lease (store.py): load it and its branches, call the
+branches that are due, record every result, and either finish it or hand it back due again after
+the retry interval (doubled for errors). A loop on every node looks for transactions that are due
+and free; so a transaction whose node died is resumed by another node once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+from mezzo.storage.kv import Compare
+from mezzo.telemetry.propagation import extract_context, inject_headers
+from mezzo.transactions.calls import BranchCaller, Outcome, Result
+from mezzo.transactions.metrics import TxMetrics
+from mezzo.transactions.model import (
+    OPS,
+    TOPIC_SCHEME,
+    Branch,
+    BranchStatus,
+    GlobalTx,
+    Mode,
+    Status,
+    check_move,
+)
+from mezzo.transactions.store import GLOBAL, Lease, LostLease, TxLog, branch_put, global_put
+
+log = structlog.get_logger("mezzo.transactions")
+Publish = Callable[[str, str, str, str], Awaitable[None]]  # (namespace, topic, payload, message id)
+Notify = Callable[[GlobalTx], Awaitable[None]]  # a global state change, e.g. as a CloudEvent
+MAX_BACKOFF = 3600.0
+PREPARED_TIMEOUT = 60.0  # a TCC/XA transaction left prepared this long without a timeout of its own is aborted
+
+
+class Progress(StrEnum):
+    DONE = "done"
+    FAILED = "failed"  # a saga action failed for good: roll back
+    RETRY = "retry"
+
+
+def action_key(index: int) -> str:
+    return f"{index + 1:02d}/action"
+
+
+def compensate_key(index: int) -> str:
+    return f"{index + 1:02d}/compensate"
+
+
+class Coordinator:
+    def __init__(self, txlog: TxLog, metrics: TxMetrics, *, tracer: trace.Tracer | None = None,
+                 publish: Publish | None = None, notify: Notify | None = None, lease_ttl: float = 30.0,
+                 poll: float = 1.0) -> None:
+        self.log = txlog
+        self.metrics = metrics
+        self.tracer = tracer or trace.NoOpTracer()
+        self.publish = publish
+        self.notify = notify
+        self._notices: set[asyncio.Task[None]] = set()
+        self.lease_ttl = lease_ttl
+        self.poll = poll
+        self.node_id = uuid.uuid4().hex[:12]
+        self.caller = BranchCaller()
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.leases: dict[str, Lease] = {}
+        self._wake = asyncio.Event()
+        self._claim = asyncio.Lock()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._recover_forever(), name="mezzo-tx-recovery")
+
+    async def stop(self) -> None:
+        """Stop driving; hand back what this node held so another node resumes it without waiting
+        for the leases to run out (a branch call cut short here is simply called again)."""
+        tasks = [t for t in (self._loop_task, *self.running.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for lease in list(self.leases.values()):
+            with contextlib.suppress(Exception):
+                await lease.release(time.time())
+        self.leases.clear()
+        await self.caller.aclose()
+
+    @property
+    def alive(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def changed(self, tx: GlobalTx) -> None:
+        """Announce a state change in the background; a failed announcement never stops a transaction."""
+        if self.notify is None:
+            return
+        task = asyncio.create_task(self.notify(tx.model_copy(deep=True)))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    def kick(self, lease: Lease) -> asyncio.Task[None]:
+        """Drive the transaction this node holds the lease of, now, in the background."""
+        task = self.running.get(lease.gid)
+        if task is None:
+            task = asyncio.create_task(self._drive(lease), name=f"mezzo-tx-{lease.gid}")
+            self.running[lease.gid] = task
+            self.leases[lease.gid] = lease
+            task.add_done_callback(lambda _: self._done(lease.gid))
+        return task
+
+    def _done(self, gid: str) -> None:
+        self.running.pop(gid, None)
+        lease = self.leases.get(gid)
+        if lease is not None and (lease.ended or not lease.active.owner):
+            self.leases.pop(gid, None)
+
+    async def take(self, gid: str) -> asyncio.Task[None] | None:
+        """Drive ``gid`` here now if it is due-able and free (after a submit, abort or retry)."""
+        async with self._claim:
+            if gid in self.running:
+                return self.running[gid]
+            lease = await self.log.acquire(gid, self.node_id, self.lease_ttl)
+            return self.kick(lease) if lease is not None else None
+
+    # recovery ------------------------------------------------------------------------------
+
+    async def _recover_forever(self) -> None:
+        while True:
+            try:
+                earliest = await self.recover_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("transaction recovery scan failed", error=f"{type(exc).__name__}: {exc}")
+                earliest = math.inf
+            wait = max(0.0, min(self.poll, earliest - time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+
+    async def recover_once(self) -> float:
+        """Take every due, free transaction; returns when the next known one falls due."""
+        earliest = math.inf
+        now = time.time()
+        async for gid, active, kv in self.log.scan_active():
+            if gid in self.running:
+                continue
+            if active.due > now:
+                earliest = min(earliest, active.due)
+                continue
+            if not active.free(now) and active.owner != self.node_id:
+                earliest = min(earliest, active.until)
+                continue
+            async with self._claim:  # with ``take``: a gid is claimed once, and then it is in ``running``
+                if gid in self.running:
+                    continue
+                lease = await self.log.acquire(gid, self.node_id, self.lease_ttl, kv)
+                if lease is not None:
+                    self.kick(lease)
+        return earliest
+
+    # one round -----------------------------------------------------------------------------
+
+    async def _drive(self, lease: Lease) -> None:
+        gid = lease.gid
+        tx: GlobalTx | None = None
+        try:
+            loaded = await self.log.load(gid)
+            if loaded is None or loaded.tx.status in (Status.SUCCEED, Status.FAILED):
+                await lease.write([], finish=True)
+                return
+            tx = loaded.tx
+            await self._round(lease, tx, loaded.revision)
+        except LostLease:
+            log.info("transaction taken over by another node", gid=gid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("transaction round failed", gid=gid, error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                interval = tx.options.retry_interval if tx else 10.0
+                await lease.release(time.time() + max(interval, 1.0))
+
+    async def _round(self, lease: Lease, tx: GlobalTx, revision: int) -> None:
+        now = time.time()
+        if tx.status is Status.PREPARED:
+            if tx.mode is Mode.MSG:
+                result = await self._check_back(tx)
+                if result.outcome is Outcome.SUCCESS:
+                    revision = await self._move(lease, tx, revision, Status.SUBMITTED)
+                elif result.outcome is Outcome.FAILURE:
+                    tx.rollback_reason = f"check-back said the local transaction failed: {result.detail}"
+                    await self._move(lease, tx, revision, Status.FAILED, finish=True)
+                    return
+                else:
+                    await self._again(lease, tx, revision, result.outcome)
+                    return
+            else:
+                deadline = tx.created + (tx.options.timeout_to_fail or PREPARED_TIMEOUT)
+                if now < deadline:
+                    await lease.release(deadline)
+                    return
+                tx.rollback_reason = "timed out before submit"
+                revision = await self._move(lease, tx, revision, Status.ABORTING)
+        if tx.status is Status.SUBMITTED and tx.mode is not Mode.MSG and tx.options.timeout_to_fail \
+                and now >= tx.created + tx.options.timeout_to_fail:
+            tx.rollback_reason = f"not finished within timeout_to_fail ({tx.options.timeout_to_fail:g} s)"
+            revision = await self._move(lease, tx, revision, Status.ABORTING)
+        branches = {b.key: b for b in await self.log.branches(tx.gid)}
+        if tx.status is Status.SUBMITTED:
+            progress, worst = await self._forward(lease, tx, branches)
+            if progress is Progress.DONE:
+                await self._move(lease, tx, revision, Status.SUCCEED, finish=True)
+                return
+            if progress is Progress.RETRY and not self._over_limit(tx, worst):
+                await self._again(lease, tx, revision, worst)
+                return
+            if progress is Progress.RETRY:
+                tx.rollback_reason = f"gave up after {tx.attempts} attempts"
+            revision = await self._move(lease, tx, revision, Status.ABORTING)
+        if tx.status is Status.ABORTING:
+            progress, worst = await self._backward(lease, tx, branches)
+            if progress is Progress.DONE:
+                await self._move(lease, tx, revision, Status.FAILED, finish=True)
+            else:
+                await self._again(lease, tx, revision, worst)
+
+    def _over_limit(self, tx: GlobalTx, worst: Outcome) -> bool:
+        limit = tx.options.retry_limit
+        return tx.mode is Mode.SAGA and limit > 0 and worst is Outcome.ERROR and tx.attempts + 1 >= limit
+
+    async def _move(self, lease: Lease, tx: GlobalTx, revision: int, status: Status, *, finish: bool = False) -> int:
+        check_move(tx.status, status, f"transaction {tx.gid}")
+        tx.status = status
+        tx.attempts = 0
+        if finish:
+            tx.finished = time.time()
+            self.metrics.finished(tx.mode.value, status.value)
+        log.info("transaction state", gid=tx.gid, mode=tx.mode.value, status=status.value)
+        revision = await lease.write([global_put(tx)], [Compare(GLOBAL + tx.gid, revision)], finish=finish)
+        self.changed(tx)
+        return revision
+
+    async def _again(self, lease: Lease, tx: GlobalTx, revision: int, worst: Outcome) -> None:
+        """Hand the transaction back, due after the interval (doubled per failed round when errors)."""
+        interval = tx.options.retry_interval
+        if worst is Outcome.ERROR:
+            tx.attempts += 1
+            interval = min(interval * 2 ** min(tx.attempts - 1, 20), MAX_BACKOFF)
+        self.metrics.retry(tx.mode.value)
+        await lease.write([global_put(tx)], [Compare(GLOBAL + tx.gid, revision)], due=time.time() + interval,
+                          release=True)
+
+    # forward and backward ------------------------------------------------------------------
+
+    async def _forward(self, lease: Lease, tx: GlobalTx, branches: dict[str, Branch]) -> tuple[Progress, Outcome]:
+        if tx.mode is Mode.SAGA or tx.mode is Mode.MSG:
+            return await self._run_graph(lease, tx, branches, [action_key(i) for i in range(len(tx.steps))],
+                                         lambda i: tx.needs(i))
+        forward = sorted(b.key for b in branches.values() if b.op == OPS[tx.mode][0])
+        return await self._run_graph(lease, tx, branches, forward, lambda i: [i - 1] if i else [])
+
+    async def _backward(self, lease: Lease, tx: GlobalTx, branches: dict[str, Branch]) -> tuple[Progress, Outcome]:
+        if tx.mode is Mode.SAGA:
+            tried = [i for i in range(len(tx.steps)) if _tried(branches.get(action_key(i)))]
+            keys = [compensate_key(i) if tx.steps[i].compensate else "" for i in range(len(tx.steps))]
+            # compensate i only after every tried step that depended on it is compensated
+            order = list(range(len(tx.steps)))
+            dependents = {i: [k for k in order if i in tx.needs(k) and k in tried] for i in order}
+            return await self._run_graph(lease, tx, branches, keys, lambda i: dependents[i], only=set(tried))
+        if tx.mode is Mode.MSG:
+            return Progress.DONE, Outcome.SUCCESS
+        undo = sorted((b.key for b in branches.values() if b.op == OPS[tx.mode][1]), reverse=True)
+        return await self._run_graph(lease, tx, branches, undo, lambda i: [i - 1] if i else [])
+
+    async def _run_graph(self, lease: Lease, tx: GlobalTx, branches: dict[str, Branch], keys: list[str],
+                         needs: Callable[[int], list[int]], only: set[int] | None = None) -> tuple[Progress, Outcome]:
+        """Call the branches ``keys`` (by index) once their ``needs`` succeeded, concurrently where the graph allows."""
+        wanted = [i for i in range(len(keys)) if (only is None or i in only)]
+        done = {i for i in range(len(keys)) if i not in wanted or not keys[i]
+                or branches[keys[i]].status is BranchStatus.SUCCEED}
+        if any(branches[keys[i]].status is BranchStatus.FAILED for i in wanted if keys[i]):
+            return Progress.FAILED, Outcome.FAILURE
+        blocked: set[int] = set()
+        worst = Outcome.SUCCESS
+        while True:
+            runnable = [i for i in wanted if i not in done and i not in blocked
+                        and all(j in done for j in needs(i))]
+            if not runnable:
+                break
+            results = await asyncio.gather(*(self._call(lease, tx, branches[keys[i]]) for i in runnable))
+            for i, result in zip(runnable, results, strict=True):
+                if result.outcome is Outcome.SUCCESS:
+                    done.add(i)
+                elif result.outcome is Outcome.FAILURE and tx.mode is Mode.SAGA and branches[keys[i]].op == "action":
+                    return Progress.FAILED, Outcome.FAILURE
+                else:
+                    blocked.add(i)
+                    if worst is not Outcome.ERROR:
+                        worst = Outcome.ERROR if result.outcome is not Outcome.ONGOING else Outcome.ONGOING
+        if len(done) == len(keys):
+            return Progress.DONE, Outcome.SUCCESS
+        return Progress.RETRY, worst if worst is not Outcome.SUCCESS else Outcome.ERROR
+
+    async def _call(self, lease: Lease, tx: GlobalTx, branch: Branch) -> Result:
+        if tx.mode is Mode.SAGA and branch.op == "action" and not branch.attempted:
+            branch.attempted = True  # recorded before the call: after a crash we compensate what may have run
+            await lease.write([branch_put(branch)])
+        context = extract_context({"traceparent": tx.traceparent}) if tx.traceparent else None
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(f"tx {tx.mode.value} {branch.op}", context=context,
+                                               kind=trace.SpanKind.CLIENT) as span:
+            span.set_attribute("mezzo.tx.gid", tx.gid)
+            span.set_attribute("mezzo.tx.branch_id", branch.branch_id)
+            span.set_attribute("url.full", branch.url)
+            result = await self._invoke(tx, branch)
+            span.set_attribute("mezzo.tx.outcome", result.outcome.value)
+            if result.outcome in (Outcome.ERROR, Outcome.FAILURE):
+                span.set_status(trace.StatusCode.ERROR, result.detail[:200])
+        self.metrics.branch(tx.mode.value, branch.op, result.outcome.value, time.perf_counter() - started)
+        final = result.outcome is Outcome.SUCCESS or (
+            result.outcome is Outcome.FAILURE and tx.mode is Mode.SAGA and branch.op == "action")
+        if final:
+            branch.status = BranchStatus.SUCCEED if result.outcome is Outcome.SUCCESS else BranchStatus.FAILED
+            branch.finished, branch.result = time.time(), result.detail
+            branch.attempted = True
+            await lease.write([branch_put(branch)])
+        else:
+            log.info("branch to retry", gid=tx.gid, branch=branch.key, outcome=result.outcome.value,
+                     detail=result.detail[:200])
+        return result
+
+    async def _invoke(self, tx: GlobalTx, branch: Branch) -> Result:
+        if branch.url.startswith(TOPIC_SCHEME):
+            if self.publish is None:
+                return Result(Outcome.ERROR, "messaging is not running on this node")
+            try:
+                await self.publish(tx.namespace, branch.url[len(TOPIC_SCHEME):], branch.data,
+                                   f"{tx.gid}-{branch.branch_id}")
+            except Exception as exc:
+                return Result(Outcome.ERROR, f"publish failed: {exc}")
+            return Result(Outcome.SUCCESS)
+        headers = dict(tx.options.branch_headers)
+        inject_headers(headers)
+        params = {"gid": tx.gid, "trans_type": tx.mode.value, "branch_id": branch.branch_id, "op": branch.op}
+        return await self.caller.call("POST", branch.url, params=params, data=branch.data,
+                                      timeout=tx.options.request_timeout, headers=headers)
+
+    async def _check_back(self, tx: GlobalTx) -> Result:
+        """Ask the application whether a prepared message's local transaction committed."""
+        if not tx.query_prepared:
+            return Result(Outcome.FAILURE, "no query_prepared URL to ask")
+        headers = dict(tx.options.branch_headers)
+        params = {"gid": tx.gid, "trans_type": tx.mode.value, "branch_id": "00", "op": "msg"}
+        return await self.caller.call("GET", tx.query_prepared, params=params, data="",
+                                      timeout=tx.options.request_timeout, headers=headers)
+
+
+def _tried(branch: Branch | None) -> bool:
+    return branch is not None and (branch.attempted or branch.status is not BranchStatus.PREPARED)
+
+
+def describe(tx: GlobalTx, branches: list[Branch]) -> dict[str, Any]:
+    return {**tx.out(), "branches": [b.out() for b in branches]}

@@ -1,0 +1,98 @@
+"""The ``transactions`` module: the coordinator with its recovery loop, and the Mezzo and DTM routes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import structlog
+from fastapi import APIRouter
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mezzo.node.module import Health, Module
+from mezzo.storage.kv import KVStore
+from mezzo.telemetry.metrics import Metrics
+from mezzo.telemetry.tracing import Tracing
+from mezzo.transactions.coordinator import Coordinator
+from mezzo.transactions.metrics import TxMetrics
+from mezzo.transactions.model import GlobalTx
+from mezzo.transactions.service import TxService
+from mezzo.transactions.store import TxLog
+
+log = structlog.get_logger("mezzo.transactions")
+EVENTS_TOPIC = "mezzo-tx-events"
+
+
+class TxSettings(BaseSettings):
+    """``MEZZO_TX_*``: how long a node's lease on a transaction lasts, how often to look for due ones."""
+
+    model_config = SettingsConfigDict(env_prefix="MEZZO_TX_", extra="ignore")
+
+    lease: float = 30.0  # seconds a crashed node's transactions wait before another node takes them
+    poll: float = 1.0  # seconds between scans for due transactions (submits on this node start at once)
+    stuck_after: float = 300.0  # an unfinished transaction older than this counts as stuck in metrics
+
+
+class TransactionsModule(Module):
+    name = "transactions"
+
+    async def start(self) -> None:
+        settings = TxSettings()
+        txlog = TxLog(self.node.service(KVStore))  # type: ignore[type-abstract]
+        metrics = TxMetrics(self.node.service(Metrics), txlog, settings.stuck_after)
+        tracer = self.node.service(Tracing).tracer("mezzo.transactions") if self.node.has(Tracing) else None
+        self.coordinator = Coordinator(txlog, metrics, tracer=tracer, publish=self._publish, notify=self._announce,
+                                       lease_ttl=settings.lease, poll=settings.poll)
+        self.service = TxService(txlog, self.coordinator)
+        self.node.provide(Coordinator, self.coordinator)
+        self.node.provide(TxService, self.service)
+        await self.coordinator.start()
+
+    async def stop(self) -> None:
+        await self.coordinator.stop()
+
+    async def health(self) -> Health:
+        if not self.coordinator.alive:
+            return Health(False, "the recovery loop stopped")
+        return Health(True, f"node {self.coordinator.node_id}, {len(self.coordinator.running)} running")
+
+    async def _publish(self, namespace: str, topic: str, payload: str, message_id: str) -> None:
+        """A two-phase message's topic step: publish its payload (JSON when it parses) to a Mezzo topic;
+        the id makes a repeated publish (after a crash) a duplicate the broker drops."""
+        from mezzo.messaging.service import MessagingService, PublishMessage
+
+        if not self.node.has(MessagingService):
+            raise LookupError("messaging is not running on this node")
+        try:
+            data = orjson.loads(payload) if payload else None
+        except orjson.JSONDecodeError:
+            data = payload
+        await self.node.service(MessagingService).publish(namespace, topic, [PublishMessage(id=message_id, data=data)],
+                                                          "mezzo-transactions")
+
+    async def _announce(self, tx: GlobalTx) -> None:
+        """A state change as a CloudEvent on the topic ``mezzo-tx-events`` of the transaction's namespace,
+        when messaging runs and that topic exists (create it to receive them)."""
+        from mezzo.messaging.compat.cloudevents import from_structured
+        from mezzo.messaging.service import MessagingService, TopicNotFound
+
+        if not self.node.has(MessagingService):
+            return
+        event = {"specversion": "1.0", "id": f"{tx.gid}-{tx.status.value}", "source": "/mezzo/transactions",
+                 "type": f"dev.mezzo.tx.{tx.status.value}", "subject": tx.gid,
+                 "time": datetime.now(UTC).isoformat(), "datacontenttype": "application/json",
+                 "data": {"gid": tx.gid, "mode": tx.mode.value, "status": tx.status.value,
+                          "rollback_reason": tx.rollback_reason}}
+        try:
+            await self.node.service(MessagingService).publish(tx.namespace, EVENTS_TOPIC, [from_structured(event)],
+                                                              None)
+        except TopicNotFound:
+            pass
+        except Exception as exc:
+            log.warning("transaction event not published", gid=tx.gid, error=f"{type(exc).__name__}: {exc}")
+
+    def routers(self) -> list[APIRouter]:
+        from mezzo.transactions.api import router
+        from mezzo.transactions.compat.dtm import router as dtm_router
+
+        return [router, dtm_router]

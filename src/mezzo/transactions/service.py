@@ -1,0 +1,316 @@
+"""Transaction operations both HTTP APIs offer: create, prepare, submit, abort, register branches, read, retry.
+
+Every state change is one store transaction that compares the global transaction's revision (so a
+concurrent change makes it a 409, never a lost update), writes the ``/tx/active`` entry due now (which
+also fences off a node that held the lease); aborts and retries are audited in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+from mezzo.node.audit import audit_put
+from mezzo.node.errors import bad_request, conflict, not_found
+from mezzo.storage.kv import Compare, ConflictError, Delete, Op, Put
+from mezzo.transactions.coordinator import PREPARED_TIMEOUT, Coordinator
+from mezzo.transactions.model import (
+    FINAL,
+    OPS,
+    Branch,
+    GlobalTx,
+    IllegalTransition,
+    Mode,
+    Status,
+    Step,
+    check_move,
+)
+from mezzo.transactions.store import (
+    ACTIVE,
+    BRANCH,
+    GID,
+    GLOBAL,
+    Active,
+    Loaded,
+    TxLog,
+    active_put,
+    branch_put,
+    global_put,
+)
+
+AUDIT_KIND = "Transaction"
+AUDITED = frozenset({"tx.abort", "tx.retry"})  # operator actions; the apps' own calls are the log itself
+
+
+def new_gid() -> str:
+    return uuid.uuid4().hex
+
+
+def check_gid(gid: str) -> None:
+    if not GID.match(gid):
+        raise bad_request("a gid is 1 to 128 letters, digits or ._:@-", field="gid")
+
+
+def step_branches(tx: GlobalTx) -> list[Branch]:
+    """The branches a saga or message is made of, from its steps and payloads."""
+    out = []
+    for index, step in enumerate(tx.steps):
+        data = tx.payloads[index] if index < len(tx.payloads) else ""
+        branch_id = f"{index + 1:02d}"
+        out.append(Branch(gid=tx.gid, branch_id=branch_id, op="action", url=step.action, data=data))
+        if tx.mode is Mode.SAGA and step.compensate:
+            out.append(Branch(gid=tx.gid, branch_id=branch_id, op="compensate", url=step.compensate, data=data))
+    return out
+
+
+def validate_steps(tx: GlobalTx) -> None:
+    if tx.mode not in (Mode.SAGA, Mode.MSG):
+        return
+    if tx.payloads and len(tx.payloads) != len(tx.steps):
+        raise bad_request(f"{len(tx.steps)} steps but {len(tx.payloads)} payloads", field="payloads")
+    for index, step in enumerate(tx.steps):
+        if not step.action:
+            raise bad_request(f"step {index} has no action", field=f"steps.{index}.action")
+    for index, needs in tx.orders.items():
+        if not 0 <= index < len(tx.steps) or any(not 0 <= j < len(tx.steps) or j == index for j in needs):
+            raise bad_request(f"orders name steps outside 0..{len(tx.steps) - 1}", field="orders")
+    _acyclic(tx)
+
+
+def _acyclic(tx: GlobalTx) -> None:
+    state: dict[int, int] = {}
+
+    def visit(i: int) -> None:
+        if state.get(i) == 2:
+            return
+        if state.get(i) == 1:
+            raise bad_request(f"orders form a cycle through step {i}", field="orders")
+        state[i] = 1
+        for j in tx.needs(i):
+            visit(j)
+        state[i] = 2
+
+    for i in range(len(tx.steps)):
+        visit(i)
+
+
+class _Raced(Exception):
+    """The transaction changed between our read and our write."""
+
+
+class TxService:
+    def __init__(self, log: TxLog, coordinator: Coordinator) -> None:
+        self.log = log
+        self.coordinator = coordinator
+
+    # reading -------------------------------------------------------------------------------
+
+    async def get(self, gid: str) -> Loaded:
+        loaded = await self.log.load(gid)
+        if loaded is None:
+            raise not_found(f"transaction {gid!r}")
+        return loaded
+
+    async def query(self, gid: str) -> tuple[GlobalTx, list[Branch]]:
+        loaded = await self.get(gid)
+        return loaded.tx, await self.log.branches(gid)
+
+    async def list(self, *, start_after: str | None = None, limit: int = 100, status: str | None = None,
+                   mode: str | None = None, namespaces: set[str] | None = None) -> tuple[list[GlobalTx], str | None]:
+        """Transactions in gid order after ``start_after``; returns the page and the next cursor."""
+        out: list[GlobalTx] = []
+        cursor = start_after
+        while len(out) < limit:
+            page, more = await self.log.page(cursor, 500)
+            for tx in page:
+                cursor = tx.gid
+                if (status and tx.status.value != status) or (mode and tx.mode.value != mode) \
+                        or (namespaces is not None and tx.namespace not in namespaces):
+                    continue
+                out.append(tx)
+                if len(out) >= limit:
+                    return out, cursor
+            if not more:
+                return out, None
+        return out, cursor
+
+    # changing ------------------------------------------------------------------------------
+
+    async def prepare(self, tx: GlobalTx, user: str) -> GlobalTx:
+        """Start a TCC, XA or message transaction; the app then runs its part and submits or aborts."""
+        check_gid(tx.gid)
+        if tx.mode is Mode.SAGA:
+            raise bad_request("a saga is submitted, not prepared", field="trans_type")
+        validate_steps(tx)
+        return await self._retrying(tx.gid, lambda: self._prepare_once(tx.model_copy(deep=True), user))
+
+    async def _prepare_once(self, tx: GlobalTx, user: str) -> GlobalTx:
+        existing = await self.log.load(tx.gid)
+        if existing is not None:
+            if existing.tx.mode is tx.mode and existing.tx.status is Status.PREPARED:
+                return existing.tx  # a repeated prepare is harmless
+            raise conflict(f"transaction {tx.gid} exists ({existing.tx.mode.value}, {existing.tx.status.value})")
+        tx.status, tx.created, tx.created_by = Status.PREPARED, time.time(), user
+        wait = tx.options.retry_interval if tx.mode is Mode.MSG else (tx.options.timeout_to_fail or PREPARED_TIMEOUT)
+        await self._create(tx, step_branches(tx), due=tx.created + wait)
+        return tx
+
+    async def submit(self, tx: GlobalTx, user: str) -> GlobalTx:
+        """Submit a new saga or message, or a prepared transaction of any mode."""
+        check_gid(tx.gid)
+        validate_steps(tx)
+        done = await self._retrying(tx.gid, lambda: self._submit_once(tx.model_copy(deep=True), user))
+        task = await self.coordinator.take(tx.gid)
+        if tx.options.wait_result and task is not None:
+            await asyncio.wait([task], timeout=tx.options.request_timeout * max(len(tx.steps), 1) + 5)
+            done = (await self.get(tx.gid)).tx
+        return done
+
+    async def _submit_once(self, tx: GlobalTx, user: str) -> GlobalTx:
+        existing = await self.log.load(tx.gid)
+        if existing is None:
+            if tx.mode not in (Mode.SAGA, Mode.MSG):
+                raise conflict(f"a {tx.mode.value} transaction is prepared before it is submitted")
+            tx.status, tx.created, tx.created_by = Status.SUBMITTED, time.time(), user
+            await self._create(tx, step_branches(tx), due=0)
+        else:
+            current = existing.tx
+            if current.mode is not tx.mode:
+                raise conflict(f"transaction {tx.gid} is a {current.mode.value} transaction, not {tx.mode.value}")
+            if current.status in (Status.SUBMITTED, Status.SUCCEED):
+                return current  # a repeated submit is harmless
+            extra: list[Op] = []
+            if current.mode is Mode.MSG and not current.steps and tx.steps:
+                current.steps, current.payloads, current.orders = tx.steps, tx.payloads, tx.orders
+                extra = [branch_put(b) for b in step_branches(current)]
+            if tx.options.wait_result:
+                current.options.wait_result = True
+            tx = await self._change(existing, Status.SUBMITTED, user, "tx.submit", extra)
+        return tx
+
+    async def abort(self, gid: str, user: str, *, operator: bool = False) -> GlobalTx:
+        """Roll back a prepared transaction (an operator may also abort a saga that is running)."""
+        tx = await self._retrying(gid, lambda: self._abort_once(gid, user, operator))
+        await self.coordinator.take(gid)
+        return tx
+
+    async def _abort_once(self, gid: str, user: str, operator: bool) -> GlobalTx:
+        loaded = await self.get(gid)
+        tx = loaded.tx
+        if tx.status in (Status.ABORTING, Status.FAILED):
+            return tx
+        if tx.status is Status.SUBMITTED and not (operator and tx.mode is Mode.SAGA):
+            raise conflict(f"transaction {gid} is submitted; only an operator can abort a running saga")
+        wanted = Status.FAILED if tx.mode is Mode.MSG else Status.ABORTING
+        tx.rollback_reason = f"aborted by {user}"
+        return await self._change(loaded, wanted, user, "tx.abort")
+
+    async def register_branch(self, gid: str, branch_id: str, mode: Mode, urls: dict[str, str], data: str,
+                              user: str) -> Branch:
+        """Record a TCC or XA branch (the app calls its Try / runs its local part itself)."""
+        if not branch_id or len(branch_id) > 64 or "/" in branch_id:
+            raise bad_request("branch_id is 1 to 64 characters without '/'", field="branch_id")
+        loaded = await self.get(gid)
+        tx = loaded.tx
+        if tx.mode is not mode or mode not in (Mode.TCC, Mode.XA):
+            raise conflict(f"transaction {gid} is a {tx.mode.value} transaction; branches register in tcc or xa")
+        if tx.status is not Status.PREPARED:
+            raise conflict(f"transaction {gid} is {tx.status.value}; branches register while it is prepared")
+        ops_needed = OPS[mode]
+        missing = [op for op in ops_needed if not urls.get(op)]
+        if missing:
+            raise bad_request(f"a {mode.value} branch needs URLs for {', '.join(ops_needed)}", field=missing[0])
+        branches = [Branch(gid=gid, branch_id=branch_id, op=op, url=urls[op], data=data) for op in ops_needed]
+        existing = {b.key: b for b in await self.log.branches(gid)}
+        if all(b.key in existing for b in branches):
+            if all(existing[b.key].url == b.url and existing[b.key].data == b.data for b in branches):
+                return branches[0]
+            raise conflict(f"branch {branch_id} of {gid} is registered with other URLs or data")
+        compares = [Compare(GLOBAL + gid, loaded.revision)]
+        compares += [Compare(f"{BRANCH}{gid}/{b.key}", 0) for b in branches]
+        try:
+            await self.log.txn([branch_put(b) for b in branches], compares)
+        except ConflictError:
+            raise conflict(f"transaction {gid} changed while registering branch {branch_id}") from None
+        return branches[0]
+
+    async def retry(self, gid: str, user: str) -> GlobalTx:
+        """Make an unfinished transaction due now (skipping the rest of its backoff)."""
+        async def once() -> GlobalTx:
+            loaded = await self.get(gid)
+            if loaded.tx.status in FINAL:
+                raise conflict(f"transaction {gid} is {loaded.tx.status.value}: nothing to retry")
+            loaded.tx.attempts = 0
+            await self._write(loaded, user, "tx.retry", [])
+            return loaded.tx
+
+        tx = await self._retrying(gid, once)
+        await self.coordinator.take(gid)
+        return tx
+
+    # plumbing ------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _retrying(gid: str, once: Callable[[], Awaitable[GlobalTx]]) -> GlobalTx:
+        """Run ``once`` again when the coordinator wrote the transaction between our read and write."""
+        for _ in range(20):
+            try:
+                return await once()
+            except _Raced:
+                continue
+        raise conflict(f"transaction {gid} keeps changing; try again")
+
+    async def _create(self, tx: GlobalTx, branches: Sequence[Branch], *, due: float) -> None:
+        ops: list[Op] = [global_put(tx), *(branch_put(b) for b in branches), active_put(tx.gid, Active(due=due))]
+        try:
+            await self.log.txn(ops, [Compare(GLOBAL + tx.gid, 0)])
+        except ConflictError:
+            raise _Raced from None  # created concurrently: read it and decide again
+        self.coordinator.changed(tx)
+        self.coordinator.wake()
+
+    async def _change(self, loaded: Loaded, status: Status, user: str, action: str,
+                      extra: Sequence[Op] = ()) -> GlobalTx:
+        tx = loaded.tx
+        try:
+            check_move(tx.status, status, f"transaction {tx.gid}")
+        except IllegalTransition as exc:
+            raise conflict(str(exc), state=exc.current) from None
+        tx.status = status
+        if status in FINAL:
+            tx.finished = time.time()
+            self.coordinator.metrics.finished(tx.mode.value, status.value)
+        await self._write(loaded, user, action, extra, finish=status in FINAL)
+        self.coordinator.changed(tx)
+        return tx
+
+    async def _write(self, loaded: Loaded, user: str, action: str, extra: Sequence[Op], *,
+                     finish: bool = False) -> None:
+        tx = loaded.tx
+        ops: list[Op] = [global_put(tx), *extra]
+        if action in AUDITED:
+            ops.append(self._audit(user, action, tx))
+        if finish:
+            ops.append(Delete(ACTIVE + tx.gid))
+        else:
+            ops.append(active_put(tx.gid, Active(due=0)))  # due now; a lease another node held is void
+        try:
+            await self.log.txn(ops, [Compare(GLOBAL + tx.gid, loaded.revision)])
+        except ConflictError:
+            raise _Raced from None
+        self.coordinator.wake()
+
+    @staticmethod
+    def _audit(user: str, action: str, tx: GlobalTx) -> Put:
+        return audit_put(user, action, kind=AUDIT_KIND, namespace=tx.namespace, name=tx.gid,
+                         detail={"mode": tx.mode.value, "status": tx.status.value})
+
+
+def steps_of(raw: Sequence[dict[str, str]]) -> list[Step]:
+    try:
+        return [Step.model_validate(s) for s in raw]
+    except ValueError as exc:
+        raise bad_request(f"steps: {exc}", field="steps") from None
+

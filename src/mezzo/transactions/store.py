@@ -1,0 +1,154 @@
+"""The durable transaction log on the KV store, and leases that share the work between nodes.
+
+Keys:
+
+- ``/tx/global/{gid}``              the global transaction (GlobalTx)
+- ``/tx/branch/{gid}/{id}/{op}``    one branch call (Branch)
+- ``/tx/active/{gid}``              present while unfinished: when it is next due and which node holds it
+
+The active entry is the lease. A node takes an unfinished transaction with a compare-and-set on it
+(only when it is free or its lease ran out) and every write the node then makes compares it again
+and renews it in the same store transaction. A node that lost its lease (it stalled, another node
+took over) fails its next write and stops: the store, not a clock, decides who may write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from mezzo.jsonutil import dumps, loads
+from mezzo.storage.kv import Compare, ConflictError, Delete, KeyValue, KVStore, Op, Put
+from mezzo.transactions.model import Branch, GlobalTx
+
+GLOBAL, BRANCH, ACTIVE = "/tx/global/", "/tx/branch/", "/tx/active/"
+GID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+class LostLease(Exception):
+    """Another writer changed the transaction's lease: stop working on it."""
+
+
+class Active(BaseModel):
+    due: float
+    owner: str = ""
+    until: float = 0.0
+
+    def free(self, now: float) -> bool:
+        return not self.owner or self.until <= now
+
+
+@dataclass
+class Loaded:
+    tx: GlobalTx
+    revision: int
+
+
+def global_put(tx: GlobalTx) -> Put:
+    tx.updated = time.time()
+    return Put(GLOBAL + tx.gid, dumps(tx.out()))
+
+
+def branch_put(branch: Branch) -> Put:
+    return Put(f"{BRANCH}{branch.gid}/{branch.key}", dumps(branch.out()))
+
+
+def active_put(gid: str, active: Active) -> Put:
+    return Put(ACTIVE + gid, dumps(active.model_dump()))
+
+
+class TxLog:
+    def __init__(self, store: KVStore) -> None:
+        self.store = store
+
+    async def load(self, gid: str) -> Loaded | None:
+        kv = await self.store.get(GLOBAL + gid)
+        return None if kv is None else Loaded(GlobalTx.model_validate(loads(kv.value)), kv.mod_revision)
+
+    async def branches(self, gid: str) -> list[Branch]:
+        items = (await self.store.range(f"{BRANCH}{gid}/")).items
+        return [Branch.model_validate(loads(kv.value)) for kv in items]
+
+    async def active(self, gid: str) -> tuple[Active | None, int]:
+        kv = await self.store.get(ACTIVE + gid)
+        return (None, 0) if kv is None else (Active.model_validate(loads(kv.value)), kv.mod_revision)
+
+    async def scan_active(self, page: int = 500) -> AsyncIterator[tuple[str, Active, KeyValue]]:
+        cursor: str | None = None
+        while True:
+            result = await self.store.range(ACTIVE, start_after=cursor, limit=page)
+            for kv in result.items:
+                yield kv.key[len(ACTIVE):], Active.model_validate(loads(kv.value)), kv
+            if not result.more or not result.items:
+                return
+            cursor = result.items[-1].key
+
+    async def page(self, start_after: str | None, limit: int) -> tuple[list[GlobalTx], bool]:
+        result = await self.store.range(GLOBAL, start_after=GLOBAL + start_after if start_after else None,
+                                        limit=limit)
+        return [GlobalTx.model_validate(loads(kv.value)) for kv in result.items], result.more
+
+    async def txn(self, ops: Sequence[Op], compares: Sequence[Compare] = ()) -> int:
+        return (await self.store.txn(list(ops), list(compares))).revision
+
+    async def acquire(self, gid: str, owner: str, ttl: float, kv: KeyValue | None = None) -> Lease | None:
+        """Take the transaction's lease when it is free (or already ours); None when another node holds it."""
+        if kv is None:
+            kv = await self.store.get(ACTIVE + gid)
+            if kv is None:
+                return None
+        active = Active.model_validate(loads(kv.value))
+        now = time.time()
+        if not active.free(now) and active.owner != owner:
+            return None
+        mine = Active(due=active.due, owner=owner, until=now + ttl)
+        try:
+            revision = await self.txn([active_put(gid, mine)], [Compare(ACTIVE + gid, kv.mod_revision)])
+        except ConflictError:
+            return None
+        return Lease(self, gid, owner, ttl, revision, mine)
+
+
+class Lease:
+    """This node's right to drive one transaction; every write goes through it."""
+
+    def __init__(self, log: TxLog, gid: str, owner: str, ttl: float, revision: int, active: Active) -> None:
+        self.log, self.gid, self.owner, self.ttl = log, gid, owner, ttl
+        self.revision = revision
+        self.active = active
+        self.ended = False
+        self._lock = asyncio.Lock()  # concurrent branches of one saga write one after another
+
+    async def write(self, ops: Sequence[Op], compares: Sequence[Compare] = (), *, finish: bool = False,
+                    due: float | None = None, release: bool = False) -> int:
+        """Apply ``ops`` if the lease is still ours, renewing it (or ending it when ``finish``)."""
+        async with self._lock:
+            key = ACTIVE + self.gid
+            if finish:
+                tail: list[Op] = [Delete(key)]
+            else:
+                now = time.time()
+                self.active = Active(due=self.active.due if due is None else due,
+                                     owner="" if release else self.owner, until=0 if release else now + self.ttl)
+                tail = [active_put(self.gid, self.active)]
+            try:
+                self.revision = await self.log.txn([*ops, *tail], [Compare(key, self.revision), *compares])
+            except ConflictError as exc:
+                if exc.key == key:
+                    self.ended = True
+                    raise LostLease(f"transaction {self.gid}: lease taken over") from None
+                raise
+            self.ended = finish
+            return self.revision
+
+    async def renew(self) -> None:
+        await self.write([])
+
+    async def release(self, due: float) -> None:
+        """Hand the transaction back, due again at ``due``."""
+        await self.write([], due=due, release=True)

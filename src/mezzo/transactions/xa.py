@@ -1,0 +1,136 @@
+"""XA resource managers for the application side of an XA global transaction.
+
+A branch handler runs its local work inside an XA transaction named after the global transaction and
+the branch, and prepares it (``run``); the coordinator later calls the same URL with ``op=commit`` or
+``op=rollback`` (``finish``). ``recover`` resolves branches left prepared by a crash: it lists the
+server's in-doubt XA transactions and commits or rolls back each one by asking the coordinator how its
+global transaction ended.
+
+MySQL/MariaDB use ``XA START/END/PREPARE/COMMIT/ROLLBACK``; PostgreSQL uses ``PREPARE TRANSACTION`` /
+``COMMIT PREPARED`` (the server needs ``max_prepared_transactions`` > 0).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+PREFIX = "mz"
+StatusOf = Callable[[str], Awaitable[str | None]]  # gid -> the global status (None: unknown yet)
+_SAFE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+MYSQL_UNKNOWN_XID = 1397  # XAER_NOTA: already committed or rolled back (or never prepared)
+
+
+def xid(gid: str, branch_id: str) -> str:
+    """The XA transaction id of one branch: ``mz:GID:BRANCH`` (only characters safe in a literal)."""
+    if not _SAFE.match(gid) or not _SAFE.match(branch_id):
+        raise ValueError("gid and branch_id must be 1-128 of letters, digits and ._:@-")
+    return f"{PREFIX}:{gid}:{branch_id}"
+
+
+def parse_xid(value: str) -> tuple[str, str] | None:
+    parts = value.split(":")
+    return (":".join(parts[1:-1]), parts[-1]) if len(parts) >= 3 and parts[0] == PREFIX else None
+
+
+def decision(status: str | None) -> str | None:
+    """What an in-doubt branch of a global transaction in ``status`` must do: commit, rollback or wait."""
+    if status in ("succeed", "submitted"):
+        return "commit"
+    if status in ("failed", "aborting"):
+        return "rollback"
+    return None  # prepared (the app may still submit) or unknown
+
+
+class MySQLXa:
+    """XA on an aiomysql connection (autocommit on: XA statements manage the transaction)."""
+
+    @staticmethod
+    async def run(conn: Any, gid: str, branch_id: str, business: Callable[[Any], Awaitable[T]]) -> T:
+        name = xid(gid, branch_id)
+        async with conn.cursor() as cursor:
+            await cursor.execute(f"XA START '{name}'")
+            try:
+                result = await business(cursor)
+                await cursor.execute(f"XA END '{name}'")
+            except BaseException:
+                await cursor.execute(f"XA END '{name}'")
+                await cursor.execute(f"XA ROLLBACK '{name}'")
+                raise
+            await cursor.execute(f"XA PREPARE '{name}'")
+        return result
+
+    @staticmethod
+    async def finish(conn: Any, gid: str, branch_id: str, op: str) -> None:
+        """``op`` commit or rollback; a repeated call (the branch already ended) is a no-op."""
+        if op not in ("commit", "rollback"):
+            raise ValueError(f"op is commit or rollback, not {op!r}")
+        async with conn.cursor() as cursor:
+            try:
+                await cursor.execute(f"XA {op.upper()} '{xid(gid, branch_id)}'")
+            except Exception as exc:
+                if getattr(exc, "args", (0,))[0] != MYSQL_UNKNOWN_XID:
+                    raise
+
+    @staticmethod
+    async def in_doubt(conn: Any) -> list[tuple[str, str]]:
+        async with conn.cursor() as cursor:
+            await cursor.execute("XA RECOVER")
+            rows = await cursor.fetchall()
+        found = []
+        for row in rows:  # formatID, gtrid_length, bqual_length, data
+            data = row[3].decode() if isinstance(row[3], bytes) else str(row[3])
+            parsed = parse_xid(data[: int(row[1])])
+            if parsed:
+                found.append(parsed)
+        return found
+
+    @classmethod
+    async def recover(cls, conn: Any, status_of: StatusOf) -> dict[str, str]:
+        """Commit or roll back every in-doubt branch whose global transaction has decided."""
+        done = {}
+        for gid, branch_id in await cls.in_doubt(conn):
+            action = decision(await status_of(gid))
+            if action:
+                await cls.finish(conn, gid, branch_id, action)
+                done[xid(gid, branch_id)] = action
+        return done
+
+
+class PostgresXa:
+    """Two-phase commit on an asyncpg connection: ``PREPARE TRANSACTION`` / ``COMMIT PREPARED``."""
+
+    @staticmethod
+    async def run(conn: Any, gid: str, branch_id: str, business: Callable[[Any], Awaitable[T]]) -> T:
+        name = xid(gid, branch_id)
+        await conn.execute("BEGIN")
+        try:
+            result = await business(conn)
+            await conn.execute(f"PREPARE TRANSACTION '{name}'")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        return result
+
+    @staticmethod
+    async def finish(conn: Any, gid: str, branch_id: str, op: str) -> None:
+        if op not in ("commit", "rollback"):
+            raise ValueError(f"op is commit or rollback, not {op!r}")
+        name = xid(gid, branch_id)
+        if await conn.fetchval("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", name):
+            await conn.execute(f"{'COMMIT' if op == 'commit' else 'ROLLBACK'} PREPARED '{name}'")
+
+    @classmethod
+    async def recover(cls, conn: Any, status_of: StatusOf) -> dict[str, str]:
+        done = {}
+        for (name,) in await conn.fetch("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE $1", f"{PREFIX}:%"):
+            parsed = parse_xid(name)
+            if parsed is None:
+                continue
+            action = decision(await status_of(parsed[0]))
+            if action:
+                await cls.finish(conn, parsed[0], parsed[1], action)
+                done[name] = action
+        return done

@@ -1,0 +1,123 @@
+"""Saga: ordered actions, compensation in reverse order of what ran, concurrency, retries, timeouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from .conftest import FAST, Busi, final_status
+
+
+def saga(busi: Busi, names: list[str], **extra: Any) -> dict[str, Any]:
+    return {"mode": "saga", "steps": [{"action": f"{busi.url}/{n}", "compensate": f"{busi.url}/{n}-undo"}
+                                      for n in names],
+            "payloads": [{"step": n} for n in names], "options": {**FAST, **extra.pop("options", {})}, **extra}
+
+
+async def test_saga_runs_every_action_in_order(http: httpx.AsyncClient, busi: Busi) -> None:
+    response = await http.post("/v1/tx/transactions", json=saga(busi, ["out", "in"]))
+    assert response.status_code == 201, response.text
+    gid = response.json()["gid"]
+    tx = await final_status(http, gid)
+    assert tx["status"] == "succeed"
+    assert busi.names(gid) == ["out", "in"]
+    first = busi.calls[0]
+    assert first.params == {"gid": gid, "trans_type": "saga", "branch_id": "01", "op": "action"}
+    assert first.body == {"step": "out"}
+    assert {(b["branch_id"], b["op"], b["status"]) for b in tx["branches"]} == {
+        ("01", "action", "succeed"), ("02", "action", "succeed"),
+        ("01", "compensate", "prepared"), ("02", "compensate", "prepared")}
+
+
+async def test_failed_action_compensates_in_reverse(http: httpx.AsyncClient, busi: Busi) -> None:
+    busi.on("c", 409)
+    gid = (await http.post("/v1/tx/transactions", json=saga(busi, ["a", "b", "c", "d"]))).json()["gid"]
+    tx = await final_status(http, gid)
+    assert tx["status"] == "failed"
+    # the failed step is compensated too (it may have done part of its work); d never ran
+    assert busi.names(gid) == ["a", "b", "c", "c-undo", "b-undo", "a-undo"]
+    assert busi.calls[3].params["op"] == "compensate"
+
+
+async def test_failure_said_in_a_200_body(http: httpx.AsyncClient, busi: Busi) -> None:
+    busi.on("b", (200, b'{"dtm_result":"FAILURE"}'))
+    gid = (await http.post("/v1/tx/transactions", json=saga(busi, ["a", "b"]))).json()["gid"]
+    assert (await final_status(http, gid))["status"] == "failed"
+    assert busi.names(gid) == ["a", "b", "b-undo", "a-undo"]
+
+
+async def test_ongoing_and_errors_are_retried(http: httpx.AsyncClient, busi: Busi) -> None:
+    busi.on("a", 425, (200, b'{"dtm_result":"ONGOING"}'), 500, 503)
+    busi.on("b-undo", 500)
+    gid = (await http.post("/v1/tx/transactions", json=saga(busi, ["a", "b"]))).json()["gid"]
+    assert (await final_status(http, gid))["status"] == "succeed"
+    assert busi.names(gid) == ["a"] * 5 + ["b"]
+
+
+async def test_compensation_is_retried_until_it_succeeds(http: httpx.AsyncClient, busi: Busi) -> None:
+    busi.on("b", 409)
+    busi.on("a-undo", 500, 425)
+    gid = (await http.post("/v1/tx/transactions", json=saga(busi, ["a", "b"]))).json()["gid"]
+    assert (await final_status(http, gid))["status"] == "failed"
+    assert busi.names(gid) == ["a", "b", "b-undo", "a-undo", "a-undo", "a-undo"]
+
+
+async def test_concurrent_saga_follows_its_dependency_graph(http: httpx.AsyncClient, busi: Busi) -> None:
+    body = saga(busi, ["a", "b", "c"], orders={2: [0, 1]}, options={"concurrent": True})
+    gid = (await http.post("/v1/tx/transactions", json=body)).json()["gid"]
+    assert (await final_status(http, gid))["status"] == "succeed"
+    names = busi.names(gid)
+    assert sorted(names[:2]) == ["a", "b"] and names[2] == "c"
+
+
+async def test_concurrent_saga_compensates_dependents_first(http: httpx.AsyncClient, busi: Busi) -> None:
+    busi.on("c", 409)
+    body = saga(busi, ["a", "b", "c"], orders={1: [0], 2: [0]}, options={"concurrent": True})
+    gid = (await http.post("/v1/tx/transactions", json=body)).json()["gid"]
+    assert (await final_status(http, gid))["status"] == "failed"
+    names = busi.names(gid)
+    undo = [n for n in names if n.endswith("-undo")]
+    assert set(undo) == {"a-undo", "b-undo", "c-undo"} and undo[-1] == "a-undo"
+
+
+async def test_timeout_to_fail_rolls_back(http: httpx.AsyncClient, busi: Busi) -> None:
+    busi.on("b", *([425] * 10_000))
+    body = saga(busi, ["a", "b"], options={"timeout_to_fail": 0.5})
+    gid = (await http.post("/v1/tx/transactions", json=body)).json()["gid"]
+    tx = await final_status(http, gid)
+    assert tx["status"] == "failed" and "timeout_to_fail" in tx["rollback_reason"]
+    assert busi.names(gid)[-2:] == ["b-undo", "a-undo"]
+
+
+async def test_retry_limit_gives_up_and_rolls_back(http: httpx.AsyncClient, busi: Busi) -> None:
+    busi.on("a", *([500] * 100))
+    body = saga(busi, ["a"], options={"retry_limit": 3, "retry_interval": 0.01})
+    gid = (await http.post("/v1/tx/transactions", json=body)).json()["gid"]
+    tx = await final_status(http, gid)
+    assert tx["status"] == "failed" and busi.names(gid).count("a") == 3
+
+
+async def test_steps_without_compensation_are_skipped(http: httpx.AsyncClient, busi: Busi) -> None:
+    busi.on("b", 409)
+    body = saga(busi, ["a", "b"])
+    body["steps"][0]["compensate"] = ""
+    gid = (await http.post("/v1/tx/transactions", json=body)).json()["gid"]
+    assert (await final_status(http, gid))["status"] == "failed"
+    assert busi.names(gid) == ["a", "b", "b-undo"]
+
+
+async def test_bad_input_is_a_400(http: httpx.AsyncClient, busi: Busi) -> None:
+    cycle = saga(busi, ["a", "b"], orders={0: [1], 1: [0]}, options={"concurrent": True})
+    assert (await http.post("/v1/tx/transactions", json=cycle)).status_code == 400
+    assert (await http.post("/v1/tx/transactions", json={**saga(busi, ["a"]), "gid": "bad gid!"})).status_code == 400
+    assert (await http.post("/v1/tx/transactions", json={**saga(busi, ["a"]), "payloads": [1, 2]})).status_code == 400
+    assert (await http.post("/v1/tx/transactions", json={"mode": "nope"})).status_code == 400
+
+
+async def test_submitting_twice_is_harmless(http: httpx.AsyncClient, busi: Busi) -> None:
+    body = {**saga(busi, ["a"]), "gid": "twice-1"}
+    assert (await http.post("/v1/tx/transactions", json=body)).status_code == 201
+    assert (await http.post("/v1/tx/transactions", json=body)).status_code == 201
+    await final_status(http, "twice-1")
+    assert busi.names("twice-1") == ["a"]

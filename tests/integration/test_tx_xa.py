@@ -1,0 +1,178 @@
+"""XA on MariaDB/MySQL (and PostgreSQL when it allows prepared transactions): branches prepare their
+local XA transaction, the coordinator commits or rolls them back, and in-doubt branches are recovered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mezzo.sdk.tx import BranchFailed
+from mezzo.testing.fixtures import RunningNode, wait_for
+from mezzo.transactions.xa import MySQLXa, PostgresXa, xid
+
+aiomysql = pytest.importorskip("aiomysql")
+MYSQL = os.environ.get("MEZZO_TEST_MYSQL", "127.0.0.1:3306")
+
+
+async def connect() -> Any:
+    host, _, port = MYSQL.partition(":")
+    return await aiomysql.connect(host=host, port=int(port or 3306), user="root", password="", db="test",
+                                  autocommit=True)
+
+
+@pytest.fixture
+async def accounts(unique: str) -> AsyncIterator[str]:
+    try:
+        conn = await connect()
+    except Exception as exc:
+        if os.environ.get("MEZZO_REQUIRE_BACKENDS") == "1":
+            pytest.fail(f"MySQL/MariaDB is not reachable ({exc})")
+        pytest.skip(f"MySQL/MariaDB is not reachable ({exc})")
+    table = f"accounts_{unique}"
+    async with conn.cursor() as cursor:
+        await cursor.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, balance int) ENGINE=InnoDB")
+        await cursor.execute(f"INSERT INTO {table} VALUES (1, 100), (2, 0)")
+    try:
+        yield table
+    finally:
+        async with conn.cursor() as cursor:
+            for gid, branch in await MySQLXa.in_doubt(conn):
+                await MySQLXa.finish(conn, gid, branch, "rollback")
+            await cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.close()
+
+
+async def balances(table: str) -> dict[int, int]:
+    conn = await connect()
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute(f"SELECT id, balance FROM {table}")
+            return dict(await cursor.fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def bank(accounts: str) -> AsyncIterator[str]:
+    """``POST /move?account=&delta=`` as an XA branch over the accounts table."""
+    async def move(request: Request) -> JSONResponse:
+        p = request.query_params
+        body = await request.json()
+        conn = await connect()
+        try:
+            if p["op"] == "action":
+                if body.get("fail"):
+                    return JSONResponse({"dtm_result": "FAILURE"}, status_code=409)
+
+                async def work(cursor: Any) -> None:
+                    await cursor.execute(f"UPDATE {accounts} SET balance = balance + %s WHERE id = %s",
+                                         (body["delta"], body["account"]))
+
+                await MySQLXa.run(conn, p["gid"], p["branch_id"], work)
+            else:
+                await MySQLXa.finish(conn, p["gid"], p["branch_id"], p["op"])
+        finally:
+            conn.close()
+        return JSONResponse({"dtm_result": "SUCCESS"})
+
+    app = Starlette(routes=[Route("/move", move, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await wait_for(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/move"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+async def test_xa_commits_every_branch(node: RunningNode, bank: str, accounts: str) -> None:
+    async with node.client() as client:
+        async with client.tx.xa(retry_interval=0.05) as xa:
+            await xa.call(bank, {"account": 1, "delta": -30})
+            await xa.call(bank, {"account": 2, "delta": 30})
+            assert await balances(accounts) == {1: 100, 2: 0}  # prepared, not visible yet
+        await wait_for(lambda: _status(client, xa.gid, "succeed"))
+    assert await balances(accounts) == {1: 70, 2: 30}
+
+
+async def test_xa_rolls_back_when_a_branch_fails(node: RunningNode, bank: str, accounts: str) -> None:
+    async with node.client() as client:
+        with pytest.raises(BranchFailed):
+            async with client.tx.xa(retry_interval=0.05) as xa:
+                await xa.call(bank, {"account": 1, "delta": -30})
+                await xa.call(bank, {"account": 2, "delta": 30, "fail": True})
+        await wait_for(lambda: _status(client, xa.gid, "failed"))
+    assert await balances(accounts) == {1: 100, 2: 0}
+    conn = await connect()
+    try:
+        assert [d for d in await MySQLXa.in_doubt(conn) if d[0] == xa.gid] == []
+    finally:
+        conn.close()
+
+
+async def test_in_doubt_branches_are_recovered(node: RunningNode, accounts: str) -> None:
+    def debit(account: int) -> Any:
+        async def work(cursor: Any) -> None:
+            await cursor.execute(f"UPDATE {accounts} SET balance = balance - 10 WHERE id = %s", (account,))
+        return work
+
+    async with node.client() as client:
+        won = (await client.tx.create({"mode": "xa", "prepare": True}))["gid"]
+        lost = (await client.tx.create({"mode": "xa", "prepare": True}))["gid"]
+        for account, gid in enumerate((won, lost), 1):  # prepared, then the app "crashes": its connection goes
+            conn = await connect()
+            await MySQLXa.run(conn, gid, "01", debit(account))
+            conn.close()
+        await client.tx.submit(won)
+        await client.tx.abort(lost)
+
+        async def status_of(gid: str) -> str | None:
+            return (await client.tx.get(gid))["status"]
+
+        conn = await connect()
+        try:
+            done = await MySQLXa.recover(conn, status_of)
+        finally:
+            conn.close()
+    assert done[xid(won, "01")] == "commit" and done[xid(lost, "01")] == "rollback"
+    assert await balances(accounts) == {1: 90, 2: 0}
+
+
+async def test_postgres_prepared_transactions(postgres_url: str, unique: str) -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    conn = await asyncpg.connect(postgres_url.split("?")[0])
+    try:
+        if int(await conn.fetchval("SHOW max_prepared_transactions")) == 0:
+            pytest.skip("the PostgreSQL server has max_prepared_transactions = 0: PREPARE TRANSACTION is disabled")
+        await conn.execute(f"CREATE TABLE xa_{unique} (v int)")
+        await PostgresXa.run(conn, "pg-gid", "01", lambda c: c.execute(f"INSERT INTO xa_{unique} VALUES (1)"))
+        assert await conn.fetchval(f"SELECT count(*) FROM xa_{unique}") == 0
+        assert await PostgresXa.recover(conn, lambda gid: _const("succeed")) == {xid("pg-gid", "01"): "commit"}
+        assert await conn.fetchval(f"SELECT count(*) FROM xa_{unique}") == 1
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS xa_{unique}")
+        await conn.close()
+
+
+async def _const(value: str) -> str:
+    return value
+
+
+async def _status(client: Any, gid: str | None, wanted: str) -> bool:
+    return (await client.tx.get(gid))["status"] == wanted  # type: ignore[no-any-return]

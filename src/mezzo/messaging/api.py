@@ -1,4 +1,5 @@
-"""HTTP routes of messaging: publish (JSON or CloudEvents), pull/ack/nack/seek, streaming consume, inspection."""
+"""HTTP routes of messaging: publish (JSON, CloudEvents, binary frames; also over a WebSocket),
+pull/ack/nack/seek, streaming consume (server-sent events or a WebSocket), inspection."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import StreamingResponse
+import structlog
+from fastapi import APIRouter, Depends, Path, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import HTTPConnection
 
 from mezzo.jsonutil import dumps, loads
-from mezzo.messaging.backend import StaleReceiptError, TooManyGroupsError
+from mezzo.messaging.backend import Delivery, StaleReceiptError, TooManyGroupsError
+from mezzo.messaging.codec import FRAMES, FrameError, decode_publish_frames, encode_delivery_frame
 from mezzo.messaging.compat.cloudevents import (
     BATCH,
     STRUCTURED,
@@ -27,11 +30,12 @@ from mezzo.messaging.compat.cloudevents import (
 from mezzo.messaging.half import HalfMessages, PrepareOptions, TransactionNotFound
 from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMessage, TopicNotFound
 from mezzo.node.auth import Principal, Verb
-from mezzo.node.auth_module import Caller, authenticate, bearer_token, require
+from mezzo.node.auth_module import Caller, authenticate, bearer_token, principal, require
 from mezzo.node.errors import Problem, bad_request, not_found
 from mezzo.resources.types import NAME_PATTERN, Duration, parse_duration
 from mezzo.telemetry.propagation import inject_attributes
 
+log = structlog.get_logger("mezzo.messaging")
 router = APIRouter(prefix="/v1/topics", tags=["messaging"])
 MAX_BODY = 64 * 1024 * 1024
 TopicPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253)]
@@ -42,6 +46,30 @@ TransactionPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 def service(request: HTTPConnection) -> MessagingService:
     return request.app.state.node.service(MessagingService)
+
+
+async def _principal(request: Request) -> Principal:
+    """``Caller``'s check on the event loop (a sync dependency costs a thread hop per request);
+    a refusal goes through ``principal``, which counts it and answers 401."""
+    token = bearer_token(request)
+    found = authenticate(request, token) if token is not None else None
+    return found if found is not None else principal(request)
+
+
+FastCaller = Annotated[Principal, Depends(_principal)]
+
+
+def _json_response(content: Any) -> Response:
+    """JSON without FastAPI's response validation: these bodies are built here, not user data."""
+    return Response(dumps(content), media_type="application/json")
+
+
+def delivery_frames(deliveries: list[Delivery]) -> bytes:
+    return b"".join([encode_delivery_frame(d.partition, d.offset, d.attempt, d.receipt, d.payload) for d in deliveries])
+
+
+def wants_frames(request: Request) -> bool:
+    return FRAMES in request.headers.get("accept", "")
 
 
 @contextlib.contextmanager
@@ -59,6 +87,9 @@ def problems() -> Iterator[None]:
         raise Problem(409, "Conflict", str(exc), type="too-many-groups") from None
     except LookupError as exc:  # e.g. the topic or group was deleted while a pull waited
         raise Problem(404, "Not Found", str(exc), type="not-found") from None
+    except ConnectionError as exc:  # the broker engine (NATS, Redis, PostgreSQL) is unreachable
+        raise Problem(503, "Service Unavailable", str(exc), type="broker-unavailable",
+                      headers={"Retry-After": "1"}) from None
 
 
 def _validation(exc: ValidationError, prefix: str) -> Problem:
@@ -117,12 +148,46 @@ async def read_messages(request: Request) -> list[PublishMessage]:
         raise _validation(exc, "") from None
 
 
-def carry_trace(request: Request, messages: list[PublishMessage]) -> None:
-    """Messages continue the publisher's trace: this request's span when Mezzo traces itself, else its headers."""
+async def read_frames(request: Request) -> list[tuple[PublishMessage | None, bytes]]:
+    """Messages from a body of binary publish frames (``codec.py``)."""
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise Problem(413, "Content Too Large", f"a publish request is limited to {MAX_BODY} bytes", type="too-large")
+    return parse_frames(body)
+
+
+def parse_frames(body: bytes) -> list[tuple[PublishMessage | None, bytes]]:
+    out: list[tuple[PublishMessage | None, bytes]] = []
+    try:
+        for index, (head, data) in enumerate(decode_publish_frames(body)):
+            if head is None:
+                out.append((None, data))
+                continue
+            try:
+                out.append((PublishMessage.options(head), data))
+            except ValidationError as exc:
+                raise _validation(exc, f"frames[{index}].") from None
+            except ValueError as exc:
+                raise bad_request(str(exc), field=f"frames[{index}]") from None
+    except FrameError as exc:
+        raise bad_request(str(exc), field=f"frames[{exc.index}]") from None
+    if not out:
+        raise bad_request("no messages to publish", field="body")
+    return out
+
+
+def trace_context(request: Request) -> dict[str, str]:
+    """What messages carry of the publisher's trace: this request's span when Mezzo traces itself, else its headers."""
     current: dict[str, str] = {}
     inject_attributes(current)
     if not current and request.headers.get("traceparent"):
         current = {h: request.headers[h] for h in ("traceparent", "tracestate") if h in request.headers}
+    return current
+
+
+def carry_trace(request: Request, messages: list[PublishMessage]) -> None:
+    """Messages continue the publisher's trace (``trace_context``) unless they set those attributes."""
+    current = trace_context(request)
     for message in messages:
         for name, value in current.items():
             message.attributes.setdefault(name, value)
@@ -136,16 +201,24 @@ def _json(body: bytes) -> Any:
 
 
 @router.post("/{topic}:publish", summary="Publish one or more messages")
-async def publish(request: Request, topic: TopicPath, caller: Caller, namespace: Namespace = "default") -> dict[str, Any]:
+async def publish(request: Request, topic: TopicPath, caller: FastCaller, namespace: Namespace = "default") -> Response:
+    """JSON (one message, or ``{"messages": [...]}``), CloudEvents, a raw body, or binary frames
+    (``Content-Type: application/vnd.mezzo.frames``, see ``codec.py``)."""
     require(caller, Verb.USE, namespace)
+    svc = service(request)
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == FRAMES:
+        frames = await read_frames(request)
+        with problems():
+            results = await svc.publish_frames(namespace, topic, frames, trace_context(request), caller.name)
+        return _json_response({"messages": [r.to_json() for r in results]})
     messages = await read_messages(request)
     carry_trace(request, messages)
     with problems():
         try:
-            results = await service(request).publish(namespace, topic, messages, caller.name)
+            results = await svc.publish(namespace, topic, messages, caller.name)
         except ValueError as exc:  # e.g. invalid base64
             raise bad_request(str(exc)) from None
-    return {"messages": [r.to_json() for r in results]}
+    return _json_response({"messages": [r.to_json() for r in results]})
 
 
 class PullRequest(BaseModel):
@@ -172,17 +245,22 @@ def _group(caller: Principal, namespace: str) -> None:
 
 
 @router.post("/{topic}/groups/{group}:pull", summary="Receive messages for a consumer group")
-async def pull(request: Request, topic: TopicPath, group: GroupPath, caller: Caller,
-               body: PullRequest | None = None, namespace: Namespace = "default") -> dict[str, Any]:
+async def pull(request: Request, topic: TopicPath, group: GroupPath, caller: FastCaller,
+               body: PullRequest | None = None, namespace: Namespace = "default") -> Response:
+    """``{"messages": [...]}``, or binary delivery frames with ``Accept: application/vnd.mezzo.frames``."""
     _group(caller, namespace)
     body = body or PullRequest()
+    svc = service(request)
     with problems():
-        messages = await service(request).pull(namespace, topic, group, body.max, body.wait, body.consumer)
-    return {"messages": [m.to_json() for m in messages]}
+        if wants_frames(request):
+            kept = await svc.pull_deliveries(namespace, topic, group, body.max, body.wait, body.consumer)
+            return Response(delivery_frames([d for d, _ in kept]), media_type=FRAMES)
+        messages = await svc.pull(namespace, topic, group, body.max, body.wait, body.consumer)
+    return _json_response({"messages": [m.to_json() for m in messages]})
 
 
 @router.post("/{topic}/groups/{group}:ack", summary="Acknowledge deliveries")
-async def ack(request: Request, topic: TopicPath, group: GroupPath, body: Receipts, caller: Caller,
+async def ack(request: Request, topic: TopicPath, group: GroupPath, body: Receipts, caller: FastCaller,
               namespace: Namespace = "default") -> dict[str, int]:
     _group(caller, namespace)
     with problems():
@@ -191,7 +269,7 @@ async def ack(request: Request, topic: TopicPath, group: GroupPath, body: Receip
 
 
 @router.post("/{topic}/groups/{group}:nack", summary="Ask for redelivery (after a delay)")
-async def nack(request: Request, topic: TopicPath, group: GroupPath, body: NackRequest, caller: Caller,
+async def nack(request: Request, topic: TopicPath, group: GroupPath, body: NackRequest, caller: FastCaller,
                namespace: Namespace = "default") -> dict[str, int]:
     _group(caller, namespace)
     with problems():
@@ -283,7 +361,6 @@ async def read_messages_route(request: Request, topic: TopicPath, caller: Caller
                               partition: int = Query(0, ge=0), offset: int = Query(0, ge=0),
                               limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     require(caller, Verb.READ, namespace)
-    from mezzo.messaging.codec import Envelope
     from mezzo.messaging.service import to_message
 
     svc = service(request)
@@ -294,7 +371,7 @@ async def read_messages_route(request: Request, topic: TopicPath, caller: Caller
         deliveries = await svc.broker.read(ref, partition, offset, limit)
     except LookupError as exc:
         raise bad_request(str(exc), field="partition") from None
-    return {"messages": [_inspected(to_message(topic, d, Envelope.decode(d.payload))) for d in deliveries]}
+    return {"messages": [_inspected(to_message(topic, d)) for d in deliveries]}
 
 
 def _inspected(message: Any) -> dict[str, Any]:
@@ -383,30 +460,110 @@ async def message_trace(request: Request, message_id: Annotated[str, Path(min_le
 
 @router.websocket("/{topic}/groups/{group}:connect")
 async def connect(websocket: WebSocket, topic: str, group: str, namespace: str = "default",
-                  max_in_flight: int = Query(100, alias="maxInFlight", ge=1, le=10_000)) -> None:
-    """A consumer over one WebSocket: Mezzo sends ``{"messages": [...]}`` while fewer than
-    ``maxInFlight`` are unacked; the client sends ``{"ack": [receipts]}`` or
-    ``{"nack": [receipts], "delay": "5s"}``. Browsers may pass the token as ``?access_token=``."""
-    caller = authenticate(websocket, bearer_token(websocket) or websocket.query_params.get("access_token"))
-    names_ok = all(re.match(NAME_PATTERN, n) for n in (topic, group, namespace))
-    if caller is None or not names_ok or not caller.can(Verb.USE, namespace):
-        reason = "invalid names" if not names_ok else "unauthorized" if caller is None else "forbidden"
-        await websocket.close(code=4400 if not names_ok else 4401 if caller is None else 4403, reason=reason)
+                  max_in_flight: int = Query(100, alias="maxInFlight", ge=1, le=10_000),
+                  format: Literal["json", "frames"] = "json") -> None:
+    """A consumer over one WebSocket: Mezzo sends ``{"messages": [...]}`` (with ``?format=frames``:
+    binary delivery frames, see ``codec.py``) while fewer than ``maxInFlight`` are unacked; the
+    client sends ``{"ack": [receipts]}`` or ``{"nack": [receipts], "delay": "5s"}``. Browsers may
+    pass the token as ``?access_token=``."""
+    caller = await _socket_caller(websocket, namespace, (topic, group, namespace))
+    if caller is None:
         return
     svc = service(websocket)
     if not svc.broker.has_topic(f"{namespace}/{topic}"):
         await websocket.close(code=4404, reason=f"topic {topic!r} does not exist")
         return
     await websocket.accept()
-    session = _StreamSession(svc, websocket, namespace, topic, group, max_in_flight, caller.name)
+    session = _StreamSession(svc, websocket, namespace, topic, group, max_in_flight, caller.name, format == "frames")
     await session.run()
+
+
+async def _socket_caller(websocket: WebSocket, namespace: str, names: tuple[str, ...]) -> Principal | None:
+    """The caller of a WebSocket, allowed to use ``namespace``; else the socket is closed (4400/4401/4403)."""
+    caller = authenticate(websocket, bearer_token(websocket) or websocket.query_params.get("access_token"))
+    names_ok = all(re.match(NAME_PATTERN, n) for n in names)
+    if caller is None or not names_ok or not caller.can(Verb.USE, namespace):
+        reason = "invalid names" if not names_ok else "unauthorized" if caller is None else "forbidden"
+        await websocket.close(code=4400 if not names_ok else 4401 if caller is None else 4403, reason=reason)
+        return None
+    return caller
+
+
+@router.websocket("/{topic}:publish")
+async def publish_socket(websocket: WebSocket, topic: str, namespace: str = "default") -> None:
+    """A producer over one WebSocket. Each binary message is a batch: a ``u32`` batch number chosen by
+    the client, then publish frames (``codec.py``); Mezzo answers each batch, once it is durable, with
+    a text message ``{"id": n, "messages": [...]}`` as ``:publish`` answers a request, or
+    ``{"id": n, "error": {...}}`` with the problem it would answer. Batches sent without waiting
+    for answers are handled like concurrent requests: each is stored in order, two of them in
+    either order. Trace context goes in each message's attributes."""
+    caller = await _socket_caller(websocket, namespace, (topic, namespace))
+    if caller is None:
+        return
+    await websocket.accept()
+    await _PublishSession(service(websocket), websocket, namespace, topic, caller.name).run()
+
+
+class _PublishSession:
+    MAX_BATCHES = 64  # answered-or-not batches per socket; beyond it Mezzo stops reading
+
+    def __init__(self, svc: MessagingService, ws: WebSocket, namespace: str, topic: str, user: str) -> None:
+        self.svc, self.ws, self.namespace, self.topic, self.user = svc, ws, namespace, topic, user
+        self.room = asyncio.Semaphore(self.MAX_BATCHES)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("bytes")
+                if data is None:
+                    await self._answer(None, {"error": bad_request("send binary messages: a u32 batch number, "
+                                                                   "then publish frames").body()})
+                    continue
+                await self.room.acquire()
+                task = asyncio.create_task(self._publish(data))
+                self.tasks.add(task)
+                task.add_done_callback(self._done)
+        finally:
+            if self.tasks:  # what was received is stored even if its answer cannot be sent any more
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.room.release()
+
+    async def _publish(self, data: bytes) -> None:
+        batch = int.from_bytes(data[:4], "little") if len(data) >= 4 else None
+        try:
+            if batch is None:
+                raise bad_request("a batch starts with its u32 number", field="id")
+            if len(data) > MAX_BODY:
+                raise Problem(413, "Content Too Large", f"a batch is limited to {MAX_BODY} bytes", type="too-large")
+            frames = parse_frames(data[4:])
+            with problems():
+                results = await self.svc.publish_frames(self.namespace, self.topic, frames, {}, self.user)
+            answer: dict[str, Any] = {"messages": [r.to_json() for r in results]}
+        except Problem as exc:
+            answer = {"error": exc.body()}
+        except Exception as exc:  # a bug, not bad input: say so, keep the socket
+            log.error("publish over a WebSocket failed", topic=self.topic, error=f"{type(exc).__name__}: {exc}")
+            answer = {"error": Problem(500, "Internal Server Error", "the server failed; the error is in its log",
+                                       type="internal").body()}
+        await self._answer(batch, answer)
+
+    async def _answer(self, batch: int | None, answer: dict[str, Any]) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client left: it gets no answer
+            await self.ws.send_text(dumps({"id": batch, **answer}).decode())
 
 
 class _StreamSession:
     def __init__(self, svc: MessagingService, ws: WebSocket, namespace: str, topic: str, group: str,
-                 max_in_flight: int, consumer: str) -> None:
+                 max_in_flight: int, consumer: str, frames: bool = False) -> None:
         self.svc, self.ws, self.namespace, self.topic, self.group = svc, ws, namespace, topic, group
-        self.max_in_flight, self.consumer = max_in_flight, consumer
+        self.max_in_flight, self.consumer, self.frames = max_in_flight, consumer, frames
         self.in_flight: set[str] = set()
         self.credit = asyncio.Event()
         self.credit.set()
@@ -431,6 +588,12 @@ class _StreamSession:
                 continue
             # frames of a quarter window keep acks and new batches overlapping (no ping-pong)
             batch = min(room, max(self.max_in_flight // 4, 1), 1000)
+            if self.frames:
+                kept = await self.svc.pull_deliveries(self.namespace, self.topic, self.group, batch, 5.0, self.consumer)
+                if kept:
+                    self.in_flight.update(d.receipt for d, _ in kept)
+                    await self.ws.send_bytes(delivery_frames([d for d, _ in kept]))
+                continue
             messages = await self.svc.pull(self.namespace, self.topic, self.group, batch, 5.0, self.consumer)
             if messages:
                 self.in_flight.update(m.receipt for m in messages if m.receipt)

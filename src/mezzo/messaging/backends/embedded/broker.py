@@ -9,8 +9,9 @@ import shutil
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -24,22 +25,27 @@ from mezzo.messaging.backend import (
     TooManyGroupsError,
     TopicStats,
 )
-from mezzo.messaging.backends.embedded.cursor import PartitionCursor, StaleReceipt
-from mezzo.messaging.backends.embedded.log import PartitionLog
+from mezzo.messaging.backends.embedded.cursor import Entry, PartitionCursor
+from mezzo.messaging.backends.embedded.log import LogClosedError, PartitionLog
+from mezzo.messaging.backends.embedded.log import Record as LogRecord
 from mezzo.messaging.model import TopicSpec
 
 FsyncPolicy = Literal["always", "batch", "os"]
 _KEY = struct.Struct("<H")
 MAX_GROUPS = 1000  # consumer groups per topic
 MAX_PENDING = 20_000  # loaded-but-unfinished messages per group and partition
+LOAD_AT_LEAST = 100  # records read from the log at a time when a fetch needs more
+LATER = 0.02  # seconds attempt counts may wait for an ack to share its journal write
 CHECKPOINT_EVERY = 50_000  # journal records between checkpoints
 
 
 def frame(record: Record) -> bytes:
-    """Log payload: key length, key, record id length, id, then the service's payload."""
-    key = (record.key or "").encode()
+    """Log payload: key length (+1; 0 for none), key, record id length, id, then the service's payload."""
     rid = record.id.encode()
-    return _KEY.pack(len(key) + (0 if record.key is None else 1)) + key + _KEY.pack(len(rid)) + rid + record.payload
+    if record.key is None:
+        return b"".join((b"\x00\x00", _KEY.pack(len(rid)), rid, record.payload))
+    key = record.key.encode()
+    return b"".join((_KEY.pack(len(key) + 1), key, _KEY.pack(len(rid)), rid, record.payload))
 
 
 def unframe(data: bytes) -> tuple[str | None, str, bytes]:
@@ -49,6 +55,18 @@ def unframe(data: bytes) -> tuple[str | None, str, bytes]:
     (rlen,) = _KEY.unpack_from(data, pos)
     rid = data[pos + 2 : pos + 2 + rlen].decode()
     return key, rid, data[pos + 2 + rlen :]
+
+
+def frame_key(data: bytes) -> str | None:
+    """The key of a framed record, without decoding the rest."""
+    klen = data[0] | data[1] << 8
+    return None if klen == 0 else data[2 : 1 + klen].decode()
+
+
+def frame_payload(data: bytes) -> bytes:
+    """The service's payload of a framed record."""
+    pos = 2 + max((data[0] | data[1] << 8) - 1, 0)
+    return data[pos + 2 + (data[pos] | data[pos + 1] << 8) :]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -61,15 +79,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class GroupState:
-    """A group's cursors for every partition of a topic, and the journal that makes acks durable."""
+    """A group's cursors for every partition of a topic, and the journal that makes acks durable.
+
+    Journal entries (JSON arrays): ``["a", partition, [offsets]]`` acked, ``["d", partition,
+    [offsets], [attempts]]`` delivered (attempt counts), ``["S", partition, offset, epoch]``
+    seek; the one-offset forms ``["A", p, o]`` and ``["D", p, o, attempt]`` of older
+    versions are still read.
+    """
 
     def __init__(self, directory: Path, partitions: int, fsync: FsyncPolicy) -> None:
         self.directory = directory
         self.cursors = [PartitionCursor() for _ in range(partitions)]
+        # receipt -> (partition, entry) of every delivery in flight: an ack is a dict look-up
+        self.flying: dict[str, tuple[int, Entry]] = {}
         self.journal = PartitionLog(directory / "journal", fsync=fsync)
         self._since_checkpoint = 0
         self._checkpointing = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._later: list[list[Any]] = []  # journal entries waiting to go with the next record()
+        self._flush: asyncio.Task[None] | None = None
         self.rr = 0  # partition to look at first, for fairness
 
     async def open(self) -> None:
@@ -100,36 +128,75 @@ class GroupState:
             self.cursors.append(PartitionCursor())
         return self.cursors[partition]
 
-    def _replay(self, entry: list[int | str]) -> None:
-        op, partition, offset = entry[0], int(entry[1]), int(entry[2])
-        cursor = self._cursor(partition)
-        if op == "A":
-            cursor.mark_done(offset)
+    def _replay(self, entry: list[Any]) -> None:
+        op, cursor = entry[0], self._cursor(int(entry[1]))
+        if op == "a":
+            for offset in entry[2]:
+                cursor.mark_done(offset)
+        elif op == "d":
+            for offset, attempt in zip(entry[2], entry[3], strict=True):
+                if offset >= cursor.committed and offset not in cursor.done:  # may follow its own ack
+                    cursor.attempts[offset] = attempt
+        elif op == "A":
+            cursor.mark_done(int(entry[2]))
         elif op == "D":
-            if offset >= cursor.committed and offset not in cursor.done:  # may follow its own ack
+            offset = int(entry[2])
+            if offset >= cursor.committed and offset not in cursor.done:
                 cursor.attempts[offset] = int(entry[3])
         elif op == "S":
-            cursor.seek(offset)
+            cursor.seek(int(entry[2]))
             cursor.epoch = int(entry[3]) if len(entry) > 3 else cursor.epoch
 
-    async def record(self, entries: list[list[int | str]]) -> None:
-        """Journal decisions; returns when they are durable."""
+    def live(self, receipt: str) -> tuple[int, Entry] | None:
+        """(partition, entry) when ``receipt`` names a delivery still in flight, else None."""
+        found = self.flying.get(receipt)
+        if found is None:
+            return None
+        partition, entry = found
+        if entry.deadline is None or entry.receipt != receipt or self.cursors[partition].entries.get(entry.offset) is not entry:
+            return None
+        return found
+
+    def forget(self, entries: Iterable[Entry]) -> None:
+        """Drop the receipts of these entries (finished, seeked or skipped by retention)."""
+        flying = self.flying
+        for entry in entries:
+            if entry.receipt is not None:
+                flying.pop(entry.receipt, None)
+                entry.receipt = None
+
+    async def record(self, entries: list[list[Any]]) -> None:
+        """Journal decisions, after any that ``record_later`` holds; returns when they are durable."""
+        if self._later:
+            entries, self._later = self._later + entries, []
         if not entries:
             return
         now = int(time.time() * 1000)
         await self.journal.append([(now, orjson.dumps(e)) for e in entries])
-        self._since_checkpoint += len(entries)
+        self._since_checkpoint += sum(len(e[2]) if isinstance(e[2], list) else 1 for e in entries)
         if self._since_checkpoint >= CHECKPOINT_EVERY and not self._checkpointing.locked():
             # in the background: the ack that crossed the line need not wait for the snapshot
             self._since_checkpoint = 0
-            task = asyncio.create_task(self.checkpoint())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self.checkpoint())
 
-    def record_later(self, entries: list[list[int | str]]) -> None:
-        task = asyncio.create_task(self.record(entries))
+    def record_later(self, entries: list[list[Any]]) -> None:
+        """Journal these without waiting for them: they go with the next ``record`` (usually the
+        acks of the same deliveries, so one fsync serves both) or on their own after ``LATER``."""
+        self._later += entries
+        if self._flush is None or self._flush.done():
+            self._flush = self._in_background(self._record_soon())
+
+    async def _record_soon(self) -> None:
+        await asyncio.sleep(LATER)
+        if self._later:
+            with contextlib.suppress(LogClosedError):  # the group was deleted: nothing to keep
+                await self.record([])
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def checkpoint(self) -> None:
         async with self._checkpointing:  # one at a time: they share checkpoint.tmp
@@ -169,7 +236,8 @@ class TopicState:
         self.logs: list[PartitionLog] = []
         self.groups: dict[str, GroupState] = {}
         self.changed = asyncio.Event()  # set on publish, nack and seek: wakes waiting fetches
-        self.seen: OrderedDict[str, tuple[float, Position]] = OrderedDict()  # dedup window
+        # dedup window: id -> (stored at, partition, offset); plain tuples, which the GC does not track
+        self.seen: OrderedDict[str, tuple[float, int, int]] = OrderedDict()
 
     async def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -204,25 +272,26 @@ class TopicState:
         if window_ms <= 0:
             return
         since = int(time.time() * 1000) - window_ms
-        found: list[tuple[int, str, Position]] = []
+        found: list[tuple[int, str, int, int]] = []
         for p, log in enumerate(self.logs):
             offset = log.offset_for_timestamp(since)
             while batch := log.read(offset, 5000):
                 for rec in batch:
                     _, rid, _ = unframe(rec.payload)
-                    found.append((rec.timestamp_ms, rid, Position(p, rec.offset)))
+                    found.append((rec.timestamp_ms, rid, p, rec.offset))
                 offset = batch[-1].offset + 1
-        for ts, rid, pos in sorted(found, key=lambda f: f[0]):
-            self.seen[rid] = (ts / 1000, pos)
+        for ts, rid, partition, offset in sorted(found, key=lambda f: f[0]):
+            self.seen[rid] = (ts / 1000, partition, offset)
 
-    def remember(self, rid: str, position: Position, now: float) -> None:
-        self.seen[rid] = (now, position)
+    def evict(self, now: float) -> None:
+        """Forget ids older than the dedup window (the oldest come first)."""
         horizon = now - self.spec.dedup_window
-        while self.seen:
-            first = next(iter(self.seen.values()))
+        seen = self.seen
+        while seen:
+            first = next(iter(seen.values()))
             if first[0] >= horizon:
                 break
-            self.seen.popitem(last=False)
+            seen.popitem(last=False)
 
     def wake(self) -> None:
         self.changed.set()
@@ -304,33 +373,49 @@ class EmbeddedBroker:
     async def publish(self, topic: str, records: list[Record], partitions: list[int]) -> list[Position]:
         state = self._topic(topic)
         now = time.time()
+        window = state.spec.dedup_window
+        seen_ids = state.seen
         positions: list[Position | None] = [None] * len(records)
         by_partition: dict[int, list[int]] = {}
         batch_ids: dict[str, int] = {}
+        logs = len(state.logs)
         for i, (record, partition) in enumerate(zip(records, partitions, strict=True)):
-            seen = state.seen.get(record.id) if state.spec.dedup_window > 0 else None
-            if seen is not None and now - seen[0] >= state.spec.dedup_window:
+            rid = record.id
+            seen = seen_ids.get(rid) if window > 0 else None
+            if seen is not None and now - seen[0] >= window:
                 seen = None  # outside the window (a quiet topic evicts nothing until it publishes)
             if seen is not None:
-                positions[i] = Position(seen[1].partition, seen[1].offset, duplicate=True)
-            elif record.id in batch_ids:
+                positions[i] = Position(seen[1], seen[2], duplicate=True)
+            elif rid in batch_ids:
                 continue  # resolved after the append
             else:
-                batch_ids[record.id] = i
-                by_partition.setdefault(partition % len(state.logs), []).append(i)
+                batch_ids[rid] = i
+                indexes = by_partition.get(partition % logs)
+                if indexes is None:
+                    indexes = by_partition[partition % logs] = []
+                indexes.append(i)
         for partition, indexes in by_partition.items():
             offsets = await state.logs[partition].append(
                 [(records[i].timestamp_ms, frame(records[i])) for i in indexes]
             )
-            for i, offset in zip(indexes, offsets, strict=True):
-                positions[i] = Position(partition, offset)
-                if state.spec.dedup_window > 0:
-                    state.remember(records[i].id, positions[i], now)  # type: ignore[arg-type]
-        for i, record in enumerate(records):
-            if positions[i] is None:
-                first = positions[batch_ids[record.id]]
-                assert first is not None
-                positions[i] = Position(first.partition, first.offset, duplicate=True)
+            if window > 0:
+                for i, offset in zip(indexes, offsets, strict=True):
+                    positions[i] = Position(partition, offset)
+                    rid = records[i].id
+                    if rid in seen_ids:  # stored again after its window passed: to the young end
+                        seen_ids.move_to_end(rid)
+                    seen_ids[rid] = (now, partition, offset)
+            else:
+                for i, offset in zip(indexes, offsets, strict=True):
+                    positions[i] = Position(partition, offset)
+        if window > 0 and by_partition:
+            state.evict(now)
+        if len(batch_ids) < len(records):
+            for i, record in enumerate(records):
+                if positions[i] is None:
+                    first = positions[batch_ids[record.id]]
+                    assert first is not None
+                    positions[i] = Position(first.partition, first.offset, duplicate=True)
         if by_partition:
             state.wake()
         return positions  # type: ignore[return-value]
@@ -351,7 +436,7 @@ class EmbeddedBroker:
             if out:
                 # Attempt counts are journaled without holding the delivery back for an fsync:
                 # at worst a crash forgets the last few, and a message is retried once more.
-                gstate.record_later([["D", d.partition, d.offset, d.attempt] for d in out])
+                gstate.record_later(_delivered(out))
                 return out
             now = self.clock()
             if now >= deadline:
@@ -370,81 +455,102 @@ class EmbeddedBroker:
             cursor = gstate._cursor(partition)
             log = state.logs[partition]
             if cursor.committed < log.first_offset:
-                cursor.skip_to(log.first_offset)
-            if len(cursor.entries) < MAX_PENDING and cursor.read_pos < log.next_offset:
-                batch = log.read(cursor.read_pos, MAX_PENDING - len(cursor.entries))
-                cursor.load((rec.offset, unframe(rec.payload)[0]) for rec in batch)
-            taken = cursor.take(now, max_messages - len(out), ack_timeout)
+                first = log.first_offset
+                gstate.forget([e for e in cursor.entries.values() if e.offset < first])
+                cursor.skip_to(first)
+            want = max_messages - len(out)
+            taken = cursor.take(now, want, ack_timeout)
+            # read from the log only what this fetch needs (and what waits behind busy keys)
+            while len(taken) < want and len(cursor.entries) < MAX_PENDING and cursor.read_pos < log.next_offset:
+                batch = log.read(cursor.read_pos, min(MAX_PENDING - len(cursor.entries),
+                                                      max(want - len(taken), LOAD_AT_LEAST)))
+                if not batch:
+                    break
+                cursor.load([(rec.offset, frame_key(rec.payload), rec) for rec in batch])
+                taken += cursor.take(now, want - len(taken), ack_timeout)
             if taken:
-                # one read for the span of offsets taken (usually contiguous) instead of one per message
-                first, last = taken[0].offset, max(e.offset for e in taken)
-                records = {rec.offset: rec for rec in log.read(first, last - first + 1, 64 * 1024 * 1024)
-                           if rec.offset <= last} if last - first < 4 * len(taken) else {}
-                for entry in taken:
-                    rec = records.get(entry.offset) or self._record(state, partition, entry.offset)
-                    if rec is None:
-                        continue
-                    out.append(Delivery(state.name, partition, entry.offset, rec.timestamp_ms,
-                                        unframe(rec.payload)[2], entry.attempts,
-                                        f"{partition}:{entry.offset}:{entry.attempts}:{cursor.epoch}"))
+                self._deliver(state, gstate, partition, cursor, taken, out)
             if len(out) >= max_messages:
                 break
         gstate.rr = (gstate.rr + 1) % count
         return out
+
+    def _deliver(self, state: TopicState, gstate: GroupState, partition: int, cursor: PartitionCursor,
+                 taken: list[Entry], out: list[Delivery]) -> None:
+        """Deliveries for ``taken`` with fresh receipts; records not kept from loading are read again."""
+        missing = [e.offset for e in taken if e.record is None]
+        records: dict[int, LogRecord] = {}
+        if missing:
+            # one read for the span of offsets (usually contiguous) instead of one per message
+            first, last = min(missing), max(missing)
+            if last - first < 4 * len(missing):
+                records = {rec.offset: rec for rec in state.logs[partition].read(first, last - first + 1, 64 * 1024 * 1024)
+                           if rec.offset <= last}
+        flying, name, tail = gstate.flying, state.name, f":{cursor.epoch}"
+        for entry in taken:
+            rec = entry.record
+            if entry.receipt is not None:  # the last delivery's receipt ends here
+                flying.pop(entry.receipt, None)
+                entry.receipt = None
+            if rec is None:
+                rec = records.get(entry.offset) or self._record(state, partition, entry.offset)
+                if rec is None:  # removed by retention meanwhile
+                    continue
+            else:
+                entry.record = None  # handed out: a redelivery reads it again
+            receipt = entry.receipt = f"{partition}:{entry.offset}:{entry.attempts}{tail}"
+            flying[receipt] = (partition, entry)
+            out.append(Delivery(name, partition, entry.offset, rec.timestamp_ms, frame_payload(rec.payload),
+                                entry.attempts, receipt))
 
     @staticmethod
     def _record(state: TopicState, partition: int, offset: int):  # type: ignore[no-untyped-def]
         batch = state.logs[partition].read(offset, 1)
         return batch[0] if batch and batch[0].offset == offset else None
 
-    def _in_flight(self, state: TopicState, gstate: GroupState, receipt: str) -> tuple[int, int] | None:
-        """(partition, offset) when ``receipt`` names a delivery still in flight, else None."""
-        parsed = _parse_receipt(receipt, len(state.logs))
-        if parsed is None:
-            return None
-        partition, offset, attempt, epoch = parsed
-        cursor = gstate._cursor(partition)
-        if cursor.epoch != epoch:
-            return None
-        try:
-            cursor.check(offset, attempt)
-        except StaleReceipt:
-            return None
-        return partition, offset
-
     async def in_flight(self, topic: str, group: str, receipts: list[str]) -> dict[str, Delivery]:
         state = self._topic(topic)
         gstate = await state.group(group, self.max_groups)
         out: dict[str, Delivery] = {}
         for receipt in receipts:
-            found = self._in_flight(state, gstate, receipt)
+            found = gstate.live(receipt)
             if found is None:
                 continue
-            partition, offset = found
-            rec = self._record(state, partition, offset)
+            partition, entry = found
+            rec = self._record(state, partition, entry.offset)
             if rec is not None:
-                attempt = gstate._cursor(partition).entries[offset].attempts
-                out[receipt] = Delivery(state.name, partition, offset, rec.timestamp_ms,
-                                        unframe(rec.payload)[2], attempt, receipt)
+                out[receipt] = Delivery(state.name, partition, entry.offset, rec.timestamp_ms,
+                                        frame_payload(rec.payload), entry.attempts, receipt)
         return out
 
     async def ack(self, topic: str, group: str, receipts: list[str]) -> None:
         state = self._topic(topic)
         gstate = await state.group(group, self.max_groups)
-        accepted: list[tuple[int, int]] = []
+        live = gstate.live
+        by_partition: dict[int, list[int]] = {}
         stale: list[str] = []
         for receipt in receipts:
-            found = self._in_flight(state, gstate, receipt)
+            found = live(receipt)
             if found is None:
                 stale.append(receipt)
             else:
-                accepted.append(found)
+                offsets = by_partition.get(found[0])
+                if offsets is None:
+                    offsets = by_partition[found[0]] = []
+                offsets.append(found[1].offset)
         # journal first: the cursor changes only once the ack is durable
-        await gstate.record([["A", p, o] for p, o in accepted])
+        await gstate.record([["a", p, offsets] for p, offsets in by_partition.items()])
         unblocked = False
-        for partition, offset in accepted:
+        flying = gstate.flying
+        for partition, offsets in by_partition.items():
             cursor = gstate._cursor(partition)
-            unblocked |= cursor.finish(offset) or len(cursor.entries) >= MAX_PENDING - len(accepted)
+            entries = cursor.entries
+            for offset in offsets:
+                entry = entries.get(offset)  # may have been redelivered while the ack was journaled
+                if entry is not None and entry.receipt is not None:
+                    flying.pop(entry.receipt, None)
+                unblocked |= cursor.finish(offset)
+            unblocked |= len(entries) >= MAX_PENDING - len(offsets)  # a full window may take more now
         if unblocked:
             state.wake()  # a key that was in flight, or a full window, may release more messages
         if stale:
@@ -456,12 +562,13 @@ class EmbeddedBroker:
         stale: list[str] = []
         visible_at = self.clock() + delay
         for receipt in receipts:
-            parsed = _parse_receipt(receipt, len(state.logs))
-            if parsed is None or self._in_flight(state, gstate, receipt) is None:
+            found = gstate.live(receipt)
+            if found is None:
                 stale.append(receipt)
                 continue
-            partition, offset, attempt, _ = parsed
-            gstate._cursor(partition).nack(offset, attempt, visible_at)
+            partition, entry = found
+            gstate._cursor(partition).nack(entry.offset, entry.attempts, visible_at)
+            gstate.forget([entry])
         state.wake()
         if stale:
             raise StaleReceiptError(f"not in flight (acked, timed out or redelivered): {', '.join(stale[:10])}")
@@ -469,12 +576,13 @@ class EmbeddedBroker:
     async def seek(self, topic: str, group: str, positions: dict[int, int]) -> dict[int, int]:
         state = self._topic(topic)
         gstate = await state.group(group, self.max_groups)
-        journal: list[list[int | str]] = []
+        journal: list[list[Any]] = []
         applied: dict[int, int] = {}
         for partition, offset in positions.items():
             log = state.logs[partition]
             target = min(max(offset, log.first_offset), log.next_offset)
             cursor = gstate._cursor(partition)
+            gstate.forget(cursor.entries.values())
             cursor.seek(target)
             journal.append(["S", partition, target, cursor.epoch])
             applied[partition] = target
@@ -495,7 +603,7 @@ class EmbeddedBroker:
         if not 0 <= partition < len(state.logs):
             raise LookupError(f"topic {topic!r} has no partition {partition}")
         return [
-            Delivery(topic, partition, rec.offset, rec.timestamp_ms, unframe(rec.payload)[2], 0, "")
+            Delivery(topic, partition, rec.offset, rec.timestamp_ms, frame_payload(rec.payload), 0, "")
             for rec in state.logs[partition].read(offset, max_messages)
         ]
 
@@ -541,10 +649,13 @@ class EmbeddedBroker:
                 )
 
 
-def _parse_receipt(receipt: str, partitions: int) -> tuple[int, int, int, int] | None:
-    """``partition:offset:attempt:epoch`` with a partition the topic has; None otherwise."""
-    parts = receipt.split(":")
-    if len(parts) != 4 or not all(p.isdigit() and len(p) < 20 for p in parts):
-        return None
-    partition, offset, attempt, epoch = (int(p) for p in parts)
-    return (partition, offset, attempt, epoch) if partition < partitions else None
+def _delivered(out: list[Delivery]) -> list[list[Any]]:
+    """Journal entries for the attempt counts of these deliveries, one per partition."""
+    by_partition: dict[int, tuple[list[int], list[int]]] = {}
+    for d in out:
+        found = by_partition.get(d.partition)
+        if found is None:
+            found = by_partition[d.partition] = ([], [])
+        found[0].append(d.offset)
+        found[1].append(d.attempt)
+    return [["d", p, offsets, attempts] for p, (offsets, attempts) in by_partition.items()]

@@ -12,6 +12,7 @@ from mezzo.messaging.module import MessagingModule
 from mezzo.node.api import ApiModule
 from mezzo.node.auth_module import AuthModule
 from mezzo.node.module import Module
+from mezzo.registry.module import RegistryModule
 from mezzo.resilience.module import ResilienceModule
 from mezzo.resources.module import ResourcesModule
 from mezzo.storage.module import StoreModule
@@ -34,6 +35,7 @@ MODULES: dict[str, ModuleDef] = {
     "resilience": ModuleDef(ResilienceModule, ("resources",)),
     "messaging": ModuleDef(MessagingModule, ("store", "resources", "resilience")),
     "config": ModuleDef(ConfigModule, ("store", "auth")),
+    "registry": ModuleDef(RegistryModule, ("store", "auth")),
     "gateway": ModuleDef(GatewayModule, ("store", "resources")),
     "apis": ModuleDef(ApisModule, ("gateway", "resources")),
     "tracing": ModuleDef(TracingModule, ("telemetry", "auth")),

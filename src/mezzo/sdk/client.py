@@ -14,6 +14,7 @@ from mezzo.sdk.config import default_token, default_url
 from mezzo.sdk.configcenter import ConfigClient
 from mezzo.sdk.errors import ConnectError, api_error
 from mezzo.sdk.messaging import MessagingClient
+from mezzo.sdk.registry import RegistryClient
 from mezzo.sdk.resources import ResourcesClient
 from mezzo.sdk.sync import SyncProxy
 from mezzo.sdk.tokens import TokensClient
@@ -53,6 +54,7 @@ class Mezzo:
         self.tx = TxClient(self)
         self.cache = CacheClient(self)
         self.config = ConfigClient(self)
+        self.registry = RegistryClient(self)
 
     async def __aenter__(self) -> Mezzo:
         return self

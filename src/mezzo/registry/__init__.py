@@ -1,0 +1,1 @@
+"""The service registry: instances of services, their health, and changes pushed to watchers."""

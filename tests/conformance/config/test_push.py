@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mezzo.testing.fixtures import spawn_node, start_node, stop_process, wait_for
+from mezzo.testing.fixtures import RunningNode, spawn_node, start_node, stop_process, wait_for
 
 NS = "/v1/config/apps/shop/envs/default/clusters/default/namespaces"
 APP = f"{NS}/application"

@@ -25,7 +25,8 @@ from mezzo.config.gray import in_gray
 from mezzo.config.model import App, ClientInfo, Latest, NamespaceMeta, NsRef, Release, Stored
 from mezzo.config.service import APPS, DEFAULT, LATEST, META, PUBLIC, ROOT, ConfigService
 from mezzo.jsonutil import dumps, loads
-from mezzo.storage.kv import CompactedError, Event, EventType
+from mezzo.storage.kv import Event, EventType
+from mezzo.storage.watch import follow
 
 log = structlog.get_logger("mezzo.config")
 RECENT = 50_000  # pointer changes kept for catching up
@@ -118,19 +119,7 @@ class ConfigHub:
         self._wake_all()
 
     async def _follow(self) -> None:
-        while True:
-            try:
-                async for event in self.store.watch(ROOT, self.revision + 1):
-                    self._apply(event)
-            except asyncio.CancelledError:
-                raise
-            except CompactedError:
-                await self._load()
-            except Exception:
-                log.exception("config watch failed; reloading")
-                await asyncio.sleep(1)
-                with contextlib.suppress(Exception):
-                    await self._load()
+        await follow(self.store, ROOT, lambda: self.revision + 1, self._apply, self._load, "config")
 
     def _apply(self, event: Event) -> None:
         key, gone = event.key, event.type == EventType.DELETE or event.value is None

@@ -41,7 +41,8 @@ from mezzo.registry.service import (
     lease_expiry,
     parse,
 )
-from mezzo.storage.kv import CompactedError, Event, EventType, KeyValue
+from mezzo.storage.kv import Event, EventType, KeyValue
+from mezzo.storage.watch import follow
 
 log = structlog.get_logger("mezzo.registry")
 Subscriber = Callable[[str, str], None]
@@ -283,19 +284,7 @@ class RegistryView:
         return changed
 
     async def _follow(self) -> None:
-        while True:
-            try:
-                async for event in self.store.watch(ROOT, self.revision + 1):
-                    self._apply(event)
-            except asyncio.CancelledError:
-                raise
-            except CompactedError:
-                await self._load()
-            except Exception:
-                log.exception("registry watch failed; reloading")
-                await asyncio.sleep(1)
-                with contextlib.suppress(Exception):
-                    await self._load()
+        await follow(self.store, ROOT, lambda: self.revision + 1, self._apply, self._load, "registry")
 
     def _apply(self, event: Event) -> None:
         key, gone = event.key, event.type == EventType.DELETE or event.value is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -88,3 +89,27 @@ async def watch_store(
     first = start if start is not None else (await store.revision())[0] + 1
     async for event in watch_events(store.events, signal, prefix, first, poll_interval):
         yield event
+
+
+async def follow(store: Any, prefix: str, next_revision: Callable[[], int], apply: Callable[[Event], None],
+                 reload: Callable[[], Awaitable[None]], what: str) -> None:
+    """Keep an in-memory view current forever: apply every change under ``prefix`` from
+    ``next_revision()``; reload the whole view when history was compacted or the watch failed
+    (a failed watch may have stopped inside a revision, so re-reading is the safe way on)."""
+    import logging
+
+    from mezzo.storage.kv import CompactedError
+
+    while True:
+        try:
+            async for event in store.watch(prefix, next_revision()):
+                apply(event)
+        except asyncio.CancelledError:
+            raise
+        except CompactedError:
+            await reload()
+        except Exception:
+            logging.getLogger("mezzo.storage").exception("%s watch failed; reloading", what)
+            await asyncio.sleep(1)
+            with contextlib.suppress(Exception):
+                await reload()

@@ -13,7 +13,6 @@ from mezzo.storage.kv import (
     CompactedError,
     Compare,
     ConflictError,
-    Delete,
     Event,
     EventType,
     KeyValue,
@@ -43,6 +42,63 @@ MIGRATIONS: list[tuple[int, str]] = [
             revision BIGINT NOT NULL, compact_revision BIGINT NOT NULL
         );
         INSERT INTO kv_meta VALUES (1, 0, 0);
+        """,
+    ),
+    (
+        2,
+        # One write transaction in one round trip: writers serialise on the kv_meta row, so the lock
+        # must not wait for the client between statements. A NULL value deletes its key. Returns the
+        # previous rows (rev NULL), then one row with the new revision, or with the first failed compare.
+        """
+        CREATE FUNCTION kv_txn(op_keys text[], op_values bytea[], cmp_keys text[], cmp_revs bigint[],
+                               channel text)
+        RETURNS TABLE (rev bigint, conflict text, actual bigint, key text, value bytea, create_rev bigint,
+                       mod_rev bigint, version bigint)
+        LANGUAGE plpgsql AS $$
+        #variable_conflict use_column
+        DECLARE
+            cur bigint; next_rev bigint; found_rev bigint; old_value bytea; seq int := 0; i int;
+        BEGIN
+            SELECT m.revision INTO cur FROM kv_meta m WHERE m.id = 1 FOR UPDATE;
+            FOR i IN 1 .. coalesce(array_length(cmp_keys, 1), 0) LOOP
+                found_rev := coalesce((SELECT k.mod_rev FROM kv k WHERE k.key = cmp_keys[i]), 0);
+                IF found_rev <> cmp_revs[i] THEN
+                    RETURN QUERY SELECT cur, cmp_keys[i], found_rev, NULL::text, NULL::bytea, NULL::bigint,
+                                        NULL::bigint, NULL::bigint;
+                    RETURN;
+                END IF;
+            END LOOP;
+            RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::bigint, k.key, k.value, k.create_rev, k.mod_rev,
+                                k.version FROM kv k WHERE k.key = ANY(op_keys);
+            next_rev := cur + 1;
+            FOR i IN 1 .. coalesce(array_length(op_keys, 1), 0) LOOP
+                old_value := (SELECT k.value FROM kv k WHERE k.key = op_keys[i]);
+                IF op_values[i] IS NULL THEN
+                    IF old_value IS NOT NULL THEN
+                        DELETE FROM kv k WHERE k.key = op_keys[i];
+                        INSERT INTO kv_events VALUES (next_rev, seq, op_keys[i], 'DELETE', NULL, old_value);
+                        seq := seq + 1;
+                    END IF;
+                ELSE
+                    INSERT INTO kv AS k (key, value, create_rev, mod_rev, version)
+                        VALUES (op_keys[i], op_values[i], next_rev, next_rev, 1)
+                        ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, mod_rev = EXCLUDED.mod_rev,
+                                                        version = k.version + 1;
+                    INSERT INTO kv_events VALUES (next_rev, seq, op_keys[i], 'PUT', op_values[i], old_value);
+                    seq := seq + 1;
+                END IF;
+            END LOOP;
+            IF seq = 0 THEN
+                RETURN QUERY SELECT cur, NULL::text, NULL::bigint, NULL::text, NULL::bytea, NULL::bigint,
+                                    NULL::bigint, NULL::bigint;
+                RETURN;
+            END IF;
+            UPDATE kv_meta SET revision = next_rev WHERE id = 1;
+            PERFORM pg_notify(channel, next_rev::text);
+            RETURN QUERY SELECT next_rev, NULL::text, NULL::bigint, NULL::text, NULL::bytea, NULL::bigint,
+                                NULL::bigint, NULL::bigint;
+        END
+        $$;
         """,
     ),
 ]
@@ -232,55 +288,19 @@ class PostgresStore:
 
     async def txn(self, ops: Sequence[Op], compares: Sequence[Compare] = ()) -> TxnResult:
         check_ops(ops, compares)
-        async with self._pool.acquire() as conn, conn.transaction():
-            current = await conn.fetchval("SELECT revision FROM kv_meta WHERE id = 1 FOR UPDATE")
-            if compares:
-                rows = await conn.fetch(
-                    "SELECT key, mod_rev FROM kv WHERE key = ANY($1::text[])",
-                    [c.key for c in compares],
-                )
-                actual = {r["key"]: r["mod_rev"] for r in rows}
-                for compare in compares:
-                    if actual.get(compare.key, 0) != compare.mod_revision:
-                        raise ConflictError(
-                            compare.key, compare.mod_revision, actual.get(compare.key, 0)
-                        )
-            rows = await conn.fetch(
-                "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ANY($1::text[])",
-                [op.key for op in ops],
-            )
-            prev = {r["key"]: _kv(r) for r in rows}
-            rev = current + 1
-            upserts: list[tuple[str, bytes, int]] = []
-            deletes: list[str] = []
-            events: list[tuple[int, int, str, str, bytes | None, bytes | None]] = []
-            for op in ops:
-                old = prev.get(op.key)
-                if isinstance(op, Put):
-                    upserts.append((op.key, op.value, rev))
-                    events.append((rev, len(events), op.key, "PUT", op.value, old and old.value))
-                elif isinstance(op, Delete) and old is not None:
-                    deletes.append(op.key)
-                    events.append((rev, len(events), op.key, "DELETE", None, old.value))
-            if not events:
-                return TxnResult(current, prev)
-            if upserts:
-                await conn.executemany(
-                    "INSERT INTO kv (key, value, create_rev, mod_rev, version) VALUES ($1, $2, $3, $3, 1)"
-                    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value,"
-                    " mod_rev = EXCLUDED.mod_rev, version = kv.version + 1",
-                    upserts,
-                )
-            if deletes:
-                await conn.execute("DELETE FROM kv WHERE key = ANY($1::text[])", deletes)
-            await conn.executemany(
-                "INSERT INTO kv_events (rev, seq, key, type, value, prev_value)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
-                events,
-            )
-            await conn.execute("UPDATE kv_meta SET revision = $1 WHERE id = 1", rev)
-            await conn.execute("SELECT pg_notify($1, $2)", self.channel, str(rev))
-        return TxnResult(rev, prev)
+        rows = await self._pool.fetch(
+            "SELECT * FROM kv_txn($1::text[], $2::bytea[], $3::text[], $4::bigint[], $5)",
+            [op.key for op in ops],
+            [op.value if isinstance(op, Put) else None for op in ops],
+            [c.key for c in compares],
+            [c.mod_revision for c in compares],
+            self.channel,
+        )
+        last = rows[-1]
+        if last["conflict"] is not None:
+            wanted = next(c.mod_revision for c in compares if c.key == last["conflict"])
+            raise ConflictError(last["conflict"], wanted, last["actual"])
+        return TxnResult(last["rev"], {r["key"]: _kv(r) for r in rows[:-1]})
 
     async def compact(self, revision: int) -> None:
         async with self._pool.acquire() as conn, conn.transaction():

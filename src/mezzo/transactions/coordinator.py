@@ -14,6 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -34,7 +35,7 @@ from mezzo.transactions.model import (
     Status,
     check_move,
 )
-from mezzo.transactions.store import GLOBAL, Lease, LostLease, TxLog, branch_put, global_put
+from mezzo.transactions.store import GLOBAL, Active, Lease, LostLease, TxLog, branch_put, global_put
 
 log = structlog.get_logger("mezzo.transactions")
 Publish = Callable[[str, str, str, str], Awaitable[None]]  # (namespace, topic, payload, message id)
@@ -55,6 +56,15 @@ def action_key(index: int) -> str:
 
 def compensate_key(index: int) -> str:
     return f"{index + 1:02d}/compensate"
+
+
+@dataclass
+class Known:
+    """A transaction as this node last wrote it (its branches too when known), so a round need not read it."""
+
+    tx: GlobalTx
+    revision: int
+    branches: list[Branch] | None
 
 
 class Coordinator:
@@ -112,11 +122,11 @@ class Coordinator:
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
-    def kick(self, lease: Lease) -> asyncio.Task[None]:
+    def kick(self, lease: Lease, known: Known | None = None) -> asyncio.Task[None]:
         """Drive the transaction this node holds the lease of, now, in the background."""
         task = self.running.get(lease.gid)
         if task is None:
-            task = asyncio.create_task(self._drive(lease), name=f"mezzo-tx-{lease.gid}")
+            task = asyncio.create_task(self._drive(lease, known), name=f"mezzo-tx-{lease.gid}")
             self.running[lease.gid] = task
             self.leases[lease.gid] = lease
             task.add_done_callback(lambda _: self._done(lease.gid))
@@ -127,6 +137,17 @@ class Coordinator:
         lease = self.leases.get(gid)
         if lease is not None and (lease.ended or not lease.active.owner):
             self.leases.pop(gid, None)
+
+    def lease_new(self, gid: str, now: float) -> Active:
+        """The active entry of a transaction created on this node to be driven here at once: leased to
+        this node, and due (for other nodes) when that lease runs out."""
+        return Active(due=now + self.lease_ttl, owner=self.node_id, until=now + self.lease_ttl)
+
+    def adopt(self, tx: GlobalTx, branches: list[Branch], revision: int, active: Active) -> asyncio.Task[None]:
+        """Drive a transaction just written at ``revision`` with the ``lease_new`` entry ``active``,
+        from what was written (no acquire, no reads: the create was the claim)."""
+        lease = Lease(self.log, tx.gid, self.node_id, self.lease_ttl, revision, active)
+        return self.kick(lease, Known(tx, revision, branches))
 
     async def take(self, gid: str) -> asyncio.Task[None] | None:
         """Drive ``gid`` here now if it is due-able and free (after a submit, abort or retry)."""
@@ -175,16 +196,18 @@ class Coordinator:
 
     # one round -----------------------------------------------------------------------------
 
-    async def _drive(self, lease: Lease) -> None:
+    async def _drive(self, lease: Lease, known: Known | None = None) -> None:
         gid = lease.gid
         tx: GlobalTx | None = None
         try:
-            loaded = await self.log.load(gid)
-            if loaded is None or loaded.tx.status in (Status.SUCCEED, Status.FAILED):
-                await lease.write([], finish=True)
-                return
-            tx = loaded.tx
-            await self._round(lease, tx, loaded.revision)
+            if known is None:
+                loaded = await self.log.load(gid)
+                if loaded is None or loaded.tx.status in (Status.SUCCEED, Status.FAILED):
+                    await lease.write([], finish=True)
+                    return
+                known = Known(loaded.tx, loaded.revision, None)
+            tx = known.tx
+            await self._round(lease, tx, known.revision, known.branches)
         except LostLease:
             log.info("transaction taken over by another node", gid=gid)
         except asyncio.CancelledError:
@@ -195,7 +218,7 @@ class Coordinator:
                 interval = tx.options.retry_interval if tx else 10.0
                 await lease.release(time.time() + max(interval, 1.0))
 
-    async def _round(self, lease: Lease, tx: GlobalTx, revision: int) -> None:
+    async def _round(self, lease: Lease, tx: GlobalTx, revision: int, known: list[Branch] | None) -> None:
         now = time.time()
         if tx.status is Status.PREPARED:
             if tx.mode is Mode.MSG:
@@ -216,11 +239,13 @@ class Coordinator:
                     return
                 tx.rollback_reason = "timed out before submit"
                 revision = await self._move(lease, tx, revision, Status.ABORTING)
-        if tx.status is Status.SUBMITTED and tx.mode is not Mode.MSG and tx.options.timeout_to_fail \
+        # only a saga may still roll back once submitted: a submitted TCC/XA decided to commit, and some
+        # of its branches may be confirmed already (cancelling them would undo half a transaction)
+        if tx.status is Status.SUBMITTED and tx.mode is Mode.SAGA and tx.options.timeout_to_fail \
                 and now >= tx.created + tx.options.timeout_to_fail:
             tx.rollback_reason = f"not finished within timeout_to_fail ({tx.options.timeout_to_fail:g} s)"
             revision = await self._move(lease, tx, revision, Status.ABORTING)
-        branches = {b.key: b for b in await self.log.branches(tx.gid)}
+        branches = {b.key: b for b in (known if known is not None else await self.log.branches(tx.gid))}
         if tx.status is Status.SUBMITTED:
             progress, worst = await self._forward(lease, tx, branches)
             if progress is Progress.DONE:
@@ -302,6 +327,12 @@ class Coordinator:
                         and all(j in done for j in needs(i))]
             if not runnable:
                 break
+            fresh = [branches[keys[i]] for i in runnable if tx.mode is Mode.SAGA
+                     and branches[keys[i]].op == "action" and not branches[keys[i]].attempted]
+            if fresh:  # recorded before the calls: after a crash we compensate what may have run
+                for branch in fresh:
+                    branch.attempted = True
+                await lease.write([branch_put(b) for b in fresh])  # with the results deferred so far
             results = await asyncio.gather(*(self._call(lease, tx, branches[keys[i]]) for i in runnable))
             for i, result in zip(runnable, results, strict=True):
                 if result.outcome is Outcome.SUCCESS:
@@ -317,9 +348,6 @@ class Coordinator:
         return Progress.RETRY, worst if worst is not Outcome.SUCCESS else Outcome.ERROR
 
     async def _call(self, lease: Lease, tx: GlobalTx, branch: Branch) -> Result:
-        if tx.mode is Mode.SAGA and branch.op == "action" and not branch.attempted:
-            branch.attempted = True  # recorded before the call: after a crash we compensate what may have run
-            await lease.write([branch_put(branch)])
         context = extract_context({"traceparent": tx.traceparent}) if tx.traceparent else None
         started = time.perf_counter()
         with self.tracer.start_as_current_span(f"tx {tx.mode.value} {branch.op}", context=context,
@@ -338,7 +366,7 @@ class Coordinator:
             branch.status = BranchStatus.SUCCEED if result.outcome is Outcome.SUCCESS else BranchStatus.FAILED
             branch.finished, branch.result = time.time(), result.detail
             branch.attempted = True
-            await lease.write([branch_put(branch)])
+            lease.defer(branch_put(branch))  # written with the next write of this round (each round ends with one)
         else:
             log.info("branch to retry", gid=tx.gid, branch=branch.key, outcome=result.outcome.value,
                      detail=result.detail[:200])

@@ -8,6 +8,7 @@ also fences off a node that held the lease); aborts and retries are audited in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from mezzo.node.audit import audit_put
 from mezzo.node.errors import bad_request, conflict, not_found
 from mezzo.storage.kv import Compare, ConflictError, Delete, Op, Put
-from mezzo.transactions.coordinator import PREPARED_TIMEOUT, Coordinator
+from mezzo.transactions.coordinator import PREPARED_TIMEOUT, Coordinator, action_key
 from mezzo.transactions.model import (
     FINAL,
     OPS,
@@ -154,19 +155,38 @@ class TxService:
             raise conflict(f"transaction {tx.gid} exists ({existing.tx.mode.value}, {existing.tx.status.value})")
         tx.status, tx.created, tx.created_by = Status.PREPARED, time.time(), user
         wait = tx.options.retry_interval if tx.mode is Mode.MSG else (tx.options.timeout_to_fail or PREPARED_TIMEOUT)
-        await self._create(tx, step_branches(tx), due=tx.created + wait)
+        await self._create(tx, step_branches(tx), active=Active(due=tx.created + wait))
         return tx
 
     async def submit(self, tx: GlobalTx, user: str) -> GlobalTx:
         """Submit a new saga or message, or a prepared transaction of any mode."""
         check_gid(tx.gid)
         validate_steps(tx)
-        done = await self._retrying(tx.gid, lambda: self._submit_once(tx.model_copy(deep=True), user))
-        task = await self.coordinator.take(tx.gid)
+        task = None
+        if tx.mode in (Mode.SAGA, Mode.MSG):
+            with contextlib.suppress(_Raced):  # it exists: decide below what a submit means for it
+                done, task = await self._create_submitted(tx.model_copy(deep=True), user)
+        if task is None:
+            done = await self._retrying(tx.gid, lambda: self._submit_once(tx.model_copy(deep=True), user))
+            task = await self.coordinator.take(tx.gid)
         if tx.options.wait_result and task is not None:
             await asyncio.wait([task], timeout=tx.options.request_timeout * max(len(tx.steps), 1) + 5)
             done = (await self.get(tx.gid)).tx
         return done
+
+    async def _create_submitted(self, tx: GlobalTx, user: str) -> tuple[GlobalTx, asyncio.Task[None]]:
+        """A new saga or message, written submitted and leased to this node, which drives it at once:
+        one store transaction from the request to the first branch call."""
+        tx.status, tx.created, tx.created_by = Status.SUBMITTED, time.time(), user
+        branches = step_branches(tx)
+        if tx.mode is Mode.SAGA:  # this node calls the first steps right after: record them as tried now
+            first = {action_key(i) for i in range(len(tx.steps)) if not tx.needs(i)}
+            for branch in branches:
+                branch.attempted = branch.key in first
+        active = self.coordinator.lease_new(tx.gid, tx.created)
+        revision = await self._create(tx, branches, active=active)
+        task = self.coordinator.adopt(tx.model_copy(deep=True), branches, revision, active)
+        return tx, task
 
     async def _submit_once(self, tx: GlobalTx, user: str) -> GlobalTx:
         existing = await self.log.load(tx.gid)
@@ -174,7 +194,7 @@ class TxService:
             if tx.mode not in (Mode.SAGA, Mode.MSG):
                 raise conflict(f"a {tx.mode.value} transaction is prepared before it is submitted")
             tx.status, tx.created, tx.created_by = Status.SUBMITTED, time.time(), user
-            await self._create(tx, step_branches(tx), due=0)
+            await self._create(tx, step_branches(tx), active=Active(due=0))
         else:
             current = existing.tx
             if current.mode is not tx.mode:
@@ -262,14 +282,16 @@ class TxService:
                 continue
         raise conflict(f"transaction {gid} keeps changing; try again")
 
-    async def _create(self, tx: GlobalTx, branches: Sequence[Branch], *, due: float) -> None:
-        ops: list[Op] = [global_put(tx), *(branch_put(b) for b in branches), active_put(tx.gid, Active(due=due))]
+    async def _create(self, tx: GlobalTx, branches: Sequence[Branch], *, active: Active) -> int:
+        ops: list[Op] = [global_put(tx), *(branch_put(b) for b in branches), active_put(tx.gid, active)]
         try:
-            await self.log.txn(ops, [Compare(GLOBAL + tx.gid, 0)])
+            revision = await self.log.txn(ops, [Compare(GLOBAL + tx.gid, 0)])
         except ConflictError:
             raise _Raced from None  # created concurrently: read it and decide again
         self.coordinator.changed(tx)
-        self.coordinator.wake()
+        if not active.owner:
+            self.coordinator.wake()  # the recovery loop takes it (or learns when it falls due)
+        return revision
 
     async def _change(self, loaded: Loaded, status: Status, user: str, action: str,
                       extra: Sequence[Op] = ()) -> GlobalTx:

@@ -122,13 +122,24 @@ class Lease:
         self.revision = revision
         self.active = active
         self.ended = False
+        self.pending: dict[str, Op] = {}  # results recorded with the next write (see ``defer``)
         self._lock = asyncio.Lock()  # concurrent branches of one saga write one after another
+
+    def defer(self, op: Op) -> None:
+        """Record ``op`` with this lease's next write instead of in a store transaction of its own.
+
+        For branch results only: a result lost in a crash before that write means the branch is
+        called again, which branches tolerate (they are idempotent). Every round ends with a write.
+        """
+        self.pending[op.key] = op
 
     async def write(self, ops: Sequence[Op], compares: Sequence[Compare] = (), *, finish: bool = False,
                     due: float | None = None, release: bool = False) -> int:
         """Apply ``ops`` if the lease is still ours, renewing it (or ending it when ``finish``)."""
         async with self._lock:
             key = ACTIVE + self.gid
+            flushed = dict(self.pending)  # branches running beside this write may defer more meanwhile
+            ops = [*{**flushed, **{op.key: op for op in ops}}.values()]
             if finish:
                 tail: list[Op] = [Delete(key)]
             else:
@@ -141,8 +152,12 @@ class Lease:
             except ConflictError as exc:
                 if exc.key == key:
                     self.ended = True
+                    self.pending.clear()
                     raise LostLease(f"transaction {self.gid}: lease taken over") from None
                 raise
+            for done_key, op in flushed.items():
+                if self.pending.get(done_key) is op:
+                    del self.pending[done_key]
             self.ended = finish
             return self.revision
 

@@ -1,0 +1,309 @@
+"""Transactions benchmark: sagas through Mezzo's coordinator on PostgreSQL beside ``pgbench -N``, in one run.
+
+    .venv/bin/python bench/transactions.py [--clients 8] [--seconds 10] [--runs 1] [--postgres URL]
+
+Mezzo side: ``mezzo run --targets transactions,api`` keeps its transaction log in a database of its
+own on the PostgreSQL server (created here, dropped at the end). Each of ``--clients`` connections
+submits, one after another, a saga of two HTTP branches (action + compensation each) with
+``wait_result``, so an answer means the saga has ended; it counts when it ended ``succeed``. The
+branches are served by a minimal ASGI app under uvicorn in a process of its own (``branches``
+subcommand), answering ``{"dtm_result":"SUCCESS"}``. The clients speak raw HTTP/1.1 over keep-alive
+sockets, so the load generator costs as little CPU as pgbench's C client.
+
+Peer: ``pgbench -N`` (TPC-B without the two hot-spot updates: three statements and a commit) with
+the same ``-c`` and ``-T`` on its own database on the same server (``pgbench -i``, dropped at the
+end); its p50/p99 come from its per-transaction log (``-l``).
+
+Each run measures pgbench and Mezzo one right after the other and prints both rates, the ratio
+(saga tx/s over pgbench TPS), the latency percentiles and the node's CPU time per saga (from /proc:
+a figure a machine shared with other work spoils less than rates do); with ``--runs`` > 1 the medians
+follow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from mezzo.testing.fixtures import free_port, spawn_node, stop_process
+
+SUCCESS = b'{"dtm_result":"SUCCESS"}'
+
+
+# the branch application --------------------------------------------------------------------------
+
+
+async def branch_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Every POST is a branch that succeeds (the body is read and ignored)."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(SUCCESS))]})
+    await send({"type": "http.response.body", "body": SUCCESS})
+
+
+def serve_branches(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(branch_app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                lifespan="off", http="httptools", loop="uvloop")
+
+
+def start_branches() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "branches", "--port", str(port)])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            import socket
+
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise TimeoutError("the branch app did not start")
+
+
+# a minimal HTTP/1.1 client -------------------------------------------------------------------------
+
+
+class RawClient:
+    """One keep-alive connection; requests are prebuilt bytes, the answer is (status, body)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        body = await self.reader.readexactly(int(match.group(1))) if match else b""
+        return status, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def saga_request(host: str, token: str, branches: str) -> bytes:
+    body = orjson.dumps({
+        "mode": "saga",
+        "steps": [{"action": f"{branches}/out", "compensate": f"{branches}/out-undo"},
+                  {"action": f"{branches}/in", "compensate": f"{branches}/in-undo"}],
+        "payloads": [{"account": 1, "amount": 30}, {"account": 2, "amount": 30}],
+        "options": {"wait_result": True, "retry_interval": 1, "request_timeout": 10},
+    })
+    return (f"POST /v1/tx/transactions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+# measurements --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    name: str
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    count: int
+    errors: int = 0
+    cpu_ms: float = 0.0  # CPU time of the server process per transaction (a measure a busy machine spoils less)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def drive_sagas(url: str, token: str, branches: str, clients: int, seconds: float,
+                      pid: int | None = None) -> Result:
+    """Sagas from ``clients`` connections for ``seconds`` after a short warm-up; ``pid``: the node's
+    process, whose CPU time over the measured part is reported per saga."""
+    parts = urlsplit(url)
+    raw = saga_request(parts.netloc, token, branches)
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(deadline: float, record: bool) -> None:
+        nonlocal errors
+        conn = RawClient(parts.hostname or "127.0.0.1", parts.port or 80)
+        try:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                status, body = await conn.request(raw)
+                took = time.perf_counter() - started
+                if not record:
+                    continue
+                if status == 201 and b'"status":"succeed"' in body:
+                    latencies.append(took)
+                else:
+                    errors += 1
+                    if errors <= 3:
+                        print(f"  saga answer {status}: {body[:200]!r}", file=sys.stderr)
+        finally:
+            await conn.close()
+
+    warm = time.monotonic() + min(2.0, seconds / 5)
+    await asyncio.gather(*(client(warm, False) for _ in range(clients)))
+    cpu = cpu_seconds(pid) if pid else 0.0
+    started = time.monotonic()
+    await asyncio.gather(*(client(started + seconds, True) for _ in range(clients)))
+    elapsed = time.monotonic() - started
+    cpu_ms = (cpu_seconds(pid) - cpu) * 1000 / max(len(latencies), 1) if pid else 0.0
+    return Result("mezzo saga", len(latencies) / elapsed, percentile(latencies, 0.5) * 1000,
+                  percentile(latencies, 0.99) * 1000, len(latencies), errors, cpu_ms)
+
+
+def run_pgbench(dsn: str, clients: int, seconds: float, logdir: Path) -> Result:
+    parts = urlsplit(dsn)
+    env = {**os.environ, "PGHOST": parts.hostname or "127.0.0.1", "PGPORT": str(parts.port or 5432),
+           "PGUSER": parts.username or "postgres"}
+    if parts.password:
+        env["PGPASSWORD"] = parts.password
+    database = parts.path.lstrip("/")
+    prefix = logdir / f"pgbench-{uuid.uuid4().hex[:6]}"
+    threads = min(clients, 2)
+    out = subprocess.run(["pgbench", "-N", "-c", str(clients), "-j", str(threads), "-T", str(int(seconds)),
+                          "-l", "--log-prefix", str(prefix), database], env=env, capture_output=True, text=True,
+                         check=True, cwd=logdir)
+    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
+    latencies = [int(line.split()[2]) / 1000 for log in logdir.glob(prefix.name + ".*")
+                 for line in log.read_text().splitlines() if line]
+    return Result("pgbench -N", tps, percentile(latencies, 0.5), percentile(latencies, 0.99), len(latencies))
+
+
+# databases -----------------------------------------------------------------------------------------
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name, query=""))
+
+
+def psql(admin_url: str, sql: str) -> None:
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", admin_url, "-c", sql], check=True, capture_output=True)
+
+
+def pgbench_init(url: str) -> None:
+    parts = urlsplit(url)
+    env = {**os.environ, "PGHOST": parts.hostname or "127.0.0.1", "PGPORT": str(parts.port or 5432),
+           "PGUSER": parts.username or "postgres"}
+    subprocess.run(["pgbench", "-i", "-q", parts.path.lstrip("/")], env=env, check=True, capture_output=True)
+
+
+# the run -------------------------------------------------------------------------------------------
+
+
+def show(result: Result) -> None:
+    extra = f", {result.errors} not succeed" if result.errors else ""
+    if result.cpu_ms:
+        extra += f"; node CPU {result.cpu_ms:.2f} ms per saga"
+    print(f"  {result.name:<12} {result.tps:9.1f} tx/s   p50 {result.p50_ms:7.2f} ms   "
+          f"p99 {result.p99_ms:7.2f} ms   ({result.count} transactions{extra})")
+
+
+async def bench(args: argparse.Namespace) -> int:
+    suffix = uuid.uuid4().hex[:8]
+    mezzo_db, pgbench_db = f"mezzo_txbench_{suffix}", f"pgbench_txbench_{suffix}"
+    admin = args.postgres
+    psql(admin, f"CREATE DATABASE {mezzo_db}")
+    psql(admin, f"CREATE DATABASE {pgbench_db}")
+    branches_proc, branches = start_branches()
+    node = None
+    rows: list[tuple[Result, Result]] = []
+    try:
+        pgbench_init(with_database(admin, pgbench_db))
+        with tempfile.TemporaryDirectory(prefix="mezzo-txbench-") as tmp:
+            data = Path(tmp) / "data"
+            data.mkdir()
+            env = {"MEZZO_STORE": with_database(admin, mezzo_db), "MEZZO_LOG_LEVEL": args.log_level}
+            node = await asyncio.to_thread(spawn_node, data, env, ("run", "--targets", "transactions,api"))
+            print(f"clients {args.clients}, {args.seconds:g} s per side, PostgreSQL {urlsplit(admin).netloc}")
+            for run in range(1, args.runs + 1):
+                print(f"run {run}:")
+                peer = await asyncio.to_thread(run_pgbench, with_database(admin, pgbench_db), args.clients,
+                                               args.seconds, Path(tmp))
+                show(peer)
+                assert node.process is not None
+                mine = await drive_sagas(node.url, node.token, branches, args.clients, args.seconds,
+                                         node.process.pid)
+                show(mine)
+                print(f"  ratio (saga tx/s / pgbench tps): {mine.tps / peer.tps:.3f}")
+                rows.append((mine, peer))
+    finally:
+        if node is not None:
+            stop_process(node)
+        branches_proc.send_signal(signal.SIGTERM)
+        branches_proc.wait(10)
+        for db in (mezzo_db, pgbench_db):
+            psql(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    if len(rows) > 1:
+        def med(values: list[float]) -> float:
+            return statistics.median(values)
+
+        print(f"median of {len(rows)} runs: saga {med([m.tps for m, _ in rows]):.1f} tx/s "
+              f"(p50 {med([m.p50_ms for m, _ in rows]):.2f} ms, p99 {med([m.p99_ms for m, _ in rows]):.2f} ms), "
+              f"pgbench {med([p.tps for _, p in rows]):.1f} tps "
+              f"(p50 {med([p.p50_ms for _, p in rows]):.2f} ms, p99 {med([p.p99_ms for _, p in rows]):.2f} ms), "
+              f"ratio {med([m.tps / p.tps for m, p in rows]):.3f}, node CPU {med([m.cpu_ms for m, _ in rows]):.2f} ms "
+              "per saga")
+    return 0 if all(m.errors == 0 for m, _ in rows) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("branches", help="serve the branch app (used by the benchmark itself)")
+    serve.add_argument("--port", type=int, required=True)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--postgres", default=os.environ.get("MEZZO_TEST_POSTGRES_ADMIN",
+                                                             "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--log-level", default="warning", help="the node's MEZZO_LOG_LEVEL")
+    args = parser.parse_args()
+    if args.command == "branches":
+        serve_branches(args.port)
+        return 0
+    if args.clients < 1 or args.seconds < 1 or args.runs < 1:
+        parser.error("--clients, --seconds and --runs are at least 1")
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""XA on MariaDB/MySQL (and PostgreSQL when it allows prepared transactions): branches prepare their
+"""XA on MariaDB/MySQL (and PostgreSQL, on a private cluster that allows prepared transactions): branches prepare their
 local XA transaction, the coordinator commits or rolls them back, and in-doubt branches are recovered."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from mezzo.sdk.tx import BranchFailed
 from mezzo.testing.fixtures import RunningNode, wait_for
+from mezzo.testing.pgcluster import PgCluster, cluster_for_tests
 from mezzo.transactions.xa import MySQLXa, PostgresXa, xid
 
 aiomysql = pytest.importorskip("aiomysql")
@@ -154,17 +155,29 @@ async def test_in_doubt_branches_are_recovered(node: RunningNode, accounts: str)
     assert await balances(accounts) == {1: 90, 2: 0}
 
 
-async def test_postgres_prepared_transactions(postgres_url: str, unique: str) -> None:
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A private PostgreSQL cluster with prepared transactions enabled (the shared server has none)."""
+    yield from cluster_for_tests()
+
+
+async def test_postgres_prepared_transactions(pg_cluster: PgCluster, unique: str) -> None:
     asyncpg = pytest.importorskip("asyncpg")
-    conn = await asyncpg.connect(postgres_url.split("?")[0])
+    conn = await asyncpg.connect(pg_cluster.url)
     try:
-        if int(await conn.fetchval("SHOW max_prepared_transactions")) == 0:
-            pytest.skip("the PostgreSQL server has max_prepared_transactions = 0: PREPARE TRANSACTION is disabled")
+        assert int(await conn.fetchval("SHOW max_prepared_transactions")) > 0
         await conn.execute(f"CREATE TABLE xa_{unique} (v int)")
         await PostgresXa.run(conn, "pg-gid", "01", lambda c: c.execute(f"INSERT INTO xa_{unique} VALUES (1)"))
+        await PostgresXa.run(conn, "pg-gid-2", "01", lambda c: c.execute(f"INSERT INTO xa_{unique} VALUES (2)"))
         assert await conn.fetchval(f"SELECT count(*) FROM xa_{unique}") == 0
-        assert await PostgresXa.recover(conn, lambda gid: _const("succeed")) == {xid("pg-gid", "01"): "commit"}
-        assert await conn.fetchval(f"SELECT count(*) FROM xa_{unique}") == 1
+        assert await PostgresXa.in_doubt(conn) == [("pg-gid", "01"), ("pg-gid-2", "01")]
+        decided = {"pg-gid": "succeed", "pg-gid-2": "aborting"}
+        assert await PostgresXa.recover(conn, lambda gid: _const(decided[gid])) == {
+            xid("pg-gid", "01"): "commit", xid("pg-gid-2", "01"): "rollback"}
+        assert await conn.fetchval(f"SELECT array_agg(v) FROM xa_{unique}") == [1]
+        await PostgresXa.finish(conn, "pg-gid", "01", "commit")  # a repeated decision is a no-op
+        await PostgresXa.finish(conn, "pg-gid-2", "01", "rollback")
+        assert await PostgresXa.in_doubt(conn) == []
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS xa_{unique}")
         await conn.close()

@@ -14,9 +14,13 @@ The row layout is DTM's (``dtm_barrier.barrier``), so DTM's barriers and Mezzo's
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -200,3 +204,115 @@ def message_barrier(gid: str) -> Barrier:
 def _count(status: str) -> int:
     """Rows inserted, from asyncpg's command status (``INSERT 0 1``)."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+# Databases a barrier runs in, for in-process handlers (``mezzo.sdk.tx_handlers``) ---------------
+
+@contextlib.asynccontextmanager
+async def acquire(source: Any) -> AsyncIterator[Any]:
+    """A connection from ``source``: a pool with ``acquire()`` (asyncpg, aiomysql) or an async
+    callable returning a new connection (closed afterwards)."""
+    if hasattr(source, "acquire"):
+        async with source.acquire() as conn:
+            yield conn
+        return
+    conn = await source()
+    try:
+        yield conn
+    finally:
+        closed = conn.close()
+        if inspect.isawaitable(closed):
+            await closed
+
+
+class BarrierDB:
+    """Where a handler's barrier rows and business writes live; ``guard`` runs ``business(conn)``
+    under the barrier in one local transaction (None, with ``barrier.skipped`` set, when skipped)."""
+
+    sync_business = False  # True: business is a plain function run in a worker thread (SQLite)
+    table = ""
+
+    async def guard(self, barrier: Barrier, business: Callable[[Any], Any]) -> Any:
+        raise NotImplementedError
+
+    async def query_prepared(self, gid: str) -> None:
+        """Answer a two-phase message's check-back (raises MessageRolledBack)."""
+        raise NotImplementedError
+
+    async def create_table(self) -> None:
+        raise NotImplementedError
+
+
+class PostgresBarrierDB(BarrierDB):
+    """An asyncpg pool (or ``async () -> connection``) holding the barrier table."""
+
+    def __init__(self, source: Any, table: str = "dtm_barrier.barrier") -> None:
+        self.source, self.table = source, _table(table)
+
+    async def guard(self, barrier: Barrier, business: Callable[[Any], Any]) -> Any:
+        async with acquire(self.source) as conn:
+            return await barrier.call_postgres(conn, business, self.table)
+
+    async def query_prepared(self, gid: str) -> None:
+        async with acquire(self.source) as conn:
+            await message_barrier(gid).query_prepared_postgres(conn, self.table)
+
+    async def create_table(self) -> None:
+        async with acquire(self.source) as conn:
+            for statement in ddl_postgres(self.table):
+                await conn.execute(statement)
+
+
+class MySQLBarrierDB(BarrierDB):
+    """An aiomysql pool (or ``async () -> connection``) holding the barrier table; business gets a cursor."""
+
+    def __init__(self, source: Any, table: str = "dtm_barrier.barrier") -> None:
+        self.source, self.table = source, _table(table)
+
+    async def guard(self, barrier: Barrier, business: Callable[[Any], Any]) -> Any:
+        async with acquire(self.source) as conn:
+            return await barrier.call_mysql(conn, business, self.table)
+
+    async def query_prepared(self, gid: str) -> None:
+        async with acquire(self.source) as conn:
+            await message_barrier(gid).query_prepared_mysql(conn, self.table)
+
+    async def create_table(self) -> None:
+        async with acquire(self.source) as conn, conn.cursor() as cursor:
+            for statement in ddl_mysql(self.table):
+                await cursor.execute(statement)
+            await conn.commit()
+
+
+class SQLiteBarrierDB(BarrierDB):
+    """A SQLite file; the business code is a plain function ``business(conn)`` run in a worker thread."""
+
+    sync_business = True
+
+    def __init__(self, path: str | Path, table: str = "dtm_barrier", timeout: float = 30.0) -> None:
+        self.path, self.table, self.timeout = str(path), _table(table), timeout
+
+    def connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=self.timeout)
+
+    async def guard(self, barrier: Barrier, business: Callable[[Any], Any]) -> Any:
+        def run() -> Any:
+            with contextlib.closing(self.connect()) as conn:
+                return barrier.call_sqlite(conn, business, self.table)
+
+        return await asyncio.to_thread(run)
+
+    async def query_prepared(self, gid: str) -> None:
+        def run() -> None:
+            with contextlib.closing(self.connect()) as conn:
+                message_barrier(gid).query_prepared_sqlite(conn, self.table)
+
+        await asyncio.to_thread(run)
+
+    async def create_table(self) -> None:
+        def run() -> None:
+            with contextlib.closing(self.connect()) as conn, conn:
+                for statement in ddl_sqlite(self.table):
+                    conn.execute(statement)
+
+        await asyncio.to_thread(run)

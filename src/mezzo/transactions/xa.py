@@ -16,11 +16,15 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from mezzo.sdk.barrier import acquire
+
 T = TypeVar("T")
 PREFIX = "mz"
 StatusOf = Callable[[str], Awaitable[str | None]]  # gid -> the global status (None: unknown yet)
 _SAFE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 MYSQL_UNKNOWN_XID = 1397  # XAER_NOTA: already committed or rolled back (or never prepared)
+MYSQL_ROLLED_BACK = 1402  # XA_RBROLLBACK: the branch was rolled back already (a rollback's goal)
+PG_UNKNOWN_XID = "42704"  # undefined_object: no prepared transaction of that name (already finished)
 
 
 def xid(gid: str, branch_id: str) -> str:
@@ -71,7 +75,8 @@ class MySQLXa:
             try:
                 await cursor.execute(f"XA {op.upper()} '{xid(gid, branch_id)}'")
             except Exception as exc:
-                if getattr(exc, "args", (0,))[0] != MYSQL_UNKNOWN_XID:
+                code = getattr(exc, "args", (0,))[0]
+                if code != MYSQL_UNKNOWN_XID and not (op == "rollback" and code == MYSQL_ROLLED_BACK):
                     raise
 
     @staticmethod
@@ -119,18 +124,64 @@ class PostgresXa:
         if op not in ("commit", "rollback"):
             raise ValueError(f"op is commit or rollback, not {op!r}")
         name = xid(gid, branch_id)
-        if await conn.fetchval("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", name):
+        try:
             await conn.execute(f"{'COMMIT' if op == 'commit' else 'ROLLBACK'} PREPARED '{name}'")
+        except Exception as exc:
+            if getattr(exc, "sqlstate", "") != PG_UNKNOWN_XID:
+                raise
+
+    @staticmethod
+    async def in_doubt(conn: Any) -> list[tuple[str, str]]:
+        """The prepared branches of this database (``pg_prepared_xacts`` lists every database's)."""
+        rows = await conn.fetch("SELECT gid FROM pg_prepared_xacts WHERE database = current_database() "
+                                "AND gid LIKE $1 ORDER BY prepared", f"{PREFIX}:%")
+        return [parsed for (name,) in rows if (parsed := parse_xid(name)) is not None]
 
     @classmethod
     async def recover(cls, conn: Any, status_of: StatusOf) -> dict[str, str]:
+        """Commit or roll back every in-doubt branch whose global transaction has decided."""
         done = {}
-        for (name,) in await conn.fetch("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE $1", f"{PREFIX}:%"):
-            parsed = parse_xid(name)
-            if parsed is None:
-                continue
-            action = decision(await status_of(parsed[0]))
+        for gid, branch_id in await cls.in_doubt(conn):
+            action = decision(await status_of(gid))
             if action:
-                await cls.finish(conn, parsed[0], parsed[1], action)
-                done[name] = action
+                await cls.finish(conn, gid, branch_id, action)
+                done[xid(gid, branch_id)] = action
         return done
+
+
+class XaResource:
+    """A database the XA branches of an application run in, with its connections from ``source``: a pool
+    (asyncpg, aiomysql with autocommit on) or an async callable returning a new connection."""
+
+    manager: type[MySQLXa] | type[PostgresXa]
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    async def run(self, gid: str, branch_id: str, business: Callable[[Any], Awaitable[T]]) -> T:
+        async with acquire(self.source) as conn:
+            return await self.manager.run(conn, gid, branch_id, business)
+
+    async def finish(self, gid: str, branch_id: str, op: str) -> None:
+        async with acquire(self.source) as conn:
+            await self.manager.finish(conn, gid, branch_id, op)
+
+    async def in_doubt(self) -> list[tuple[str, str]]:
+        async with acquire(self.source) as conn:
+            return await self.manager.in_doubt(conn)
+
+    async def recover(self, status_of: StatusOf) -> dict[str, str]:
+        async with acquire(self.source) as conn:
+            return await self.manager.recover(conn, status_of)
+
+
+class PostgresXaResource(XaResource):
+    """PostgreSQL: the XA branch's work gets an asyncpg connection."""
+
+    manager = PostgresXa
+
+
+class MySQLXaResource(XaResource):
+    """MySQL/MariaDB: the XA branch's work gets an aiomysql cursor."""
+
+    manager = MySQLXa

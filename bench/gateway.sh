@@ -7,7 +7,7 @@
 #
 # Each measurement runs `repeats` times, nginx and Mezzo alternating, and the best run (by req/s)
 # of each is kept: on a shared 2-core machine that filters out other work better than one run.
-# Prints req/s, p50 and p99 for: a plain route; a route with key-auth + limit-count (local, a limit
+# Prints req/s, p50, p99 and the CPU time (user + system) the proxy process spent per request, for: a plain route; a route with key-auth + limit-count (local, a limit
 # never reached) + prometheus (compared with nginx's plain route); and both plain routes at half of
 # nginx's peak rate. wrk2 is not packaged in Debian, so the fixed rate comes from wrk's Lua `delay()`
 # hook (bench/gateway_rate.lua): every connection waits CONNS/RATE seconds between requests. That
@@ -52,9 +52,11 @@ http { access_log off; $temps keepalive_requests 1000000;
 CONF
 "$NGINX" -p "$WORK" -e "$WORK/error.log" -c "$WORK/upstream.conf" & PIDS+=($!)
 "$NGINX" -p "$WORK" -e "$WORK/error.log" -c "$WORK/proxy.conf" & PIDS+=($!)
+NGINX_MASTER=$!
 
 MEZZO_DATA_DIR="$WORK/mezzo" MEZZO_API_PORT=$APORT MEZZO_GATEWAY_PORT=$MPORT MEZZO_GATEWAY_TLS_PORT=0 \
   MEZZO_LOG_LEVEL=warning .venv/bin/mezzo run --targets gateway,api >"$WORK/mezzo.log" 2>&1 & PIDS+=($!)
+MEZZO_PID=$!
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$APORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 cat > "$WORK/routes.yaml" <<YAML
 apiVersion: mezzo.dev/v1
@@ -88,12 +90,20 @@ for url in "http://127.0.0.1:$NPORT/plain/x" "http://127.0.0.1:$MPORT/plain/x"; 
   for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "$url")" = 200 ] && break; sleep 0.1; done
 done
 
-# wrk's summary as "req/s p50_ms p99_ms"
+NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
+TICK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # user + system time of a process, in clock ticks
+# wrk's summary as "req/s p50_ms p99_ms non-2xx cpu_us": `run PID wrk-args...`, cpu_us = PID's CPU per request
 run() {
-  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" | awk '
+  local pid=$1; shift
+  local before; before=$(cpu_ticks "$pid")
+  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" > "$WORK/wrk.out"
+  local ticks=$(( $(cpu_ticks "$pid") - before ))
+  awk -v ticks="$ticks" -v hz="$TICK" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
-    /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { rps = $2 }
-    /Non-2xx/ { bad = $NF } END { printf "%.0f %.3f %.3f %s\n", rps, p50, p99, bad ? bad : 0 }'
+    /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { rps = $2 } /requests in/ { n = $1 }
+    /Non-2xx/ { bad = $NF }
+    END { printf "%.0f %.3f %.3f %s %.1f\n", rps, p50, p99, bad ? bad : 0, n ? ticks / hz * 1e6 / n : 0 }' "$WORK/wrk.out"
 }
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NPORT/plain/x" >/dev/null  # warm up both
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$MPORT/plain/x" >/dev/null
@@ -105,36 +115,37 @@ best() {
   sort -k1,1nr "$WORK/runs-$name" | head -1
 }
 for _ in $(seq "$REPEATS"); do
-  N=$(best nginx "http://127.0.0.1:$NPORT/plain/x")
-  M=$(best mezzo "http://127.0.0.1:$MPORT/plain/x")
-  P=$(best plugins -H "apikey: bench-key" "http://127.0.0.1:$MPORT/plugins/x")
+  N=$(best nginx "$NGINX_WORKER" "http://127.0.0.1:$NPORT/plain/x")
+  M=$(best mezzo "$MEZZO_PID" "http://127.0.0.1:$MPORT/plain/x")
+  P=$(best plugins "$MEZZO_PID" -H "apikey: bench-key" "http://127.0.0.1:$MPORT/plugins/x")
 done
-read -r N_RPS N_P50 N_P99 N_BAD <<< "$N"
-read -r M_RPS M_P50 M_P99 M_BAD <<< "$M"
-read -r P_RPS P_P50 P_P99 P_BAD <<< "$P"
+read -r N_RPS N_P50 N_P99 N_BAD N_CPU <<< "$N"
+read -r M_RPS M_P50 M_P99 M_BAD M_CPU <<< "$M"
+read -r P_RPS P_P50 P_P99 P_BAD P_CPU <<< "$P"
 RATE=$((N_RPS / 2))
 # at a fixed rate the lowest p99 of the runs is kept
 low() {
-  local name=$1; shift
-  RATE=$RATE THREADS=$THREADS run -s bench/gateway_rate.lua "$@" >> "$WORK/runs-$name"
+  local name=$1 pid=$2; shift 2
+  RATE=$RATE THREADS=$THREADS run "$pid" -s bench/gateway_rate.lua "$@" >> "$WORK/runs-$name"
   sort -k3,3n "$WORK/runs-$name" | head -1
 }
 for _ in $(seq "$REPEATS"); do
-  NH=$(low nginx-half "http://127.0.0.1:$NPORT/plain/x")
-  MH=$(low mezzo-half "http://127.0.0.1:$MPORT/plain/x")
+  NH=$(low nginx-half "$NGINX_WORKER" "http://127.0.0.1:$NPORT/plain/x")
+  MH=$(low mezzo-half "$MEZZO_PID" "http://127.0.0.1:$MPORT/plain/x")
 done
-read -r NH_RPS NH_P50 NH_P99 NH_BAD <<< "$NH"
-read -r MH_RPS MH_P50 MH_P99 MH_BAD <<< "$MH"
+read -r NH_RPS NH_P50 NH_P99 NH_BAD NH_CPU <<< "$NH"
+read -r MH_RPS MH_P50 MH_P99 MH_BAD MH_CPU <<< "$MH"
 
 ratio() { $PY -c "import sys; a, b = map(float, sys.argv[1:]); print(f'{a / b:.2f}' if b else '-')" "$1" "$2"; }
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, best of $REPEATS; nginx $("$NGINX" -v 2>&1 | cut -d/ -f2), 1 worker; mezzo gateway, 1 process; $(nproc) cores"
-printf '%-44s %10s %10s %10s %8s\n' "" "req/s" "p50 ms" "p99 ms" "non-2xx"
-printf '%-44s %10s %10s %10s %8s\n' "nginx, plain route" "$N_RPS" "$N_P50" "$N_P99" "$N_BAD"
-printf '%-44s %10s %10s %10s %8s\n' "mezzo, plain route" "$M_RPS" "$M_P50" "$M_P99" "$M_BAD"
-printf '%-44s %10s %10s %10s %8s\n' "mezzo, key-auth+limit-count+prometheus" "$P_RPS" "$P_P50" "$P_P99" "$P_BAD"
-printf '%-44s %10s %10s %10s %8s\n' "nginx, plain, at $RATE req/s" "$NH_RPS" "$NH_P50" "$NH_P99" "$NH_BAD"
-printf '%-44s %10s %10s %10s %8s\n' "mezzo, plain, at $RATE req/s" "$MH_RPS" "$MH_P50" "$MH_P99" "$MH_BAD"
+printf '%-44s %10s %10s %10s %8s %10s\n' "" "req/s" "p50 ms" "p99 ms" "non-2xx" "CPU us/req"
+printf '%-44s %10s %10s %10s %8s %10s\n' "nginx, plain route" "$N_RPS" "$N_P50" "$N_P99" "$N_BAD" "$N_CPU"
+printf '%-44s %10s %10s %10s %8s %10s\n' "mezzo, plain route" "$M_RPS" "$M_P50" "$M_P99" "$M_BAD" "$M_CPU"
+printf '%-44s %10s %10s %10s %8s %10s\n' "mezzo, key-auth+limit-count+prometheus" "$P_RPS" "$P_P50" "$P_P99" "$P_BAD" "$P_CPU"
+printf '%-44s %10s %10s %10s %8s %10s\n' "nginx, plain, at $RATE req/s" "$NH_RPS" "$NH_P50" "$NH_P99" "$NH_BAD" "$NH_CPU"
+printf '%-44s %10s %10s %10s %8s %10s\n' "mezzo, plain, at $RATE req/s" "$MH_RPS" "$MH_P50" "$MH_P99" "$MH_BAD" "$MH_CPU"
 echo
 echo "plain throughput, mezzo / nginx:                  $(ratio "$M_RPS" "$N_RPS")   (target >= 0.8)"
 echo "plugins throughput, mezzo / nginx plain:          $(ratio "$P_RPS" "$N_RPS")   (target >= 0.5)"
 echo "p99 at half of nginx's peak, mezzo / nginx:       $(ratio "$MH_P99" "$NH_P99")   (target <= 1.5)"
+echo "CPU per request, plain, mezzo / nginx:            $(ratio "$M_CPU" "$N_CPU")   (the proxy process only; robust to other load)"

@@ -10,6 +10,7 @@ websocket upgrades.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -19,13 +20,25 @@ import structlog
 from mezzo.gateway.client import ClientAbort, ClientConnection, _BodyStream
 from mezzo.gateway.http import IDEMPOTENT, REASONS, problem, upstream_head
 from mezzo.gateway.plugins import Ctx
-from mezzo.gateway.upstream import Balancer, NodeState, UpstreamConnection
+from mezzo.gateway.upstream import Balancer, NodeState, UpstreamConnection, split_head
 
 log = structlog.get_logger("mezzo.gateway")
 NO_BODY_STATUS = frozenset({204, 304})
 DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection", b"trailer",
                            b"upgrade", b"te"})
 STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in REASONS.items()}
+# the lines of a raw response head the proxy does not pass on (each with the CRLF before it)
+HOP_LINES = re.compile(rb"\r\n(?:connection|keep-alive|transfer-encoding|proxy-connection|trailer|upgrade|te)"
+                       rb"[ \t]*:[^\r]*", re.IGNORECASE)
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
+CONNECTION = re.compile(rb"\r\nconnection[ \t]*:([^\r]*)", re.IGNORECASE)
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b""})  # a Connection value that names no header
+
+
+def named_in_connection(values: list[bytes]) -> frozenset[bytes]:
+    """The headers a response's Connection values name, which are hop-by-hop too (RFC 9110 7.6.1)."""
+    tokens = {t.strip().lower() for value in values for t in value.split(b",")}
+    return frozenset(tokens - {b"close", b"keep-alive", b""})
 
 
 class PluginFailure(Exception):
@@ -61,7 +74,7 @@ class Exchange:
     )
 
     def __init__(self, client: ClientConnection, ctx: Ctx, conn: UpstreamConnection, timeouts: Any,
-                 head_only: bool, stream: _BodyStream | None, callback: Any = None) -> None:
+                 head_only: bool, stream: _BodyStream | None, callback: Any = None, started: float = 0.0) -> None:
         self.client, self.ctx, self.conn = client, ctx, conn
         self.loop = loop = client.loop
         # how the end is told: callback(exchange, error) on the fast path, else this future
@@ -74,7 +87,7 @@ class Exchange:
         self.pending: bytes | None = None  # the response head, sent with the first body bytes
         self.chunked = False
         self.close_after = False
-        self.started = time.monotonic()
+        self.started = started or time.monotonic()  # for the node's latency
         self.read_timeout: float = timeouts.read
         self.send_timeout: float = timeouts.send
         self.last_read = loop.time()
@@ -140,22 +153,26 @@ class Exchange:
             self.head_sent = True
             self._settle(None)  # the tunnel takes over
             return
-        request = ctx.request
         framed = False
         filters = self.body_filters
         out = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+        named = named_in_connection([v for n, v in headers if n == b"connection"])
         for name, value in headers:
-            if name in DROP_RESPONSE:
+            if name in DROP_RESPONSE or name in named:
                 continue
             if name == b"content-length":
                 if filters:
                     continue  # a body filter may change the length
                 framed = True
             out += (name, b": ", value, b"\r\n")
-        for name, value in ctx.response_headers:
+        self._end_head(out, framed, status)
+
+    def _end_head(self, out: list[bytes], framed: bool, status: int) -> None:
+        """Add the plugins' headers and the body's framing for the client; the head waits for the body."""
+        request = self.ctx.request
+        for name, value in self.ctx.response_headers:
             out += (name, b": ", value, b"\r\n")
-        bodyless = self.head_only or status in NO_BODY_STATUS or status < 200
-        if not framed and not bodyless:
+        if not framed and not (self.head_only or status in NO_BODY_STATUS or status < 200):
             if request.http_version == "1.1":
                 self.chunked = True
                 out.append(b"transfer-encoding: chunked\r\n")
@@ -164,6 +181,26 @@ class Exchange:
         out.append(b"connection: close\r\n\r\n" if self.close_after or not request.keep_alive
                    else b"connection: keep-alive\r\n\r\n")
         self.pending = b"".join(out)  # one write with the body that usually comes in the same read
+
+    def on_head_raw(self, status: int, head: bytes, conn: UpstreamConnection) -> None:
+        """The lean way (no header filter, no body filter): the upstream's head minus its hop-by-hop lines."""
+        line_end = head.find(b"\r\n")
+        if status == 101 or line_end < 0:
+            self.on_head(status, split_head(head), conn)  # the general way
+            return
+        self.last_read = self.loop.time()
+        self.status = status
+        self.ctx.status = status
+        lines = HOP_LINES.sub(b"", head[line_end:])  # from the CRLF ending the status line on
+        connection = CONNECTION.findall(head)
+        named = None
+        if connection and (len(connection) > 1 or connection[0].strip().lower() not in PLAIN_CONNECTION):
+            named = named_in_connection(connection)
+        if named:
+            lines = b"".join(b"\r\n" + line for line in lines.split(b"\r\n")[1:]
+                             if line.partition(b":")[0].strip().lower() not in named)
+        out = [(STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status)[:-2], lines, b"\r\n"]
+        self._end_head(out, CONTENT_LENGTH.search(lines) is not None, status)
 
     def flush(self) -> None:
         """The upstream's read is consumed: send a head still waiting for its body."""
@@ -290,7 +327,7 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
                 return _client_ended(client, ctx, ended)
             exchange = Exchange(client, ctx, conn, spec.timeout, head_only, stream)
             client.exchange = exchange
-            conn.start(exchange, head, body, head_only)
+            conn.start(exchange, head, body, head_only, ctx.route.lean and not request.upgrade)
             if stream is not None:
                 stream.attach(conn)
             try:
@@ -324,8 +361,7 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
             if exchange.upgraded:
                 await _tunnel(client, conn)
                 return False
-            statuses = spec.health_check.passive.statuses if spec.health_check.passive else ()
-            balancer.report(node, exchange.status not in statuses, time.monotonic() - exchange.started)
+            balancer.report(node, exchange.status not in balancer.bad_statuses, time.monotonic() - exchange.started)
             if stream is not None and not stream.done:
                 stream.discard()  # the upstream answered before it had the whole body: that connection is spent
                 conn.close()
@@ -362,10 +398,10 @@ def start_fast(client: ClientConnection, ctx: Ctx, balancer: Balancer) -> tuple[
     head_only = request.method == "HEAD"
     node.active += 1
     ctx.node = node
-    exchange = Exchange(client, ctx, conn, spec.timeout, head_only, None, _fast_done)
+    exchange = Exchange(client, ctx, conn, spec.timeout, head_only, None, _fast_done, ctx.started)
     exchange.node, exchange.balancer = node, balancer
     client.exchange = exchange
-    conn.start(exchange, head, body, head_only)
+    conn.start(exchange, head, body, head_only, ctx.route.lean)  # start_fast never takes an upgrade
     return True, None
 
 
@@ -377,10 +413,9 @@ def _fast_done(exchange: Exchange, exc: BaseException | None) -> None:
     client.exchange = None
     gateway = client.gateway
     if exc is None:
-        spec = balancer.spec
-        statuses = spec.health_check.passive.statuses if spec.health_check.passive else ()
-        balancer.report(node, exchange.status not in statuses, time.monotonic() - exchange.started)
-        node.release(conn)
+        now = time.monotonic()
+        balancer.report(node, exchange.status not in balancer.bad_statuses, now - exchange.started)
+        node.release(conn, now)
         gateway.complete(client, ctx, not exchange.close_after)
     elif isinstance(exc, ClientAbort):
         gateway.complete(client, ctx, _client_ended(client, ctx, exc, exchange))

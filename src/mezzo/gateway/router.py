@@ -4,6 +4,8 @@ Among the routes that match, the highest ``priority`` wins; at equal priority th
 host wins (exact, then the longest wildcard, then routes without hosts), then the more specific
 path (exact, then parameters, then the longest prefix, then regex), then the route name.
 Exact paths are found by one dict lookup, so a large table of exact routes costs nothing extra.
+When no route looks at headers, query or cookies, the verdict for a (host, method, path) is kept
+in a bounded cache; a configuration change builds a new Router, so the cache never outlives it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from mezzo.gateway.http import Request
 from mezzo.gateway.model import Match, RouteSpec
 
 EXACT, PARAMS, PREFIX, REGEX = 3, 2, 1, 0
+CACHE_SIZE = 4096  # (host, method, path) verdicts kept; the cache starts over when full
+_MISS = object()
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}|:([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -32,6 +36,7 @@ class CompiledRoute:
     upstream: Any = None  # the Balancer, set by the runtime
     body_filters: tuple[Any, ...] = ()  # plugins' body_filter(ctx, chunk, last) methods, set by the runtime
     async_chain: bool = False  # some rewrite or access phase is a coroutine (set by the runtime)
+    lean: bool = True  # no plugin reads the response's headers or body (set by the runtime)
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,6 +61,9 @@ class Router:
         self.rules.sort(key=lambda r: (r.priority, r.kind, r.length), reverse=True)
         for candidates in self.exact.values():
             candidates.sort(key=lambda r: (r.spec.priority, r.ref), reverse=True)
+        # a verdict depends on (host, method, path) alone unless some route has conditions
+        self.cache: dict[tuple[str, str, str], tuple[CompiledRoute, dict[str, str]] | None] | None = \
+            None if any(route.conditions for route in routes) else {}
 
     def _add(self, path: str, route: CompiledRoute) -> None:
         priority = route.spec.priority
@@ -74,6 +82,21 @@ class Router:
             self.exact.setdefault(path, []).append(route)
 
     def match(self, request: Request) -> tuple[CompiledRoute, dict[str, str]] | None:
+        cache = self.cache
+        if cache is None:
+            return self._match(request)
+        key = (request.host, request.method, request.path)
+        found = cache.get(key, _MISS)
+        if found is _MISS:
+            found = self._match(request)
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()
+            cache[key] = found
+        if found is not None and found[1]:  # type: ignore[index]
+            return found[0], dict(found[1])  # type: ignore[index]  # the caller's own params
+        return found  # type: ignore[return-value]
+
+    def _match(self, request: Request) -> tuple[CompiledRoute, dict[str, str]] | None:
         best: tuple[int, int, int, int, str] | None = None
         found: tuple[CompiledRoute, dict[str, str]] | None = None
         path = request.path

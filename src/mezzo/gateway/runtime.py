@@ -131,6 +131,7 @@ class Gateway:
             plugins.sort(key=lambda p: p.priority, reverse=True)
             route.chain = Chain(plugins)
             route.body_filters = tuple(p.body_filter for p in plugins if hasattr(p, "body_filter"))
+            route.lean = not route.chain.header_filter and not route.body_filters
             route.async_chain = any(is_async for _, is_async in (*route.chain.rewrite, *route.chain.access))
             route.upstream = upstream
             routes.append(route)

@@ -1,5 +1,10 @@
 """Upstream side of the proxy: keep-alive connection pools, load balancers, health.
 
+A response is read in one of two ways. When nothing looks at its headers (no header filter, no
+body filter, no upgrade) the parser is made without a header callback ("lean"): the head is
+taken as the upstream sent it and only what frames the body is looked for in it; otherwise every
+header is delivered to the sink as a (name, value) pair.
+
 A node is skipped while ejected: by the passive check (``failures`` connect errors, timeouts or
 listed statuses in a row eject it for ``ejection`` seconds) or by the active check (``failures``
 failed probes until ``successes`` pass again). When every node is ejected the balancer uses all
@@ -13,6 +18,7 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -25,12 +31,15 @@ from mezzo.gateway.model import UpstreamSpec
 
 log = structlog.get_logger("mezzo.gateway")
 IDLE_TIMEOUT = 60.0  # an idle pooled connection is closed after this (checked by the gateway's sweep)
+# a body framed by the upstream: else it runs until the upstream closes
+FRAMED = re.compile(rb"\r\n(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
 
 
 class Sink(Protocol):
     """Where an upstream connection delivers the response of the current exchange."""
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]], conn: UpstreamConnection) -> None: ...
+    def on_head_raw(self, status: int, head: bytes, conn: UpstreamConnection) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...
     def on_error(self, exc: BaseException) -> None: ...
@@ -44,15 +53,19 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_writable",
         "closed",
+        "full_parser",
         "head_only",
         "headers",
         "interim",
         "keep_alive",
+        "lean",
+        "lean_parser",
         "node",
         "on_drain",
         "parser",
         "paused_at",
         "pending",
+        "raw",
         "released_at",
         "reset",
         "response_started",
@@ -67,7 +80,10 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, node: NodeState) -> None:
         self.node = node
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser = self.full_parser = httptools.HttpResponseParser(self)
+        self.lean_parser: httptools.HttpResponseParser | None = None  # made when first needed
+        self.lean = False  # the current response is read by the lean parser
+        self.raw: bytes | None = None  # lean: the response's bytes until its head is complete
         self.sink: Sink | None = None
         self.closed = False
         self.headers: list[tuple[bytes, bytes]] = []
@@ -98,6 +114,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             self._tunnel_data(data)
             return
+        raw = self.raw
+        if raw is not None:
+            self.raw = raw + data if raw else data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -112,7 +131,15 @@ class UpstreamConnection(asyncio.Protocol):
             sink.flush()
         if self.reset:
             self.reset = False
-            self.parser = httptools.HttpResponseParser(self)
+            if self.lean:
+                self.parser = self.lean_parser = self._new_lean_parser()
+            else:
+                self.parser = self.full_parser = httptools.HttpResponseParser(self)
+
+    def _new_lean_parser(self) -> httptools.HttpResponseParser:
+        # httptools looks its callbacks up once, by name: this object has every one but on_header
+        callbacks = _LeanCallbacks(self._begin_lean, self._on_head_lean, self.on_body, self.on_message_complete)
+        return httptools.HttpResponseParser(callbacks)
 
     def _tunnel_data(self, data: bytes) -> None:
         if self.sink is not None:
@@ -181,6 +208,33 @@ class UpstreamConnection(asyncio.Protocol):
             self.reset = True
             self._end()
 
+    def _begin_lean(self) -> None:
+        self.response_started = True
+
+    def _on_head_lean(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        raw = self.raw or b""
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:
+            raise ValueError("upstream response head without CRLF line ends")
+        if status < 200 and status != 101:
+            self.interim = True  # 100 Continue and friends: the answer starts after this head
+            self.raw = raw[end + 4:]
+            return
+        self.raw = None
+        head = raw[:end]
+        self.keep_alive = parser.should_keep_alive()
+        if status == 101:
+            self.upgrading = True
+        elif not self.head_only and status not in (204, 304):
+            self.until_close = FRAMED.search(head) is None
+        if self.sink is not None:
+            self.sink.on_head_raw(status, head, self)
+        if self.head_only:
+            self.reset = True
+            self._end()
+
     def on_body(self, body: bytes) -> None:
         if self.sink is not None and not self.head_only:
             self.sink.on_body(body)
@@ -206,10 +260,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
     # pool use
-    def start(self, sink: Sink, head: bytes, body: bytes | None, head_only: bool) -> None:
+    def start(self, sink: Sink, head: bytes, body: bytes | None, head_only: bool, lean: bool = False) -> None:
+        """Send a request; ``lean``: nothing needs the response's headers one by one (see the module doc)."""
         self.sink = sink
         self.head_only = head_only
         self.response_started = False
+        if lean != self.lean:
+            self.lean = lean
+            if lean:
+                if self.lean_parser is None:
+                    self.lean_parser = self._new_lean_parser()
+                self.parser = self.lean_parser
+            else:
+                self.parser = self.full_parser
+        self.raw = b"" if lean else None
         transport = self.transport
         assert transport is not None
         if body:
@@ -226,6 +290,24 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = None
         if self.transport is not None:
             self.transport.close()
+
+
+class _LeanCallbacks:
+    __slots__ = ("on_body", "on_headers_complete", "on_message_begin", "on_message_complete")
+
+    def __init__(self, begin: Callable[[], None], head: Callable[[], None], body: Callable[[bytes], None],
+                 complete: Callable[[], None]) -> None:
+        self.on_message_begin, self.on_headers_complete = begin, head
+        self.on_body, self.on_message_complete = body, complete
+
+
+def split_head(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The (lowercase name, value) pairs of a response head as the upstream sent it (status line first)."""
+    headers = []
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        headers.append((name.strip().lower(), value.strip()))
+    return headers
 
 
 class NodeState:
@@ -282,11 +364,12 @@ class NodeState:
                                          timeout)
         return conn
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection, now: float | None = None) -> None:
+        """Back to the pool (``now``: the caller's monotonic clock reading, when it has one)."""
         if conn.closed or not conn.keep_alive or conn.tunnel or len(self.idle) >= self.keepalive:
             conn.close()
             return
-        conn.released_at = time.monotonic()
+        conn.released_at = time.monotonic() if now is None else now
         self.idle.append(conn)
 
     def expire(self, before: float) -> None:
@@ -356,12 +439,15 @@ class Balancer:
 
     def __init__(self, name: str, spec: UpstreamSpec, nodes: list[NodeState]) -> None:
         self.name, self.spec, self.nodes = name, spec, nodes
+        self.short_name = name.split("/", 1)[-1]  # without the namespace, for metric labels
         self.ring = HashRing(nodes) if spec.load_balancer == "chash" else None
         self._pick = {"roundrobin": pick_roundrobin, "least_conn": pick_least_conn, "ewma": pick_ewma,
                       "chash": pick_roundrobin}[spec.load_balancer]
         self.hash_on = spec.hash_on.on
         self.hash_name = (spec.hash_on.key or "").lower()
         self.hash_header = self.hash_name.encode("latin-1")
+        passive = spec.health_check.passive
+        self.bad_statuses = frozenset(passive.statuses) if passive is not None else frozenset()
 
     def key_for(self, ctx: Any) -> str | None:
         """The consistent-hash key of a request (``hashOn``), or None when it has none."""
@@ -380,8 +466,10 @@ class Balancer:
         return request.path  # type: ignore[no-any-return]
 
     def pick(self, hash_key: str | None, tried: list[NodeState] | None) -> NodeState | None:
-        now = time.monotonic()
         nodes = self.nodes
+        if not tried and len(nodes) == 1 and self.ring is None:
+            return nodes[0] if nodes[0].weight > 0 else None  # one node: up or not, it is the only choice
+        now = time.monotonic()
         if self.ring is not None and hash_key is not None:
             found = self.ring.lookup(hash_key, lambda n: n.healthy(now) and (not tried or n not in tried))
             if found is not None:

@@ -127,3 +127,47 @@ async def test_plugin_errors_never_hang(gw: GatewayNode, origins, monkeypatch) -
         for _ in range(3):
             r = await http.get("/x")
             assert r.status_code == 500
+
+
+async def test_a_plugin_raising_in_any_phase_gets_an_answer(gw: GatewayNode, origins, monkeypatch) -> None:
+    """rewrite, access (sync and async) and body filters that raise give 500 and close the connection;
+    a log phase that raises changes nothing for the client."""
+    (a,) = await origins(1)
+    from mezzo.gateway.plugins import PLUGINS, validate_plugin_configs
+
+    validate_plugin_configs({})  # loads every plugin module
+
+    def broken(self, ctx, *args):  # type: ignore[no-untyped-def]
+        raise RuntimeError("plugin bug")
+
+    async def broken_async(self, ctx):  # type: ignore[no-untyped-def]
+        raise RuntimeError("plugin bug")
+
+    monkeypatch.setattr(PLUGINS["proxy-rewrite"], "rewrite", broken)
+    monkeypatch.setattr(PLUGINS["ip-restriction"], "access", broken)
+    monkeypatch.setattr(PLUGINS["limit-req"], "access", broken_async)
+    monkeypatch.setattr(PLUGINS["response-rewrite"], "body_filter", broken, raising=False)
+    monkeypatch.setattr(PLUGINS["prometheus"], "log", broken)
+    await gw.apply(upstream("up", a),
+                   route("rewrite", ["/rewrite/*"], plugins={"proxy-rewrite": {"uri": "/x"}}),
+                   route("access", ["/access/*"], plugins={"ip-restriction": {"whitelist": ["127.0.0.1"]}}),
+                   route("async", ["/async/*"], plugins={"limit-req": {"rate": 100, "burst": 10}}),
+                   route("body", ["/body/*"], plugins={"response-rewrite": {"headers": {"x": "1"}}}),
+                   route("log", ["/log/*"], plugins={"prometheus": {}}))
+    for path in ("/rewrite/x", "/access/x", "/async/x", "/body/big?n=10"):
+        client = await RawClient.connect(gw.port)
+        try:
+            await client.send(get(path) + get("/log/x"))  # the second request is never answered
+            r = await client.response()
+            assert r.status == 500, (path, r.status, r.body)
+            assert r.json()["status"] == 500 and r.headers.get("connection") == "close"
+            assert await client.closed()
+        finally:
+            client.close()
+    client = await RawClient.connect(gw.port)
+    try:
+        await client.send(get("/log/x") + get("/log/y"))
+        assert [r.status for r in await client.responses(2)] == [200, 200]  # and the connection was kept
+    finally:
+        client.close()
+    await wait_for(lambda: not any(c.exchange for c in gw.gateway.connections))

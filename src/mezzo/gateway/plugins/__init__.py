@@ -130,11 +130,12 @@ class Chain:
     __slots__ = ("access", "header_filter", "log", "plugins", "rewrite")
 
     def __init__(self, plugins: list[Plugin]) -> None:
+        # bound methods, looked up once per configuration, not per request
         self.plugins = plugins
-        self.rewrite = [(p.rewrite, inspect.iscoroutinefunction(p.rewrite)) for p in plugins if hasattr(p, "rewrite")]
-        self.access = [(p.access, inspect.iscoroutinefunction(p.access)) for p in plugins if hasattr(p, "access")]
-        self.header_filter = [p.header_filter for p in plugins if hasattr(p, "header_filter")]
-        self.log = [p.log for p in plugins if hasattr(p, "log")]
+        self.rewrite = tuple((p.rewrite, inspect.iscoroutinefunction(p.rewrite)) for p in plugins if hasattr(p, "rewrite"))
+        self.access = tuple((p.access, inspect.iscoroutinefunction(p.access)) for p in plugins if hasattr(p, "access"))
+        self.header_filter = tuple(p.header_filter for p in plugins if hasattr(p, "header_filter"))
+        self.log = tuple(p.log for p in plugins if hasattr(p, "log"))
 
     async def before(self, ctx: Ctx) -> Reply | None:
         for phase in (self.rewrite, self.access):

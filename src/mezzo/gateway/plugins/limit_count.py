@@ -9,6 +9,8 @@ gets ``rejectedCode`` (429) with ``Retry-After``.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Literal
 
 import structlog
@@ -64,10 +66,17 @@ class LimitCount(Plugin):
             self.client = aioredis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
             limiter = RedisSlidingWindow if conf.algorithm == "sliding" else RedisFixedWindow
             self.remote = limiter(self.client, conf.count, conf.window, prefix="mezzo:gw:limit:")
+        self.fixed = _FixedCounts(conf.count, conf.window) if conf.algorithm == "fixed" else None
+        self.limit_header = (b"x-ratelimit-limit", b"%d" % conf.count)
         # a local limit decides without a task switch; the chain sees a sync access phase
-        self.access = self._access_local if self.remote is None else self._access_remote  # type: ignore[method-assign]
+        if self.remote is not None:
+            self.access = self._access_remote  # type: ignore[method-assign]
+        elif self.fixed is not None:
+            self.access = self._access_fixed  # type: ignore[method-assign]
+        else:
+            self.access = self._access_local  # type: ignore[method-assign]
 
-    def _key(self, ctx: Ctx) -> str:
+    def _value(self, ctx: Ctx) -> str:
         conf = self.conf
         request = ctx.request
         if conf.key == "consumer":
@@ -82,13 +91,36 @@ class LimitCount(Plugin):
             value = request.cookies.get(conf.key_name, "")  # type: ignore[arg-type]
         else:
             value = request.client_ip
-        return f"{getattr(self, 'scope', '')}|{value}"
+        return value  # type: ignore[no-any-return]
+
+    def _key(self, ctx: Ctx) -> str:
+        """The key in a limiter shared with other instances (Redis): prefixed with the plugin's scope."""
+        return f"{getattr(self, 'scope', '')}|{self._value(ctx)}"
 
     def access(self, ctx: Ctx) -> Reply | None:  # replaced per instance in __init__
         return self._access_local(ctx)
 
     def _access_local(self, ctx: Ctx) -> Reply | None:
         return self._verdict(ctx, self.local.try_acquire(self._key(ctx)))
+
+    def _access_fixed(self, ctx: Ctx) -> Reply | None:
+        """The common case, local fixed windows: plain ints and header bytes, no decision object."""
+        fixed = self.fixed
+        conf = self.conf
+        key = ctx.request.client_ip if conf.key == "remote_addr" else self._value(ctx)
+        now = time.monotonic()
+        used = fixed.take(key, now)  # type: ignore[union-attr]
+        allowed = used <= conf.count
+        if conf.show_headers:
+            reset = b"%d" % math.ceil(fixed.ends - now)  # type: ignore[union-attr]
+            ctx.response_headers += (self.limit_header,
+                                     (b"x-ratelimit-remaining", b"%d" % (conf.count - min(used, conf.count))),
+                                     (b"x-ratelimit-reset", reset))
+        if allowed:
+            return None
+        reply = problem(conf.rejected_code, conf.rejected_msg)
+        reply.headers["retry-after"] = str(max(1, math.ceil(fixed.ends - now)))  # type: ignore[union-attr]
+        return reply
 
     async def _access_remote(self, ctx: Ctx) -> Reply | None:
         key = self._key(ctx)
@@ -120,3 +152,36 @@ class LimitCount(Plugin):
                 asyncio.get_running_loop().create_task(self.client.aclose())
             except RuntimeError:
                 pass
+
+
+class _FixedCounts:
+    """Requests per key in the current window ``[k * window, (k + 1) * window)`` of the monotonic clock.
+
+    The counts are one dict of ints, dropped whole when the next window begins; at most ``max_keys``
+    keys (the oldest key of the window goes first: it starts again at 0, as a key never seen)."""
+
+    __slots__ = ("counts", "ends", "limit", "max_keys", "window")
+
+    def __init__(self, limit: int, window: float, max_keys: int = 100_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self.counts: dict[str, int] = {}
+        self.ends = 0.0  # when the current window ends
+
+    def take(self, key: str, now: float) -> int:
+        """Count one request of ``key`` if the limit allows; the key's count, ``limit + 1`` when refused."""
+        if now >= self.ends:
+            self.counts.clear()
+            self.ends = (now // self.window + 1) * self.window
+        counts = self.counts
+        used = counts.get(key)
+        if used is None:
+            if len(counts) >= self.max_keys:
+                del counts[next(iter(counts))]
+            used = 0
+        if used >= self.limit:
+            return self.limit + 1
+        used += 1
+        counts[key] = used
+        return used

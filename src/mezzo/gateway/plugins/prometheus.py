@@ -1,39 +1,81 @@
-"""prometheus: request counts, latency and bytes per route, upstream and status, on /metrics of the API port."""
+"""prometheus: request counts, latency and bytes per route, upstream and status, on /metrics of the API port.
+
+A request only adds to plain dicts of ints in the log phase (no prometheus-client call, no lock):
+the families are built from them when /metrics is scraped, by a collector on the node's registry.
+"""
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from pydantic import Field
 
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
+
+BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class PrometheusConfig(Config):
     prefer_name: bool = Field(True, description="label routes by name (else by namespace/name)")
 
 
-class _Meters:
-    """The gateway's metric families, created once per metrics registry."""
+class Counts:
+    """Every prometheus plugin instance of one node counts here; rendered at scrape time."""
 
-    def __init__(self, metrics: Any) -> None:
-        labels = ("route", "upstream", "node", "code")
-        self.requests = metrics.counter("gateway", "requests", "total", "Requests through the gateway.", labels=labels)
-        self.latency = metrics.histogram("gateway", "request_duration", "seconds",
-                                         "From the request's headers to the end of the response.",
-                                         labels=("route", "upstream"),
-                                         buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.bytes = metrics.counter("gateway", "response", "bytes", "Response body bytes sent to clients.",
-                                     labels=("route", "upstream"))
-        self.children: dict[tuple[str, ...], Any] = {}
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, int], int] = {}  # (route, upstream, node, status)
+        # (route, upstream) -> [count per bucket (not cumulative; the last one is +Inf), sum of seconds]
+        self.latency: dict[tuple[str, str], list[Any]] = {}
+        self.bytes: dict[tuple[str, str], int] = {}
 
-    def child(self, family: Any, *labels: str) -> Any:
-        key = (id(family), *labels)
-        found = self.children.get(key)  # type: ignore[arg-type]
-        if found is None:
-            found = self.children[key] = family.labels(*labels)  # type: ignore[index]
-        return found
+    def add(self, route: str, upstream: str, node: str, status: int, seconds: float, sent: int) -> None:
+        key = (route, upstream, node, status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        pair = (route, upstream)
+        latency = self.latency.get(pair)
+        if latency is None:
+            latency = self.latency[pair] = [[0] * (len(BUCKETS) + 1), 0.0]
+        latency[0][bisect_left(BUCKETS, seconds)] += 1  # "le" buckets: a value on a bound counts in it
+        latency[1] += seconds
+        if sent:
+            self.bytes[pair] = self.bytes.get(pair, 0) + sent
+
+    def collect(self) -> Iterator[Any]:
+        requests = CounterMetricFamily("mezzo_gateway_requests", "Requests through the gateway.",
+                                       labels=("route", "upstream", "node", "code"))
+        for (route, upstream, node, status), count in list(self.requests.items()):
+            requests.add_metric((route, upstream, node, str(status)), count)
+        latency = HistogramMetricFamily("mezzo_gateway_request_duration_seconds",
+                                        "From the request's headers to the end of the response.",
+                                        labels=("route", "upstream"), unit="seconds")
+        for pair, (counts, total) in list(self.latency.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*map(str, BUCKETS), "+Inf"), list(counts), strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric(pair, buckets, total)
+        sent = CounterMetricFamily("mezzo_gateway_response_bytes", "Response body bytes sent to clients.",
+                                   labels=("route", "upstream"), unit="bytes")
+        for pair, count in list(self.bytes.items()):
+            sent.add_metric(pair, count)
+        yield from (requests, latency, sent)
+
+    def describe(self) -> list[Any]:
+        return []  # families are only known at scrape time: no clash check at registration
+
+
+def counts_for(metrics: Any) -> Counts:
+    """The node's one ``Counts``, registered on its metrics registry the first time it is asked for."""
+    counts: Counts | None = getattr(metrics, "_mezzo_gateway_counts", None)
+    if counts is None:
+        counts = metrics._mezzo_gateway_counts = Counts()
+        metrics.registry.register(counts)
+    return counts
 
 
 @register
@@ -45,18 +87,19 @@ class Prometheus(Plugin):
     def __init__(self, conf: PrometheusConfig, runtime) -> None:  # type: ignore[no-untyped-def]
         super().__init__(conf, runtime)
         metrics = runtime.metrics
-        self.meters = getattr(metrics, "_mezzo_gateway_meters", None) if metrics is not None else None
-        if metrics is not None and self.meters is None:
-            self.meters = metrics._mezzo_gateway_meters = _Meters(metrics)
+        self.counts = counts_for(metrics) if metrics is not None else None
+        if self.counts is None:
+            self.log = _ignore  # type: ignore[method-assign]
 
     def log(self, ctx: Ctx) -> None:
-        meters = self.meters
-        if meters is None:
-            return
-        route = ctx.route.name if self.conf.prefer_name else ctx.route.ref
-        upstream = ctx.upstream.name.split("/", 1)[-1] if ctx.upstream is not None else ""
-        node = ctx.node.key if ctx.node is not None else ""
-        meters.child(meters.requests, route, upstream, node, str(ctx.status)).inc()
-        meters.child(meters.latency, route, upstream).observe(time.monotonic() - ctx.started)
-        if ctx.bytes_sent:
-            meters.child(meters.bytes, route, upstream).inc(ctx.bytes_sent)
+        route = ctx.route
+        upstream = ctx.upstream
+        node = ctx.node
+        self.counts.add(route.name if self.conf.prefer_name else route.ref,  # type: ignore[union-attr]
+                        upstream.short_name if upstream is not None else "",
+                        node.key if node is not None else "", ctx.status,
+                        time.monotonic() - ctx.started, ctx.bytes_sent)
+
+
+def _ignore(ctx: Ctx) -> None:
+    return None

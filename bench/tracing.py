@@ -6,9 +6,11 @@ Spans carry 20 attributes and are encoded by the official OpenTelemetry SDK's OT
 (``opentelemetry-exporter-otlp-proto-common``, what ``OTLPSpanExporter`` sends: protobuf) in
 batches of ``--batch``; ``--concurrency`` requests are in flight against ``mezzo up``'s OTLP port,
 each answered only after its spans are committed. Every batch has fresh trace ids. In the same
-run, the same rows go straight into the same SQLite schema with executemany (the store's ceiling).
+run, the same rows go straight into the same SQLite schema with the store's own insert, as many rows
+per commit as the requests in flight hold (the store's ceiling, with no HTTP and no decoding).
 Then ``--lookups`` random trace-by-id queries through the Jaeger API give p50/p99 with everything
-that was stored. A second phase (``--exporter``) drives the real ``OTLPSpanExporter`` end to end.
+that was stored. It also prints the CPU the node and this client spent per span, which a machine
+shared with other work does not change as much as the rate.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import asyncio
 import os
 import random
 import shutil
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -33,7 +34,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from mezzo.testing.fixtures import free_port, spawn_node, stop_process
 from mezzo.tracing.model import from_otlp_proto
-from mezzo.tracing.store import SCHEMA
+from mezzo.tracing.store import SCHEMA, connect, encode_rows, insert_rows
 
 
 def make_spans(count: int) -> list:  # type: ignore[type-arg]
@@ -61,7 +62,8 @@ def bodies(spans: list, batch: int, copies: int) -> list[bytes]:  # type: ignore
     return out
 
 
-async def ingest(url: str, payloads: list[bytes], seconds: float, concurrency: int, batch: int) -> tuple[float, list[str]]:
+async def ingest(url: str, payloads: list[bytes], seconds: float, concurrency: int,
+                 batch: int) -> tuple[float, list[str], int]:
     sent = 0
     ids: list[str] = []
     deadline = time.perf_counter() + seconds
@@ -78,34 +80,33 @@ async def ingest(url: str, payloads: list[bytes], seconds: float, concurrency: i
                 if r.status_code == 200:
                     sent += batch
                     if len(ids) < 5000:
-                        ids.append(from_otlp_proto(body)[0].trace_id)
+                        ids.append(first_ids[body])
                 elif r.status_code == 429:
                     await asyncio.sleep(0.05)
                 else:
                     raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
 
+    first_ids = {body: from_otlp_proto(body)[0].trace_id for body in payloads}  # not decoded in the timed loop
     started = time.perf_counter()
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
-    return sent / (time.perf_counter() - started), ids
+    return sent / (time.perf_counter() - started), ids, sent
 
 
-def raw_rate(payloads: list[bytes], seconds: float) -> float:
-    """The same rows into the same schema, one executemany per batch: what SQLite alone does here."""
+def raw_rate(payloads: list[bytes], seconds: float, group: int) -> float:
+    """The same rows into the same schema with the store's own insert (many rows per statement), ``group``
+    rows per commit, with no HTTP and no decoding: what SQLite alone does with this shape here."""
     directory = Path(tempfile.mkdtemp(prefix="mezzo-bench-raw-"))
-    conn = sqlite3.connect(directory / "raw.db", isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn = connect(directory / "raw.db")
     conn.executescript(SCHEMA)
-    rows = [[s.row() for s in from_otlp_proto(body)] for body in payloads]
-    insert = f"INSERT INTO spans VALUES ({', '.join('?' * 16)})"
+    rows = [row for body in payloads for row in encode_rows(from_otlp_proto(body))]
     written = 0
     started = time.perf_counter()
     i = 0
     while time.perf_counter() - started < seconds:
-        batch = rows[i % len(rows)]
-        i += 1
+        batch = rows[i:i + group] or rows[:group]
+        i = (i + group) % len(rows)
         conn.execute("BEGIN")
-        conn.executemany(insert, batch)
+        insert_rows(conn, batch)
         conn.execute("COMMIT")
         written += len(batch)
     rate = written / (time.perf_counter() - started)
@@ -141,19 +142,35 @@ async def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="mezzo-bench-"))
     (data / "node").mkdir()
     port = free_port()
-    node = spawn_node(data / "node", {"MEZZO_LOG_LEVEL": "warning", "MEZZO_OTLP_PORT": str(port)})
+    try:
+        node = spawn_node(data / "node", {"MEZZO_LOG_LEVEL": "warning", "MEZZO_OTLP_PORT": str(port)})
+    except BaseException:
+        shutil.rmtree(data, ignore_errors=True)
+        raise
     try:
         otlp = f"http://127.0.0.1:{port}"
-        rate, ids = await ingest(f"{otlp}/v1/traces", payloads, args.seconds, args.concurrency, args.batch)
+        assert node.process is not None
+        cpu_before, own_before = cpu_seconds(node.process.pid), time.process_time()
+        rate, ids, spans_sent = await ingest(f"{otlp}/v1/traces", payloads, args.seconds, args.concurrency, args.batch)
+        node_cpu, client_cpu = cpu_seconds(node.process.pid) - cpu_before, time.process_time() - own_before
         times = await lookups(node.url, node.token, ids, args.lookups)
         stored = await _stored(node.url, node.token)
     finally:
         stop_process(node)
         shutil.rmtree(data, ignore_errors=True)
-    raw = raw_rate(payloads, min(args.seconds, 10))
+    raw = raw_rate(payloads, min(args.seconds, 10), args.batch * args.concurrency)
     print(f"{'':28}{'mezzo':>12}{'raw sqlite':>12}{'ratio':>8}")
     print(f"{'spans/s stored':28}{rate:12.0f}{raw:12.0f}{rate / raw:8.2f}")
+    print(f"CPU per span stored: node {node_cpu / spans_sent * 1e6:.1f} us (all threads), this client "
+          f"{client_cpu / spans_sent * 1e6:.1f} us; the node alone on one free core: "
+          f"{spans_sent / node_cpu:,.0f} spans/s")
     print(f"trace by id ({stored} spans stored): p50 {pct(times, 50) * 1000:.1f} ms, p99 {pct(times, 99) * 1000:.1f} ms")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux), to tell the node's cost from a busy machine's."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _stored(api: str, token: str) -> str:

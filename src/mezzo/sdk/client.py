@@ -19,6 +19,7 @@ from mezzo.sdk.resources import ResourcesClient
 from mezzo.sdk.sync import SyncProxy
 from mezzo.sdk.tokens import TokensClient
 from mezzo.sdk.tx import TxClient
+from mezzo.telemetry.propagation import inject_headers
 
 
 class Mezzo:
@@ -81,6 +82,7 @@ class Mezzo:
             content = dumps(json)
             headers = {"Content-Type": "application/json", **(headers or {})}
         params = {k: v for k, v in (params or {}).items() if v is not None}
+        headers = with_trace_context(headers)
         try:
             response = await self._http.request(method, path, content=content, params=params, headers=headers)
         except httpx.TransportError as exc:
@@ -111,6 +113,16 @@ class Mezzo:
     async def ready(self) -> dict[str, Any]:
         """The readiness report (raises APIError 503 when not ready)."""
         return await self.request("GET", "/readyz")  # type: ignore[no-any-return]
+
+
+def with_trace_context(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """The caller's current span (OpenTelemetry context) as ``traceparent``, so what Mezzo does for this
+    request (and the messages it publishes) joins the caller's trace; headers the caller set win."""
+    if headers and any(name.lower() in ("traceparent", "b3", "x-b3-traceid") for name in headers):
+        return headers
+    carrier: dict[str, str] = {}
+    inject_headers(carrier)
+    return {**carrier, **headers} if carrier and headers else carrier or headers
 
 
 def decode(response: httpx.Response) -> Any:

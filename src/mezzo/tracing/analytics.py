@@ -35,20 +35,26 @@ class RedMetrics:
         self._children: dict[tuple[str, str, str], Any] = {}
 
     def observe(self, spans: list[Span]) -> None:
+        """Counts go in once per (service, operation) of the request, durations one by one."""
+        groups: dict[tuple[str, str], list[Span]] = {}
         for span in spans:
-            if not is_entry(span):
-                continue
-            known = self._ops.setdefault(span.service, set())
-            op = span.name
+            if span.kind in ENTRY_KINDS or not span.parent_id:
+                groups.setdefault((span.service, span.name), []).append(span)
+        for (service, name), entries in groups.items():
+            known = self._ops.setdefault(service, set())
+            op = name
             if op not in known:
                 if len(known) >= MAX_OPERATIONS:
                     op = "other"
                 else:
                     known.add(op)
-            self._child("c", span.service, op).inc()
-            if span.status == STATUS_ERROR:
-                self._child("e", span.service, op).inc()
-            self._child("l", span.service, op).observe(span.duration_us / 1e6)
+            self._child("c", service, op).inc(len(entries))
+            errors = sum(1 for span in entries if span.status == STATUS_ERROR)
+            if errors:
+                self._child("e", service, op).inc(errors)
+            observe = self._child("l", service, op).observe
+            for span in entries:
+                observe(span.duration_us / 1e6)
 
     def _child(self, which: str, service: str, op: str) -> Any:
         key = (which, service, op)

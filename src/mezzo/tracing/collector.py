@@ -2,8 +2,8 @@
 
 Answers follow the OTLP/HTTP spec: 200 with an (empty) ExportTraceServiceResponse in the request's
 encoding; 400 with a reason for malformed input; 413 over the size limit; 429 with Retry-After
-when the store's writer is behind (exporters retry; nothing is dropped silently); 415 for a
-content type that is neither protobuf nor JSON.
+when the store's writer is behind and 503 with Retry-After when its commit failed (exporters retry
+both; nothing is dropped silently); 415 for a content type that is neither protobuf nor JSON.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 import orjson
 
 from mezzo.tracing.model import Span, SpanError, from_otlp_json, from_otlp_proto, from_zipkin
-from mezzo.tracing.store import Busy, TraceStore
+from mezzo.tracing.store import Busy, StoreFailed, TraceStore
 
 MAX_BODY = 16 * 1024 * 1024  # after decompression
 PROTOBUF = "application/x-protobuf"
+GRPC_CODES = {400: 3, 503: 14}  # INVALID_ARGUMENT, UNAVAILABLE; the rest RESOURCE_EXHAUSTED (8)
 
 
 class IngestError(Exception):
@@ -30,7 +31,7 @@ class IngestError(Exception):
         if content_type == PROTOBUF:
             from google.rpc import status_pb2  # type: ignore[import-untyped]
 
-            return status_pb2.Status(code=3 if self.status == 400 else 8, message=self.detail).SerializeToString(), PROTOBUF
+            return status_pb2.Status(code=GRPC_CODES.get(self.status, 8), message=self.detail).SerializeToString(), PROTOBUF
         problem = {"type": "about:blank", "title": {400: "Bad Request", 413: "Payload Too Large",
                                                     415: "Unsupported Media Type", 429: "Too Many Requests",
                                                     503: "Service Unavailable"}.get(self.status, "Error"),
@@ -117,6 +118,8 @@ class Collector:
                 await self.store.write(spans)
         except Busy as exc:
             raise self._refuse(protocol, IngestError(429, str(exc), retry_after=1)) from None
+        except StoreFailed as exc:  # retryable for exporters, as OTLP/HTTP says of 503
+            raise self._refuse(protocol, IngestError(503, str(exc), retry_after=5)) from None
         if self.received is not None:
             self.received.labels(protocol).inc(len(spans))
         if self.red is not None:

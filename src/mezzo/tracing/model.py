@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -21,40 +20,81 @@ class SpanError(ValueError):
         self.field = field
 
 
-@dataclass(slots=True)
 class Span:
-    trace_id: str  # 32 lowercase hex
-    span_id: str  # 16 lowercase hex
-    parent_id: str  # "" for a root
-    service: str
-    name: str
-    kind: int
-    start_us: int
-    duration_us: int
-    status: int = STATUS_UNSET
-    status_message: str = ""
-    attributes: dict[str, Any] = field(default_factory=dict)
-    resource: dict[str, Any] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)  # {timeUs, name, attributes}
-    links: list[dict[str, Any]] = field(default_factory=list)  # {traceId, spanId, attributes}
-    scope: str = ""
-    trace_state: str = ""
+    """One span. From OTLP/protobuf, ``raw`` keeps the span's own message and its attributes, events and
+    links are decoded from it only when something reads them: ingest stores the bytes as they came
+    (decoding 20 attributes into Python costs more than the whole insert), reads decode them."""
 
-    def row(self) -> tuple[Any, ...]:
+    __slots__ = ("_attributes", "_events", "_links", "duration_us", "kind", "name", "parent_id", "raw", "resource",
+                 "scope", "service", "span_id", "start_us", "status", "status_message", "trace_id", "trace_state")
+
+    def __init__(self, trace_id: str, span_id: str, parent_id: str, service: str, name: str, kind: int,
+                 start_us: int, duration_us: int, status: int = STATUS_UNSET, status_message: str = "",
+                 attributes: dict[str, Any] | None = None, resource: dict[str, Any] | None = None,
+                 events: list[dict[str, Any]] | None = None, links: list[dict[str, Any]] | None = None,
+                 scope: str = "", trace_state: str = "", raw: bytes = b"") -> None:
+        self.trace_id = trace_id  # 32 lowercase hex
+        self.span_id = span_id  # 16 lowercase hex
+        self.parent_id = parent_id  # "" for a root
+        self.service, self.name, self.kind = service, name, kind
+        self.start_us, self.duration_us = start_us, duration_us
+        self.status, self.status_message = status, status_message
+        self.resource = resource if resource is not None else {}
+        self.scope, self.trace_state = scope, trace_state
+        self.raw = raw  # an OTLP Span message: the source of attributes, events and links when given
+        self._attributes = attributes if attributes is not None or raw else {}
+        self._events = events if events is not None or raw else []  # {timeUs, name, attributes}
+        self._links = links if links is not None or raw else []  # {traceId, spanId, attributes}
+
+    def _decode(self) -> None:
+        self._attributes, self._events, self._links = decode_raw(self.raw)
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        if self._attributes is None:
+            self._decode()
+        return self._attributes  # type: ignore[return-value]
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        if self._events is None:
+            self._decode()
+        return self._events  # type: ignore[return-value]
+
+    @property
+    def links(self) -> list[dict[str, Any]]:
+        if self._links is None:
+            self._decode()
+        return self._links  # type: ignore[return-value]
+
+    def row(self, resource_json: str | None = None) -> tuple[Any, ...]:
+        """The stored row: OTLP spans keep their message (a BLOB in ``attributes``), others JSON text."""
+        resource = resource_json if resource_json is not None else orjson.dumps(self.resource).decode()
+        if self.raw:
+            return (self.trace_id, self.span_id, self.parent_id, self.service, self.name, self.kind, self.start_us,
+                    self.duration_us, self.status, self.status_message, self.raw, resource, "", "", self.scope,
+                    self.trace_state)
         return (self.trace_id, self.span_id, self.parent_id, self.service, self.name, self.kind, self.start_us,
                 self.duration_us, self.status, self.status_message, orjson.dumps(self.attributes).decode(),
-                orjson.dumps(self.resource).decode(), orjson.dumps(self.events).decode() if self.events else "",
+                resource, orjson.dumps(self.events).decode() if self.events else "",
                 orjson.dumps(self.links).decode() if self.links else "", self.scope, self.trace_state)
 
     @classmethod
     def from_row(cls, row: Any) -> Span:
+        attributes = row[10]
+        if isinstance(attributes, bytes):
+            return cls(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], None,
+                       orjson.loads(row[11]), None, None, row[14], row[15], attributes)
         return cls(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
-                   orjson.loads(row[10]), orjson.loads(row[11]), orjson.loads(row[12]) if row[12] else [],
+                   orjson.loads(attributes), orjson.loads(row[11]), orjson.loads(row[12]) if row[12] else [],
                    orjson.loads(row[13]) if row[13] else [], row[14], row[15])
 
     @property
     def error(self) -> bool:
         return self.status == STATUS_ERROR
+
+    def __repr__(self) -> str:
+        return f"Span({self.trace_id}/{self.span_id} {self.service} {self.name!r})"
 
 
 COLUMNS = ("trace_id", "span_id", "parent_id", "service", "name", "kind", "start_us", "duration_us", "status",
@@ -110,7 +150,48 @@ def _attrs(kvs: Any) -> dict[str, Any]:
     return out
 
 
+def _events(events: Any) -> list[dict[str, Any]]:
+    return [{"timeUs": e.time_unix_nano // 1000, "name": e.name, "attributes": _attrs(e.attributes)} for e in events]
+
+
+def _links(links: Any) -> list[dict[str, Any]]:
+    return [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex(), "attributes": _attrs(link.attributes)}
+            for link in links]
+
+
+def decode_raw(raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Attributes, events and links of a stored OTLP Span message."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
+
+    message = SpanMessage()
+    message.ParseFromString(raw)
+    return _attrs(message.attributes), _events(message.events), _links(message.links)
+
+
+def raw_attribute(raw: bytes, key: str) -> str | None:
+    """One attribute of a stored OTLP Span message as text (booleans ``true``/``false``), for attribute search."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
+
+    message = SpanMessage()
+    message.ParseFromString(raw)
+    for kv in message.attributes:
+        if kv.key == key:
+            return attribute_text(_any_value(kv.value))
+    return None
+
+
+def attribute_text(value: Any) -> str | None:
+    """An attribute value as search compares it: strings as they are, booleans ``true``/``false``, the
+    rest as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return orjson.dumps(value).decode()
+
+
 def from_otlp_proto(body: bytes) -> list[Span]:
+    """Spans of an ExportTraceServiceRequest; each keeps its message in ``raw`` (see ``Span``)."""
     from google.protobuf.message import DecodeError
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -120,23 +201,27 @@ def from_otlp_proto(body: bytes) -> list[Span]:
     except DecodeError as exc:
         raise SpanError(f"not an OTLP ExportTraceServiceRequest: {exc}", "body") from None
     spans = []
+    append = spans.append
     for rs in request.resource_spans:
         resource = _attrs(rs.resource.attributes)
         service = str(resource.get("service.name") or "unknown_service")
         for ss in rs.scope_spans:
             scope = ss.scope.name
             for s in ss.spans:
+                trace_id, span_id = s.trace_id, s.span_id
+                if len(trace_id) != 16 or trace_id == ZERO_TRACE:
+                    raise SpanError("traceId must be 16 bytes and not all zero", "traceId")
+                if len(span_id) != 8 or span_id == ZERO_SPAN:
+                    raise SpanError("spanId must be 8 bytes and not all zero", "spanId")
                 start, end = s.start_time_unix_nano // 1000, s.end_time_unix_nano // 1000
-                spans.append(Span(
-                    _hex(s.trace_id, 16, "traceId"), _hex(s.span_id, 8, "spanId"),
-                    s.parent_span_id.hex() if s.parent_span_id else "", service, s.name, s.kind, start,
-                    max(end - start, 0), s.status.code, s.status.message, _attrs(s.attributes), resource,
-                    [{"timeUs": e.time_unix_nano // 1000, "name": e.name, "attributes": _attrs(e.attributes)}
-                     for e in s.events],
-                    [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex(), "attributes": _attrs(link.attributes)}
-                     for link in s.links],
-                    scope, s.trace_state))
+                status = s.status
+                append(Span(trace_id.hex(), span_id.hex(), s.parent_span_id.hex(), service, s.name, s.kind, start,
+                            end - start if end > start else 0, status.code, status.message, None, resource, None,
+                            None, scope, s.trace_state, s.SerializeToString()))
     return spans
+
+
+ZERO_TRACE, ZERO_SPAN = bytes(16), bytes(8)
 
 
 # --- OTLP JSON -------------------------------------------------------------------------------

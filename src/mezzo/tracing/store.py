@@ -1,15 +1,22 @@
 """The embedded trace store: SQLite in the data dir, written by one thread in group commits.
 
 SQLite was chosen over a home-made file format because it gives indexes, transactions and ad-hoc
-queries for free, and because batched inserts in one transaction reach tens of thousands of spans
-per second (see docs/benchmarks.md). Spans are indexed by trace id, by (service, start) and by
-(service, operation, start); attribute search filters the rows of that range with json_extract.
-Writes wait for their commit (WAL, synchronous=NORMAL: a crashed process loses nothing committed).
+queries for free. A row holds what queries filter on as columns (ids, service, operation, kind,
+times, status) and the rest as it came: an OTLP span's own protobuf message (a BLOB in
+``attributes``), or JSON text for Zipkin and OTLP/JSON. Three indexes are written per span: trace
+id, (service, start) and start; operation, duration and attribute filters are checked along the
+(service, start) scan, newest first, which stops once ``limit`` traces are found.
+
+Durability: WAL with synchronous=NORMAL. A write returns only after the COMMIT holding its spans,
+so a crash of the process loses nothing acknowledged; a power loss or OS crash may lose the last
+commits (WAL is synced at checkpoints, not at each commit). Requests queued while a commit runs go
+into the next one together (group commit, up to ``BATCH`` spans).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import sqlite3
 import threading
@@ -20,24 +27,98 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mezzo.tracing.model import COLUMNS, STATUS_ERROR, Span
+import orjson
+import structlog
 
+from mezzo.tracing.model import COLUMNS, STATUS_ERROR, Span, attribute_text, raw_attribute
+
+log = structlog.get_logger("mezzo.tracing")
 MAX_PENDING = 200_000  # spans waiting for the writer; beyond it ingest answers 429
 BATCH = 20_000
+PAGE_SIZE = 16384
+WAL_BACKSTOP = 4096  # pages (64 MiB): past this the writer checkpoints itself, as SQLite does by default at 1000
+CHECKPOINT_EVERY = 1.0  # seconds between checkpoints when nothing is committed (a wake-up, mostly idle)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS spans ({", ".join(COLUMNS)});
 CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_id);
 CREATE INDEX IF NOT EXISTS spans_service_start ON spans (service, start_us);
-CREATE INDEX IF NOT EXISTS spans_operation_start ON spans (service, name, start_us);
+DROP INDEX IF EXISTS spans_operation_start;
 CREATE INDEX IF NOT EXISTS spans_start ON spans (start_us);
 CREATE TABLE IF NOT EXISTS operations (service TEXT, name TEXT, kind INTEGER, PRIMARY KEY (service, name, kind))
     WITHOUT ROWID;
 """
 
 
+def encode_rows(spans: list[Span]) -> list[tuple[Any, ...]]:
+    """Rows for the spans table; a resource shared by the spans of one request is encoded once."""
+    resources: dict[int, str] = {}
+    rows = []
+    for span in spans:
+        key = id(span.resource)
+        encoded = resources.get(key)
+        if encoded is None:
+            encoded = resources[key] = orjson.dumps(span.resource).decode()
+        rows.append(span.row(encoded))
+    return rows
+
+
+ROW = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+ROWS_PER_INSERT = 256  # 4096 parameters, far below SQLite's 32766
+
+
+def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert with many rows per statement: one sqlite3_step (one release of the GIL, one wait to take it
+    back while the event loop decodes requests) per 256 rows instead of per row; about 1.5x the rate of
+    executemany alone and 2x beside a busy event loop."""
+    for at in range(0, len(rows), ROWS_PER_INSERT):
+        part = rows[at:at + ROWS_PER_INSERT]
+        conn.execute(f"INSERT INTO spans VALUES {', '.join([ROW] * len(part))}",
+                     list(itertools.chain.from_iterable(part)))
+
+
+def _attribute_is(attributes: bytes | str | None, key: str, value: str) -> bool:
+    """SQL ``mezzo_attr_is(attributes, key, value)``: whether a span attribute, as text (booleans
+    ``true``/``false``), equals ``value``; from an OTLP message or JSON. A row whose bytes do not even
+    contain the key is skipped before decoding: most rows of a search are such rows."""
+    if isinstance(attributes, bytes):
+        if key.encode() not in attributes:
+            return False
+        return raw_attribute(attributes, key) == value
+    if not attributes or (key not in attributes and _verbatim_in_json(key)):
+        return False
+    return attribute_text(orjson.loads(attributes).get(key)) == value
+
+
+def _verbatim_in_json(key: str) -> bool:
+    """Whether orjson writes ``key`` as it is (no escapes), so a text search for it is a fair pre-check."""
+    return key.isprintable() and '"' not in key and "\\" not in key
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to a trace store file as the store uses it (WAL, synchronous=NORMAL, ``mezzo_attr_is``)."""
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.create_function("mezzo_attr_is", 3, _attribute_is, deterministic=True)
+    # a new file only (an existing one keeps its size): rows of ~1 KiB fill 16 KiB pages with a third
+    # less CPU per insert than 4 KiB ones
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: index pages stay in memory while spans pour in
+    return conn
+
+
+_Write = tuple[list[tuple[Any, ...]], set[tuple[str, str, int]], Callable[[BaseException | None], None]]
+"""What a request hands the writer: its rows, operations not seen before, and how to answer it."""
+
+
 class Busy(Exception):
     """The writer is behind: the client should retry later."""
+
+
+class StoreFailed(Exception):
+    """The commit failed (disk full, I/O error, database gone): nothing of the write is stored."""
 
 
 @dataclass
@@ -56,8 +137,7 @@ class Query:
 class TraceStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._queue: queue.SimpleQueue[tuple[list[tuple[Any, ...]], Callable[[BaseException | None], None]] | None] = \
-            queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self.pending = 0
         self._lock = threading.Lock()
         self._known_ops: set[tuple[str, str, int]] = set()
@@ -65,27 +145,35 @@ class TraceStore:
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mezzo-traces-read")
         self._local = threading.local()
         self.written = 0
+        self._committed = threading.Event()  # wakes the checkpointer
+        self._checkpointer: threading.Thread | None = None
+        self._closing = False
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: index pages stay in memory while spans pour in
-        return conn
+        return connect(self.path)
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         conn.executescript(SCHEMA)
         self._known_ops = {tuple(r) for r in conn.execute("SELECT service, name, kind FROM operations")}  # type: ignore[misc]
+        # Checkpoints (copying the WAL into the database, with its fsyncs) run in their own thread, so a
+        # commit only appends to the WAL; the writer checkpoints itself only past WAL_BACKSTOP pages.
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP}")
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="mezzo-traces-write", daemon=True)
         self._writer.start()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="mezzo-traces-checkpoint",
+                                              daemon=True)
+        self._checkpointer.start()
 
     async def close(self) -> None:
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.to_thread(self._writer.join)
+        if self._checkpointer is not None:
+            self._closing = True
+            self._committed.set()
+            await asyncio.to_thread(self._checkpointer.join)
         self._readers.shutdown(wait=True)
 
     # writing --------------------------------------------------------------------------------
@@ -112,14 +200,10 @@ class TraceStore:
             loop.call_soon_threadsafe(settle)
 
         ops = {(s.service, s.name, s.kind) for s in spans} - self._known_ops
-        rows = [s.row() for s in spans]
-        if ops:
-            rows.append(("__ops__", *ops))  # type: ignore[arg-type]
-        self._queue.put((rows, finished))
+        self._queue.put((encode_rows(spans), ops, finished))
         await done
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
-        insert = f"INSERT INTO spans VALUES ({', '.join('?' * len(COLUMNS))})"
         while True:
             item = self._queue.get()
             if item is None:
@@ -137,29 +221,42 @@ class TraceStore:
                     break
                 batch.append(nxt)
                 size += len(nxt[0])
-            spans, ops = [], set()
-            for rows, _ in batch:
-                for row in rows:
-                    if row[0] == "__ops__":
-                        ops.update(row[1:])
-                    else:
-                        spans.append(row)
+            spans = [row for rows, _, _ in batch for row in rows]
+            ops = set().union(*(new for _, new, _ in batch))
             error: BaseException | None = None
             try:
                 conn.execute("BEGIN")
-                conn.executemany(insert, spans)
+                insert_rows(conn, spans)
                 if ops:
                     conn.executemany("INSERT OR IGNORE INTO operations VALUES (?, ?, ?)", list(ops))
                 conn.execute("COMMIT")
-                self._known_ops |= ops
+                self._known_ops = self._known_ops | ops  # a new set: write() reads it from another thread
                 self.written += len(spans)
+                self._committed.set()
             except sqlite3.Error as exc:
-                error = exc
+                error = StoreFailed(f"the trace store could not commit: {exc}")
                 conn.execute("ROLLBACK") if conn.in_transaction else None
             with self._lock:
-                self.pending -= sum(len(r) for r, _ in batch)
-            for _, finished in batch:
+                self.pending -= len(spans)
+            for _, _, finished in batch:
                 finished(error)
+
+    def _checkpoint_loop(self) -> None:
+        """PASSIVE checkpoints after commits: they never block the writer or readers."""
+        conn = connect(self.path)
+        try:
+            while True:
+                self._committed.wait(CHECKPOINT_EVERY)
+                self._committed.clear()
+                if self._closing:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    log.warning("trace store checkpoint failed; the writer's own checkpoints take over",
+                                exc_info=True)
+        finally:
+            conn.close()
 
     # reading --------------------------------------------------------------------------------
 
@@ -184,7 +281,11 @@ class TraceStore:
         return await self._read(lambda c: [(r[0], r[1]) for r in c.execute(sql + " ORDER BY name", args)])  # type: ignore[no-any-return]
 
     async def find(self, q: Query) -> list[str]:
-        """Trace ids matching the query, newest first (a trace matches when one of its spans does)."""
+        """Trace ids matching the query, newest first (a trace matches when one of its spans does).
+
+        Matching spans are read newest first along the (service, start) or (start) index and the scan
+        stops at ``limit`` distinct traces: the first time a trace shows up is its newest matching span,
+        so the order is that of MAX(start) per trace, without reading the whole time window."""
         where, args = [], []
         if q.service:
             where.append("service = ?")
@@ -213,12 +314,24 @@ class TraceStore:
                 args.append(STATUS_ERROR)
                 continue
             path = '$."' + key.replace('"', '""') + '"'
-            where.append("(CAST(json_extract(attributes, ?) AS TEXT) = ? OR CAST(json_extract(resource, ?) AS TEXT) = ?)")
-            args += [path, value, path, value]
-        sql = ("SELECT trace_id, MAX(start_us) AS latest FROM spans" + (" WHERE " + " AND ".join(where) if where else "")
-               + " GROUP BY trace_id ORDER BY latest DESC LIMIT ?")
-        args.append(q.limit)
-        return await self._read(lambda c: [r[0] for r in c.execute(sql, args)])  # type: ignore[no-any-return]
+            where.append("(mezzo_attr_is(attributes, ?, ?) OR CAST(json_extract(resource, ?) AS TEXT) = ?)")
+            args += [key, value, path, value]
+        sql = ("SELECT trace_id FROM spans" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY start_us DESC")
+
+        def run(c: sqlite3.Connection) -> list[str]:
+            found: dict[str, None] = {}
+            cursor = c.execute(sql, args)
+            try:
+                for (trace_id,) in cursor:
+                    found[trace_id] = None
+                    if len(found) >= q.limit:
+                        break
+            finally:
+                cursor.close()  # ends the read: an open statement would hold back WAL checkpoints
+            return list(found)
+
+        return await self._read(run)  # type: ignore[no-any-return]
 
     async def trace(self, trace_id: str, offset: int = 0, limit: int | None = None) -> list[Span]:
         sql = f"SELECT {', '.join(COLUMNS)} FROM spans WHERE trace_id = ? ORDER BY start_us, span_id"

@@ -15,7 +15,7 @@ import orjson
 
 from mezzo.storage.postgres import split_schema
 from mezzo.tracing.model import COLUMNS, STATUS_ERROR, Span
-from mezzo.tracing.store import MAX_PENDING, Busy, Query
+from mezzo.tracing.store import MAX_PENDING, Busy, Query, StoreFailed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -101,7 +101,7 @@ class PostgresTraceStore:
                                                      schema_name=self.schema)
                 self.written += len(records)
             except Exception as exc:
-                error = exc
+                error = StoreFailed(f"the trace store could not commit: {exc}")
             for _, done in batch:
                 if not done.done():
                     done.set_result(None) if error is None else done.set_exception(error)

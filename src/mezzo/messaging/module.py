@@ -25,6 +25,7 @@ from mezzo.resources.model import Resource
 from mezzo.resources.service import ResourceService
 from mezzo.storage.kv import KVStore
 from mezzo.telemetry.metrics import Metrics
+from mezzo.telemetry.tracing import Tracing
 
 log = structlog.get_logger("mezzo.messaging")
 RETENTION_EVERY = 30.0
@@ -62,6 +63,7 @@ class MessagingModule(Module):
         self.topics = Informer(resources, TOPIC_KIND.kind, self._on_topic)
         self.subscriptions = Informer(resources, SUBSCRIPTION_KIND.kind, self._on_subscription)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
+        self.tracer = self.node.service(Tracing).tracer("mezzo.messaging") if self.node.has(Tracing) else None
         self.pushers: dict[str, asyncio.Task[None]] = {}  # resource ref -> delivery loop
         self._sub_keys: dict[str, tuple[str, str]] = {}  # resource ref -> (topic ref, group)
         await self.topics.start()
@@ -119,7 +121,7 @@ class MessagingModule(Module):
         self.service.subscriptions[key] = spec
         if spec.endpoint is not None:
             pusher = Pusher(self.service, resource.metadata.namespace, spec, self.http,
-                            self._policy(resource.metadata.namespace, resource.metadata.name))
+                            self._policy(resource.metadata.namespace, resource.metadata.name), self.tracer)
             self.pushers[resource.ref] = asyncio.create_task(
                 self._forever(pusher.run), name=f"mezzo-push-{resource.ref}")
 

@@ -15,6 +15,7 @@ import contextlib
 import httpx
 import orjson
 import structlog
+from opentelemetry import trace
 
 from mezzo.jsonutil import dumps
 from mezzo.messaging.compat.cloudevents import STRUCTURED, to_structured
@@ -22,6 +23,7 @@ from mezzo.messaging.model import SubscriptionSpec
 from mezzo.messaging.service import Delivered, MessagingService, TopicNotFound
 from mezzo.resilience.errors import ResilienceError
 from mezzo.resilience.policies import NOOP_POLICY, ResiliencePolicy
+from mezzo.telemetry.propagation import extract_from_attributes, inject_headers
 
 log = structlog.get_logger("mezzo.messaging.push")
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -51,12 +53,13 @@ class PushFailed(Exception):
 
 class Pusher:
     def __init__(self, service: MessagingService, namespace: str, spec: SubscriptionSpec, http: httpx.AsyncClient,
-                 policy: ResiliencePolicy = NOOP_POLICY) -> None:
+                 policy: ResiliencePolicy = NOOP_POLICY, tracer: trace.Tracer | None = None) -> None:
         self.service = service
         self.namespace = namespace
         self.spec = spec
         self.http = http
         self.policy = policy  # the Resiliency policy targeting this subscription, if any
+        self.tracer = tracer or trace.NoOpTracer()  # the node's own: a span per delivery, child of the publisher's
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
 
@@ -91,7 +94,6 @@ class Pusher:
         try:
             event = to_structured(message, f"mezzo/{self.namespace}/{spec.topic}")
             headers = {"content-type": STRUCTURED}
-            headers.update({h: message.attributes[h] for h in TRACE_HEADERS if h in message.attributes})
             body = dumps(event)
 
             async def post() -> httpx.Response:
@@ -100,11 +102,23 @@ class Pusher:
                     raise PushFailed(response)  # lets a Resiliency retry or circuit breaker see it
                 return response
 
-            try:
-                result = outcome(await self.policy.execute(post))
-            except (httpx.HTTPError, PushFailed, ResilienceError) as exc:
-                log.info("push failed; will retry", endpoint=str(spec.endpoint), error=str(exc))
-                result = "retry"
+            # the delivery continues the publisher's trace; the endpoint gets this span as its parent
+            with self.tracer.start_as_current_span(
+                    f"deliver {spec.topic}", context=extract_from_attributes(message.attributes),
+                    kind=trace.SpanKind.PRODUCER,
+                    attributes={"messaging.system": "mezzo", "messaging.operation.type": "deliver",
+                                "messaging.destination.name": spec.topic,
+                                "messaging.consumer.group.name": spec.group, "messaging.message.id": message.id,
+                                "url.full": str(spec.endpoint)}) as span:
+                headers.update({h: message.attributes[h] for h in TRACE_HEADERS if h in message.attributes})
+                inject_headers(headers)  # nothing when not tracing: the publisher's own context goes on
+                try:
+                    result = outcome(await self.policy.execute(post))
+                except (httpx.HTTPError, PushFailed, ResilienceError) as exc:
+                    log.info("push failed; will retry", endpoint=str(spec.endpoint), error=str(exc))
+                    span.set_status(trace.StatusCode.ERROR, str(exc)[:200])
+                    result = "retry"
+                span.set_attribute("mezzo.push.outcome", result)
             receipts = [message.receipt or ""]
             if result == "ack":
                 await self.service.ack(self.namespace, spec.topic, spec.group, receipts)

@@ -19,7 +19,11 @@ class Health:
 
 
 class Listener(Protocol):
-    """A socket a module serves once every module has started (closed first at shutdown)."""
+    """A socket a module serves once every module has started (closed first at shutdown).
+
+    A listener with a true ``closes_last`` attribute (the node's own trace collector) closes after
+    the others and after every module's ``quiesce``.
+    """
 
     name: str  # e.g. "api"
     url: str
@@ -48,6 +52,10 @@ class Module:
 
     async def stop(self) -> None:
         """Release resources; modules that depend on this one have stopped."""
+
+    async def quiesce(self) -> None:
+        """At stop, once the listeners other than ``closes_last`` ones have drained: send what the
+        node sends to itself (its own spans) while its collectors still listen."""
 
     async def health(self) -> Health:
         return Health(True)

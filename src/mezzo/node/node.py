@@ -24,6 +24,7 @@ class Node:
         self.order = resolve(settings.targets)
         self.modules: dict[str, Module] = {}
         self.listeners: list[Any] = []
+        self._closing: list[Any] = []
         self._services: dict[type, object] = {}
         self._stopping = asyncio.Event()
         self.started = False
@@ -66,7 +67,16 @@ class Node:
         self.started = False
         self._stopping.set()
         listeners, self.listeners = self.listeners, []
-        await asyncio.gather(*(x.close() for x in reversed(listeners)), return_exceptions=True)
+        self._closing = listeners  # what a second stop signal cuts
+        # the node's own collectors close last: the requests drained first leave spans it sends itself
+        last = [x for x in listeners if getattr(x, "closes_last", False)]
+        await asyncio.gather(*(x.close() for x in reversed(listeners) if x not in last), return_exceptions=True)
+        for name in reversed(list(self.modules)):
+            try:
+                await self.modules[name].quiesce()
+            except Exception:
+                log.exception("module failed to quiesce", module=name)
+        await asyncio.gather(*(x.close() for x in last), return_exceptions=True)
         for name in reversed(list(self.modules)):
             try:
                 await self.modules[name].stop()
@@ -111,6 +121,6 @@ class Node:
         """First signal: graceful stop. Second signal: stop waiting for in-flight work."""
         if self._stopping.is_set():
             log.warning("second stop signal: cutting in-flight work")
-            for listener in self.listeners:
+            for listener in self.listeners or self._closing:
                 listener.force()
         self._stopping.set()

@@ -39,8 +39,10 @@ def url_of(sock: socket.socket, scheme: str = "http") -> str:
 class HttpListener:
     """An ASGI app on a bound socket, served by uvicorn (httptools, no lifespan: the node owns lifecycle)."""
 
-    def __init__(self, name: str, app: Any, sock: socket.socket, *, drain_timeout: float) -> None:
+    def __init__(self, name: str, app: Any, sock: socket.socket, *, drain_timeout: float,
+                 closes_last: bool = False) -> None:
         self.name = name
+        self.closes_last = closes_last  # see mezzo.node.module.Listener
         self.sock = sock
         self.url = url_of(sock)
         config = uvicorn.Config(

@@ -103,7 +103,7 @@ class TracingModule(Module):
         from mezzo.tracing.api import otlp_app, zipkin_app
 
         drain = self.node.settings.drain_timeout
-        return [HttpListener("otlp", otlp_app(self.node), self.otlp_sock, drain_timeout=drain),
+        return [HttpListener("otlp", otlp_app(self.node), self.otlp_sock, drain_timeout=drain, closes_last=True),
                 HttpListener("zipkin", zipkin_app(self.node), self.zipkin_sock, drain_timeout=drain)]
 
     async def _enforce(self) -> None:

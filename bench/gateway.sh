@@ -20,12 +20,11 @@ DURATION=${1:-10s}
 CONNS=${2:-50}
 THREADS=${3:-1}
 REPEATS=${4:-3}
-PY=.venv/bin/python
+source bench/lib.sh
 for tool in nginx wrk; do
   command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $tool >/dev/null
 done
 NGINX=$(command -v nginx)
-free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UPORT=$(free_port); NPORT=$(free_port); MPORT=$(free_port); APORT=$(free_port)
 WORK=$(mktemp -d)
 PIDS=()

@@ -151,24 +151,12 @@ def test_fuzzed_frames_are_answered_or_refused(data: bytes) -> None:
     """Any bytes: the parser either waits for more, answers, or refuses with a protocol error."""
     from mezzo.cache.resp import RespConnection
     from mezzo.cache.server import CacheServer
+    from mezzo.testing.transport import FakeTransport
 
     server = CacheServer(Engine(), None, require_auth=False)
     conn = RespConnection(server)
 
-    class Transport:
-        def __init__(self) -> None:
-            self.out, self.closed = b"", False
-
-        def write(self, chunk: bytes) -> None:
-            self.out += chunk
-
-        def close(self) -> None:
-            self.closed = True
-
-        def get_extra_info(self, name: str) -> object:
-            return None
-
-    transport = Transport()
+    transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.data_received(data)
     assert not transport.out or transport.out[:1] in b"+-:$*%_,"

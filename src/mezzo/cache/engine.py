@@ -5,6 +5,12 @@ Everything runs on the event loop thread (no locks): a command is a few dict ope
 Expiry is lazy (an expired key is gone when touched) plus active (a periodic sample of keys
 with TTLs, as Redis does), so memory held by expired keys nobody reads is reclaimed too.
 Memory is accounted approximately (key + value bytes + a fixed overhead per entry).
+
+Observers cost nothing until used: ``tracker`` hears of every key that changes or goes (the
+near-cache invalidation feed), ``ops`` counts reads and writes in a plain int and one op in
+``SAMPLE_EVERY`` feeds the hot-key and big-key sketches (``hotkeys.py``); tags index keys by
+label so a whole group can be dropped at once, and ``meta`` holds a short note per key (the
+SDK's load time and soft expiry). Tags and meta belong to a value: any write or removal drops them.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ import random
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
+
+from mezzo.cache.hotkeys import KeySampler
 
 OVERHEAD = 64  # bytes per entry beyond key and value, roughly what a dict slot and objects cost
 Policy = Literal["lru", "lfu", "noeviction"]
@@ -54,6 +63,14 @@ class Keyspace:
         self.default_ttl_ms = default_ttl_ms
         self.memory = 0
         self.hits = self.misses = self.evictions = self.expired = 0
+        self.ops = 0
+        self.sampler = KeySampler()
+        self.next_sample = self.sampler.next_gap()
+        # told of every key that changes or goes (None: all of them); set while near caches listen
+        self.tracker: Callable[[bytes | None], None] | None = None
+        self.tags: dict[str, set[bytes]] = {}
+        self.key_tags: dict[bytes, frozenset[str]] = {}
+        self.meta: dict[bytes, bytes] = {}
 
     # lookups --------------------------------------------------------------------------------
 
@@ -75,6 +92,9 @@ class Keyspace:
                 self.misses += 1
             else:
                 self.hits += 1
+            self.ops += 1
+            if self.ops >= self.next_sample:
+                self._sample(key, value)
         if value is not None:
             self.data.move_to_end(key)
             if self.policy == "lfu":
@@ -123,6 +143,13 @@ class Keyspace:
                 self.expires[key] = now_ms() + ttl_ms
         if self.policy == "lfu":
             self.freq.setdefault(key, 1)
+        if self.key_tags or self.meta:
+            self._forget_extras(key)
+        self.ops += 1
+        if self.ops >= self.next_sample:
+            self._sample(key, value)
+        if self.tracker is not None:
+            self.tracker(key)
         self.enforce(protect=key)
 
     def resized(self, key: bytes, before: int) -> None:
@@ -130,9 +157,13 @@ class Keyspace:
         value = self.data.get(key)
         if value is not None:
             self.memory += _size(key, value) - before
+            self.ops += 1
+            if self.tracker is not None:
+                self.tracker(key)
             self.enforce(protect=key)
 
     def delete(self, key: bytes) -> bool:
+        self.ops += 1
         if self._live(key) is None:
             return False
         self._remove(key)
@@ -144,6 +175,10 @@ class Keyspace:
             self.memory -= _size(key, value)
         self.expires.pop(key, None)
         self.freq.pop(key, None)
+        if self.key_tags or self.meta:
+            self._forget_extras(key)
+        if self.tracker is not None:
+            self.tracker(key)
 
     def expire(self, key: bytes, ttl_ms: int | None) -> bool:
         if self._live(key) is None:
@@ -154,13 +189,63 @@ class Keyspace:
             self._remove(key)
         else:
             self.expires[key] = now_ms() + ttl_ms
+            if self.tracker is not None:  # a near cache must not outlive the new deadline
+                self.tracker(key)
         return True
 
     def flush(self) -> None:
         self.data.clear()
         self.expires.clear()
         self.freq.clear()
+        self.tags.clear()
+        self.key_tags.clear()
+        self.meta.clear()
         self.memory = 0
+        if self.tracker is not None:
+            self.tracker(None)
+
+    # observers ------------------------------------------------------------------------------
+
+    def _sample(self, key: bytes, value: Value | None) -> None:
+        self.next_sample = self.ops + self.sampler.next_gap()
+        if value is None:
+            size = 0
+        elif isinstance(value, bytes):
+            size = len(key) + len(value) + OVERHEAD
+        else:  # a hash: estimated from its length (exact sizes are measured when reported)
+            size = len(key) + OVERHEAD + 48 * len(value)
+        self.sampler.offer(key, size)
+
+    def size_of(self, key: bytes) -> int | None:
+        """Bytes a live key holds by the engine's accounting, None when it is gone."""
+        value = self._live(key)
+        return None if value is None else _size(key, value)
+
+    def annotate(self, key: bytes, tags: list[str], meta: bytes | None = None) -> None:
+        """Label a live key and attach its note (replacing earlier ones); a later write or removal drops them."""
+        if self.key_tags or self.meta:
+            self._forget_extras(key)
+        if key not in self.data:
+            return
+        if meta is not None:
+            self.meta[key] = meta
+        if tags:
+            self.key_tags[key] = frozenset(tags)
+            for name in self.key_tags[key]:
+                self.tags.setdefault(name, set()).add(key)
+
+    def _forget_extras(self, key: bytes) -> None:
+        self.meta.pop(key, None)
+        for name in self.key_tags.pop(key, ()):
+            members = self.tags.get(name)
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self.tags[name]
+
+    def drop_tag(self, name: str) -> int:
+        """Delete every live key labelled ``name``; how many went."""
+        return sum(self.delete(key) for key in list(self.tags.get(name, ())))
 
     def enforce(self, protect: bytes | None = None) -> None:
         """Evict until under the memory limit; with ``noeviction``, refuse instead."""
@@ -226,6 +311,7 @@ class Engine:
 
     def __init__(self) -> None:
         self.spaces: dict[str, Keyspace] = {}
+        self.tracking: object | None = None  # near-cache listeners (invalidation.Tracking), made on first use
 
     def space(self, name: str) -> Keyspace:
         ks = self.spaces.get(name)
@@ -234,16 +320,23 @@ class Engine:
         return ks
 
     def sweep(self) -> int:
-        return sum(ks.sweep() for ks in list(self.spaces.values()))
+        """Active expiry of every namespace, and (about once a second) the ops/s and hot-key clocks."""
+        spaces = list(self.spaces.values())
+        now = time.monotonic()
+        for ks in spaces:
+            ks.sampler.tick(now, ks.ops)
+        return sum(ks.sweep() for ks in spaces)
 
-    # snapshot: [magic][per entry: ns, key, type, ttl, value] length-prefixed --------------------
+    # snapshot: [magic][per entry: ns, key, type, ttl, value, tags, meta] length-prefixed ------
+    # MZC2 adds tags (a count, then length-prefixed names) and meta (length-prefixed, 0: none)
+    # after each entry; MZC1 snapshots still load.
 
     def save(self, path: Path) -> int:
         tmp = path.with_suffix(".tmp")
         count = 0
         now = now_ms()
         with open(tmp, "wb") as fh:
-            fh.write(b"MZC1")
+            fh.write(b"MZC2")
             for ks in self.spaces.values():
                 name = ks.name.encode()
                 for key, value in ks.data.items():
@@ -258,6 +351,10 @@ class Engine:
                                         for f, v in value.items())
                     fh.write(struct.pack(">HIBqI", len(name), len(key), kind, deadline or -1, len(blob)))
                     fh.write(name + key + blob)
+                    tags = [t.encode() for t in sorted(ks.key_tags.get(key, ()))]
+                    fh.write(struct.pack(">H", len(tags)) + b"".join(struct.pack(">H", len(t)) + t for t in tags))
+                    meta = ks.meta.get(key, b"")
+                    fh.write(struct.pack(">H", len(meta)) + meta)
                     count += 1
             fh.flush()
             os.fsync(fh.fileno())
@@ -268,8 +365,9 @@ class Engine:
         if not path.exists():
             return 0
         data = path.read_bytes()
-        if data[:4] != b"MZC1":
+        if data[:4] not in (b"MZC1", b"MZC2"):
             raise ValueError(f"{path} is not a Mezzo cache snapshot")
+        tagged = data[:4] == b"MZC2"
         pos, count, now = 4, 0, now_ms()
         head = struct.calcsize(">HIBqI")
         while pos + head <= len(data):
@@ -279,6 +377,18 @@ class Engine:
             key = data[pos + nlen:pos + nlen + klen]
             blob = data[pos + nlen + klen:pos + nlen + klen + blen]
             pos += nlen + klen + blen
+            tags: list[str] = []
+            meta: bytes | None = None
+            if tagged:
+                (ntags,) = struct.unpack_from(">H", data, pos)
+                pos += 2
+                for _ in range(ntags):
+                    (tlen,) = struct.unpack_from(">H", data, pos)
+                    tags.append(data[pos + 2:pos + 2 + tlen].decode())
+                    pos += 2 + tlen
+                (mlen,) = struct.unpack_from(">H", data, pos)
+                meta = data[pos + 2:pos + 2 + mlen] or None
+                pos += 2 + mlen
             if deadline != -1 and deadline <= now:
                 continue
             value: Value
@@ -295,5 +405,6 @@ class Engine:
                     i += 4 + vlen
             ks = self.space(name)
             ks.store(key, value, ttl_ms=None if deadline == -1 else deadline - now)
+            ks.annotate(key, tags, meta)
             count += 1
         return count

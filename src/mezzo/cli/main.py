@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mezzo import __version__
+from mezzo.cli import cache as cache_cli
 from mezzo.cli import config, mq, resources, server, tokens
 from mezzo.cli import trace as trace_cli
 from mezzo.cli import tx as tx_cli
@@ -30,6 +31,7 @@ app.add_typer(mq.app, name="mq")
 app.add_typer(trace_cli.app, name="trace")
 app.add_typer(tx_cli.app, name="tx")
 app.add_typer(config.app, name="config")
+app.add_typer(cache_cli.app, name="cache")
 
 
 @app.command("version")

@@ -39,7 +39,7 @@ MODULES: dict[str, ModuleDef] = {
     "gateway": ModuleDef(GatewayModule, ("store", "resources")),
     "apis": ModuleDef(ApisModule, ("gateway", "resources")),
     "tracing": ModuleDef(TracingModule, ("telemetry", "auth")),
-    "cache": ModuleDef(CacheModule, ("telemetry", "auth")),
+    "cache": ModuleDef(CacheModule, ("telemetry", "auth", "resources")),
     "transactions": ModuleDef(TransactionsModule, ("store", "auth", "telemetry")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),
 }

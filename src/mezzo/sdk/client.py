@@ -65,6 +65,7 @@ class Mezzo:
 
     async def aclose(self) -> None:
         await self.config.aclose()
+        await self.cache.aclose()
         await self._http.aclose()
 
     async def request(

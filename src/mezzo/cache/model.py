@@ -1,0 +1,149 @@
+"""The ``Cache`` kind: a cache namespace, where its keys live and how it behaves."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from mezzo.cache.distributed.backend import HealthPolicy, NodeAddress
+from mezzo.resources.kinds import Column, KindSpec
+from mezzo.resources.model import SpecModel
+from mezzo.resources.types import ByteSize, Duration
+
+Backend = Literal["embedded", "redis", "redis-cluster", "nodes"]
+DISTRIBUTED = ("redis", "redis-cluster", "nodes")
+
+
+def parse_redis_url(url: str) -> NodeAddress:
+    """``redis://[user:password@]host[:port][/db]`` (``rediss`` is refused: TLS to nodes is not wired)."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"{url!r}: use redis://host:port[/db]")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"{url!r} has an invalid port") from None
+    path = parts.path.strip("/")
+    if path and (not path.isdigit() or int(path) > 15):
+        raise ValueError(f"{url!r}: the database is a number from 0 to 15")
+    return NodeAddress(parts.hostname, port, int(path or 0), unquote(parts.password) if parts.password else None,
+                       unquote(parts.username) if parts.username else None)
+
+
+class CacheNode(SpecModel):
+    url: str = Field(description="redis://host:port[/db] of the node's primary")
+    name: str | None = Field(None, min_length=1, max_length=255,
+                             description="its name on the ring (default host:port); keep it when the address moves")
+    weight: int = Field(1, ge=1, le=1000, description="share of the keys, relative to the other nodes")
+    replica: str | None = Field(None, description="redis://... of a replica of this node that takes over when it fails")
+
+    @field_validator("url", "replica")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_redis_url(value)
+        return value
+
+    @property
+    def ring_name(self) -> str:
+        return self.name or parse_redis_url(self.url).label
+
+
+class FailureDetection(SpecModel):
+    timeout: Duration = Field(1.0, gt=0, le=60, description="per operation and connect")
+    eject_after: int = Field(3, ge=1, le=1000, description="consecutive failures before a node is ejected")
+    probe_interval: Duration = Field(0.1, gt=0, le=60, description="first probe of a failed node; doubles each time")
+    probe_max_interval: Duration = Field(5.0, gt=0, le=3600, description="longest wait between probes")
+
+    def policy(self) -> HealthPolicy:
+        return HealthPolicy(self.timeout, self.eject_after, self.probe_interval,
+                            max(self.probe_max_interval, self.probe_interval))
+
+
+class NearCache(SpecModel):
+    """Read by the SDK's near cache (stored and validated here)."""
+
+    enabled: bool = False
+    max_keys: int = Field(10_000, ge=1, le=10_000_000, description="keys held in each client process")
+    max_ttl: Duration = Field(60.0, gt=0, le=86_400, alias="maxTTL", description="longest a key stays near")
+
+
+class CacheSpec(SpecModel):
+    backend: Backend = Field("embedded", description="where the keys live")
+    url: str | None = Field(None, validate_default=True, description="backend redis: redis://host:port[/db]")
+    urls: list[str] = Field(default_factory=list, validate_default=True,
+                            description="backend redis-cluster: seed nodes, redis://host:port")
+    nodes: list[CacheNode] = Field(default_factory=list, validate_default=True,
+                                   description="backend nodes: independent Redis nodes on a ketama ring")
+    database: int | None = Field(None, ge=0, le=15, description="the RESP SELECT index that reaches this namespace")
+    default_ttl: Duration | None = Field(None, gt=0, alias="defaultTTL", description="TTL of writes that give none")
+    max_memory: ByteSize | None = Field(None, gt=0, description="embedded: memory limit of the namespace")
+    eviction: Literal["lru", "lfu"] = "lru"
+    near_cache: NearCache = Field(default_factory=NearCache)
+    failure_detection: FailureDetection = Field(default_factory=FailureDetection)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        _used_with("redis", value is not None, info, "required when backend is redis")
+        if value is not None:
+            parse_redis_url(value)
+        return value
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        _used_with("redis-cluster", bool(value), info, "give at least one seed node when backend is redis-cluster")
+        for url in value:
+            if parse_redis_url(url).db != 0:
+                raise ValueError(f"{url!r}: Redis Cluster has only database 0")
+        return value
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, value: list[CacheNode], info: ValidationInfo) -> list[CacheNode]:
+        _used_with("nodes", bool(value), info, "give at least one node when backend is nodes")
+        names = [n.ring_name for n in value]
+        if len(set(names)) != len(names):
+            raise ValueError("two nodes have the same ring name (host:port or name)")
+        addresses = [parse_redis_url(u).label for n in value for u in (n.url, n.replica) if u]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("a Redis address appears twice (as a node or a replica)")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _client_installed(cls, value: str) -> str:
+        if value in DISTRIBUTED and importlib.util.find_spec("redis") is None:
+            raise ValueError(f"backend {value} needs redis-py on the node: pip install 'mezzo[redis]'")
+        return value
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend in DISTRIBUTED
+
+
+def _used_with(backend: str, given: bool, info: ValidationInfo, missing: str) -> None:
+    """A backend's own field: required with that backend, refused with any other."""
+    actual = info.data.get("backend")
+    if actual == backend and not given:
+        raise ValueError(missing)
+    if given and actual != backend:
+        raise ValueError(f"only used with backend {backend} (this one is {actual})")
+
+
+def cache_namespace(resource_namespace: str, name: str) -> str:
+    """The cache namespace a Cache resource declares: its name, prefixed outside the ``default`` namespace."""
+    return name if resource_namespace == "default" else f"{resource_namespace}.{name}"
+
+
+CACHE_KIND = KindSpec(
+    kind="Cache", spec=CacheSpec, plural="caches", short_names=("ca",),
+    columns=(Column("BACKEND", "backend"), Column("DATABASE", "database")),
+    description="A cache namespace: embedded, one Redis, Redis Cluster or a ketama ring of Redis nodes.",
+)

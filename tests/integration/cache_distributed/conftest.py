@@ -1,0 +1,21 @@
+"""The ``redis_servers`` fixture: redis-server processes on free ports, killed in teardown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .redis_procs import RedisServers
+
+
+@pytest.fixture
+def redis_servers(tmp_path: Path) -> Iterator[RedisServers]:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    servers = RedisServers(workdir)
+    try:
+        yield servers
+    finally:
+        servers.stop_all()

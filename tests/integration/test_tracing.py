@@ -249,11 +249,13 @@ async def test_tail_sampling_keeps_errors_and_slow_traces(tr: RunningNode) -> No
             assert r.status_code == 200
     store = tr.node.service(TraceStore)
 
-    async def decided() -> bool:
-        return tr.node.service(Collector).tail.kept + tr.node.service(Collector).tail.dropped == 3
+    async def decided() -> bool:  # counted at the verdict; the kept spans are written right after
+        tail = tr.node.service(Collector).tail
+        return tail.kept + tail.dropped == 3 and bool(await store.trace(traces["error"])) \
+            and bool(await store.trace(traces["slow"]))
 
     await wait_for(decided)
-    assert bool(await store.trace(traces["error"])) and bool(await store.trace(traces["slow"]))
+    assert tr.node.service(Collector).tail.kept == 2
     assert await store.trace(traces["boring"]) == []
     async with httpx.AsyncClient() as http:  # a late span of a kept trace is stored too
         late = span("30f067aa0ba902b8", "late", 1, 1, parent="30f067aa0ba902b7")

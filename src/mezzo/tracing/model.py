@@ -226,6 +226,20 @@ ZERO_TRACE, ZERO_SPAN = bytes(16), bytes(8)
 
 # --- OTLP JSON -------------------------------------------------------------------------------
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int64(value: Any, what: str, low: int = INT64_MIN) -> int:
+    """``value`` as an integer the store can hold (SQLite and PostgreSQL integers are 64-bit)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SpanError(f"{what} must be an integer, not {str(value)[:40]!r}", what) from None
+    if not low <= number <= INT64_MAX:
+        raise SpanError(f"{what} is out of range ({low} to {INT64_MAX})", what)
+    return number
+
+
 def _json_value(value: dict[str, Any]) -> Any:
     if not isinstance(value, dict) or not value:
         return None
@@ -233,16 +247,16 @@ def _json_value(value: dict[str, Any]) -> Any:
     if which == "arrayValue":
         return [_json_value(v) for v in (inner or {}).get("values", [])]
     if which == "kvlistValue":
-        return {kv["key"]: _json_value(kv.get("value", {})) for kv in (inner or {}).get("values", [])}
+        return {str(kv["key"]): _json_value(kv.get("value", {})) for kv in (inner or {}).get("values", [])}
     if which == "intValue":
-        return int(inner)
+        return _int64(inner, "intValue")
     if which == "doubleValue":
         return float(inner)
     return inner
 
 
 def _json_attrs(items: Any) -> dict[str, Any]:
-    return {kv["key"]: _json_value(kv.get("value", {})) for kv in items or []}
+    return {str(kv["key"]): _json_value(kv.get("value", {})) for kv in items or []}
 
 
 def from_otlp_json(body: bytes) -> list[Span]:
@@ -255,8 +269,8 @@ def from_otlp_json(body: bytes) -> list[Span]:
             for ss in rs.get("scopeSpans", rs.get("instrumentationLibrarySpans", [])):
                 scope = (ss.get("scope") or ss.get("instrumentationLibrary") or {}).get("name", "")
                 for s in ss.get("spans", []):
-                    start = int(s.get("startTimeUnixNano", 0)) // 1000
-                    end = int(s.get("endTimeUnixNano", 0)) // 1000
+                    start = _int64(s.get("startTimeUnixNano", 0), "startTimeUnixNano", 0) // 1000
+                    end = _int64(s.get("endTimeUnixNano", 0), "endTimeUnixNano", 0) // 1000
                     kind = s.get("kind", 0)
                     if isinstance(kind, str):
                         kind = {"SPAN_KIND_" + v.upper(): k for k, v in KIND_NAMES.items()}.get(kind, 0)
@@ -270,7 +284,8 @@ def from_otlp_json(body: bytes) -> list[Span]:
                         _hex_text(parent, 8, "parentSpanId") if parent else "", service, str(s.get("name", "")),
                         int(kind), start, max(end - start, 0), int(code), str(status.get("message", "")),
                         _json_attrs(s.get("attributes")), resource,
-                        [{"timeUs": int(e.get("timeUnixNano", 0)) // 1000, "name": e.get("name", ""),
+                        [{"timeUs": _int64(e.get("timeUnixNano", 0), "timeUnixNano", 0) // 1000,
+                          "name": e.get("name", ""),
                           "attributes": _json_attrs(e.get("attributes"))} for e in s.get("events", [])],
                         [{"traceId": link.get("traceId", ""), "spanId": link.get("spanId", ""),
                           "attributes": _json_attrs(link.get("attributes"))} for link in s.get("links", [])],
@@ -310,8 +325,9 @@ def from_zipkin(body: bytes) -> list[Span]:
         spans.append(Span(
             trace_id, span_id, str(z.get("parentId") or "").lower(), str(local.get("serviceName") or "unknown"),
             str(z.get("name") or ""), ZIPKIN_KINDS.get(str(z.get("kind", "")).upper(), 1),
-            int(z.get("timestamp") or 0), int(z.get("duration") or 0), STATUS_ERROR if error else STATUS_UNSET,
+            _int64(z.get("timestamp") or 0, f"[{i}].timestamp", 0), _int64(z.get("duration") or 0, f"[{i}].duration", 0),
+            STATUS_ERROR if error else STATUS_UNSET,
             tags.get("error", "") if error else "", tags, {"service.name": local.get("serviceName") or "unknown"},
-            [{"timeUs": int(a.get("timestamp", 0)), "name": str(a.get("value", "")), "attributes": {}}
-             for a in z.get("annotations") or []]))
+            [{"timeUs": _int64(a.get("timestamp", 0), f"[{i}].annotations.timestamp", 0),
+              "name": str(a.get("value", "")), "attributes": {}} for a in z.get("annotations") or []]))
     return spans

@@ -16,6 +16,7 @@ into the next one together (group commit, up to ``BATCH`` spans).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import queue
 import sqlite3
@@ -182,6 +183,7 @@ class TraceStore:
         """Store the spans; returns once they are committed. Raises Busy when the writer is behind."""
         if not spans:
             return
+        rows = encode_rows(spans)  # before the reservation below: an error here must not hold it
         with self._lock:
             if self.pending + len(spans) > MAX_PENDING:
                 raise Busy(f"{self.pending} spans are waiting to be written")
@@ -200,7 +202,7 @@ class TraceStore:
             loop.call_soon_threadsafe(settle)
 
         ops = {(s.service, s.name, s.kind) for s in spans} - self._known_ops
-        self._queue.put((encode_rows(spans), ops, finished))
+        self._queue.put((rows, ops, finished))
         await done
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
@@ -233,9 +235,11 @@ class TraceStore:
                 self._known_ops = self._known_ops | ops  # a new set: write() reads it from another thread
                 self.written += len(spans)
                 self._committed.set()
-            except sqlite3.Error as exc:
-                error = StoreFailed(f"the trace store could not commit: {exc}")
-                conn.execute("ROLLBACK") if conn.in_transaction else None
+            except Exception as exc:  # whatever it is, this thread must go on (writers wait on it)
+                error = StoreFailed(f"the trace store could not commit: {type(exc).__name__}: {exc}")
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
             with self._lock:
                 self.pending -= len(spans)
             for _, _, finished in batch:

@@ -69,13 +69,13 @@ class PostgresTraceStore:
     async def write(self, spans: list[Span]) -> None:
         if not spans:
             return
-        if self.pending + len(spans) > MAX_PENDING:
-            raise Busy(f"{self.pending} spans are waiting to be written")
-        self.pending += len(spans)
         rows = [(s.trace_id, s.span_id, s.parent_id, s.service, s.name, s.kind, s.start_us, s.duration_us, s.status,
                  s.status_message, orjson.dumps(s.attributes).decode(), orjson.dumps(s.resource).decode(),
                  orjson.dumps(s.events).decode() if s.events else None,
                  orjson.dumps(s.links).decode() if s.links else None, s.scope, s.trace_state) for s in spans]
+        if self.pending + len(spans) > MAX_PENDING:  # reserved after encoding: an error there holds nothing
+            raise Busy(f"{self.pending} spans are waiting to be written")
+        self.pending += len(spans)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((rows, done))
         if self._flushing is None or self._flushing.done():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
@@ -175,3 +176,41 @@ async def test_checkpoints_run_beside_the_writer(store: TraceStore) -> None:
     await store.write(spans)
     assert (store.path.with_name(store.path.name + "-wal")).stat().st_size > 1_000_000
     await wait_for(lambda: store.path.stat().st_size > before + 1_000_000)
+
+
+def test_numbers_the_store_cannot_hold_are_refused_with_the_field() -> None:
+    from mezzo.tracing.model import from_otlp_json, from_zipkin
+
+    def otlp(span: dict[str, object]) -> bytes:
+        base = {"traceId": TRACE.hex(), "spanId": "00f067aa0ba902b7", "name": "x",
+                "startTimeUnixNano": "1000", "endTimeUnixNano": "2000"}
+        return orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{**base, **span}]}]}]})
+
+    with pytest.raises(SpanError, match="intValue"):
+        from_otlp_json(otlp({"attributes": [{"key": "n", "value": {"intValue": str(1 << 70)}}]}))
+    with pytest.raises(SpanError, match="startTimeUnixNano"):
+        from_otlp_json(otlp({"startTimeUnixNano": str(1 << 64)}))
+    with pytest.raises(SpanError, match="endTimeUnixNano"):
+        from_otlp_json(otlp({"endTimeUnixNano": "-5"}))
+    zipkin = {"traceId": TRACE.hex(), "id": "00f067aa0ba902b7", "name": "x"}
+    with pytest.raises(SpanError, match=r"\[0\]\.timestamp"):
+        from_zipkin(orjson.dumps([{**zipkin, "timestamp": 1e19}]))
+    with pytest.raises(SpanError, match=r"\[0\]\.duration"):
+        from_zipkin(orjson.dumps([{**zipkin, "timestamp": 5, "duration": "abc"}]))
+
+
+async def test_spans_that_cannot_be_encoded_hold_no_reservation(store: TraceStore) -> None:
+    bad = Span(TRACE.hex(), "00f067aa0ba902b7", "", "shop", "x", 1, 1, 1, attributes={"x": {1, 2}})
+    with pytest.raises(TypeError):
+        await store.write([bad])
+    assert store.pending == 0
+
+
+async def test_the_writer_survives_a_row_it_cannot_insert(store: TraceStore) -> None:
+    from mezzo.tracing.store import StoreFailed
+
+    huge = Span(TRACE.hex(), "00f067aa0ba902b7", "", "shop", "x", 1, 1 << 64, 1, attributes={})
+    with pytest.raises(StoreFailed):
+        await store.write([huge])  # sqlite3 raises OverflowError, not sqlite3.Error
+    await store.write(from_otlp_proto(request(message(1))))  # the writer carries on
+    assert len(await store.trace(TRACE.hex())) == 1 and store.pending == 0

@@ -198,11 +198,10 @@ async def invalidate_tag(request: Request, namespace: SpaceName, tag: str, calle
     require(caller, Verb.USE)
     if len(tag) > 256 or "/" in tag:
         raise bad_request("a tag is at most 256 characters, without '/'", field="tag")
+    if remote_keys.distributed(request, namespace) is not None:
+        raise conflict(f"cache namespace {namespace!r} is distributed: tags need an embedded cache namespace")
     engine = _engine(request)
-    if namespace in engine.spaces or remote_keys.distributed(request, namespace) is not None:
-        deleted = _space(request, namespace).drop_tag(tag)
-    else:
-        deleted = 0
+    deleted = engine.space(namespace).drop_tag(tag) if namespace in engine.spaces else 0
     return {"tag": tag, "deleted": deleted}
 
 

@@ -2,8 +2,9 @@
 
 Reads, writes (TTL, NX/XX), deletes and compare-and-delete go to the node owning the key
 through the namespace's ``DistributedBackend``. A value's ``meta`` note lives in a sibling key
-``<key>.mezzo-meta`` with the same TTL (written, or deleted, with every write of the key; it may
-sit on another node, so a node failure can lose a note but never a value). Tags and near-cache
+``<key>.mezzo-meta`` with the same TTL (deleted before every write of the key and written after
+it; it may sit on another node, so a node failure can lose a note but never a value, and a lost
+note only makes the value read as a plain one). Tags and near-cache
 tracking need the embedded engine: a write with tags is refused, and the invalidation stream
 is refused, so a near cache is never in front of a distributed namespace.
 """
@@ -73,11 +74,18 @@ async def set(backend: DistributedBackend, key: str, value: bytes, ttl_ms: int |
         args += (b"NX",)
     elif xx:
         args += (b"XX",)
+    # The old note goes first: a value without a note reads as a plain value, but a new value paired
+    # with the old note (say, a negative-cache mark) would read wrong until the note expired. With NX
+    # the key, and so its note, may belong to someone else: the note is then settled after.
+    if not nx:
+        await _run(backend, [Call(meta_key, (b"DEL", meta_key), "delete")])
     (reply,) = await _run(backend, [Call(raw, args, "write")])
     if reply is None:
         raise conflict(f"key {key!r} {'exists' if nx else 'does not exist'}")
-    note = (b"SET", meta_key, meta.encode(), *expiry) if meta is not None else (b"DEL", meta_key)
-    await _run(backend, [Call(meta_key, note, "write" if meta is not None else "delete")])
+    if meta is not None:
+        await _run(backend, [Call(meta_key, (b"SET", meta_key, meta.encode(), *expiry), "write")])
+    elif nx:
+        await _run(backend, [Call(meta_key, (b"DEL", meta_key), "delete")])
 
 
 async def delete(backend: DistributedBackend, namespace: str, key: str, if_value: str | None) -> None:

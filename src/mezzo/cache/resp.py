@@ -131,6 +131,15 @@ class RequestParser:
         return None
 
 
+def _length(field: bytes, error: str) -> int:
+    """A length as Redis reads one (string2ll): digits with an optional '-', no sign, space,
+    underscore or leading zero (which Python's int() would all take), at most 19 digits (64 bits)."""
+    digits = field[1:] if field[:1] == b"-" else field
+    if not digits.isdigit() or len(digits) > 19 or (digits[0] == 0x30 and (len(digits) > 1 or field[:1] == b"-")):
+        raise ProtocolError(error)
+    return int(field)
+
+
 class Partial:
     """A multibulk command whose arguments are still arriving."""
 
@@ -173,10 +182,7 @@ def parse_requests(buf: bytes, out: list[list[bytes]], partial: Partial | None =
                 if n - pos > MAX_INLINE:
                     raise ProtocolError("too big mbulk count string")
                 return pos, 0, None
-            try:
-                count = int(buf[pos + 1:end])
-            except ValueError:
-                raise ProtocolError("invalid multibulk length") from None
+            count = _length(buf[pos + 1:end], "invalid multibulk length")
             if count > MAX_ARGS:
                 raise ProtocolError("invalid multibulk length")
             pos = end + 2
@@ -194,10 +200,7 @@ def parse_requests(buf: bytes, out: list[list[bytes]], partial: Partial | None =
                 if n - pos > MAX_INLINE:
                     raise ProtocolError("too big bulk count string")
                 break
-            try:
-                size = int(buf[pos + 1:end])
-            except ValueError:
-                raise ProtocolError("invalid bulk length") from None
+            size = _length(buf[pos + 1:end], "invalid bulk length")
             if size < 0 or size > MAX_BULK:
                 raise ProtocolError("invalid bulk length")
             start = end + 2

@@ -59,9 +59,11 @@ class CacheClient:
                 max_keys = int(settings.get("maxKeys") or DEFAULT_MAX_KEYS)
             if max_ttl is None:
                 max_ttl = cache_patterns.seconds(settings.get("maxTTL") or DEFAULT_MAX_TTL)
-            near = NearCache(self._client, namespace, max_keys=max_keys, max_ttl=max_ttl)
-            self._near[namespace] = near
-            near.start()
+            near = self._near.get(namespace)  # a concurrent call may have made it while settings loaded
+            if near is None:
+                near = NearCache(self._client, namespace, max_keys=max_keys, max_ttl=max_ttl)
+                self._near[namespace] = near
+                near.start()
         await near.wait_live(wait)
         if near.refused is not None:
             if self._near.get(namespace) is near:

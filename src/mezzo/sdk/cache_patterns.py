@@ -125,21 +125,21 @@ async def get_or_set(cache: CacheClient, key: str, loader: Loader, policy: Polic
 
 async def _single_flight(cache: CacheClient, flight: tuple[str, str],
                          work: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
+    """One ``work()`` per flight, in a task of its own: a caller that is cancelled (the first one
+    included) stops waiting without cancelling the load the others wait for."""
     running = cache._flights.get(flight)
-    if running is not None:
-        return await asyncio.shield(running)  # type: ignore[no-any-return]
-    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    cache._flights[flight] = fut
-    try:
-        value = await work()
-        fut.set_result(value)
-        return value
-    except BaseException as exc:
-        fut.set_exception(exc)
-        fut.exception()  # retrieved: waiters get it, nobody is warned about it
-        raise
-    finally:
-        del cache._flights[flight]
+    if running is None:
+        running = asyncio.ensure_future(work())
+        cache._flights[flight] = running
+
+        def landed(task: asyncio.Future[Any]) -> None:
+            if cache._flights.get(flight) is task:
+                del cache._flights[flight]
+            if not task.cancelled():
+                task.exception()  # retrieved: the waiters get it, nobody is warned about it
+
+        running.add_done_callback(landed)
+    return await asyncio.shield(running)  # type: ignore[no-any-return]
 
 
 async def _refresh(cache: CacheClient, key: str, loader: Loader, policy: Policy, namespace: str,

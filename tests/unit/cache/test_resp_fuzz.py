@@ -352,3 +352,12 @@ def test_garbage_never_authenticates(pieces: list[bytes]) -> None:
             if args[0].lower() not in (b"ping", b"quit"):  # the commands Redis also answers before AUTH
                 assert isinstance(reply, hiredis.ReplyError)  # NOAUTH, unknown command or protocol error
         assert live.server.engine.space("default").data == {} and live.crashes == []
+
+
+@pytest.mark.parametrize("frame", [b"*1\r\n$ 4\r\nPING\r\n", b"*1\r\n$+4\r\nPING\r\n", b"*1\r\n$0_4\r\nPING\r\n",
+                                   b"*1\r\n$04\r\nPING\r\n", b"* 1\r\n$4\r\nPING\r\n", b"*+1\r\n$4\r\nPING\r\n",
+                                   b"*-0\r\n", b"*1\r\n$\r\nPING\r\n"])
+@pytest.mark.parametrize("accelerate", [True, False])
+def test_lengths_are_read_as_strictly_as_redis_reads_them(frame: bytes, accelerate: bool) -> None:
+    parser = RequestParser(accelerate=accelerate)
+    assert parser.feed(frame) == [] and parser.error is not None and "length" in parser.error

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -295,3 +297,32 @@ async def test_postgres_trace_store_is_shared_by_nodes(postgres_url: str, tmp_pa
     finally:
         await two.node.stop()
         await one.node.stop()
+
+
+
+async def retention_by_size_drops_the_oldest(store: Any) -> None:
+    from mezzo.tracing.model import Span
+
+    await store.open()
+    try:
+        now_us = int(time.time() * 1_000_000)
+        await store.write([Span(f"{i + 1:032x}", f"{i + 1:016x}", "", "shop", "op", 2, now_us - (400 - i) * 1000, 5,
+                                attributes={"payload": os.urandom(1000).hex()}) for i in range(400)])
+        assert await store.enforce_retention(86400, None, 1 << 40) == 0  # under the cap: nothing goes
+        gone = await store.enforce_retention(86400, None, 400_000)
+        assert 0 < gone < 400
+        left = sorted(int(trace_id, 16) - 1 for trace_id in await store.find(store_module.Query(limit=400)))
+        assert left == list(range(gone, 400))  # the oldest went first
+        assert await store.enforce_retention(86400, None, 1) == 400 - gone  # nothing fits: everything goes
+    finally:
+        await store.close()
+
+
+async def test_retention_by_size_sqlite(tmp_path: Path) -> None:
+    await retention_by_size_drops_the_oldest(TraceStore(tmp_path / "traces.db"))
+
+
+async def test_retention_by_size_postgres(postgres_url: str) -> None:
+    from mezzo.tracing.store_postgres import PostgresTraceStore
+
+    await retention_by_size_drops_the_oldest(PostgresTraceStore(postgres_url))

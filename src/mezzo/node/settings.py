@@ -79,6 +79,8 @@ class Settings(BaseSettings):
         None, description="sqlite (DATA_DIR/traces.db) or postgresql://...; default: PostgreSQL when MEZZO_STORE is")
     trace_retention: Duration = Field(7 * 86400.0, description="spans older than this are deleted")
     trace_max_spans: int | None = Field(None, ge=1, description="keep at most this many spans (oldest go first)")
+    trace_max_bytes: ByteSize | None = Field(None, description="keep the trace store's data under this size "
+                                                                "(oldest spans go first), e.g. 10GiB")
     gateway_max_body: ByteSize = Field(16 * 1024 * 1024, description="largest request body the gateway takes (413 above)")
     gateway_max_header_bytes: ByteSize = Field(16 * 1024, description="request line and headers (431 above)")
     gateway_header_timeout: Duration = Field(10.0, description="a client must send its headers within this")

@@ -111,7 +111,8 @@ class TracingModule(Module):
         while True:
             await asyncio.sleep(RETENTION_EVERY)
             try:
-                gone = await self.store.enforce_retention(settings.trace_retention, settings.trace_max_spans)
+                gone = await self.store.enforce_retention(settings.trace_retention, settings.trace_max_spans,
+                                                          settings.trace_max_bytes)
                 if gone:
                     log.info("old spans removed", spans=gone)
             except Exception:

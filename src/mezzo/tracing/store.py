@@ -408,19 +408,32 @@ class TraceStore:
             args.append(service)
         return await self._read(lambda c: [tuple(r) for r in c.execute(sql, args)])  # type: ignore[no-any-return]
 
-    async def enforce_retention(self, max_age_s: float, max_spans: int | None) -> int:
-        """Delete spans older than the age, then the oldest beyond ``max_spans``; returns how many went."""
+    async def enforce_retention(self, max_age_s: float, max_spans: int | None, max_bytes: int | None = None) -> int:
+        """Delete spans older than the age, then the oldest beyond ``max_spans``, then the oldest while the
+        pages in use exceed ``max_bytes``; returns how many went. Freed pages are reused by later spans
+        (the file keeps its largest size; what it holds stays under the cap)."""
         cutoff = int((time.time() - max_age_s) * 1_000_000)
+
+        def drop_oldest(c: sqlite3.Connection, count: int, keep: int) -> int:
+            if keep <= 0:
+                return c.execute("DELETE FROM spans").rowcount  # type: ignore[no-any-return]
+            edge = c.execute("SELECT start_us FROM spans ORDER BY start_us LIMIT 1 OFFSET ?",
+                             (count - keep,)).fetchone()
+            return c.execute("DELETE FROM spans WHERE start_us < ?", (edge[0],)).rowcount if edge else 0
 
         def run(c: sqlite3.Connection) -> int:
             gone = c.execute("DELETE FROM spans WHERE start_us < ?", (cutoff,)).rowcount
-            if max_spans is not None:
+            if max_spans is not None or max_bytes is not None:
                 count = c.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
-                if count > max_spans:
-                    edge = c.execute("SELECT start_us FROM spans ORDER BY start_us LIMIT 1 OFFSET ?",
-                                     (count - max_spans,)).fetchone()
-                    if edge:
-                        gone += c.execute("DELETE FROM spans WHERE start_us < ?", (edge[0],)).rowcount
+                if max_spans is not None and count > max_spans:
+                    gone += drop_oldest(c, count, max_spans)
+                    count = min(count, max_spans)
+                if max_bytes is not None and count:
+                    pages, free, size = (c.execute(f"PRAGMA {name}").fetchone()[0]
+                                         for name in ("page_count", "freelist_count", "page_size"))
+                    used = (pages - free) * size
+                    if used > max_bytes:  # spans are about the same size: keep the share that fits, less 5%
+                        gone += drop_oldest(c, count, int(count * max_bytes / used * 0.95))
             return int(gone)
 
         return await self._read(run)  # type: ignore[no-any-return]

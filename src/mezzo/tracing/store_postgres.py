@@ -213,15 +213,28 @@ class PostgresTraceStore:
         async with self._pool.acquire() as conn:
             return [tuple(r) for r in await conn.fetch(sql, *args)]  # type: ignore[misc]
 
-    async def enforce_retention(self, max_age_s: float, max_spans: int | None) -> int:
+    async def enforce_retention(self, max_age_s: float, max_spans: int | None, max_bytes: int | None = None) -> int:
+        """As the SQLite store's; the size is the table's with its indexes (``pg_total_relation_size``),
+        whose freed space autovacuum makes reusable."""
         cutoff = int((time.time() - max_age_s) * 1_000_000)
+
+        async def drop_oldest(conn: Any, count: int, keep: int) -> int:
+            if keep <= 0:
+                return int((await conn.execute("DELETE FROM spans")).split()[-1])
+            edge = await conn.fetchval("SELECT start_us FROM spans ORDER BY start_us LIMIT 1 OFFSET $1", count - keep)
+            if edge is None:
+                return 0
+            return int((await conn.execute("DELETE FROM spans WHERE start_us < $1", edge)).split()[-1])
+
         async with self._pool.acquire() as conn:
             gone = int((await conn.execute("DELETE FROM spans WHERE start_us < $1", cutoff)).split()[-1])
-            if max_spans is not None:
+            if max_spans is not None or max_bytes is not None:
                 count = await conn.fetchval("SELECT count(*) FROM spans")
-                if count > max_spans:
-                    edge = await conn.fetchval("SELECT start_us FROM spans ORDER BY start_us LIMIT 1 OFFSET $1",
-                                               count - max_spans)
-                    if edge is not None:
-                        gone += int((await conn.execute("DELETE FROM spans WHERE start_us < $1", edge)).split()[-1])
+                if max_spans is not None and count > max_spans:
+                    gone += await drop_oldest(conn, count, max_spans)
+                    count = min(count, max_spans)
+                if max_bytes is not None and count:
+                    used = await conn.fetchval("SELECT pg_total_relation_size('spans')")
+                    if used > max_bytes:
+                        gone += await drop_oldest(conn, count, int(count * max_bytes / used * 0.95))
         return gone

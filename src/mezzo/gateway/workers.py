@@ -4,9 +4,9 @@ The main process runs every module its targets name and serves the gateway too; 
 workers, ``mezzo run --targets gateway`` with the same settings and store, and restarts any that
 exits. A worker follows the resources with its own informers; it writes nothing but the store's
 idempotent compaction, so with the embedded store the main process stays the one writer of the
-SQLite file (WAL mode: readers in other processes never block it). Workers poll the store for
-changes every ``WORKER_POLL`` seconds (a write in another process cannot wake them directly);
-with PostgreSQL, LISTEN/NOTIFY wakes them at once. A worker stops when the main process asks
+SQLite file (WAL mode: readers in other processes never block it). A worker's store checks the
+revision every ``WORKER_POLL`` seconds (a write in another process cannot wake it directly; one
+query per check, however many watches); with PostgreSQL, LISTEN/NOTIFY wakes it at once. A worker stops when the main process asks
 (SIGTERM, then it drains like any node) or when the main process is gone.
 """
 
@@ -24,7 +24,7 @@ import structlog
 from pydantic import SecretStr
 
 log = structlog.get_logger("mezzo.gateway")
-WORKER_POLL = 0.05  # how often a worker looks for changes in an SQLite store written by the main process
+WORKER_POLL = 0.05  # how often a worker checks an SQLite store written by the main process for changes
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0)
 
 

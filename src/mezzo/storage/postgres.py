@@ -117,6 +117,15 @@ def split_schema(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
+def _notified(signal: ChangeSignal, payload: str) -> None:
+    try:
+        revision = int(payload)
+    except ValueError:  # not ours: someone else NOTIFYing on the channel
+        signal.notify()
+        return
+    signal.advance(revision)
+
+
 def _kv(row: Any) -> KeyValue:
     return KeyValue(row["key"], bytes(row["value"]), row["create_rev"], row["mod_rev"], row["version"])
 
@@ -132,7 +141,12 @@ def _event(row: Any) -> Event:
 
 
 class PostgresStore:
-    """KVStore on PostgreSQL. Every writer locks the single ``kv_meta`` row, so commit order is revision order."""
+    """KVStore on PostgreSQL. Every writer locks the single ``kv_meta`` row, so commit order is revision order.
+
+    Watches wake on NOTIFY; the LISTEN connection also reads the revision every ``poll_interval``
+    seconds, which notices a silently dropped link and covers notifications lost with it. That one
+    query per store is the only polling: a watch queries only after a change.
+    """
 
     def __init__(self, url: str, *, poll_interval: float = 1.0, pool_size: int = 10) -> None:
         self.url = url
@@ -148,7 +162,6 @@ class PostgresStore:
     async def open(self) -> None:
         import asyncpg
 
-        self._signal = ChangeSignal()
         settings = {"search_path": self.schema, "application_name": "mezzo"}
         first = await asyncpg.connect(self.dsn)
         try:
@@ -161,7 +174,12 @@ class PostgresStore:
             self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings
         )
         await self._migrate()
-        self._listen_task = asyncio.create_task(self._listen(), name="mezzo-pg-listen")
+        revision = (await self.revision())[0]
+        if self._signal is None:
+            self._signal = ChangeSignal(revision)
+        else:  # reopened: watches parked on the old handle carry on
+            self._signal.advance(revision)
+        self._listen_task = asyncio.create_task(self._listen(settings), name="mezzo-pg-listen")
 
     async def close(self) -> None:
         if self._listen_task is not None:
@@ -194,29 +212,26 @@ class PostgresStore:
                     await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
 
-    async def _listen(self) -> None:
-        """Hold a LISTEN connection; reconnect with backoff. Polling covers any gap."""
+    async def _listen(self, settings: dict[str, str]) -> None:
+        """Hold a LISTEN connection and check the revision on it; reconnect with backoff."""
         import asyncpg
 
         assert self._signal is not None
+        signal = self._signal
         delay = 0.5
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self.dsn)
-                await conn.add_listener(self.channel, lambda *_: self._signal.notify())  # type: ignore[union-attr]
+                conn = await asyncpg.connect(self.dsn, server_settings=settings)
+                await conn.add_listener(self.channel, lambda *args: _notified(signal, args[-1]))
                 delay = 0.5
-                self._signal.notify()  # changes may have happened while disconnected
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _, lost=lost: lost.set())
-                while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 15)
-                    if not lost.is_set():
-                        await conn.execute("SELECT 1", timeout=5)  # notice a silently dropped link
+                while True:  # the first check covers changes made while disconnected
+                    signal.advance(await conn.fetchval("SELECT revision FROM kv_meta", timeout=5))
+                    await asyncio.sleep(self.poll_interval)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                signal.notify()  # blind for a while: let the watches look for themselves
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
             finally:
@@ -282,7 +297,7 @@ class PostgresStore:
         return page
 
     def watch(self, prefix: str = "", start: int | None = None) -> AsyncIterator[Event]:
-        return watch_store(self, self._signal, prefix, start, self.poll_interval)
+        return watch_store(self, self._signal, prefix, start)
 
     # writes --------------------------------------------------------------------
 
@@ -300,6 +315,8 @@ class PostgresStore:
         if last["conflict"] is not None:
             wanted = next(c.mod_revision for c in compares if c.key == last["conflict"])
             raise ConflictError(last["conflict"], wanted, last["actual"])
+        if self._signal is not None:  # this node's watches need not wait for the NOTIFY round trip
+            self._signal.advance(last["rev"])
         return TxnResult(last["rev"], {r["key"]: _kv(r) for r in rows[:-1]})
 
     async def compact(self, revision: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import sqlite3
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import structlog
 
 from mezzo.storage.kv import (
     CompactedError,
@@ -31,6 +34,8 @@ from mezzo.storage.kv import (
 )
 from mezzo.storage.txn import check_key, check_ops, check_range
 from mezzo.storage.watch import ChangeSignal, watch_store, whole_revisions
+
+log = structlog.get_logger("mezzo.storage")
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -85,7 +90,13 @@ def _kv(row: Any) -> KeyValue:
 
 
 class SQLiteStore:
-    """KVStore on SQLite. Writes go through one thread that commits queued transactions together."""
+    """KVStore on SQLite. Writes go through one thread that commits queued transactions together.
+
+    Watches wake on this store's own commits at once; commits by other processes sharing the file
+    are noticed by one revision check every ``poll_interval`` seconds, made on the event loop with
+    a connection of its own (a few microseconds: it reads one cached page; a thread hand-off per
+    check, or a query per watch, would cost the loop far more), however many watches are open.
+    """
 
     def __init__(self, url: str, *, poll_interval: float = 0.25) -> None:
         self.url = url
@@ -102,20 +113,32 @@ class SQLiteStore:
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._probe: sqlite3.Connection | None = None
+        self._detector: asyncio.Task[None] | None = None
         self._closed = True
 
     # lifecycle -----------------------------------------------------------------
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._signal = ChangeSignal()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path, self.synchronous)
         try:
             await asyncio.to_thread(self._migrate, conn)
+            # busy_timeout 0: the check runs on the loop, which must never wait for a lock
+            self._probe = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+            revision = self._latest_revision()
         except BaseException:
             conn.close()
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
             raise
+        if self._signal is None:
+            self._signal = ChangeSignal(revision)
+        else:  # reopened: watches parked on the old handle carry on
+            self._signal.advance(revision)
+        self._detector = asyncio.create_task(self._detect_changes(), name="mezzo-sqlite-changes")
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mezzo-sqlite-read")
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="mezzo-sqlite-write", daemon=True
@@ -125,6 +148,14 @@ class SQLiteStore:
 
     async def close(self) -> None:
         self._closed = True  # txn() refuses from here on; queued requests are answered below
+        if self._detector is not None:
+            self._detector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._detector
+            self._detector = None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -149,7 +180,8 @@ class SQLiteStore:
             await self._read(lambda c: c.execute("SELECT 1").fetchone())
         except (sqlite3.Error, RuntimeError):
             return False
-        return self._writer is not None and self._writer.is_alive()
+        detecting = self._detector is not None and not self._detector.done()
+        return detecting and self._writer is not None and self._writer.is_alive()
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -258,7 +290,22 @@ class SQLiteStore:
         return await self._read(run)
 
     def watch(self, prefix: str = "", start: int | None = None) -> AsyncIterator[Event]:
-        return watch_store(self, self._signal, prefix, start, self.poll_interval)
+        return watch_store(self, self._signal, prefix, start)
+
+    def _latest_revision(self) -> int:
+        assert self._probe is not None
+        return int(self._probe.execute("SELECT revision FROM kv_meta").fetchone()[0])
+
+    async def _detect_changes(self) -> None:
+        """Wake the watches when another process has committed to the file."""
+        assert self._signal is not None
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                self._signal.advance(self._latest_revision())
+            except Exception as exc:  # busy (recovery, a checkpoint elsewhere): let the watches look
+                log.debug("sqlite change check failed", error=str(exc))
+                self._signal.notify()
 
     # writes --------------------------------------------------------------------
 
@@ -317,8 +364,10 @@ class SQLiteStore:
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
         outcomes: list[tuple[_Request, TxnResult | BaseException]] = []
+        base = -1
         try:
             conn.execute("BEGIN IMMEDIATE")
+            base = conn.execute("SELECT revision FROM kv_meta").fetchone()[0]
             for request in batch:
                 conn.execute("SAVEPOINT txn")
                 try:
@@ -334,11 +383,11 @@ class SQLiteStore:
             outcomes = [(r, StoreError(f"commit failed: {exc}")) for r in batch]
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(self._resolve, outcomes)
+            self._loop.call_soon_threadsafe(self._resolve, outcomes, base)
         except RuntimeError:  # the loop is gone: nobody is waiting any more
             pass
 
-    def _resolve(self, outcomes: list[tuple[_Request, TxnResult | BaseException]]) -> None:
+    def _resolve(self, outcomes: list[tuple[_Request, TxnResult | BaseException]], base: int) -> None:
         for request, outcome in outcomes:
             if request.future.done():
                 continue
@@ -346,8 +395,10 @@ class SQLiteStore:
                 request.future.set_exception(outcome)
             else:
                 request.future.set_result(outcome)
-        if self._signal is not None:
-            self._signal.notify()
+        done = [(r, o) for r, o in outcomes if isinstance(o, TxnResult)]
+        if self._signal is not None and done:  # the batch made revisions base+1.. and nothing else did
+            keys = {op.key for request, _ in done for op in request.ops}
+            self._signal.advance(max(o.revision for _, o in done), keys, since=base)
 
 
 def _event(row: Any) -> Event:

@@ -16,6 +16,7 @@ from mezzo.storage.kv import (
     Put,
 )
 from mezzo.storage.txn import InvalidTxnError
+from mezzo.testing.fixtures import wait_for
 
 
 async def next_events(stream, count: int, timeout: float = 10.0):  # type: ignore[no-untyped-def]
@@ -203,3 +204,66 @@ async def test_second_handle_sees_writes_through_watch(store: KVStore) -> None:
 
 async def test_ready(store: KVStore) -> None:
     assert await store.ready()
+
+
+async def test_idle_watch_runs_no_queries(store: KVStore) -> None:
+    """A parked watch costs nothing: only the store's one change check runs while nothing changes."""
+    store.poll_interval = 0.01  # type: ignore[attr-defined]
+    queries = checks = 0
+    events, advance = store.events, store._signal.advance  # type: ignore[attr-defined]
+
+    async def counting_events(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal queries
+        queries += 1
+        return await events(*args, **kwargs)
+
+    def counting_advance(revision: int) -> None:
+        nonlocal checks
+        checks += 1
+        advance(revision)
+
+    store.events = counting_events  # type: ignore[method-assign]
+    store._signal.advance = counting_advance  # type: ignore[attr-defined]
+    taking = asyncio.create_task(next_events(store.watch("idle/"), 1))
+    await wait_for(lambda: queries >= 1)
+    await wait_for(lambda: checks >= 20)  # twenty change checks, none of them finding a change
+    assert queries == 1
+    await store.txn([Put("idle/k", b"v")])
+    assert [e.key for e in await taking] == ["idle/k"]
+
+
+async def test_change_committed_during_a_watch_query_is_not_slept_through(store: KVStore) -> None:
+    """The watch's query reads a snapshot from before a write whose wake-up comes while the query
+    runs: the watch must query again rather than park until some later change."""
+    events = store.events
+    calls = 0
+
+    async def racing_events(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        page = await events(*args, **kwargs)
+        if calls == 1:
+            await store.txn([Put("race/k", b"v")])  # committed and announced after the snapshot
+        return page
+
+    store.events = racing_events  # type: ignore[method-assign]
+    assert [e.key for e in await next_events(store.watch("race/"), 1)] == ["race/k"]
+
+
+async def test_write_elsewhere_is_seen_though_a_later_local_write_names_other_keys(store: KVStore) -> None:
+    """A local write wakes only the watches of its keys, unless a revision before it came from
+    elsewhere and was not announced yet: then every watch must look."""
+    from mezzo.storage import open_store
+
+    store.poll_interval = 3600  # type: ignore[attr-defined]  # no change check: only writes wake watches
+    start = (await store.revision())[0] + 1
+    taking = asyncio.create_task(next_events(store.watch("gap/x/", start=start), 1))
+    other = open_store(store.url)
+    await other.open()
+    try:
+        await other.txn([Put("gap/x/1", b"elsewhere")])
+    finally:
+        await other.close()
+    await store.txn([Put("gap/y/1", b"here")])
+    assert [e.value for e in await taking] == [b"elsewhere"]
+

@@ -13,7 +13,7 @@ import pytest
 
 from integration.tx_bank import Bank, CoordinatorProcess, bank_fixture, chaos  # noqa: F401  (the bank fixture)
 from mezzo.storage.kv import KVStore, Put
-from mezzo.testing.fixtures import start_node, wait_for
+from mezzo.testing.fixtures import spawn_node, start_node, wait_for
 from mezzo.transactions.store import Active, TxLog, active_put
 from mezzo.transactions.testing import Busi, serve_busi
 
@@ -32,6 +32,16 @@ async def test_transfers_survive_coordinator_kills(bank: Bank, postgres_url: str
     assert problems == []
     assert stats.kills == 2
     assert stats.statuses.get("succeed", 0) > 0
+
+
+def test_a_coordinator_that_cannot_start_fails_at_once_with_its_output(tmp_path: Path) -> None:
+    """The crash suite restarts nodes under load, so spawn_node waits long for readiness; a node that exits
+    must not be waited for: the error comes when it exits, with the end of what it printed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(RuntimeError, match="exited with") as failed:
+        spawn_node(data, {"MEZZO_STORE": "nosuch://x"}, ready_timeout=600)
+    assert "MEZZO_STORE" in str(failed.value)
 
 
 async def test_the_check_sees_a_half_done_transfer(bank: Bank) -> None:

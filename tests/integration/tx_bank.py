@@ -272,28 +272,11 @@ class Bank:
                                       lambda c: self.apply_my(c, row, delta < 0, bool(body.get("fail"))))
                 except Refused as exc:
                     return JSONResponse({"dtm_result": "FAILURE", "reason": str(exc)}, status_code=409)
-                conn.close()
-                await self._detached(gid, branch_id)
             else:
                 await MySQLXa.finish(conn, gid, branch_id, op)
         finally:
-            conn.close()
+            conn.close()  # MySQLXa.run closed it already after XA PREPARE (a no-op then)
         return JSONResponse({"dtm_result": "SUCCESS"})
-
-    async def _detached(self, gid: str, branch_id: str) -> None:
-        """Answer only once MariaDB lists the prepared branch in XA RECOVER. Until the server has processed
-        the disconnect of the session that prepared it, an XA COMMIT from another session gets XAER_NOTA
-        ("unknown XID"), which MySQLXa.finish takes for "finished already": the coordinator's commit
-        would be lost (this suite found it; see docs/transactions.md, Crash safety)."""
-        conn = await mysql_connect(autocommit=True)
-        try:
-            await wait_for(lambda: self._listed(conn, gid, branch_id), timeout=30, interval=0.005)
-        finally:
-            conn.close()
-
-    @staticmethod
-    async def _listed(conn: Any, gid: str, branch_id: str) -> bool:
-        return (gid, branch_id) in await MySQLXa.in_doubt(conn)
 
     async def query(self, request: Request) -> JSONResponse:
         """The two-phase message check-back: did the local transaction (on PostgreSQL) commit?"""
@@ -376,8 +359,7 @@ class Bank:
     async def recover_xa(self, node: RunningNode) -> dict[str, str]:
         """What an XA application runs at start and periodically: finish the in-doubt branches of decided
         transactions (``MySQLXa.recover``). A branch can be left in doubt when its action prepared after
-        its caller gave up and the transaction was rolled back, or when MariaDB answered the coordinator's
-        commit with XAER_NOTA because the preparing session had not been cleaned up yet."""
+        its caller gave up and the transaction was rolled back."""
         async with Mezzo(node.url, TOKEN) as client:
             async def status_of(gid: str) -> str | None:
                 return (await client.tx.get(gid))["status"] if gid in self._gids else None  # type: ignore[no-any-return]

@@ -74,32 +74,50 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def spawn_node(data_dir: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ("up",)) -> RunningNode:
-    """``python -m mezzo up`` on a free port; returns once /readyz answers 200."""
+READY_TIMEOUT = 90.0  # generous: a loaded machine (parallel suites, crash tests) can take long to start a node
+
+
+def spawn_node(data_dir: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ("up",),
+               ready_timeout: float = READY_TIMEOUT) -> RunningNode:
+    """``python -m mezzo up`` on a free port; returns once /readyz answers 200. A node that exits first
+    fails at once, with the tail of its output."""
     port = free_port()
     env = {**os.environ, "MEZZO_DATA_DIR": str(data_dir), "MEZZO_API_PORT": str(port), "MEZZO_GATEWAY_PORT": "0",
            "MEZZO_RESP_PORT": "0", "MEZZO_OTLP_PORT": "0", "MEZZO_ZIPKIN_PORT": "0", "MEZZO_GATEWAY_TLS_PORT": "0",
            "MEZZO_LOG_FORMAT": "json", **(extra_env or {})}
     env.pop("MEZZO_URL", None)
-    with open(data_dir.parent / f"node-{port}.log", "wb") as log:  # the child keeps its own copy of the fd
+    log_path = data_dir.parent / f"node-{port}.log"
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the fd
         process = subprocess.Popen([sys.executable, "-m", "mezzo", *args], env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"node exited with {process.returncode}: {(data_dir.parent / f'node-{port}.log').read_text()}")
+    deadline = time.monotonic() + ready_timeout
+    while process.poll() is None:
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:
                 break
         except httpx.TransportError:
             pass
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise TimeoutError(f"node did not become ready in {ready_timeout:g} s; its output ends:\n"
+                               f"{output_tail(log_path)}")
         time.sleep(0.05)
     else:
-        process.kill()
-        raise TimeoutError("node did not become ready in 30 s")
+        raise RuntimeError(f"node exited with {process.returncode} before it was ready; its output ends:\n"
+                           f"{output_tail(log_path)}")
     token = env.get("MEZZO_ADMIN_TOKEN") or (data_dir / "admin.token").read_text().strip()
     return RunningNode(url, token, data_dir, process=process, env=env)
+
+
+def output_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a node's log (all of it can be megabytes of JSON)."""
+    try:
+        text = path.read_bytes()[-64 * 1024:].decode(errors="replace")
+    except OSError as exc:
+        return f"(no output: {exc})"
+    return "\n".join(text.splitlines()[-lines:]) or "(no output)"
 
 
 def stop_process(running: RunningNode, sig: int = signal.SIGTERM, timeout: float = 15) -> int:

@@ -40,6 +40,7 @@ from mezzo.transactions.store import GLOBAL, Active, Lease, LostLease, TxLog, br
 log = structlog.get_logger("mezzo.transactions")
 Publish = Callable[[str, str, str, str], Awaitable[None]]  # (namespace, topic, payload, message id)
 Notify = Callable[[GlobalTx], Awaitable[None]]  # a global state change, e.g. as a CloudEvent
+Drive = asyncio.Task[GlobalTx | None]  # one round; its result: the transaction when the round ended it
 MAX_BACKOFF = 3600.0
 PREPARED_TIMEOUT = 60.0  # a TCC/XA transaction left prepared this long without a timeout of its own is aborted
 
@@ -69,19 +70,20 @@ class Known:
 
 class Coordinator:
     def __init__(self, txlog: TxLog, metrics: TxMetrics, *, tracer: trace.Tracer | None = None,
-                 publish: Publish | None = None, notify: Notify | None = None, lease_ttl: float = 30.0,
-                 poll: float = 1.0) -> None:
+                 publish: Publish | None = None, notify: Notify | None = None,
+                 listening: Callable[[], bool] | None = None, lease_ttl: float = 30.0, poll: float = 1.0) -> None:
         self.log = txlog
         self.metrics = metrics
         self.tracer = tracer or trace.NoOpTracer()
         self.publish = publish
         self.notify = notify
+        self.listening = listening or (lambda: True)  # whether anyone takes ``notify``'s events just now
         self._notices: set[asyncio.Task[None]] = set()
         self.lease_ttl = lease_ttl
         self.poll = poll
         self.node_id = uuid.uuid4().hex[:12]
         self.caller = BranchCaller()
-        self.running: dict[str, asyncio.Task[None]] = {}
+        self.running: dict[str, Drive] = {}
         self.leases: dict[str, Lease] = {}
         self._wake = asyncio.Event()
         self._claim = asyncio.Lock()
@@ -116,13 +118,13 @@ class Coordinator:
 
     def changed(self, tx: GlobalTx) -> None:
         """Announce a state change in the background; a failed announcement never stops a transaction."""
-        if self.notify is None:
+        if self.notify is None or not self.listening():
             return
         task = asyncio.create_task(self.notify(tx.model_copy(deep=True)))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
-    def kick(self, lease: Lease, known: Known | None = None) -> asyncio.Task[None]:
+    def kick(self, lease: Lease, known: Known | None = None) -> Drive:
         """Drive the transaction this node holds the lease of, now, in the background."""
         task = self.running.get(lease.gid)
         if task is None:
@@ -143,13 +145,13 @@ class Coordinator:
         this node, and due (for other nodes) when that lease runs out."""
         return Active(due=now + self.lease_ttl, owner=self.node_id, until=now + self.lease_ttl)
 
-    def adopt(self, tx: GlobalTx, branches: list[Branch], revision: int, active: Active) -> asyncio.Task[None]:
+    def adopt(self, tx: GlobalTx, branches: list[Branch], revision: int, active: Active) -> Drive:
         """Drive a transaction just written at ``revision`` with the ``lease_new`` entry ``active``,
         from what was written (no acquire, no reads: the create was the claim)."""
         lease = Lease(self.log, tx.gid, self.node_id, self.lease_ttl, revision, active)
         return self.kick(lease, Known(tx, revision, branches))
 
-    async def take(self, gid: str) -> asyncio.Task[None] | None:
+    async def take(self, gid: str) -> Drive | None:
         """Drive ``gid`` here now if it is due-able and free (after a submit, abort or retry)."""
         async with self._claim:
             if gid in self.running:
@@ -196,7 +198,8 @@ class Coordinator:
 
     # one round -----------------------------------------------------------------------------
 
-    async def _drive(self, lease: Lease, known: Known | None = None) -> None:
+    async def _drive(self, lease: Lease, known: Known | None = None) -> GlobalTx | None:
+        """One round; returns the transaction when this round ended it (so a waiting submit need not read it)."""
         gid = lease.gid
         tx: GlobalTx | None = None
         try:
@@ -204,10 +207,11 @@ class Coordinator:
                 loaded = await self.log.load(gid)
                 if loaded is None or loaded.tx.status in (Status.SUCCEED, Status.FAILED):
                     await lease.write([], finish=True)
-                    return
+                    return None
                 known = Known(loaded.tx, loaded.revision, None)
             tx = known.tx
             await self._round(lease, tx, known.revision, known.branches)
+            return tx if tx.status in (Status.SUCCEED, Status.FAILED) else None
         except LostLease:
             log.info("transaction taken over by another node", gid=gid)
         except asyncio.CancelledError:
@@ -217,6 +221,7 @@ class Coordinator:
             with contextlib.suppress(Exception):
                 interval = tx.options.retry_interval if tx else 10.0
                 await lease.release(time.time() + max(interval, 1.0))
+        return None
 
     async def _round(self, lease: Lease, tx: GlobalTx, revision: int, known: list[Branch] | None) -> None:
         now = time.time()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Mode(StrEnum):
@@ -72,6 +73,10 @@ def check_move(current: Status, wanted: Status, what: str) -> None:
         raise IllegalTransition(what, current.value, wanted.value)
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field name
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 class Options(BaseModel):
     """Per-transaction knobs (seconds; DTM sends whole seconds, Mezzo accepts fractions)."""
 
@@ -83,7 +88,17 @@ class Options(BaseModel):
     retry_limit: int = Field(0, ge=0, description="give up retrying after this many attempts (0: never)")
     wait_result: bool = False
     concurrent: bool = False
-    branch_headers: dict[str, str] = Field(default_factory=dict)
+    branch_headers: dict[str, str] = Field(default_factory=dict, description="sent with every branch call")
+
+    @field_validator("branch_headers")
+    @classmethod
+    def _headers_can_go_out(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"header name {name[:60]!r} is not an HTTP token")
+            if _BAD_VALUE.search(value) or not value.isascii():
+                raise ValueError(f"header {name!r}: a value is printable ASCII without CR or LF")
+        return headers
 
 
 class Step(BaseModel):

@@ -42,7 +42,7 @@ class TransactionsModule(Module):
         metrics = TxMetrics(self.node.service(Metrics), txlog, settings.stuck_after)
         tracer = self.node.service(Tracing).tracer("mezzo.transactions") if self.node.has(Tracing) else None
         self.coordinator = Coordinator(txlog, metrics, tracer=tracer, publish=self._publish, notify=self._announce,
-                                       lease_ttl=settings.lease, poll=settings.poll)
+                                       listening=self._messaging, lease_ttl=settings.lease, poll=settings.poll)
         self.service = TxService(txlog, self.coordinator)
         self.node.provide(Coordinator, self.coordinator)
         self.node.provide(TxService, self.service)
@@ -55,6 +55,12 @@ class TransactionsModule(Module):
         if not self.coordinator.alive:
             return Health(False, "the recovery loop stopped")
         return Health(True, f"node {self.coordinator.node_id}, {len(self.coordinator.running)} running")
+
+    def _messaging(self) -> bool:
+        """Whether state changes can become events (no task per change when they cannot)."""
+        from mezzo.messaging.service import MessagingService
+
+        return self.node.has(MessagingService)
 
     async def _publish(self, namespace: str, topic: str, payload: str, message_id: str) -> None:
         """A two-phase message's topic step: publish its payload (JSON when it parses) to a Mezzo topic;

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from mezzo.node.audit import audit_put
 from mezzo.node.errors import bad_request, conflict, not_found
 from mezzo.storage.kv import Compare, ConflictError, Delete, Op, Put
-from mezzo.transactions.coordinator import PREPARED_TIMEOUT, Coordinator, action_key
+from mezzo.transactions.coordinator import PREPARED_TIMEOUT, Coordinator, Drive, action_key
 from mezzo.transactions.model import (
     FINAL,
     OPS,
@@ -171,10 +171,11 @@ class TxService:
             task = await self.coordinator.take(tx.gid)
         if tx.options.wait_result and task is not None:
             await asyncio.wait([task], timeout=tx.options.request_timeout * max(len(tx.steps), 1) + 5)
-            done = (await self.get(tx.gid)).tx
+            ended = task.result() if task.done() and not task.cancelled() and task.exception() is None else None
+            done = ended if ended is not None else (await self.get(tx.gid)).tx  # its round is over: ours now
         return done
 
-    async def _create_submitted(self, tx: GlobalTx, user: str) -> tuple[GlobalTx, asyncio.Task[None]]:
+    async def _create_submitted(self, tx: GlobalTx, user: str) -> tuple[GlobalTx, Drive]:
         """A new saga or message, written submitted and leased to this node, which drives it at once:
         one store transaction from the request to the first branch call."""
         tx.status, tx.created, tx.created_by = Status.SUBMITTED, time.time(), user

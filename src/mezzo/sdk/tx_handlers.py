@@ -300,6 +300,8 @@ class Handlers:
             status, body, media = _problem(405, "Method Not Allowed", "branch calls are POST (check-backs GET)")
         else:
             raw = await _read_body(receive)
+            if raw is _GONE:
+                return  # the coordinator hung up before the whole payload came: run nothing, it calls again
             if raw is None:
                 status, body, media = _problem(413, "Content Too Large", f"a payload is at most {MAX_BODY} bytes",
                                                "body")
@@ -321,12 +323,16 @@ def _problem(status: int, title: str, detail: str, field_name: str | None = None
     return status, body, "application/problem+json"
 
 
+_GONE = b"<disconnected>"  # a marker compared by identity
+
+
 async def _read_body(receive: Receive) -> bytes | None:
+    """The whole payload; None when it is too large; ``_GONE`` when the caller left before its end."""
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"".join(chunks)
+            return _GONE
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:

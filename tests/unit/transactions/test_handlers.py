@@ -233,3 +233,25 @@ def test_saga_and_message_take_registered_handlers_not_bare_functions(handlers: 
         saga.add(unregistered)
     msg = TxMessage(TxClient(None, handlers), "g2", "default", "", {})  # type: ignore[arg-type]
     assert msg.add(ship).steps == [{"action": f"{BASE}/ship"}]
+
+
+async def test_a_call_cut_off_before_its_payload_ends_runs_nothing(handlers: Handlers) -> None:
+    ran: list[Any] = []
+
+    @handlers.handler("pay")
+    async def pay(call: BranchCall) -> None:
+        ran.append(call)
+
+    messages = iter([{"type": "http.request", "body": b'{"amount": ', "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/pay", "root_path": "", "headers": [],
+             "query_string": b"gid=g1&op=action&branch_id=01&trans_type=saga"}
+    await handlers(scope, receive, send)  # type: ignore[arg-type]
+    assert ran == [] and sent == []  # the coordinator calls again; half a payload is never a call

@@ -120,8 +120,12 @@ class RequestParser:
         except Exception:  # hiredis.ProtocolError, or a length it cannot allocate
             frames = []
         # Every frame a complete non-empty array, the read used up, and as many lines starting
-        # with '*' as frames (so none is nested and no argument starts a line with '*').
-        if frames and not reader.has_data() and data.count(b"\n*") + 1 == len(frames):
+        # with '*' as frames (so none is nested and no argument starts a line with '*'). A '*'
+        # elsewhere may be an array that hiredis began after a bulk whose CRLF was other bytes
+        # (taken as read, as Redis does): then the frames must account for every byte of the read.
+        lines = data.count(b"\n*") + 1
+        if frames and not reader.has_data() and lines == len(frames) \
+                and (data.count(b"*") == lines or _encoded_size(frames) == len(data)):
             if len(frames) == 1:  # one command per read: the unpipelined client
                 if type(frames[0]) is list and frames[0]:
                     return frames
@@ -129,6 +133,14 @@ class RequestParser:
                 return frames
         self._reader = hiredis.Reader()  # whatever it holds is parsed again below
         return None
+
+
+def _encoded_size(frames: list[Any]) -> int:
+    """Bytes that plain multibulk frames take on the wire: ``*N\\r\\n``, then ``$L\\r\\n<arg>\\r\\n`` each."""
+    if not all(type(frame) is list for frame in frames):
+        return -1
+    return sum(len(str(len(frame))) + 3 + sum(len(str(len(arg))) + len(arg) + 5 for arg in frame)
+               for frame in frames)
 
 
 def _length(field: bytes, error: str) -> int:

@@ -361,3 +361,12 @@ def test_garbage_never_authenticates(pieces: list[bytes]) -> None:
 def test_lengths_are_read_as_strictly_as_redis_reads_them(frame: bytes, accelerate: bool) -> None:
     parser = RequestParser(accelerate=accelerate)
     assert parser.feed(frame) == [] and parser.error is not None and "length" in parser.error
+
+
+def test_an_array_begun_after_a_bulk_without_its_crlf_is_not_lost_between_reads() -> None:
+    """hiredis takes the two bytes after a bulk as its CRLF whatever they are (as Redis does), then may
+    begin the next array inside the same read; that half-read array must reach the next read."""
+    stream = b"*1\r\n$3\r\n\x00\x00\x00\x00\x00" + encode([b""]) + encode([b"\x00" * 8])
+    expected = feed_all(RequestParser(accelerate=False), [stream])
+    assert expected == ([[b"\x00\x00\x00"], [b""], [b"\x00" * 8]], None)
+    assert feed_all(RequestParser(accelerate=True), [stream[:17], stream[17:]]) == expected

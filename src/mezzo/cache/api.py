@@ -66,7 +66,7 @@ def _engine(request: Request) -> Engine:
 
 def _space(request: Request, name: str, create: bool = False) -> Keyspace:
     if remote_keys.distributed(request, name) is not None:
-        raise conflict(f"cache namespace {name!r} is distributed: its keys, statistics and tags live on its Redis "
+        raise conflict(f"cache namespace {name!r} is distributed: its keys, statistics and tags live on its "
                        f"nodes (see /v1/cache/{name}/nodes; list keys with SCAN over the Redis protocol)")
     engine = _engine(request)
     if not create and name not in engine.spaces:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -14,6 +14,7 @@ from mezzo.resources.model import SpecModel
 from mezzo.resources.types import ByteSize, Duration
 
 Backend = Literal["embedded", "redis", "redis-cluster", "nodes"]
+Protocol = Literal["redis", "memcached"]
 DISTRIBUTED = ("redis", "redis-cluster", "nodes")
 
 
@@ -22,36 +23,81 @@ def parse_redis_url(url: str) -> NodeAddress:
     parts = urlsplit(url)
     if parts.scheme != "redis":
         raise ValueError(f"{url!r}: use redis://host:port[/db]")
-    if not parts.hostname:
-        raise ValueError(f"{url!r} has no host")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"{url!r} has an invalid port") from None
+    port = _port(url, parts, 6379)
     path = parts.path.strip("/")
     if path and (not path.isdigit() or int(path) > 15):
         raise ValueError(f"{url!r}: the database is a number from 0 to 15")
-    return NodeAddress(parts.hostname, port, int(path or 0), unquote(parts.password) if parts.password else None,
+    return NodeAddress(parts.hostname or "", port, int(path or 0), unquote(parts.password) if parts.password else None,
                        unquote(parts.username) if parts.username else None)
 
 
+def parse_memcached_url(url: str) -> NodeAddress:
+    """``memcached://host[:port]`` (port 11211 by default): no user, password or database, which
+    memcached's text protocol does not have."""
+    parts = urlsplit(url)
+    if parts.scheme != "memcached":
+        raise ValueError(f"{url!r}: use memcached://host:port")
+    port = _port(url, parts, 11211)
+    if parts.username or parts.password:
+        raise ValueError(f"{url!r}: memcached's text protocol has no authentication; give memcached://host:port")
+    if parts.path.strip("/") or parts.query:
+        raise ValueError(f"{url!r}: memcached has no databases; give memcached://host:port")
+    return NodeAddress(parts.hostname or "", port)
+
+
+def _port(url: str, parts: SplitResult, default: int) -> int:
+    """The URL's port (``default`` when none), once it is known to name a host."""
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    try:
+        return parts.port or default
+    except ValueError:
+        raise ValueError(f"{url!r} has an invalid port") from None
+
+
+def node_protocol(url: str) -> Protocol:
+    return "memcached" if urlsplit(url).scheme == "memcached" else "redis"
+
+
+def parse_node_url(url: str) -> NodeAddress:
+    """A node of backend ``nodes``: ``redis://host:port[/db]`` or ``memcached://host:port``."""
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "memcached"):
+        raise ValueError(f"{url!r}: use redis://host:port[/db] or memcached://host:port")
+    return parse_memcached_url(url) if scheme == "memcached" else parse_redis_url(url)
+
+
 class CacheNode(SpecModel):
-    url: str = Field(description="redis://host:port[/db] of the node's primary")
+    url: str = Field(description="redis://host:port[/db] or memcached://host:port of the node (its primary)")
     name: str | None = Field(None, min_length=1, max_length=255,
                              description="its name on the ring (default host:port); keep it when the address moves")
     weight: int = Field(1, ge=1, le=1000, description="share of the keys, relative to the other nodes")
-    replica: str | None = Field(None, description="redis://... of a replica of this node that takes over when it fails")
+    replica: str | None = Field(None, description="redis://... of a replica of this Redis node that takes over when "
+                                                  "it fails (memcached has no replication)")
 
-    @field_validator("url", "replica")
+    @field_validator("url")
     @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_redis_url(value)
+    def _check_url(cls, value: str) -> str:
+        parse_node_url(value)
+        return value
+
+    @field_validator("replica")
+    @classmethod
+    def _check_replica(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        url = info.data.get("url")
+        if url is not None and node_protocol(url) == "memcached":
+            raise ValueError("memcached has no replication: a memcached node cannot have a replica "
+                             "(its share rehashes to the other nodes when it fails)")
+        if node_protocol(value) == "memcached":
+            raise ValueError("a replica is a Redis node: redis://host:port[/db]")
+        parse_redis_url(value)
         return value
 
     @property
     def ring_name(self) -> str:
-        return self.name or parse_redis_url(self.url).label
+        return self.name or parse_node_url(self.url).label
 
 
 class FailureDetection(SpecModel):
@@ -79,7 +125,7 @@ class CacheSpec(SpecModel):
     urls: list[str] = Field(default_factory=list, validate_default=True,
                             description="backend redis-cluster: seed nodes, redis://host:port")
     nodes: list[CacheNode] = Field(default_factory=list, validate_default=True,
-                                   description="backend nodes: independent Redis nodes on a ketama ring")
+                                   description="backend nodes: independent Redis (or memcached) nodes on a ketama ring")
     database: int | None = Field(None, ge=0, le=15, description="the RESP SELECT index that reaches this namespace")
     default_ttl: Duration | None = Field(None, gt=0, alias="defaultTTL", description="TTL of writes that give none")
     max_memory: ByteSize | None = Field(None, gt=0, description="embedded: memory limit of the namespace")
@@ -92,6 +138,7 @@ class CacheSpec(SpecModel):
     def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
         _used_with("redis", value is not None, info, "required when backend is redis")
         if value is not None:
+            _not_memcached(value)
             parse_redis_url(value)
         return value
 
@@ -100,6 +147,7 @@ class CacheSpec(SpecModel):
     def _urls(cls, value: list[str], info: ValidationInfo) -> list[str]:
         _used_with("redis-cluster", bool(value), info, "give at least one seed node when backend is redis-cluster")
         for url in value:
+            _not_memcached(url)
             if parse_redis_url(url).db != 0:
                 raise ValueError(f"{url!r}: Redis Cluster has only database 0")
         return value
@@ -111,9 +159,13 @@ class CacheSpec(SpecModel):
         names = [n.ring_name for n in value]
         if len(set(names)) != len(names):
             raise ValueError("two nodes have the same ring name (host:port or name)")
-        addresses = [parse_redis_url(u).label for n in value for u in (n.url, n.replica) if u]
+        protocols = sorted({node_protocol(n.url) for n in value})
+        if len(protocols) > 1:
+            raise ValueError("the nodes of one namespace speak one protocol: these mix memcached:// and "
+                             "redis:// nodes (declare a Cache for each)")
+        addresses = [parse_node_url(u).label for n in value for u in (n.url, n.replica) if u]
         if len(set(addresses)) != len(addresses):
-            raise ValueError("a Redis address appears twice (as a node or a replica)")
+            raise ValueError("a node address appears twice (as a node or a replica)")
         return value
 
     @field_validator("backend")
@@ -126,6 +178,16 @@ class CacheSpec(SpecModel):
     @property
     def distributed(self) -> bool:
         return self.backend in DISTRIBUTED
+
+    @property
+    def protocol(self) -> Protocol:
+        """What its nodes speak: memcached only for ``nodes`` given as memcached:// URLs."""
+        return node_protocol(self.nodes[0].url) if self.backend == "nodes" and self.nodes else "redis"
+
+
+def _not_memcached(url: str) -> None:
+    if node_protocol(url) == "memcached":
+        raise ValueError(f"{url!r}: memcached nodes are listed under nodes, with backend nodes")
 
 
 def _used_with(backend: str, given: bool, info: ValidationInfo, missing: str) -> None:
@@ -145,5 +207,5 @@ def cache_namespace(resource_namespace: str, name: str) -> str:
 CACHE_KIND = KindSpec(
     kind="Cache", spec=CacheSpec, plural="caches", short_names=("ca",),
     columns=(Column("BACKEND", "backend"), Column("DATABASE", "database")),
-    description="A cache namespace: embedded, one Redis, Redis Cluster or a ketama ring of Redis nodes.",
+    description="A cache namespace: embedded, one Redis, Redis Cluster or a ketama ring of Redis or memcached nodes.",
 )

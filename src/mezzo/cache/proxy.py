@@ -83,7 +83,9 @@ class ProxyServer(CacheServer):
                 self.select(conn.session, conn.session.db)
 
     async def run_batch(self, session: Session, commands: list[list[bytes]]) -> list[bytes]:
-        """Replies in order: local ones now, distributed ones from one round of per-node pipelines."""
+        """Replies in order: local ones now, distributed ones from per-node pipelines, one round per
+        segment: a keyless command (FLUSHDB, KEYS) or one that changes the session (HELLO) first
+        waits for the calls before it, so it sees their effects and they are encoded as planned."""
         replies: list[bytes | None] = [None] * len(commands)
         plans: dict[int, tuple[DistributedBackend, Plan]] = {}
         for i, args in enumerate(commands):
@@ -93,12 +95,28 @@ class ProxyServer(CacheServer):
             backend = self.router.backend(session.namespace) if session.authed else None
             name = args[0].lower()
             if backend is None or name in LOCAL:
+                if plans and name in SESSION:
+                    await self._run_plans(session, plans, replies)
                 replies[i] = self.execute(session, args)
                 continue
             try:
-                plans[i] = (backend, self.plan(session, args, name))
+                plan = self.plan(session, args, name, backend)
             except CacheError as exc:
                 replies[i] = Reply.error(str(exc))
+                continue
+            if plan.calls:
+                plans[i] = (backend, plan)
+                continue
+            if plans:
+                await self._run_plans(session, plans, replies)
+            replies[i] = await self._keyless(session, backend, args)
+        if plans:
+            await self._run_plans(session, plans, replies)
+        return [r if r is not None else Reply.error("internal error") for r in replies]
+
+    async def _run_plans(self, session: Session, plans: dict[int, tuple[DistributedBackend, Plan]],
+                         replies: list[bytes | None]) -> None:
+        """Run the planned calls, one pipeline per backend, fill in their replies and forget them."""
         for backend, indexes in _by_backend(plans).items():
             calls = [c for i in indexes for c in plans[i][1].calls]
             try:
@@ -111,10 +129,7 @@ class ProxyServer(CacheServer):
                 plan = plans[i][1]
                 part, pos = results[pos:pos + len(plan.calls)], pos + len(plan.calls)
                 replies[i] = self._merge(session, plan, part)
-        for i, (backend, plan) in plans.items():
-            if not plan.calls and replies[i] is None:
-                replies[i] = await self._keyless(session, backend, commands[i])
-        return [r if r is not None else Reply.error("internal error") for r in replies]
+        plans.clear()
 
     def _merge(self, session: Session, plan: Plan, part: list[Any]) -> bytes:
         failed = next((r for r in part if isinstance(r, Exception)), None)
@@ -128,11 +143,16 @@ class ProxyServer(CacheServer):
             log.exception("cache proxy could not merge replies")
             return Reply.error("internal error merging node replies")
 
-    def plan(self, session: Session, args: list[bytes], name: bytes | None = None) -> Plan:
+    def plan(self, session: Session, args: list[bytes], name: bytes | None = None,
+             backend: DistributedBackend | None = None) -> Plan:
         name = name or args[0].lower()
         entry = COMMANDS.get(name)
         if entry is None or name in UNSUPPORTED:
-            raise CacheError(f"'{args[0].decode(errors='replace')[:64]}' is not available on a distributed namespace")
+            raise CacheError(f"ERR '{args[0].decode(errors='replace')[:64]}' is not available on a distributed "
+                             f"namespace")
+        refusal = backend.refuses(name) if backend is not None else None
+        if refusal is not None:
+            raise CacheError(f"ERR {refusal}")
         arity = entry[1]
         if (arity > 0 and len(args) != arity) or len(args) < abs(arity):
             raise CacheError(f"wrong number of arguments for '{name.decode()}' command")
@@ -144,7 +164,8 @@ class ProxyServer(CacheServer):
             elif ttl and name == b"setnx":
                 call_args = (b"SET", args[1], args[2], b"NX", b"PX", b"%d" % ttl)
                 return Plan([Call(args[1], call_args, "write")], lambda r: Reply.integer(int(r[0] is not None)))
-            return Plan([Call(args[1], args, access)], None, name in SIMPLE, name == b"hgetall")  # type: ignore[arg-type]
+            simple = name in SIMPLE and not (name == b"set" and any(a.upper() == b"GET" for a in args[3:]))
+            return Plan([Call(args[1], args, access)], None, simple, name == b"hgetall")  # type: ignore[arg-type]
         keys = args[1:]
         if name == b"mget":
             return Plan([Call(k, (b"GET", k), "read") for k in keys], lambda r: encode(session, r))
@@ -160,7 +181,8 @@ class ProxyServer(CacheServer):
             return Plan(calls, lambda r: Reply.ok())
         if name in KEYLESS:
             return Plan([])  # run on the primaries by _keyless
-        raise CacheError(f"'{args[0].decode(errors='replace')[:64]}' is not available on a distributed namespace")
+        raise CacheError(f"ERR '{args[0].decode(errors='replace')[:64]}' is not available on a distributed "
+                         f"namespace")
 
     async def _keyless(self, session: Session, backend: DistributedBackend, args: list[bytes]) -> bytes:
         name = args[0].lower()
@@ -198,6 +220,8 @@ class ProxyServer(CacheServer):
 LOCAL = {b"ping", b"echo", b"quit", b"select", b"auth", b"hello", b"client", b"info", b"command", b"config"}
 UNSUPPORTED = {b"flushall"}
 KEYLESS = {b"dbsize", b"keys", b"flushdb", b"scan"}
+SESSION = {b"hello", b"select", b"auth"}  # change how later commands are planned or encoded
+MAX_PENDING = 64  # batches queued on one connection before it stops reading from the client
 
 
 def _by_backend(plans: dict[int, tuple[DistributedBackend, Plan]]) -> dict[DistributedBackend, list[int]]:
@@ -219,8 +243,9 @@ def encode(session: Session, value: Any, simple: bool = False, as_map: bool = Fa
     """A node's raw (RESP2) reply, re-encoded for this client's protocol version."""
     if value is None:
         return session.null()
-    if isinstance(value, bytes):
-        return b"+%s\r\n" % value if simple else session.bulk(value)
+    if isinstance(value, bytes):  # a status reply never holds CR or LF: a value that does is bulk
+        return b"+%s\r\n" % value if simple and b"\r" not in value and b"\n" not in value \
+            else session.bulk(value)
     if isinstance(value, int):
         return Reply.integer(value)
     if isinstance(value, Exception):
@@ -243,6 +268,7 @@ class ProxyConnection(RespConnection):
         self.queue: asyncio.Queue[tuple[list[list[bytes]], str | None]] | None = None
         self.worker: asyncio.Task[None] | None = None
         self.pending = 0  # batches queued and not answered yet
+        self.throttled = False  # reading paused until the queue drains below half
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -276,6 +302,9 @@ class ProxyConnection(RespConnection):
         self.queue.put_nowait((commands, error))
         if error is not None:
             transport.pause_reading()
+        elif self.pending >= MAX_PENDING and not self.throttled:  # a client pipelining faster than nodes answer
+            self.throttled = True
+            transport.pause_reading()
 
     async def _work(self) -> None:
         assert self.queue is not None and self.session is not None
@@ -295,6 +324,9 @@ class ProxyConnection(RespConnection):
             if self.transport is None or self.transport.is_closing():
                 return
             self.transport.write(b"".join(replies))
+            if self.throttled and self.pending <= MAX_PENDING // 2 and self.parser.error is None and not closing:
+                self.throttled = False
+                self.transport.resume_reading()
             if closing:
                 self.transport.close()
                 return

@@ -145,7 +145,9 @@ async def nodes(namespace: NamespaceOpt = "default", output: OutputOpt = Output.
     if output is not Output.table:
         emit(status, output)
         return
-    out.print(f"namespace {status.get('namespace', namespace)}: backend {status.get('backend', '?')}", markup=False)
+    protocol = f" ({status['protocol']})" if status.get("protocol") else ""
+    out.print(f"namespace {status.get('namespace', namespace)}: backend {status.get('backend', '?')}{protocol}",
+              markup=False)
     members: list[dict[str, Any]] = status.get("nodes") or []
     if members:
         columns = list(dict.fromkeys(k for node in members for k in node))

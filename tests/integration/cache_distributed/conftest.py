@@ -1,4 +1,4 @@
-"""The ``redis_servers`` fixture: redis-server processes on free ports, killed in teardown."""
+"""The ``redis_servers`` and ``memcached_servers`` fixtures: processes on free ports, killed in teardown."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from .memcached_procs import MemcachedServers
 from .redis_procs import RedisServers
 
 
@@ -15,6 +16,17 @@ def redis_servers(tmp_path: Path) -> Iterator[RedisServers]:
     workdir = tmp_path / "redis"
     workdir.mkdir()
     servers = RedisServers(workdir)
+    try:
+        yield servers
+    finally:
+        servers.stop_all()
+
+
+@pytest.fixture
+def memcached_servers(tmp_path: Path) -> Iterator[MemcachedServers]:
+    workdir = tmp_path / "memcached"
+    workdir.mkdir()
+    servers = MemcachedServers(workdir)
     try:
         yield servers
     finally:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,20 @@ def _ping(port: int) -> bool:
             return sock.recv(64)[:1] in (b"+", b"-")  # PONG, or NOAUTH from a server with a password
     except OSError:
         return False
+
+
+def spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(process: subprocess.Popen[bytes], port: int, answers: Callable[[int], bool], log_path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not answers(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{Path(process.args[0]).name} on {port} did not start: "  # type: ignore[index]
+                               f"{log_path.read_text()[-2000:]}")
+        time.sleep(0.02)
 
 
 @dataclass
@@ -64,17 +79,9 @@ class RedisServers:
         port = port or free_port()
         args = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--daemonize", "no", "--dir", str(self.workdir), *extra]
-        log = open(self.workdir / f"redis-{port}.log", "wb")
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        started = RedisProcess(port, process, args)
+        started = RedisProcess(port, spawn(args, self.workdir / f"redis-{port}.log"), args)
         self.started.append(started)
-        deadline = time.monotonic() + 10
-        while not _ping(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on {port} did not start: "
-                                   f"{(self.workdir / f'redis-{port}.log').read_text()[-2000:]}")
-            time.sleep(0.02)
+        wait_ready(started.process, port, _ping, self.workdir / f"redis-{port}.log")
         return started
 
     def restart(self, old: RedisProcess) -> RedisProcess:

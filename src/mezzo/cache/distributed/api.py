@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 
+from mezzo.cache.distributed.backend import NotRebalanced
 from mezzo.cache.distributed.namespaces import CacheNamespaces
 from mezzo.node.auth import Verb
 from mezzo.node.auth_module import Caller, require
@@ -38,4 +39,7 @@ async def rebalance(request: Request, namespace: SpaceName, caller: Caller) -> d
         if namespaces.status(namespace) is None:
             raise not_found(f"cache namespace {namespace!r}")
         raise conflict(f"cache namespace {namespace!r} is embedded: there is nothing to rebalance")
-    return {"namespace": namespace, "rebalance": await backend.rebalance()}
+    try:
+        return {"namespace": namespace, "rebalance": await backend.rebalance()}
+    except NotRebalanced as exc:
+        raise conflict(f"cache namespace {namespace!r}: {exc}") from None

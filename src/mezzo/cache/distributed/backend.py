@@ -51,8 +51,15 @@ class Call(NamedTuple):
     access: Access = "read"
 
 
+class NotRebalanced(Exception):
+    """A rebalance was asked of a backend that cannot move keys (memcached cannot list them)."""
+
+
 class DistributedBackend(Protocol):
     kind: str  # "redis" | "redis-cluster" | "nodes"
+
+    def refuses(self, command: bytes) -> str | None:
+        """Why a client command (lower case) cannot run on this backend, or None when it can."""
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Every call's raw reply, in order; a failed call's entry is its exception."""
@@ -64,7 +71,8 @@ class DistributedBackend(Protocol):
         """A keyless command (DBSIZE, FLUSHDB, KEYS, SCAN) on one primary; raises on failure."""
 
     async def rebalance(self) -> dict[str, Any]:
-        """Move every key that is not on its owner (no-op where the engine does it itself)."""
+        """Move every key that is not on its owner (no-op where the engine does it itself);
+        raises NotRebalanced where keys cannot be moved at all."""
 
     def status(self) -> dict[str, Any]:
         """Nodes, their health and any migration in progress."""

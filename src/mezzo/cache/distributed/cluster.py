@@ -54,6 +54,9 @@ class ClusterBackend:
         await self.client.initialize()
         return sorted(self.client.get_primaries(), key=lambda n: n.name)
 
+    def refuses(self, command: bytes) -> str | None:
+        return None
+
     def primaries(self) -> int:
         return len(self.client.get_primaries()) or 1
 

@@ -5,6 +5,7 @@ into one write, and replies are matched to callers first-in first-out as hiredis
 Error replies come back as values (``hiredis.ReplyError``), not failures. A timeout or a broken
 connection fails every call in flight (the stream can no longer be matched to callers) and the
 next call reconnects. Control work (SCAN, DUMP/RESTORE, probes) uses redis-py's clients instead.
+memcached nodes use the same link with another reader and encoder (memcached.py's ``MetaLink``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class _Batch:
 class _Stream(asyncio.Protocol):
     def __init__(self, link: NodeLink) -> None:
         self.link = link
-        self.reader = hiredis.Reader()
+        self.reader = link.new_reader()
         self.transport: asyncio.Transport | None = None
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -67,6 +69,7 @@ class _Stream(asyncio.Protocol):
             self.link.broken(self, LinkError(f"bad reply stream: {exc!r}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True  # may come before _connect resumes: it must not adopt a dead stream
         self.link.broken(self, LinkError(f"connection lost: {exc or 'closed by the node'}"))
 
 
@@ -80,6 +83,7 @@ class NodeLink:
         self._watchdog: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []  # packed commands not written yet
         self._flush_due = False
+        self.last_break: LinkError | None = None
 
     async def _connect(self) -> _Stream:
         if self._stream is not None:
@@ -91,12 +95,9 @@ class NodeLink:
         try:
             _, stream = await asyncio.wait_for(
                 loop.create_connection(lambda: _Stream(self), self.address.host, self.address.port), self.timeout)
-            setup: list[tuple[Any, ...]] = []
-            if self.address.password is not None:
-                setup.append(("AUTH", self.address.username, self.address.password) if self.address.username
-                             else ("AUTH", self.address.password))
-            if self.address.db:
-                setup.append(("SELECT", self.address.db))
+            if stream.lost:
+                raise LinkError("connection lost: closed by the node at once")
+            setup = self.setup()
             self._stream = stream
             if setup:
                 for reply in await self._send(stream, setup):
@@ -114,22 +115,42 @@ class NodeLink:
         finally:
             self._connecting = None
 
-    def _send(self, stream: _Stream, commands: list[tuple[Any, ...]]) -> asyncio.Future[list[Any]]:
+    def new_reader(self) -> Any:
+        """The parser of this node's replies: ``feed(bytes)``, then ``gets()`` until it answers False."""
+        return hiredis.Reader()
+
+    def encode(self, commands: list[Any]) -> list[bytes]:
+        return [pack(c) for c in commands]
+
+    def setup(self) -> list[tuple[Any, ...]]:
+        """Commands that open every new connection (AUTH, SELECT)."""
+        setup: list[tuple[Any, ...]] = []
+        if self.address.password is not None:
+            setup.append(("AUTH", self.address.username, self.address.password) if self.address.username
+                         else ("AUTH", self.address.password))
+        if self.address.db:
+            setup.append(("SELECT", self.address.db))
+        return setup
+
+    def _send(self, stream: _Stream, commands: list[Any]) -> asyncio.Future[list[Any]]:
+        if stream is not self._stream:  # broke since the caller got it: its replies would go to others
+            raise self.last_break or LinkError("connection lost before the call was sent")
         loop = asyncio.get_running_loop()
         batch = _Batch(loop.create_future(), len(commands), loop.time())
         self.waiting.append(batch)
-        self._out.extend([pack(c) for c in commands])
+        self._out.extend(self.encode(commands))
         if not self._flush_due:  # calls of every client in this loop iteration go out in one write
             self._flush_due = True
-            loop.call_soon(self._flush, stream)
+            loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout, self._check)
         return batch.done
 
-    def _flush(self, stream: _Stream) -> None:
+    def _flush(self) -> None:
         self._flush_due = False
         out, self._out = self._out, []
-        if stream is self._stream and stream.transport is not None:
+        stream = self._stream  # what _out holds was queued on the current stream: broken() empties it
+        if out and stream is not None and stream.transport is not None:
             stream.transport.write(b"".join(out))
 
     def _check(self) -> None:
@@ -139,12 +160,16 @@ class NodeLink:
             return
         loop = asyncio.get_running_loop()
         late = loop.time() - self.waiting[0].started
-        if late >= self.timeout and self._stream is not None:
-            self.broken(self._stream, LinkError(f"no reply within {self.timeout:g} s"))
+        if late >= self.timeout:
+            failure = LinkError(f"no reply within {self.timeout:g} s")
+            if self._stream is not None:
+                self.broken(self._stream, failure)
+            else:  # no stream can answer these any more: never leave a caller waiting
+                self._fail_waiting(failure)
         else:
             self._watchdog = loop.call_later(max(self.timeout - late, 0.001), self._check)
 
-    async def call(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def call(self, commands: list[Any]) -> list[Any]:
         """Replies of ``commands`` in order; raises LinkError when the node did not answer in time."""
         stream = self._stream or await self._connect()
         return await self._send(stream, commands)
@@ -155,12 +180,17 @@ class NodeLink:
             return
         self._stream = None
         self._out = []
+        if isinstance(exc, LinkError):
+            self.last_break = exc  # what the calls that still held this stream fail with too
+        self._fail_waiting(exc)
+        if stream.transport is not None:
+            stream.transport.abort()
+
+    def _fail_waiting(self, exc: Exception) -> None:
         waiting, self.waiting = self.waiting, deque()
         for batch in waiting:
             if not batch.done.done():
                 batch.done.set_exception(exc)
-        if stream.transport is not None:
-            stream.transport.abort()
 
     def close(self) -> None:
         if self._watchdog is not None:

@@ -25,8 +25,35 @@ log = structlog.get_logger("mezzo.cache")
 SCAN_COUNT = 500
 
 
+# Deletes KEYS[1] only while it still holds the value dumped as ARGV[1]: 1 deleted, 0 gone, -1 changed.
+DEL_IF_SAME = """
+local now = redis.call('DUMP', KEYS[1])
+if not now then return 0 end
+if now ~= ARGV[1] then return -1 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
+_moves: dict[tuple[int, bytes], asyncio.Future[bool]] = {}  # moves in progress, by source and key
+
+
 async def move_key(key: bytes, source: Shard, target: Shard) -> bool:
-    """Copy ``key`` from ``source`` to ``target`` unless it is there already, then drop it at the source."""
+    """Copy ``key`` from ``source`` to ``target`` unless it is there already, then drop it at the source.
+
+    A client may delete the key (at both owners) between the DUMP and the RESTORE: the source is
+    then emptied only if it still holds what was copied, and a copy of a key deleted meanwhile is
+    taken back, so a delete is never undone by the move. A key is moved by one task at a time (the
+    migration and a client's write may both want it): a second mover waits for the first."""
+    slot = (id(source), key)
+    running = _moves.get(slot)
+    if running is None:
+        running = _moves[slot] = asyncio.ensure_future(_move(key, source, target))
+        running.add_done_callback(lambda done: _moves.pop(slot, None) if _moves.get(slot) is done else None)
+        running.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
+    return await asyncio.shield(running)  # a cancelled caller leaves no half-moved key
+
+
+async def _move(key: bytes, source: Shard, target: Shard) -> bool:
     pipe = source.active.client.pipeline(transaction=False)
     pipe.execute_command("DUMP", key)
     pipe.execute_command("PTTL", key)
@@ -36,15 +63,19 @@ async def move_key(key: bytes, source: Shard, target: Shard) -> bool:
     if isinstance(pttl, int) and pttl == -2:
         return False
     ttl = pttl if isinstance(pttl, int) and pttl > 0 else 0
-    moved = True
     try:
         await target.active.client.execute_command("RESTORE", key, ttl, dump)
     except ResponseError as exc:
         if not str(exc).startswith("BUSYKEY"):
             raise
-        moved = False  # written at the new owner meanwhile: the newer value stays
-    await source.active.client.execute_command("DEL", key)
-    return moved
+        # written at the new owner meanwhile: the newer value stays, the old copy goes
+        await source.active.client.execute_command("DEL", key)
+        return False
+    left = await source.active.client.execute_command("EVAL", DEL_IF_SAME, 1, key, dump)
+    if left == 0:  # deleted at the source after the DUMP: the copy must not bring it back
+        await target.active.client.execute_command("EVAL", DEL_IF_SAME, 1, key, dump)
+        return False
+    return True
 
 
 @dataclass

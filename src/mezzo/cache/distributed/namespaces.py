@@ -11,7 +11,7 @@ import structlog
 
 from mezzo.cache.distributed.backend import DistributedBackend
 from mezzo.cache.engine import Engine
-from mezzo.cache.model import CacheSpec, parse_redis_url
+from mezzo.cache.model import CacheSpec, parse_node_url, parse_redis_url
 from mezzo.cache.proxy import ProxyServer
 
 log = structlog.get_logger("mezzo.cache")
@@ -31,7 +31,7 @@ def shard_configs(spec: CacheSpec) -> list[Any]:
         assert spec.url is not None
         address = parse_redis_url(spec.url)
         return [ShardConfig(address.label, 1, address)]
-    return [ShardConfig(n.ring_name, n.weight, parse_redis_url(n.url),
+    return [ShardConfig(n.ring_name, n.weight, parse_node_url(n.url),
                         parse_redis_url(n.replica) if n.replica else None) for n in spec.nodes]
 
 
@@ -82,15 +82,19 @@ class CacheNamespaces:
         policy = spec.failure_detection.policy()
         # imported here: redis-py is an extra, needed only once a namespace is distributed
         from mezzo.cache.distributed.cluster import ClusterBackend
+        from mezzo.cache.distributed.memcached import MemcachedBackend
         from mezzo.cache.distributed.sharded import ShardedBackend
 
         current = self.router.backends.get(namespace)
-        if isinstance(current, ShardedBackend) and current.kind == spec.backend:
+        if (isinstance(current, ShardedBackend) and current.kind == spec.backend
+                and current.protocol == spec.protocol):
             await current.reconfigure(shard_configs(spec), policy)
             return
         backend: DistributedBackend
         if spec.backend == "redis-cluster":
             backend = ClusterBackend([parse_redis_url(u) for u in spec.urls], policy)
+        elif spec.protocol == "memcached":
+            backend = MemcachedBackend(shard_configs(spec), policy, kind=spec.backend)
         else:
             backend = ShardedBackend(shard_configs(spec), policy, kind=spec.backend)
         self.router.backends = {**self.router.backends, namespace: backend}

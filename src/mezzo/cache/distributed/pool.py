@@ -4,10 +4,13 @@ A node (a *shard*: one ring member) has a primary endpoint and optionally a repl
 operation reports its outcome: a timeout or connection error makes the shard *suspect*; after
 ``eject_after`` consecutive failures its replica, when it answers, is promoted (``REPLICAOF NO
 ONE``) and takes the shard's traffic; without one the shard is *ejected* and its share of the
-ring rehashes to the others. Failed endpoints are probed with ``PING`` at exponentially growing
-intervals; an ejected shard that answers again is readmitted (emptied first: while it was out,
-its keys were written elsewhere, so whatever it still holds may be stale), and a recovered old
-primary is made a replica of the one that took over.
+ring rehashes to the others. A failure is one event, not one call: a timeout or a broken
+connection fails every call in flight at once, and counts once. The last member of a ring is
+never ejected (its keys would have nowhere else to go). Failed endpoints are probed with ``PING``
+at exponentially growing intervals; an ejected shard that answers again is readmitted once the
+keys that other nodes wrote or deleted for it meanwhile are deleted from it (what it holds of
+them is stale; the rest is still current), and a recovered old primary is made a replica of the
+one that took over.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +36,8 @@ from mezzo.cache.distributed.ring import KetamaRing
 log = structlog.get_logger("mezzo.cache")
 State = Literal["healthy", "suspect", "ejected"]
 NODE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+MAX_STALE_KEYS = 100_000  # keys remembered per ejected shard; past it, it is emptied on readmission
+STALE_CHUNK = 500  # keys per deleting round trip at readmission
 
 
 def connect(address: NodeAddress, policy: HealthPolicy) -> aioredis.Redis:
@@ -46,6 +51,13 @@ def connect(address: NodeAddress, policy: HealthPolicy) -> aioredis.Redis:
     return client
 
 
+async def _within(call: Awaitable[Any], seconds: float) -> Any:
+    """``call`` with a deadline. Not ``asyncio.wait_for``: on Python 3.11 it drops a cancellation
+    that comes as the call completes, and a probe loop that ignores cancellation never closes."""
+    async with asyncio.timeout(seconds):
+        return await call
+
+
 @dataclass(eq=False)
 class Endpoint:
     address: NodeAddress
@@ -53,6 +65,7 @@ class Endpoint:
     link: NodeLink  # data: proxied calls, pipelined on one connection
     failures: int = 0
     down_since: float | None = None
+    last_error: BaseException | None = field(default=None, repr=False)  # counted already
 
 
 @dataclass(eq=False)
@@ -67,6 +80,8 @@ class Shard:
     ejected_at: float | None = None
     probe: asyncio.Task[None] | None = field(default=None, repr=False)
     standby_probe: asyncio.Task[None] | None = field(default=None, repr=False)
+    # While ejected: its keys other nodes wrote or deleted meanwhile; None when all it holds is stale.
+    stale: set[bytes] | None = field(default_factory=set, repr=False)
 
     @property
     def active(self) -> Endpoint:
@@ -90,6 +105,11 @@ class NodePool:
         self.ring = self._build_ring()
         self.ejections = 0
         self.takeovers = 0
+        self.ejected: set[Shard] = set()
+        self._full_ring: KetamaRing | None = None  # the ring with the ejected shards, while there are any
+        self._full_ring_of: dict[str, Shard] | None = None
+        # Deletes stale keys from an endpoint about to be readmitted (the backend may do it its own way).
+        self.delete_keys: Callable[[Endpoint, list[bytes]], Awaitable[None]] = self._delete_keys
 
     def _build_ring(self) -> KetamaRing:
         return KetamaRing((s.name, s.weight) for s in self.shards.values() if s.state != "ejected")
@@ -115,6 +135,9 @@ class NodePool:
     def failed(self, shard: Shard, endpoint: Endpoint, exc: BaseException) -> None:
         if endpoint is not shard.active or shard.state == "ejected":
             return  # a late failure of an endpoint that was already replaced
+        if exc is endpoint.last_error:
+            return  # one break fails every call in flight: one failure, not one per call
+        endpoint.last_error = exc
         shard.failures += 1
         endpoint.failures += 1
         if shard.state == "healthy":
@@ -129,17 +152,29 @@ class NodePool:
         failed = shard.active
         failed.down_since = failed.down_since or time.monotonic()
         for standby in shard.endpoints[1:]:
-            if await self._ping(standby):
-                await self._promote(shard, standby)
+            if await self._ping(standby) and await self._promote(shard, standby):
                 return
-        shard.state, shard.ejected_at = "ejected", time.monotonic()
+        if not any(s is not shard and s.state != "ejected" for s in self.shards.values()):
+            failed.down_since = None  # still the shard's endpoint: calls keep failing until it answers
+            if shard.failures == self.policy.eject_after:
+                log.warning("cache node failing but not ejected: it is the last one on the ring", node=shard.name)
+            return
+        shard.state, shard.ejected_at, shard.stale = "ejected", time.monotonic(), set()
+        self.ejected.add(shard)
+        self._full_ring = None
         self.ejections += 1
         self._ring_changed(shard, "ejected")
         await self._probe_until_back(shard)
 
-    async def _promote(self, shard: Shard, standby: Endpoint) -> None:
-        with contextlib.suppress(*NODE_ERRORS, Exception):
-            await asyncio.wait_for(standby.client.execute_command("REPLICAOF", "NO", "ONE"), self.policy.timeout)
+    async def _promote(self, shard: Shard, standby: Endpoint) -> bool:
+        """Make ``standby`` the shard's primary, once it has stopped following the failed one
+        (a replica still following would refuse every write)."""
+        try:
+            await _within(standby.client.execute_command("REPLICAOF", "NO", "ONE"), self.policy.timeout)
+        except Exception as exc:
+            log.warning("cache replica could not take over", node=shard.name, replica=standby.address.label,
+                        error=str(exc))
+            return False
         old = shard.active
         shard.endpoints.remove(standby)
         shard.endpoints.insert(0, standby)
@@ -148,31 +183,93 @@ class NodePool:
         self.takeovers += 1
         log.warning("cache replica took over", node=shard.name, new_primary=standby.address.label,
                     old_primary=old.address.label)
+        if shard.standby_probe is not None:
+            shard.standby_probe.cancel()  # it waited for an endpoint that is the primary now
         shard.standby_probe = asyncio.create_task(self._rejoin_as_replica(shard, old),
                                                   name=f"mezzo-cache-rejoin-{shard.name}")
+        return True
 
     async def _rejoin_as_replica(self, shard: Shard, old: Endpoint) -> None:
         """Wait for the old primary to answer, then make it follow the endpoint that took over."""
-        await self._wait_up(old)
-        primary = shard.active.address
-        with contextlib.suppress(*NODE_ERRORS, Exception):
-            await asyncio.wait_for(old.client.execute_command("REPLICAOF", primary.host, str(primary.port)),
-                                   self.policy.timeout)
-        log.info("cache node rejoined as replica", node=shard.name, endpoint=old.address.label)
+        delay = self.policy.probe_interval
+        while True:
+            await self._wait_up(old)
+            primary = shard.active.address
+            try:
+                await _within(old.client.execute_command("REPLICAOF", primary.host, str(primary.port)),
+                                       self.policy.timeout)
+            except Exception as exc:
+                log.warning("cache node could not rejoin as replica", node=shard.name, endpoint=old.address.label,
+                            error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.policy.probe_max_interval)
+                continue
+            log.info("cache node rejoined as replica", node=shard.name, endpoint=old.address.label)
+            return
 
     async def _probe_until_back(self, shard: Shard) -> None:
-        endpoint = await self._first_up(shard.endpoints)
+        """Readmit the shard once an endpoint answers, can take writes, and holds no stale keys."""
+        delay = self.policy.probe_interval
+        while True:
+            endpoint = await self._first_up(shard.endpoints)
+            try:
+                if endpoint is not shard.active:  # its replica came back first: it must take writes
+                    await _within(endpoint.client.execute_command("REPLICAOF", "NO", "ONE"),
+                                           self.policy.timeout)
+                await self._forget_stale(shard, endpoint)
+                break
+            except Exception as exc:
+                log.warning("cache node answers but is not readmitted yet", node=shard.name,
+                            endpoint=endpoint.address.label, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.policy.probe_max_interval)
         if endpoint is not shard.active:
             shard.endpoints.remove(endpoint)
             shard.endpoints.insert(0, endpoint)
-        # Keys of this shard were written to other nodes while it was out: what it holds may be stale.
-        with contextlib.suppress(*NODE_ERRORS, Exception):
-            await asyncio.wait_for(endpoint.client.execute_command("FLUSHDB"), self.policy.timeout * 4)
         endpoint.down_since = None
-        shard.state, shard.failures, shard.ejected_at = "healthy", 0, None
+        shard.state, shard.failures, shard.ejected_at, shard.stale = "healthy", 0, None, set()
         for ep in shard.endpoints:
             ep.failures = 0
+        self.ejected.discard(shard)
+        self._full_ring = None
         self._ring_changed(shard, "readmitted")
+
+    async def _forget_stale(self, shard: Shard, endpoint: Endpoint) -> None:
+        """Delete what other nodes wrote or deleted for this shard while it was out (raises when
+        the node fails): the rest of what it holds nobody changed, so it is still current.
+        Without a record (too many keys, or a client's FLUSHDB) it is emptied instead."""
+        while True:
+            if shard.stale is None:
+                await _within(endpoint.client.execute_command("FLUSHDB"), self.policy.timeout * 4)
+                shard.stale = set()
+            if not shard.stale:
+                return  # nothing awaited since the check: no key is recorded between it and the readmission
+            chunk = [shard.stale.pop() for _ in range(min(STALE_CHUNK, len(shard.stale)))]
+            try:
+                await self.delete_keys(endpoint, chunk)
+            except BaseException:
+                if shard.stale is not None:
+                    shard.stale.update(chunk)  # still stale: deleted on the next try
+                raise
+
+    async def _delete_keys(self, endpoint: Endpoint, keys: list[bytes]) -> None:
+        await _within(endpoint.client.execute_command("DEL", *keys), self.policy.timeout * 4)
+
+    def note_written_elsewhere(self, keys: Iterable[bytes]) -> None:
+        """While shards are ejected: remember which of their keys other nodes wrote or deleted."""
+        ring = self._full_ring
+        if ring is None or self._full_ring_of is not self.shards:  # the node list was replaced
+            ring = self._full_ring = KetamaRing((s.name, s.weight) for s in self.shards.values())
+            self._full_ring_of = self.shards
+        for key in keys:
+            shard = self.shards.get(ring.node_for(key))
+            if shard is None or shard.state != "ejected" or shard.stale is None:
+                continue
+            shard.stale.add(key)
+            if len(shard.stale) > MAX_STALE_KEYS:
+                log.warning("cache node out too long to track its keys: it is emptied on readmission",
+                            node=shard.name)
+                shard.stale = None
 
     async def _first_up(self, endpoints: list[Endpoint]) -> Endpoint:
         delay = self.policy.probe_interval
@@ -189,7 +286,7 @@ class NodePool:
 
     async def _ping(self, endpoint: Endpoint) -> bool:
         try:
-            await asyncio.wait_for(endpoint.client.execute_command("PING"), self.policy.timeout)
+            await _within(endpoint.client.execute_command("PING"), self.policy.timeout)
             return True
         except Exception:
             return False
@@ -206,10 +303,12 @@ class NodePool:
 
 async def close_shard(shard: Shard) -> None:
     for task in (shard.probe, shard.standby_probe):
-        if task is not None and not task.done():
+        while task is not None and not task.done():
+            # Again until it ends: a client library's own wait_for may drop a cancellation (see _within).
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait({task}, timeout=1.0)
+        if task is not None and not task.cancelled():
+            task.exception()  # retrieved: closing, its outcome no longer matters
     for endpoint in shard.endpoints:
         endpoint.link.close()
         with contextlib.suppress(Exception):

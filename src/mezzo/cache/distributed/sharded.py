@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from redis.exceptions import ResponseError
 
 from mezzo.cache.distributed.backend import Call, HealthPolicy, NodeAddress, NodeUnavailable
 from mezzo.cache.distributed.link import NodeLink
@@ -34,23 +35,36 @@ class ShardConfig:
     replica: NodeAddress | None = None
 
 
-def make_shard(config: ShardConfig, policy: HealthPolicy) -> Shard:
-    addresses = [config.primary] + ([config.replica] if config.replica else [])
-    return Shard(config.name, config.weight,
-                 [Endpoint(a, connect(a, policy), NodeLink(a, policy.timeout)) for a in addresses])
-
-
 class ShardedBackend:
+    protocol = "redis"
+
     def __init__(self, configs: list[ShardConfig], policy: HealthPolicy, kind: str = "nodes") -> None:
         self.kind = kind
         self.policy = policy
         self.configs = {c.name: c for c in configs}
-        self.pool = NodePool([make_shard(c, policy) for c in configs], policy, self._ring_changed)
+        self.pool = NodePool([self.make_shard(c, policy) for c in configs], policy, self._ring_changed)
+        self.pool.delete_keys = self._delete_stale
         self.retiring: dict[str, Shard] = {}  # removed from the ring, drained by the migration
         self.migration: Migration | None = None
         self.last_migration: Migration | None = None
 
     # configuration ----------------------------------------------------------------------------------
+
+    def make_shard(self, config: ShardConfig, policy: HealthPolicy) -> Shard:
+        addresses = [config.primary] + ([config.replica] if config.replica else [])
+        return Shard(config.name, config.weight,
+                     [Endpoint(a, self.control(a, policy), self.new_link(a, policy)) for a in addresses])
+
+    def control(self, address: NodeAddress, policy: HealthPolicy) -> Any:
+        """The client for a node's control work (probes, and for Redis SCAN, DUMP/RESTORE, promotion)."""
+        return connect(address, policy)
+
+    def new_link(self, address: NodeAddress, policy: HealthPolicy) -> NodeLink:
+        """The pipelined connection proxied calls take."""
+        return NodeLink(address, policy.timeout)
+
+    def refuses(self, command: bytes) -> str | None:
+        return None  # a Redis node serves every command the proxy plans
 
     async def reconfigure(self, configs: list[ShardConfig], policy: HealthPolicy) -> None:
         """Apply a new node list live: unchanged nodes keep their connections and health."""
@@ -60,18 +74,19 @@ class ShardedBackend:
             for name in keep:  # same nodes, new timeouts: new clients, the old ones closed later
                 for endpoint in self.pool.shards[name].endpoints:
                     endpoint.link.timeout = policy.timeout
-                    old_client, endpoint.client = endpoint.client, connect(endpoint.address, policy)
+                    old_client, endpoint.client = endpoint.client, self.control(endpoint.address, policy)
                     asyncio.get_running_loop().call_later(policy.timeout * 4 + 1, _close_soon, old_client)
         old_ring, old_shards = self.pool.ring, self.pool.shards
         shards: dict[str, Shard] = {}
         for config in configs:
             existing = self.pool.shards.get(config.name)
             shards[config.name] = existing if existing is not None and config.name in keep \
-                else make_shard(config, policy)
+                else self.make_shard(config, policy)
         for name, shard in self.pool.shards.items():
             if shards.get(name) is not shard:  # keyed apart: a node may come back under its old name
                 self.retiring[f"{name} (retiring {id(shard):x})"] = shard
         self.pool.shards = shards
+        self.pool.ejected = {s for s in self.pool.ejected if shards.get(s.name) is s}
         self.configs = configs_by_name(configs)
         self.pool.ring = self.pool._build_ring()
         if old_ring.weights != self.pool.ring.weights or self.retiring:
@@ -127,8 +142,10 @@ class ShardedBackend:
         if not len(self.pool.ring):
             return [NodeUnavailable("no cache node is available") for _ in calls]
         owners = [self.pool.shard_for(c.key) for c in calls]
+        if self.pool.ejected:  # what is changed elsewhere now is stale on the ejected node when it returns
+            self.pool.note_written_elsewhere(c.key for c in calls if c.access != "read")
         fallbacks: dict[int, Shard] = {}
-        extra: list[tuple[Shard, Call]] = []
+        extra: dict[int, Shard] = {}
         if self.migration is not None:
             for i, (call, owner) in enumerate(zip(calls, owners, strict=True)):
                 old = self._old_owner(call.key, owner)
@@ -137,13 +154,18 @@ class ShardedBackend:
                 if call.access == "read":
                     fallbacks[i] = old
                 elif call.access == "delete":
-                    extra.append((old, call))
+                    extra[i] = old
                 else:
-                    with contextlib.suppress(*NODE_ERRORS):
+                    try:
                         await move_key(call.key, old, owner)
+                    except (*NODE_ERRORS, ResponseError) as exc:  # the migration moves it later: the call runs
+                        log.warning("cache key not moved before a write", key=call.key[:64], error=str(exc))
         replies = await self._send(list(zip(owners, calls, strict=True)))
-        if extra:
-            await self._send(extra)
+        if extra:  # deleted at both owners: a key not moved yet answers from the old one (GETDEL, DEL's count)
+            second = await self._send([(shard, calls[i]) for i, shard in extra.items()])
+            for i, reply in zip(extra, second, strict=True):
+                if replies[i] in (None, 0) and not isinstance(reply, Exception):
+                    replies[i] = reply
         if fallbacks:
             retry = [(i, shard) for i, shard in fallbacks.items() if replies[i] is None]
             if retry:
@@ -178,19 +200,42 @@ class ShardedBackend:
     async def _on_shard(self, shard: Shard, commands: list[tuple[bytes, ...]]) -> list[Any]:
         endpoint = shard.active
         try:
-            result = await endpoint.link.call(commands)
+            result = await self.exchange(endpoint.link, commands)
         except NODE_ERRORS as exc:
-            self.pool.failed(shard, endpoint, exc)
+            if self.pool.shards.get(shard.name) is shard:  # not a node already removed from the list
+                self.pool.failed(shard, endpoint, exc)
             return [NodeUnavailable(f"cache node {shard.name} is unavailable ({exc})")] * len(commands)
         self.pool.succeeded(shard)
         return result
 
+    async def exchange(self, link: NodeLink, commands: list[tuple[bytes, ...]]) -> list[Any]:
+        """The replies of ``commands`` from one node (raises one of NODE_ERRORS when it fails)."""
+        return await link.call(commands)
+
+    async def _delete_stale(self, endpoint: Endpoint, keys: list[bytes]) -> None:
+        """Delete ``keys`` from a node about to be readmitted, as a client would (any protocol)."""
+        replies = await self.exchange(endpoint.link, [(b"DEL", key) for key in keys])
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
+
     def primaries(self) -> int:
-        return len(self.pool.shards)
+        return len(self._keyless_shards())
+
+    def _keyless_shards(self) -> list[Shard]:
+        """Where DBSIZE, KEYS, SCAN and FLUSHDB go: the ring's nodes, and removed ones still draining."""
+        shards = list(self.pool.shards.values())
+        addresses = {s.active.address for s in shards}
+        return shards + [s for s in self.retiring.values() if s.active.address not in addresses]
 
     async def on_primary(self, index: int, args: tuple[bytes, ...]) -> Any:
-        shard = list(self.pool.shards.values())[index]
+        shards = self._keyless_shards()
+        if index >= len(shards):  # a SCAN cursor from before a drained node was closed
+            return None
+        shard = shards[index]
         if shard.state == "ejected":
+            if args[0].upper() == b"FLUSHDB":
+                shard.stale = None  # all it holds: emptied before it is readmitted
             return None  # nothing to read from a node that is out
         (reply,) = await self._on_shard(shard, [args])
         if isinstance(reply, Exception):
@@ -199,7 +244,7 @@ class ShardedBackend:
 
     def status(self) -> dict[str, Any]:
         migration = self.migration or self.last_migration
-        return {"backend": self.kind, "nodes": self.pool.status(), "ringMembers": len(self.pool.ring),
+        return {"backend": self.kind, "protocol": self.protocol, "nodes": self.pool.status(), "ringMembers": len(self.pool.ring),
                 "ejections": self.pool.ejections, "takeovers": self.pool.takeovers,
                 "rebalance": migration.status() if migration else None}
 
@@ -213,8 +258,13 @@ class ShardedBackend:
         await self.pool.close()
 
 
+_closing: set[asyncio.Task[Any]] = set()  # the loop keeps only a weak reference to a task
+
+
 def _close_soon(client: Any) -> None:
-    asyncio.get_running_loop().create_task(client.aclose())
+    task = asyncio.get_running_loop().create_task(client.aclose())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 def configs_by_name(configs: list[ShardConfig]) -> dict[str, ShardConfig]:

@@ -30,7 +30,7 @@ from mezzo.messaging.compat.cloudevents import (
 from mezzo.messaging.half import HalfMessages, PrepareOptions, TransactionNotFound
 from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMessage, TopicNotFound
 from mezzo.node.auth import Principal, Verb
-from mezzo.node.auth_module import Caller, authenticate, bearer_token, principal, require
+from mezzo.node.auth_module import Caller, authenticate, bearer_token, principal_of, require
 from mezzo.node.errors import Problem, bad_request, not_found
 from mezzo.resources.types import NAME_PATTERN, Duration, parse_duration
 from mezzo.telemetry.propagation import inject_attributes
@@ -50,10 +50,10 @@ def service(request: HTTPConnection) -> MessagingService:
 
 async def _principal(request: Request) -> Principal:
     """``Caller``'s check on the event loop (a sync dependency costs a thread hop per request);
-    a refusal goes through ``principal``, which counts it and answers 401."""
+    a refusal goes through ``principal_of``, which counts it and answers 401."""
     token = bearer_token(request)
     found = authenticate(request, token) if token is not None else None
-    return found if found is not None else principal(request)
+    return found if found is not None else principal_of(request)
 
 
 FastCaller = Annotated[Principal, Depends(_principal)]

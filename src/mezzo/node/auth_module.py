@@ -50,7 +50,13 @@ def authenticate(conn: HTTPConnection, token: str | None) -> Principal | None:
     return None if token is None else conn.app.state.node.service(TokenService).authenticate(token)
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
+    """The ``Caller`` dependency. A coroutine on purpose: FastAPI runs a plain-function dependency in a
+    worker thread, a hand-off per API request for what is a dict lookup and a hash."""
+    return principal_of(request)
+
+
+def principal_of(request: Request) -> Principal:
     """The caller, from ``Authorization: Bearer TOKEN`` (or Dapr's ``dapr-api-token``); 401 otherwise."""
     token = bearer_token(request)
     failures = request.app.state.node.service(Metrics).counter(

@@ -442,8 +442,7 @@ class ConfigView:
 
     async def _sync(self, force: bool = False) -> None:
         doc = await self._api.read(self.app, self.namespace, env=self.env, cluster=self.cluster, **self._client_args())
-        await self._apply(doc, int(doc["notificationId"]), force=force)
-        self._confirmed, self.from_cache = True, False
+        await self._apply(doc, int(doc["notificationId"]), force=force, confirmed=True)
 
     def _client_args(self) -> dict[str, Any]:
         labels = dict(item.split("=", 1) for item in self._params.get("label") or [])
@@ -451,14 +450,19 @@ class ConfigView:
 
     # applying updates -------------------------------------------------------------------------
 
-    async def _apply(self, doc: dict[str, Any], revision: int, force: bool = False) -> None:
+    async def _apply(self, doc: dict[str, Any], revision: int, force: bool = False, confirmed: bool = False) -> None:
         """Take a newer state (an older one only when ``force``: the server's word over the cache's),
-        write the cache, update bindings, then tell listeners what changed."""
+        write the cache, update bindings, then tell listeners what changed. ``confirmed``: ``doc`` is
+        the server's read, so the values stop being the cache's the moment they are in place."""
         async with self._lock:
             if revision <= self.revision and not force:
+                if confirmed:
+                    self._confirmed, self.from_cache = True, False
                 return
             old = self._values
             self._set(doc, revision)
+            if confirmed:
+                self._confirmed, self.from_cache = True, False
             await self._write_cache()
             changes = _key_changes(old, self._values)
             if not changes:

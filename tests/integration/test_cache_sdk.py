@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from mezzo import Mezzo
 from mezzo.sdk.cache_patterns import LOCK_SUFFIX, Meta
 from mezzo.sdk.client import MezzoSync
-from mezzo.sdk.errors import APIError, ConnectError
+from mezzo.sdk.errors import APIError, ConnectError, NotFound
 from mezzo.testing.fixtures import RunningNode, start_node, wait_for
 
 
@@ -383,8 +383,11 @@ async def test_a_distributed_namespace_through_the_api(clients: tuple[Mezzo, Mez
     await a.resources.apply([{"apiVersion": "mezzo.dev/v1", "kind": "Cache", "metadata": {"name": name},
                               "spec": {"backend": "redis", "url": redis_url}}])
 
-    async def is_distributed() -> bool:
-        return (await a.cache.nodes(name)).get("backend") == "redis"
+    async def is_distributed() -> bool:  # the node applies the resource after the apply answers
+        try:
+            return (await a.cache.nodes(name)).get("backend") == "redis"
+        except NotFound:
+            return False
 
     await wait_for(is_distributed)
     direct = aioredis.Redis.from_url(redis_url)

@@ -4,30 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from .memcached_procs import MemcachedServers
-from .redis_procs import RedisServers
+from .redis_procs import RedisServers, ServerSet
+
+S = TypeVar("S", bound=ServerSet)
+
+
+def _servers(kind: type[S], workdir: Path) -> Iterator[S]:
+    workdir.mkdir()
+    servers = kind(workdir)
+    try:
+        yield servers
+    finally:
+        servers.stop_all()
 
 
 @pytest.fixture
 def redis_servers(tmp_path: Path) -> Iterator[RedisServers]:
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    servers = RedisServers(workdir)
-    try:
-        yield servers
-    finally:
-        servers.stop_all()
+    yield from _servers(RedisServers, tmp_path / "redis")
 
 
 @pytest.fixture
 def memcached_servers(tmp_path: Path) -> Iterator[MemcachedServers]:
-    workdir = tmp_path / "memcached"
-    workdir.mkdir()
-    servers = MemcachedServers(workdir)
-    try:
-        yield servers
-    finally:
-        servers.stop_all()
+    yield from _servers(MemcachedServers, tmp_path / "memcached")

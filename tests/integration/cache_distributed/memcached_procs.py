@@ -6,12 +6,10 @@ import os
 import pwd
 import shutil
 import socket
-import subprocess
-from pathlib import Path
 
 from mezzo.testing.fixtures import free_port
 
-from .redis_procs import RedisProcess, _missing, spawn, wait_ready
+from .redis_procs import RedisProcess, ServerSet, _missing, spawn, wait_ready
 
 
 def _answers(port: int) -> bool:
@@ -33,12 +31,8 @@ class MemcachedProcess(RedisProcess):
         return f"127.0.0.1:{self.port}"
 
 
-class MemcachedServers:
+class MemcachedServers(ServerSet):
     """Starts ``memcached -U 0 -l 127.0.0.1`` on free ports and kills every one it started."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[MemcachedProcess] = []
 
     def start(self, port: int | None = None) -> MemcachedProcess:
         binary = shutil.which("memcached")
@@ -57,10 +51,3 @@ class MemcachedServers:
     def restart(self, old: MemcachedProcess) -> MemcachedProcess:
         """The same port again (after a kill), empty."""
         return self.start(port=old.port)
-
-    def stop_all(self) -> None:
-        for started in self.started:
-            try:
-                started.kill()
-            except subprocess.TimeoutExpired:
-                started.process.kill()

@@ -65,12 +65,23 @@ class RedisProcess:
             self.process.wait(10)
 
 
-class RedisServers:
-    """Starts redis-server on free ports (no persistence) and kills every one it started."""
+class ServerSet:
+    """Server processes a test started in ``workdir`` (their logs go there); ``stop_all`` kills them."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.started: list[RedisProcess] = []
+
+    def stop_all(self) -> None:
+        for started in self.started:
+            try:
+                started.kill()
+            except subprocess.TimeoutExpired:
+                started.process.kill()
+
+
+class RedisServers(ServerSet):
+    """Starts redis-server on free ports (no persistence) and kills every one it started."""
 
     def start(self, *extra: str, port: int | None = None) -> RedisProcess:
         binary = shutil.which("redis-server")
@@ -110,13 +121,6 @@ class RedisServers:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cluster did not become ok: {info.stdout!r}")
             time.sleep(0.05)
-
-    def stop_all(self) -> None:
-        for started in self.started:
-            try:
-                started.kill()
-            except subprocess.TimeoutExpired:
-                started.process.kill()
 
 
 def start_nutcracker(workdir: Path, servers: list[RedisProcess], port: int) -> subprocess.Popen[bytes]:

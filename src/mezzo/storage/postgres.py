@@ -1,13 +1,18 @@
-"""The shared KV engine on PostgreSQL (asyncpg): writers serialise on one row, NOTIFY wakes watchers."""
+"""The shared KV engine on PostgreSQL (asyncpg): writers serialise on one row and commit in groups, NOTIFY wakes
+watchers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
 
 from mezzo.storage.kv import (
     CompactedError,
@@ -19,6 +24,7 @@ from mezzo.storage.kv import (
     Op,
     Put,
     RangeResult,
+    StoreError,
     TxnResult,
     prefix_end,
 )
@@ -101,9 +107,106 @@ MIGRATIONS: list[tuple[int, str]] = [
         $$;
         """,
     ),
+    (
+        3,
+        # Group commit: the transactions a node has waiting go in one call, one commit, one NOTIFY.
+        # Each is applied in turn with a revision of its own (a failed compare skips only its own
+        # transaction); ``op_counts``/``cmp_counts`` say how many of the flat op and compare arrays
+        # belong to each. Rows are tagged with the transaction's index (1-based): its previous rows
+        # (rev NULL), then its result row: the new revision and the one before it (equal when nothing
+        # changed), or the current revision and the failed compare.
+        """
+        CREATE FUNCTION kv_txn_batch(op_counts int[], op_keys text[], op_values bytea[], cmp_counts int[],
+                                     cmp_keys text[], cmp_revs bigint[], channel text)
+        RETURNS TABLE (txn int, rev bigint, conflict text, actual bigint, key text, value bytea,
+                       create_rev bigint, mod_rev bigint, version bigint)
+        LANGUAGE plpgsql AS $$
+        #variable_conflict use_column
+        DECLARE
+            start_rev bigint; cur bigint; found_rev bigint; old_value bytea; seq int; t int; i int;
+            op_at int := 0; cmp_at int := 0; failed text; failed_rev bigint; changed text[] := '{}';
+            note text;
+        BEGIN
+            SELECT m.revision INTO cur FROM kv_meta m WHERE m.id = 1 FOR UPDATE;
+            start_rev := cur;
+            FOR t IN 1 .. coalesce(array_length(op_counts, 1), 0) LOOP
+                failed := NULL;
+                FOR i IN cmp_at + 1 .. cmp_at + cmp_counts[t] LOOP
+                    found_rev := coalesce((SELECT k.mod_rev FROM kv k WHERE k.key = cmp_keys[i]), 0);
+                    IF found_rev <> cmp_revs[i] THEN
+                        failed := cmp_keys[i]; failed_rev := found_rev;
+                        EXIT;
+                    END IF;
+                END LOOP;
+                cmp_at := cmp_at + cmp_counts[t];
+                IF failed IS NOT NULL THEN
+                    RETURN QUERY SELECT t, cur, failed, failed_rev, NULL::text, NULL::bytea, NULL::bigint,
+                                        NULL::bigint, NULL::bigint;
+                    op_at := op_at + op_counts[t];
+                    CONTINUE;
+                END IF;
+                RETURN QUERY SELECT t, NULL::bigint, NULL::text, NULL::bigint, k.key, k.value, k.create_rev,
+                                    k.mod_rev, k.version
+                             FROM kv k WHERE k.key = ANY(op_keys[op_at + 1 : op_at + op_counts[t]]);
+                seq := 0;
+                FOR i IN op_at + 1 .. op_at + op_counts[t] LOOP
+                    old_value := (SELECT k.value FROM kv k WHERE k.key = op_keys[i]);
+                    IF op_values[i] IS NULL THEN
+                        IF old_value IS NOT NULL THEN
+                            DELETE FROM kv k WHERE k.key = op_keys[i];
+                            INSERT INTO kv_events VALUES (cur + 1, seq, op_keys[i], 'DELETE', NULL, old_value);
+                            seq := seq + 1;
+                        END IF;
+                    ELSE
+                        INSERT INTO kv AS k (key, value, create_rev, mod_rev, version)
+                            VALUES (op_keys[i], op_values[i], cur + 1, cur + 1, 1)
+                            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, mod_rev = EXCLUDED.mod_rev,
+                                                            version = k.version + 1;
+                        INSERT INTO kv_events VALUES (cur + 1, seq, op_keys[i], 'PUT', op_values[i], old_value);
+                        seq := seq + 1;
+                    END IF;
+                END LOOP;
+                IF seq > 0 THEN
+                    cur := cur + 1;
+                    changed := changed || op_keys[op_at + 1 : op_at + op_counts[t]];
+                END IF;
+                op_at := op_at + op_counts[t];
+                RETURN QUERY SELECT t, cur, NULL::text, cur - least(seq, 1)::bigint, NULL::text, NULL::bytea,
+                                    NULL::bigint, NULL::bigint, NULL::bigint;
+            END LOOP;
+            IF cur > start_rev THEN
+                UPDATE kv_meta SET revision = cur WHERE id = 1;
+                -- the keys let each node wake only the watches they concern (NOTIFY holds < 8000 bytes)
+                note := json_build_object('rev', cur, 'since', start_rev, 'keys', changed)::text;
+                IF octet_length(note) > 7000 THEN
+                    note := cur::text;
+                END IF;
+                PERFORM pg_notify(channel, note);
+            END IF;
+        END
+        $$;
+        """,
+    ),
 ]
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+MAX_BATCH = 256  # transactions per group commit
+MAX_BATCH_OPS = 4096  # ops and compares per group commit (a bigger transaction still goes, alone)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    ops: Sequence[Op]
+    compares: Sequence[Compare]
+    future: asyncio.Future[TxnResult]
+
+
+def _rolled_back(exc: BaseException) -> bool:
+    """The server refused the call (so nothing of it was written): the batch can be retried one by one.
+    A lost connection is not that: the commit may have happened."""
+    import asyncpg
+
+    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
 
 
 def split_schema(url: str) -> tuple[str, str]:
@@ -117,13 +220,24 @@ def split_schema(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
+async def _keep_session(conn: Any) -> None:
+    """A connection goes back to the pool as it is: this store never changes session state (no SET,
+    LISTEN or session advisory lock on pool connections; transactions always end), so asyncpg's
+    default reset would be one more round trip per query for nothing. An open transaction is still
+    rolled back by asyncpg itself before this is called."""
+
+
 def _notified(signal: ChangeSignal, payload: str) -> None:
+    """A commit's notification: ``{"rev", "since", "keys"}`` from a group commit (the keys written in
+    the revisions after ``since``), or a bare revision (a group too big to list, or an older node)."""
     try:
-        revision = int(payload)
-    except ValueError:  # not ours: someone else NOTIFYing on the channel
+        if payload.startswith("{"):
+            note = orjson.loads(payload)
+            signal.advance(int(note["rev"]), note["keys"], int(note["since"]))
+        else:
+            signal.advance(int(payload))
+    except (ValueError, KeyError, TypeError):  # not ours: someone else NOTIFYing on the channel
         signal.notify()
-        return
-    signal.advance(revision)
 
 
 def _kv(row: Any) -> KeyValue:
@@ -158,6 +272,8 @@ class PostgresStore:
         self._listener: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self._signal: ChangeSignal | None = None
+        self._waiting: deque[_Waiting] = deque()
+        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         import asyncpg
@@ -171,7 +287,7 @@ class PostgresStore:
         finally:
             await first.close()
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings
+            self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings, reset=_keep_session
         )
         await self._migrate()
         revision = (await self.revision())[0]
@@ -182,6 +298,10 @@ class PostgresStore:
         self._listen_task = asyncio.create_task(self._listen(settings), name="mezzo-pg-listen")
 
     async def close(self) -> None:
+        if self._committer is not None:  # writes already queued are committed first
+            with contextlib.suppress(Exception):
+                await self._committer
+            self._committer = None
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -302,22 +422,93 @@ class PostgresStore:
     # writes --------------------------------------------------------------------
 
     async def txn(self, ops: Sequence[Op], compares: Sequence[Compare] = ()) -> TxnResult:
+        """Queue the transaction for the next group commit and wait for its outcome.
+
+        Writers serialise on the ``kv_meta`` row, so one commit at a time is all a node can have in
+        flight anyway; what arrives meanwhile goes in the next call together (one round trip, one
+        commit, one NOTIFY), each transaction with its own revision and compares.
+        """
         check_ops(ops, compares)
+        future: asyncio.Future[TxnResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(ops, compares, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_waiting(), name="mezzo-pg-commit")
+        return await future
+
+    async def _commit_waiting(self) -> None:
+        batch: list[_Waiting] = []
+        try:
+            while self._waiting:
+                batch, count = [], 0
+                while self._waiting and len(batch) < MAX_BATCH and count < MAX_BATCH_OPS:
+                    item = self._waiting.popleft()
+                    batch.append(item)
+                    count += len(item.ops) + len(item.compares)
+                try:
+                    outcomes = await self._apply(batch)
+                except Exception as exc:
+                    if len(batch) > 1 and _rolled_back(exc):  # one bad transaction must not fail the others
+                        outcomes = [await self._apply_alone(item) for item in batch]
+                    else:
+                        outcomes = [exc] * len(batch)
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    if item.future.done():  # its caller was cancelled; the write stands (or failed) regardless
+                        continue
+                    if isinstance(outcome, BaseException):
+                        item.future.set_exception(outcome)
+                    else:
+                        item.future.set_result(outcome)
+                batch = []
+        finally:  # cancelled (the loop is closing): nobody may wait for ever
+            for item in [*batch, *self._waiting]:
+                if not item.future.done():
+                    item.future.set_exception(StoreError("the store closed before this write was committed"))
+            self._waiting.clear()
+
+    async def _apply_alone(self, item: _Waiting) -> TxnResult | BaseException:
+        try:
+            return (await self._apply([item]))[0]
+        except Exception as exc:
+            return exc
+
+    async def _apply(self, batch: list[_Waiting]) -> list[TxnResult | BaseException]:
+        keys: list[str] = []
+        values: list[bytes | None] = []
+        cmp_keys: list[str] = []
+        cmp_revs: list[int] = []
+        for item in batch:
+            for op in item.ops:
+                keys.append(op.key)
+                values.append(op.value if isinstance(op, Put) else None)
+            for compare in item.compares:
+                cmp_keys.append(compare.key)
+                cmp_revs.append(compare.mod_revision)
         rows = await self._pool.fetch(
-            "SELECT * FROM kv_txn($1::text[], $2::bytea[], $3::text[], $4::bigint[], $5)",
-            [op.key for op in ops],
-            [op.value if isinstance(op, Put) else None for op in ops],
-            [c.key for c in compares],
-            [c.mod_revision for c in compares],
-            self.channel,
+            "SELECT * FROM kv_txn_batch($1::int[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bigint[], $7)",
+            [len(item.ops) for item in batch], keys, values, [len(item.compares) for item in batch], cmp_keys,
+            cmp_revs, self.channel,
         )
-        last = rows[-1]
-        if last["conflict"] is not None:
-            wanted = next(c.mod_revision for c in compares if c.key == last["conflict"])
-            raise ConflictError(last["conflict"], wanted, last["actual"])
-        if self._signal is not None:  # this node's watches need not wait for the NOTIFY round trip
-            self._signal.advance(last["rev"])
-        return TxnResult(last["rev"], {r["key"]: _kv(r) for r in rows[:-1]})
+        prev: list[dict[str, KeyValue]] = [{} for _ in batch]
+        outcomes: list[TxnResult | BaseException] = []
+        since, newest, changed = 0, 0, set()
+        for row in rows:
+            index = row["txn"] - 1
+            if row["rev"] is None:
+                prev[index][row["key"]] = _kv(row)
+            elif row["conflict"] is not None:
+                wanted = next(c.mod_revision for c in batch[index].compares if c.key == row["conflict"])
+                outcomes.append(ConflictError(row["conflict"], wanted, row["actual"]))
+            else:
+                outcomes.append(TxnResult(row["rev"], prev[index]))
+                if row["rev"] != row["actual"]:
+                    since = since or row["actual"]
+                    newest = row["rev"]
+                    changed.update(op.key for op in batch[index].ops)
+        if self._signal is not None and newest:
+            # this node's watches need not wait for the NOTIFY round trip, and only those whose prefix
+            # a written key starts with wake (the revisions since..newest are all this call's)
+            self._signal.advance(newest, changed, since)
+        return outcomes
 
     async def compact(self, revision: int) -> None:
         async with self._pool.acquire() as conn, conn.transaction():

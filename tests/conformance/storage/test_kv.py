@@ -57,6 +57,24 @@ async def test_txn_is_one_revision_and_atomic(store: KVStore) -> None:
     assert (await store.revision())[0] == res.revision
 
 
+async def test_concurrent_compare_and_set_has_one_winner_per_revision(store: KVStore) -> None:
+    """Writers that arrive together (PostgreSQL commits them in one group) still each get their own
+    compare: one of those racing on a key wins, the others conflict, the rest are untouched."""
+    base = await store.txn([Put("cas/k", b"0")])
+    racing = [store.txn([Put("cas/k", b"%d" % i)], [Compare("cas/k", base.revision)]) for i in range(10)]
+    others = [store.txn([Put(f"cas/other/{i}", b"v")]) for i in range(10)]
+    results = await asyncio.gather(*racing, *others, return_exceptions=True)
+    won = [r for r in results[:10] if not isinstance(r, BaseException)]
+    lost = [r for r in results[:10] if isinstance(r, ConflictError)]
+    assert len(won) == 1 and len(lost) == 9
+    assert all(e.key == "cas/k" and e.expected == base.revision for e in lost)
+    written = [r.revision for r in [*won, *results[10:]]]  # type: ignore[union-attr]
+    assert len(set(written)) == 11  # a revision each
+    assert sorted(written) == list(range(base.revision + 1, base.revision + 12))
+    assert (await store.get("cas/k")).mod_revision == won[0].revision  # type: ignore[union-attr]
+    assert won[0].prev["cas/k"].value == b"0"  # type: ignore[union-attr]
+
+
 async def test_compare_create_only(store: KVStore) -> None:
     await store.txn([Put("k", b"1")], [Compare("k", 0)])
     with pytest.raises(ConflictError):
@@ -217,10 +235,10 @@ async def test_idle_watch_runs_no_queries(store: KVStore) -> None:
         queries += 1
         return await events(*args, **kwargs)
 
-    def counting_advance(revision: int) -> None:
+    def counting_advance(revision: int, *narrowing) -> None:  # type: ignore[no-untyped-def]
         nonlocal checks
         checks += 1
-        advance(revision)
+        advance(revision, *narrowing)
 
     store.events = counting_events  # type: ignore[method-assign]
     store._signal.advance = counting_advance  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ import pytest
 
 from mezzo.storage.kv import Compare, ConflictError, Put
 from mezzo.storage.postgres import PostgresStore, split_schema
+from mezzo.testing.fixtures import wait_for
 
 
 async def test_write_whose_notify_is_lost_still_reaches_the_watch(postgres_url: str) -> None:
@@ -136,8 +137,7 @@ async def test_a_commit_elsewhere_wakes_only_the_watches_its_keys_concern(postgr
         concerned, other = reader.watch("near/", start), reader.watch("far/", start)
         taking = asyncio.create_task(anext(concerned))
         parked = asyncio.create_task(anext(other))
-        while queried.count("near/") < 1 or queried.count("far/") < 1:  # both made their first query
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: "near/" in queried and "far/" in queried)  # both made their first query
         await writer.txn([Put("near/k", b"v")])
         event = await asyncio.wait_for(taking, 10)
         assert event.key == "near/k"

@@ -250,7 +250,7 @@ class Coordinator:
                 and now >= tx.created + tx.options.timeout_to_fail:
             tx.rollback_reason = f"not finished within timeout_to_fail ({tx.options.timeout_to_fail:g} s)"
             revision = await self._move(lease, tx, revision, Status.ABORTING)
-        branches = {b.key: b for b in (known if known is not None else await self.log.branches(tx.gid))}
+        branches = {b.key: b for b in (known if known is not None else await self.log.branches(tx))}
         if tx.status is Status.SUBMITTED:
             progress, worst = await self._forward(lease, tx, branches)
             if progress is Progress.DONE:

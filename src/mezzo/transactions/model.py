@@ -156,3 +156,24 @@ class Branch(BaseModel):
 
     def out(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def step_branches(tx: GlobalTx) -> list[Branch]:
+    """The branches a saga or message is made of, from its steps and payloads, as they start out."""
+    out = []
+    for index, step in enumerate(tx.steps):
+        data = tx.payloads[index] if index < len(tx.payloads) else ""
+        branch_id = f"{index + 1:02d}"
+        out.append(Branch(gid=tx.gid, branch_id=branch_id, op="action", url=step.action, data=data,
+                          created=tx.created))
+        if tx.mode is Mode.SAGA and step.compensate:
+            out.append(Branch(gid=tx.gid, branch_id=branch_id, op="compensate", url=step.compensate, data=data,
+                              created=tx.created))
+    return out
+
+
+def derived(tx: GlobalTx, branch: Branch) -> bool:
+    """Whether ``branch`` is still what its step says it starts as, so the log need not hold it: a
+    saga's or message's branches are stored once they were tried or ended (``TxLog.branches``
+    fills in the rest from the steps)."""
+    return tx.mode in (Mode.SAGA, Mode.MSG) and not branch.attempted and branch.status is BranchStatus.PREPARED

@@ -27,6 +27,8 @@ from mezzo.transactions.model import (
     Status,
     Step,
     check_move,
+    derived,
+    step_branches,
 )
 from mezzo.transactions.store import (
     ACTIVE,
@@ -52,18 +54,6 @@ def new_gid() -> str:
 def check_gid(gid: str) -> None:
     if not GID.match(gid):
         raise bad_request("a gid is 1 to 128 letters, digits or ._:@-", field="gid")
-
-
-def step_branches(tx: GlobalTx) -> list[Branch]:
-    """The branches a saga or message is made of, from its steps and payloads."""
-    out = []
-    for index, step in enumerate(tx.steps):
-        data = tx.payloads[index] if index < len(tx.payloads) else ""
-        branch_id = f"{index + 1:02d}"
-        out.append(Branch(gid=tx.gid, branch_id=branch_id, op="action", url=step.action, data=data))
-        if tx.mode is Mode.SAGA and step.compensate:
-            out.append(Branch(gid=tx.gid, branch_id=branch_id, op="compensate", url=step.compensate, data=data))
-    return out
 
 
 def validate_steps(tx: GlobalTx) -> None:
@@ -116,7 +106,7 @@ class TxService:
 
     async def query(self, gid: str) -> tuple[GlobalTx, list[Branch]]:
         loaded = await self.get(gid)
-        return loaded.tx, await self.log.branches(gid)
+        return loaded.tx, await self.log.branches(loaded.tx)
 
     async def list(self, *, start_after: str | None = None, limit: int = 100, status: str | None = None,
                    mode: str | None = None, namespaces: set[str] | None = None) -> tuple[list[GlobalTx], str | None]:
@@ -204,8 +194,7 @@ class TxService:
                 return current  # a repeated submit is harmless
             extra: list[Op] = []
             if current.mode is Mode.MSG and not current.steps and tx.steps:
-                current.steps, current.payloads, current.orders = tx.steps, tx.payloads, tx.orders
-                extra = [branch_put(b) for b in step_branches(current)]
+                current.steps, current.payloads, current.orders = tx.steps, tx.payloads, tx.orders  # its branches
             if tx.options.wait_result:
                 current.options.wait_result = True
             tx = await self._change(existing, Status.SUBMITTED, user, "tx.submit", extra)
@@ -244,7 +233,7 @@ class TxService:
         if missing:
             raise bad_request(f"a {mode.value} branch needs URLs for {', '.join(ops_needed)}", field=missing[0])
         branches = [Branch(gid=gid, branch_id=branch_id, op=op, url=urls[op], data=data) for op in ops_needed]
-        existing = {b.key: b for b in await self.log.branches(gid)}
+        existing = {b.key: b for b in await self.log.branches(tx)}
         if all(b.key in existing for b in branches):
             if all(existing[b.key].url == b.url and existing[b.key].data == b.data for b in branches):
                 return branches[0]
@@ -284,7 +273,8 @@ class TxService:
         raise conflict(f"transaction {gid} keeps changing; try again")
 
     async def _create(self, tx: GlobalTx, branches: Sequence[Branch], *, active: Active) -> int:
-        ops: list[Op] = [global_put(tx), *(branch_put(b) for b in branches), active_put(tx.gid, active)]
+        ops: list[Op] = [global_put(tx), *(branch_put(b) for b in branches if not derived(tx, b)),
+                         active_put(tx.gid, active)]
         try:
             revision = await self.log.txn(ops, [Compare(GLOBAL + tx.gid, 0)])
         except ConflictError:

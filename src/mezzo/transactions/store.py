@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from mezzo.jsonutil import dumps, loads
 from mezzo.storage.kv import Compare, ConflictError, Delete, KeyValue, KVStore, Op, Put
-from mezzo.transactions.model import Branch, GlobalTx
+from mezzo.transactions.model import Branch, GlobalTx, Mode, step_branches
 
 GLOBAL, BRANCH, ACTIVE = "/tx/global/", "/tx/branch/", "/tx/active/"
 GID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
@@ -70,9 +70,16 @@ class TxLog:
         kv = await self.store.get(GLOBAL + gid)
         return None if kv is None else Loaded(GlobalTx.model_validate(loads(kv.value)), kv.mod_revision)
 
-    async def branches(self, gid: str) -> list[Branch]:
-        items = (await self.store.range(f"{BRANCH}{gid}/")).items
-        return [Branch.model_validate(loads(kv.value)) for kv in items]
+    async def branches(self, tx: GlobalTx) -> list[Branch]:
+        """The transaction's branches: those stored, and for a saga or message the steps' others as
+        they start out (only branches that were tried or ended are written, see ``derived``)."""
+        items = (await self.store.range(f"{BRANCH}{tx.gid}/")).items
+        stored = [Branch.model_validate(loads(kv.value)) for kv in items]
+        if tx.mode not in (Mode.SAGA, Mode.MSG):
+            return stored
+        known = {b.key: b for b in stored}
+        steps = step_branches(tx)
+        return [known.pop(b.key, b) for b in steps] + list(known.values())
 
     async def active(self, gid: str) -> tuple[Active | None, int]:
         kv = await self.store.get(ACTIVE + gid)

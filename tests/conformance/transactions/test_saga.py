@@ -6,6 +6,9 @@ from typing import Any
 
 import httpx
 
+from mezzo.storage.kv import KVStore
+from mezzo.testing.fixtures import RunningNode
+
 from .conftest import FAST, Busi, final_status
 
 
@@ -28,6 +31,24 @@ async def test_saga_runs_every_action_in_order(http: httpx.AsyncClient, busi: Bu
     assert {(b["branch_id"], b["op"], b["status"]) for b in tx["branches"]} == {
         ("01", "action", "succeed"), ("02", "action", "succeed"),
         ("01", "compensate", "prepared"), ("02", "compensate", "prepared")}
+
+
+async def test_the_log_holds_only_branches_that_were_tried(http: httpx.AsyncClient, busi: Busi,
+                                                            txnode: RunningNode) -> None:
+    """Branches still as their step describes them are not written; reads fill them in from the steps."""
+    busi.on("b", 409)
+    gid = (await http.post("/v1/tx/transactions", json=saga(busi, ["a", "b", "c"]))).json()["gid"]
+    tx = await final_status(http, gid)
+    assert tx["status"] == "failed"
+    stored = (await txnode.node.service(KVStore).range(f"/tx/branch/{gid}/")).items
+    assert sorted(kv.key.rsplit("/", 2)[-2] + "/" + kv.key.rsplit("/", 1)[-1] for kv in stored) == [
+        "01/action", "01/compensate", "02/action", "02/compensate"]  # c neither ran nor was compensated
+    shown = {(b["branch_id"], b["op"]): b for b in tx["branches"]}
+    assert len(shown) == 6 and shown[("03", "action")]["status"] == "prepared"
+    assert shown[("03", "compensate")]["url"] == f"{busi.url}/c-undo"
+    assert shown[("03", "action")]["data"] == '{"step":"c"}'
+    dtm = (await http.get("/api/dtmsvr/query", params={"gid": gid})).json()
+    assert len(dtm["branches"]) == 6
 
 
 async def test_failed_action_compensates_in_reverse(http: httpx.AsyncClient, busi: Busi) -> None:

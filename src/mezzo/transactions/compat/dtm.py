@@ -159,7 +159,7 @@ async def query(request: Request, caller: DtmCaller, gid: str) -> dict[str, Any]
     if loaded is None:
         return {"transaction": None, "branches": []}
     require(caller, Verb.READ, loaded.tx.namespace)
-    return {"transaction": dtm_transaction(loaded.tx), "branches": [dtm_branch(b) for b in await svc.log.branches(gid)]}
+    return {"transaction": dtm_transaction(loaded.tx), "branches": [dtm_branch(b) for b in await svc.log.branches(loaded.tx)]}
 
 
 @router.get("/all")

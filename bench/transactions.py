@@ -1,6 +1,6 @@
 """Transactions benchmark: sagas through Mezzo's coordinator on PostgreSQL beside ``pgbench -N``, in one run.
 
-    .venv/bin/python bench/transactions.py [--clients 8] [--seconds 10] [--runs 1] [--postgres URL]
+    .venv/bin/python bench/transactions.py [--clients 8] [--seconds 10] [--runs 1] [--floor] [--postgres URL]
 
 Mezzo side: ``mezzo run --targets transactions,api`` keeps its transaction log in a database of its
 own on the PostgreSQL server (created here, dropped at the end). Each of ``--clients`` connections
@@ -15,9 +15,15 @@ the same ``-c`` and ``-T`` on its own database on the same server (``pgbench -i`
 end); its p50/p99 come from its per-transaction log (``-l``).
 
 Each run measures pgbench and Mezzo one right after the other and prints both rates, the ratio
-(saga tx/s over pgbench TPS), the latency percentiles and the node's CPU time per saga (from /proc:
-a figure a machine shared with other work spoils less than rates do); with ``--runs`` > 1 the medians
-follow.
+(saga tx/s over pgbench TPS), the latency percentiles, the node's CPU time per saga (from /proc:
+a figure a machine shared with other work spoils less than rates do) and the whole machine's busy CPU
+time per transaction; with ``--runs`` > 1 the medians follow.
+
+``--floor`` adds a third measurement to each run: the same sagas against the least a coordinator in
+this stack can do (``floor`` subcommand: a bare ASGI app under uvicorn, as Mezzo's API runs, that per
+saga INSERTs the transaction, POSTs the two branches with aiohttp, UPDATEs it to its end and answers:
+no validation, no auth, no leases, no recovery, no telemetry). It is a bound, not a competitor: what a
+Python coordinator on this machine could reach at best.
 """
 
 from __future__ import annotations
@@ -70,17 +76,77 @@ def serve_branches(port: int) -> None:
 def start_branches() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, __file__, "branches", "--port", str(port)])
+    wait_listening(process, port, "the branch app")
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_listening(process: subprocess.Popen[bytes], port: int, what: str) -> None:
+    import socket
+
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            import socket
-
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process, f"http://127.0.0.1:{port}"
+                return
         except OSError:
             time.sleep(0.05)
     process.kill()
-    raise TimeoutError("the branch app did not start")
+    raise TimeoutError(f"{what} did not start")
+
+
+# the floor: the least a coordinator in this stack does per saga --------------------------------------
+
+
+def serve_floor(port: int, dsn: str, branches: str) -> None:
+    import aiohttp
+    import asyncpg
+    import uvicorn
+
+    state: dict[str, Any] = {}
+    answer = b'{"status":"succeed"}'
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    state["pool"] = await asyncpg.create_pool(dsn, min_size=2, max_size=10)
+                    await state["pool"].execute("CREATE TABLE IF NOT EXISTS floor_tx"
+                                                " (gid text PRIMARY KEY, status text NOT NULL, doc bytea NOT NULL)")
+                    state["http"] = aiohttp.ClientSession()
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await state["http"].close()
+                    await state["pool"].close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        gid = uuid.uuid4().hex
+        pool, http = state["pool"], state["http"]
+        await pool.execute("INSERT INTO floor_tx VALUES ($1, 'submitted', $2)", gid, body)
+        for step, payload in (("out", b'{"account":1,"amount":30}'), ("in", b'{"account":2,"amount":30}')):
+            async with http.post(f"{branches}/{step}", data=payload,
+                                 params={"gid": gid, "trans_type": "saga", "branch_id": step, "op": "action"}) as r:
+                await r.read()
+        await pool.execute("UPDATE floor_tx SET status = 'succeed' WHERE gid = $1", gid)
+        await send({"type": "http.response.start", "status": 201,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
+        await send({"type": "http.response.body", "body": answer})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http="httptools",
+                loop="uvloop")
+
+
+def start_floor(dsn: str, branches: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "floor", "--port", str(port), "--dsn", dsn,
+                                "--branches", branches])
+    wait_listening(process, port, "the floor app")
+    return process, f"http://127.0.0.1:{port}"
 
 
 # a minimal HTTP/1.1 client -------------------------------------------------------------------------
@@ -135,12 +201,20 @@ class Result:
     count: int
     errors: int = 0
     cpu_ms: float = 0.0  # CPU time of the server process per transaction (a measure a busy machine spoils less)
+    machine_ms: float = 0.0  # busy CPU time of the whole machine per transaction (every process, both sides)
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """Seconds of CPU time the whole machine spent busy so far (all cores; /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -151,7 +225,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def drive_sagas(url: str, token: str, branches: str, clients: int, seconds: float,
-                      pid: int | None = None) -> Result:
+                      pid: int | None = None, name: str = "mezzo saga") -> Result:
     """Sagas from ``clients`` connections for ``seconds`` after a short warm-up; ``pid``: the node's
     process, whose CPU time over the measured part is reported per saga."""
     parts = urlsplit(url)
@@ -181,12 +255,15 @@ async def drive_sagas(url: str, token: str, branches: str, clients: int, seconds
     warm = time.monotonic() + min(2.0, seconds / 5)
     await asyncio.gather(*(client(warm, False) for _ in range(clients)))
     cpu = cpu_seconds(pid) if pid else 0.0
+    busy = machine_busy()
     started = time.monotonic()
     await asyncio.gather(*(client(started + seconds, True) for _ in range(clients)))
     elapsed = time.monotonic() - started
-    cpu_ms = (cpu_seconds(pid) - cpu) * 1000 / max(len(latencies), 1) if pid else 0.0
-    return Result("mezzo saga", len(latencies) / elapsed, percentile(latencies, 0.5) * 1000,
-                  percentile(latencies, 0.99) * 1000, len(latencies), errors, cpu_ms)
+    count = max(len(latencies), 1)
+    cpu_ms = (cpu_seconds(pid) - cpu) * 1000 / count if pid else 0.0
+    return Result(name, len(latencies) / elapsed, percentile(latencies, 0.5) * 1000,
+                  percentile(latencies, 0.99) * 1000, len(latencies), errors, cpu_ms,
+                  (machine_busy() - busy) * 1000 / count)
 
 
 def run_pgbench(dsn: str, clients: int, seconds: float, logdir: Path) -> Result:
@@ -198,13 +275,16 @@ def run_pgbench(dsn: str, clients: int, seconds: float, logdir: Path) -> Result:
     database = parts.path.lstrip("/")
     prefix = logdir / f"pgbench-{uuid.uuid4().hex[:6]}"
     threads = min(clients, 2)
+    busy = machine_busy()
     out = subprocess.run(["pgbench", "-N", "-c", str(clients), "-j", str(threads), "-T", str(int(seconds)),
                           "-l", "--log-prefix", str(prefix), database], env=env, capture_output=True, text=True,
                          check=True, cwd=logdir)
     tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
     latencies = [int(line.split()[2]) / 1000 for log in logdir.glob(prefix.name + ".*")
                  for line in log.read_text().splitlines() if line]
-    return Result("pgbench -N", tps, percentile(latencies, 0.5), percentile(latencies, 0.99), len(latencies))
+    machine_ms = (machine_busy() - busy) * 1000 / max(len(latencies), 1)  # includes pgbench's start and end
+    return Result("pgbench -N", tps, percentile(latencies, 0.5), percentile(latencies, 0.99), len(latencies),
+                  machine_ms=machine_ms)
 
 
 # databases -----------------------------------------------------------------------------------------
@@ -232,7 +312,9 @@ def pgbench_init(url: str) -> None:
 def show(result: Result) -> None:
     extra = f", {result.errors} not succeed" if result.errors else ""
     if result.cpu_ms:
-        extra += f"; node CPU {result.cpu_ms:.2f} ms per saga"
+        extra += f"; server CPU {result.cpu_ms:.2f} ms per saga"
+    if result.machine_ms:
+        extra += f"; machine CPU {result.machine_ms:.2f} ms per tx"
     print(f"  {result.name:<12} {result.tps:9.1f} tx/s   p50 {result.p50_ms:7.2f} ms   "
           f"p99 {result.p99_ms:7.2f} ms   ({result.count} transactions{extra})")
 
@@ -244,8 +326,9 @@ async def bench(args: argparse.Namespace) -> int:
     psql(admin, f"CREATE DATABASE {mezzo_db}")
     psql(admin, f"CREATE DATABASE {pgbench_db}")
     branches_proc, branches = start_branches()
-    node = None
+    node = floor_proc = None
     rows: list[tuple[Result, Result]] = []
+    floors: list[Result] = []
     try:
         pgbench_init(with_database(admin, pgbench_db))
         with tempfile.TemporaryDirectory(prefix="mezzo-txbench-") as tmp:
@@ -253,6 +336,8 @@ async def bench(args: argparse.Namespace) -> int:
             data.mkdir()
             env = {"MEZZO_STORE": with_database(admin, mezzo_db), "MEZZO_LOG_LEVEL": args.log_level}
             node = await asyncio.to_thread(spawn_node, data, env, ("run", "--targets", "transactions,api"))
+            if args.floor:
+                floor_proc, floor_url = start_floor(with_database(admin, mezzo_db), branches)
             print(f"clients {args.clients}, {args.seconds:g} s per side, PostgreSQL {urlsplit(admin).netloc}")
             for run in range(1, args.runs + 1):
                 print(f"run {run}:")
@@ -265,9 +350,19 @@ async def bench(args: argparse.Namespace) -> int:
                 show(mine)
                 print(f"  ratio (saga tx/s / pgbench tps): {mine.tps / peer.tps:.3f}")
                 rows.append((mine, peer))
+                if floor_proc is not None:
+                    floor = await drive_sagas(floor_url, "", branches, args.clients, args.seconds, floor_proc.pid,
+                                              "stack floor")
+                    show(floor)
+                    print(f"  floor ratio (floor sagas/s / pgbench tps): {floor.tps / peer.tps:.3f}; "
+                          f"mezzo / floor: {mine.tps / floor.tps:.3f}")
+                    floors.append(floor)
     finally:
         if node is not None:
             stop_process(node)
+        if floor_proc is not None:
+            floor_proc.send_signal(signal.SIGTERM)
+            floor_proc.wait(10)
         branches_proc.send_signal(signal.SIGTERM)
         branches_proc.wait(10)
         for db in (mezzo_db, pgbench_db):
@@ -281,7 +376,13 @@ async def bench(args: argparse.Namespace) -> int:
               f"pgbench {med([p.tps for _, p in rows]):.1f} tps "
               f"(p50 {med([p.p50_ms for _, p in rows]):.2f} ms, p99 {med([p.p99_ms for _, p in rows]):.2f} ms), "
               f"ratio {med([m.tps / p.tps for m, p in rows]):.3f}, node CPU {med([m.cpu_ms for m, _ in rows]):.2f} ms "
-              "per saga")
+              f"per saga, machine CPU per tx: saga {med([m.machine_ms for m, _ in rows]):.2f} ms, "
+              f"pgbench {med([p.machine_ms for _, p in rows]):.2f} ms")
+        if floors:
+            print(f"  floor: {med([f.tps for f in floors]):.1f} sagas/s, ratio to pgbench "
+                  f"{med([f.tps / p.tps for f, (_, p) in zip(floors, rows, strict=True)]):.3f}, server CPU "
+                  f"{med([f.cpu_ms for f in floors]):.2f} ms, machine CPU {med([f.machine_ms for f in floors]):.2f} ms "
+                  "per saga")
     return 0 if all(m.errors == 0 for m, _ in rows) else 1
 
 
@@ -290,6 +391,11 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("branches", help="serve the branch app (used by the benchmark itself)")
     serve.add_argument("--port", type=int, required=True)
+    floor = sub.add_parser("floor", help="serve the floor app (used by the benchmark itself)")
+    floor.add_argument("--port", type=int, required=True)
+    floor.add_argument("--dsn", required=True)
+    floor.add_argument("--branches", required=True)
+    parser.add_argument("--floor", action="store_true", help="also measure the stack's floor (see above)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--runs", type=int, default=1)
@@ -299,6 +405,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "branches":
         serve_branches(args.port)
+        return 0
+    if args.command == "floor":
+        serve_floor(args.port, args.dsn, args.branches)
         return 0
     if args.clients < 1 or args.seconds < 1 or args.runs < 1:
         parser.error("--clients, --seconds and --runs are at least 1")

@@ -306,7 +306,9 @@ class ClientConnection(asyncio.Protocol):
             self._run(*following)
 
     def _after(self, keep: bool) -> tuple[Request, _BodyStream | None] | None:
-        request, stream = self._serving
+        serving = self._serving
+        assert serving is not None  # set by _run before any request is answered
+        request, stream = serving
         if stream is not None and not stream.done:
             stream.discard()  # answered before the whole body came: the rest is read and dropped
         if not keep or not request.keep_alive or self.closed:

@@ -151,8 +151,8 @@ class Reply:
         lines = [b"HTTP/1.1 %d %s" % (self.status, REASONS.get(self.status, b"Unknown"))]
         for name, value in self.headers.items():
             lines.append(b"%s: %s" % (name.encode("latin-1"), str(value).encode("latin-1")))
-        for name, value in extra or ():
-            lines.append(b"%s: %s" % (name, value))
+        for raw_name, raw_value in extra or ():
+            lines.append(b"%s: %s" % (raw_name, raw_value))
         bodyless = self.status in (204, 304) or self.status < 200
         if not bodyless:
             lines.append(b"content-length: %d" % len(self.body))

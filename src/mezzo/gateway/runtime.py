@@ -66,6 +66,7 @@ class Gateway:
         self.revision = 0
         self.rebuilt = asyncio.Event()
         self.on_certificates: Any = None  # called with the Certificate items when they change
+        self.tracing: Any = None  # the node's Tracing service, for the opentelemetry plugin (set by the module)
         self._certificates_changed = False
 
     # configuration ------------------------------------------------------------------------
@@ -110,9 +111,9 @@ class Gateway:
         live_nodes: set[tuple[str, str]] = set()
         for ref, (_, _, spec) in self.items["Upstream"].items():
             upstreams[ref] = self._balancer(ref, spec, live_nodes)
-        for key in list(self._nodes):
-            if key not in live_nodes:
-                self._nodes.pop(key).close()
+        for node_key in list(self._nodes):
+            if node_key not in live_nodes:
+                self._nodes.pop(node_key).close()
         consumers: dict[str, Consumer] = {}
         credentials: dict[tuple[str, str], Consumer] = {}
         for ref, (namespace, name, spec) in self.items["Consumer"].items():
@@ -220,9 +221,9 @@ class Gateway:
         status = route.spec.status
         if status != "published":
             if status != "deprecated":
-                reply = problem(410, f"this API is retired: {route.spec.api or route.name}") if status == "retired" \
+                gone = problem(410, f"this API is retired: {route.spec.api or route.name}") if status == "retired" \
                     else problem(404, f"no route matches {request.method} {request.path}")
-                client.answer(reply, request)
+                client.answer(gone, request)
                 client.finished(not request.upgrade)
                 return
             ctx.response_headers.append((b"deprecation", b"true"))
@@ -230,7 +231,7 @@ class Gateway:
             self.resume(client, ctx, self._serve_async(client, ctx, stream))
             return
         try:
-            reply = None
+            reply: Reply | None = None
             chain = route.chain
             for call, _ in chain.rewrite:
                 reply = call(ctx)

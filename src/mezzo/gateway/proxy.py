@@ -268,11 +268,12 @@ class Exchange:
 async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: _BodyStream | None,
                 extra_headers: list[tuple[bytes, bytes]] | None = None, *,
                 tried: list[NodeState] | None = None, last_error: BaseException | None = None,
-                fresh_retry: bool = True, first: NodeState | None = None) -> bool:
+                fresh_retry: bool = True, first: NodeState | None = None, again: NodeState | None = None) -> bool:
     """Send the request upstream with retries; True when the client connection may be kept.
 
     ``tried``, ``last_error`` and ``fresh_retry`` carry on from a first try made by ``start_fast``;
-    ``first`` is a node it picked but had no idle connection to."""
+    ``first`` is a node it picked but had no idle connection to; ``again`` a node whose pooled
+    connection it found closed, tried again first on a new connection."""
     request = ctx.request
     spec = balancer.spec
     ended = client.aborted or (stream.error if stream is not None else None)
@@ -289,15 +290,18 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
     head_only = request.method == "HEAD"
     head = b""
     fresh_retry = fresh_retry and retryable  # one more try on a new connection when a pooled one was stale
+    node: NodeState | None = again
+    fresh = again is not None and retryable  # the next try: the same node, on a new connection
+    if again is not None:
+        tried.append(again)
     attempt = len(tried)
-    node: NodeState | None = None
-    while attempt < tries:
+    while attempt < tries or fresh:
         if first is not None:
             node, first = first, None
             node.active -= 1  # start_fast counted it in already (least_conn sees it at once)
             tried.append(node)
             attempt += 1
-        elif node is None or not fresh_retry:
+        elif not fresh or node is None:
             node = balancer.pick(hash_key, tried)
             if node is None:
                 break
@@ -312,7 +316,8 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
         current = node
         current.active += 1
         try:
-            conn = node.take()
+            conn = None if fresh else node.take()  # after a stale one, not another pooled connection
+            fresh = False
             if conn is None:
                 try:
                     conn = await node.connect(spec.timeout.connect)
@@ -349,6 +354,7 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
                 if (fresh_retry and conn.reused and not conn.response_started
                         and isinstance(exc, ConnectionError)):
                     fresh_retry = False  # a pooled connection the upstream had closed: not the node's fault
+                    fresh = True  # so the same node again, on a new connection, without counting a try
                     continue
                 last_error = exc
                 balancer.report(node, False)
@@ -439,7 +445,8 @@ def _fast_done(exchange: Exchange, exc: BaseException | None) -> None:
             gateway.complete(client, ctx, _answer_error(client, ctx, balancer, exc))
             return
         gateway.resume(client, ctx, proxy(client, ctx, balancer, None, tried=[] if stale else [node],
-                                          last_error=None if stale else exc, fresh_retry=not stale))
+                                          last_error=None if stale else exc, fresh_retry=not stale,
+                                          again=node if stale else None))
 
 
 def _answer_error(client: ClientConnection, ctx: Ctx, balancer: Balancer, last_error: BaseException | None) -> bool:
@@ -500,5 +507,6 @@ class _TunnelSink:
             self.ended.set_result(None)
 
     def on_head(self, *args: Any) -> None: ...
+    def on_head_raw(self, *args: Any) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...

@@ -149,3 +149,54 @@ async def test_node_killed_under_load(gw: GatewayNode, origins) -> None:
     async with httpx.AsyncClient(base_url=gw.url) as http:
         assert {(await http.get("/x")).json()["node"] for _ in range(10)} == {"a", "c"}
     assert nodes[1].requests == requests_before
+
+
+class _Forgetful:
+    """An upstream that answers the first request on each connection (keep-alive) and closes the
+    connection under the next one without a byte: the pooled connection the gateway holds is stale."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.answered = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.1)  # slow enough for concurrent requests to open connections of their own
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            self.answered += 1
+            await reader.readuntil(b"\r\n\r\n")  # the next request on this connection: dropped
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_stale_pooled_connection_is_retried_on_a_new_one(gw: GatewayNode) -> None:
+    """A single-node upstream whose pooled connections were all closed by the upstream: each request
+    goes to the same node again on a new connection (not to another pooled one, not a 503 for want
+    of another node), on the fast path and on the path of routes with asynchronous plugins."""
+    upstream_server = _Forgetful()
+    port = await upstream_server.start()
+    await gw.apply({"kind": "Upstream", "metadata": {"name": "up"}, "spec": {"nodes": [node(port)], "retries": 0}},
+                   route("fast", ["/fast"]),
+                   route("slow", ["/slow"], plugins={"limit-req": {"rate": 1000, "burst": 1000, "nodelay": True}}))
+    try:
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            for path in ("/fast", "/slow"):
+                for _ in range(2):  # two connections in the pool, both to be dropped under their next request
+                    answers = await asyncio.gather(http.get(path), http.get(path))
+                    assert [a.status_code for a in answers] == [200, 200]
+                for _ in range(3):
+                    answer = await http.get(path)
+                    assert answer.status_code == 200, (path, answer.text)
+    finally:
+        assert upstream_server.server is not None
+        upstream_server.server.close()

@@ -192,6 +192,7 @@ MIGRATIONS: list[tuple[int, str]] = [
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 MAX_BATCH = 256  # transactions per group commit
 MAX_BATCH_OPS = 4096  # ops and compares per group commit (a bigger transaction still goes, alone)
+MAX_BATCH_BYTES = 8 << 20  # bytes of values per group commit: a Bind message over 1 GB drops the connection
 
 
 @dataclass(slots=True)
@@ -299,8 +300,9 @@ class PostgresStore:
 
     async def close(self) -> None:
         if self._committer is not None:  # writes already queued are committed first
-            with contextlib.suppress(Exception):
-                await self._committer
+            # wait, not await: a cancelled close() must not cancel the committer (and fail every
+            # waiting writer), and a committer cancelled earlier must not stop the close
+            await asyncio.wait([self._committer])
             self._committer = None
         if self._listen_task is not None:
             self._listen_task.cancel()
@@ -439,11 +441,16 @@ class PostgresStore:
         batch: list[_Waiting] = []
         try:
             while self._waiting:
-                batch, count = [], 0
-                while self._waiting and len(batch) < MAX_BATCH and count < MAX_BATCH_OPS:
+                batch, count, size = [], 0, 0
+                while self._waiting and len(batch) < MAX_BATCH and count < MAX_BATCH_OPS and size < MAX_BATCH_BYTES:
                     item = self._waiting.popleft()
+                    if item.future.done():  # its caller gave up before it was sent: it is not written
+                        continue
                     batch.append(item)
                     count += len(item.ops) + len(item.compares)
+                    size += sum(len(op.value) for op in item.ops if isinstance(op, Put))
+                if not batch:
+                    continue
                 try:
                     outcomes = await self._apply(batch)
                 except Exception as exc:
@@ -460,12 +467,18 @@ class PostgresStore:
                         item.future.set_result(outcome)
                 batch = []
         finally:  # cancelled (the loop is closing): nobody may wait for ever
-            for item in [*batch, *self._waiting]:
+            for item in batch:  # sent: the server may have committed it
                 if not item.future.done():
-                    item.future.set_exception(StoreError("the store closed before this write was committed"))
+                    item.future.set_exception(StoreError("the store stopped while this write was in flight: "
+                                                         "it may or may not have been committed"))
+            for item in self._waiting:
+                if not item.future.done():
+                    item.future.set_exception(StoreError("the store closed before this write was sent"))
             self._waiting.clear()
 
     async def _apply_alone(self, item: _Waiting) -> TxnResult | BaseException:
+        if item.future.done():  # its caller gave up meanwhile, and the group it was sent in was refused
+            return StoreError("cancelled before it was applied")
         try:
             return (await self._apply([item]))[0]
         except Exception as exc:
@@ -490,7 +503,8 @@ class PostgresStore:
         )
         prev: list[dict[str, KeyValue]] = [{} for _ in batch]
         outcomes: list[TxnResult | BaseException] = []
-        since, newest, changed = 0, 0, set()
+        since: int | None = None
+        newest, changed = 0, set()
         for row in rows:
             index = row["txn"] - 1
             if row["rev"] is None:
@@ -501,7 +515,7 @@ class PostgresStore:
             else:
                 outcomes.append(TxnResult(row["rev"], prev[index]))
                 if row["rev"] != row["actual"]:
-                    since = since or row["actual"]
+                    since = row["actual"] if since is None else since
                     newest = row["rev"]
                     changed.update(op.key for op in batch[index].ops)
         if self._signal is not None and newest:

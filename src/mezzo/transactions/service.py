@@ -12,6 +12,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from urllib.parse import urlsplit
 
 from mezzo.node.audit import audit_put
 from mezzo.node.errors import bad_request, conflict, not_found
@@ -20,6 +21,7 @@ from mezzo.transactions.coordinator import PREPARED_TIMEOUT, Coordinator, Drive,
 from mezzo.transactions.model import (
     FINAL,
     OPS,
+    TOPIC_SCHEME,
     Branch,
     GlobalTx,
     IllegalTransition,
@@ -56,7 +58,36 @@ def check_gid(gid: str) -> None:
         raise bad_request("a gid is 1 to 128 letters, digits or ._:@-", field="gid")
 
 
+MAX_URL = 2048
+
+
+def check_url(url: str, field: str, *, topic: bool = False) -> None:
+    """A branch or check-back URL the coordinator can call: ``http(s)://host[:port]/...`` (or, for a
+    message step, ``topic://NAME``). Refused at once with the field, rather than stored and retried
+    for ever as a call that can never be made."""
+    if topic and url.startswith(TOPIC_SCHEME):
+        if not url[len(TOPIC_SCHEME):]:
+            raise bad_request("a topic step names its topic: topic://NAME", field=field)
+        return
+    if len(url) > MAX_URL:
+        raise bad_request(f"a URL is at most {MAX_URL} characters", field=field)
+    if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in url):
+        raise bad_request("a URL has no spaces or control characters", field=field)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise bad_request(f"not a URL: {exc}", field=field) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        also = " or topic://NAME" if topic else ""
+        raise bad_request(f"{url[:100]!r} is not an http:// or https:// URL with a host{also}", field=field)
+    if port == 0:
+        raise bad_request("port 0 cannot be called", field=field)
+
+
 def validate_steps(tx: GlobalTx) -> None:
+    if tx.query_prepared:
+        check_url(tx.query_prepared, "query_prepared")
     if tx.mode not in (Mode.SAGA, Mode.MSG):
         return
     if tx.payloads and len(tx.payloads) != len(tx.steps):
@@ -64,6 +95,9 @@ def validate_steps(tx: GlobalTx) -> None:
     for index, step in enumerate(tx.steps):
         if not step.action:
             raise bad_request(f"step {index} has no action", field=f"steps.{index}.action")
+        check_url(step.action, f"steps.{index}.action", topic=tx.mode is Mode.MSG)
+        if step.compensate:
+            check_url(step.compensate, f"steps.{index}.compensate")
     for index, needs in tx.orders.items():
         if not 0 <= index < len(tx.steps) or any(not 0 <= j < len(tx.steps) or j == index for j in needs):
             raise bad_request(f"orders name steps outside 0..{len(tx.steps) - 1}", field="orders")
@@ -232,6 +266,8 @@ class TxService:
         missing = [op for op in ops_needed if not urls.get(op)]
         if missing:
             raise bad_request(f"a {mode.value} branch needs URLs for {', '.join(ops_needed)}", field=missing[0])
+        for op in ops_needed:
+            check_url(urls[op], op)
         branches = [Branch(gid=gid, branch_id=branch_id, op=op, url=urls[op], data=data) for op in ops_needed]
         existing = {b.key: b for b in await self.log.branches(tx)}
         if all(b.key in existing for b in branches):

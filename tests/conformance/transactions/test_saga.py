@@ -136,6 +136,35 @@ async def test_bad_input_is_a_400(http: httpx.AsyncClient, busi: Busi) -> None:
     assert (await http.post("/v1/tx/transactions", json={"mode": "nope"})).status_code == 400
 
 
+async def test_a_url_the_coordinator_cannot_call_is_a_400_naming_its_field(http: httpx.AsyncClient,
+                                                                         busi: Busi) -> None:
+    """Not stored and retried for ever: refused at once, with the field and the reason."""
+    cases = [
+        ({"steps": [{"action": "localhost:9000/a", "compensate": ""}]}, "steps.0.action"),
+        ({"steps": [{"action": f"{busi.url}/a", "compensate": "ftp://host/undo"}]}, "steps.0.compensate"),
+        ({"steps": [{"action": "http:///no-host"}]}, "steps.0.action"),
+        ({"steps": [{"action": "http://host:99999/a"}]}, "steps.0.action"),
+        ({"steps": [{"action": "http://host/a b"}]}, "steps.0.action"),
+        ({"steps": [{"action": "topic://orders"}]}, "steps.0.action"),  # a topic step is for messages only
+    ]
+    for change, field in cases:
+        body = {**saga(busi, ["a"]), **change, "payloads": ["{}"]}
+        answer = await http.post("/v1/tx/transactions", json=body)
+        assert answer.status_code == 400, (change, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["errors"][0]["field"] == field, answer.json()
+    message = {"mode": "msg", "steps": [{"action": "topic://"}], "prepare": True, "query_prepared": f"{busi.url}/q"}
+    assert (await http.post("/v1/tx/transactions", json=message)).json()["errors"][0]["field"] == "steps.0.action"
+    message = {"mode": "msg", "steps": [{"action": "topic://orders"}], "prepare": True, "query_prepared": "nowhere"}
+    assert (await http.post("/v1/tx/transactions", json=message)).json()["errors"][0]["field"] == "query_prepared"
+    tcc = (await http.post("/v1/tx/transactions", json={"mode": "tcc", "prepare": True})).json()["gid"]
+    answer = await http.post(f"/v1/tx/transactions/{tcc}/branches",
+                             json={"branch_id": "01", "urls": {"confirm": f"{busi.url}/c", "cancel": "busi/cancel"}})
+    assert answer.status_code == 400 and answer.json()["errors"][0]["field"] == "cancel"
+    listed = (await http.get("/v1/tx/transactions")).json()["items"]
+    assert [t["gid"] for t in listed] == [tcc]  # nothing else was stored
+
+
 async def test_submitting_twice_is_harmless(http: httpx.AsyncClient, busi: Busi) -> None:
     body = {**saga(busi, ["a"]), "gid": "twice-1"}
     assert (await http.post("/v1/tx/transactions", json=body)).status_code == 201

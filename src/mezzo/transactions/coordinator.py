@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from opentelemetry import trace
@@ -35,6 +36,7 @@ from mezzo.transactions.model import (
     Status,
     check_move,
 )
+from mezzo.transactions.outbound import Outbound
 from mezzo.transactions.store import GLOBAL, Active, Lease, LostLease, TxLog, branch_put, global_put
 
 log = structlog.get_logger("mezzo.transactions")
@@ -71,7 +73,8 @@ class Known:
 class Coordinator:
     def __init__(self, txlog: TxLog, metrics: TxMetrics, *, tracer: trace.Tracer | None = None,
                  publish: Publish | None = None, notify: Notify | None = None,
-                 listening: Callable[[], bool] | None = None, lease_ttl: float = 30.0, poll: float = 1.0) -> None:
+                 listening: Callable[[], bool] | None = None, lease_ttl: float = 30.0, poll: float = 1.0,
+                 outbound: Outbound | None = None) -> None:
         self.log = txlog
         self.metrics = metrics
         self.tracer = tracer or trace.NoOpTracer()
@@ -83,6 +86,7 @@ class Coordinator:
         self.poll = poll
         self.node_id = uuid.uuid4().hex[:12]
         self.caller = BranchCaller()
+        self.outbound = outbound or Outbound()  # the hosts branch calls may go to
         self.running: dict[str, Drive] = {}
         self.leases: dict[str, Lease] = {}
         self._wake = asyncio.Event()
@@ -387,6 +391,9 @@ class Coordinator:
             except Exception as exc:
                 return Result(Outcome.ERROR, f"publish failed: {exc}")
             return Result(Outcome.SUCCESS)
+        refused = self._refused(branch.url)
+        if refused is not None:
+            return refused
         headers = dict(tx.options.branch_headers)
         inject_headers(headers)
         params = {"gid": tx.gid, "trans_type": tx.mode.value, "branch_id": branch.branch_id, "op": branch.op}
@@ -397,10 +404,24 @@ class Coordinator:
         """Ask the application whether a prepared message's local transaction committed."""
         if not tx.query_prepared:
             return Result(Outcome.FAILURE, "no query_prepared URL to ask")
+        refused = self._refused(tx.query_prepared)
+        if refused is not None:
+            return refused
         headers = dict(tx.options.branch_headers)
         params = {"gid": tx.gid, "trans_type": tx.mode.value, "branch_id": "00", "op": "msg"}
         return await self.caller.call("GET", tx.query_prepared, params=params, data="",
                                       timeout=tx.options.request_timeout, headers=headers)
+
+
+    def _refused(self, url: str) -> Result | None:
+        """A call to a host no longer allowed (the setting changed since the transaction was written)
+        is not made: an error, retried with backoff in case the setting changes back."""
+        if self.outbound.open:
+            return None
+        host = urlsplit(url).hostname or ""
+        if self.outbound.allows(host):
+            return None
+        return Result(Outcome.ERROR, f"host {host!r} is not one the coordinator may call (MEZZO_TX_ALLOW_HOSTS)")
 
 
 def _tried(branch: Branch | None) -> bool:

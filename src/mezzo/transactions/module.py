@@ -16,6 +16,7 @@ from mezzo.telemetry.tracing import Tracing
 from mezzo.transactions.coordinator import Coordinator
 from mezzo.transactions.metrics import TxMetrics
 from mezzo.transactions.model import GlobalTx
+from mezzo.transactions.outbound import Outbound
 from mezzo.transactions.service import TxService
 from mezzo.transactions.store import TxLog
 
@@ -31,6 +32,7 @@ class TxSettings(BaseSettings):
     lease: float = 30.0  # seconds a crashed node's transactions wait before another node takes them
     poll: float = 1.0  # seconds between scans for due transactions (submits on this node start at once)
     stuck_after: float = 300.0  # an unfinished transaction older than this counts as stuck in metrics
+    allow_hosts: str = ""  # comma-separated hosts, *.domains and IP networks branch calls may go to; "": any
 
 
 class TransactionsModule(Module):
@@ -42,7 +44,8 @@ class TransactionsModule(Module):
         metrics = TxMetrics(self.node.service(Metrics), txlog, settings.stuck_after)
         tracer = self.node.service(Tracing).tracer("mezzo.transactions") if self.node.has(Tracing) else None
         self.coordinator = Coordinator(txlog, metrics, tracer=tracer, publish=self._publish, notify=self._announce,
-                                       listening=self._messaging, lease_ttl=settings.lease, poll=settings.poll)
+                                       listening=self._messaging, lease_ttl=settings.lease, poll=settings.poll,
+                                       outbound=Outbound.parse(settings.allow_hosts))
         self.service = TxService(txlog, self.coordinator)
         self.node.provide(Coordinator, self.coordinator)
         self.node.provide(TxService, self.service)

@@ -32,6 +32,7 @@ from mezzo.transactions.model import (
     derived,
     step_branches,
 )
+from mezzo.transactions.outbound import Outbound
 from mezzo.transactions.store import (
     ACTIVE,
     BRANCH,
@@ -61,10 +62,10 @@ def check_gid(gid: str) -> None:
 MAX_URL = 2048
 
 
-def check_url(url: str, field: str, *, topic: bool = False) -> None:
+def check_url(url: str, field: str, *, topic: bool = False, outbound: Outbound | None = None) -> None:
     """A branch or check-back URL the coordinator can call: ``http(s)://host[:port]/...`` (or, for a
-    message step, ``topic://NAME``). Refused at once with the field, rather than stored and retried
-    for ever as a call that can never be made."""
+    message step, ``topic://NAME``) to a host ``outbound`` allows. Refused at once with the field,
+    rather than stored and retried for ever as a call that can never be made."""
     if topic and url.startswith(TOPIC_SCHEME):
         if not url[len(TOPIC_SCHEME):]:
             raise bad_request("a topic step names its topic: topic://NAME", field=field)
@@ -83,11 +84,14 @@ def check_url(url: str, field: str, *, topic: bool = False) -> None:
         raise bad_request(f"{url[:100]!r} is not an http:// or https:// URL with a host{also}", field=field)
     if port == 0:
         raise bad_request("port 0 cannot be called", field=field)
+    if outbound is not None and not outbound.allows(parts.hostname):
+        raise bad_request(f"host {parts.hostname!r} is not one the coordinator may call (MEZZO_TX_ALLOW_HOSTS)",
+                          field=field)
 
 
-def validate_steps(tx: GlobalTx) -> None:
+def validate_steps(tx: GlobalTx, outbound: Outbound | None = None) -> None:
     if tx.query_prepared:
-        check_url(tx.query_prepared, "query_prepared")
+        check_url(tx.query_prepared, "query_prepared", outbound=outbound)
     if tx.mode not in (Mode.SAGA, Mode.MSG):
         return
     if tx.payloads and len(tx.payloads) != len(tx.steps):
@@ -95,9 +99,9 @@ def validate_steps(tx: GlobalTx) -> None:
     for index, step in enumerate(tx.steps):
         if not step.action:
             raise bad_request(f"step {index} has no action", field=f"steps.{index}.action")
-        check_url(step.action, f"steps.{index}.action", topic=tx.mode is Mode.MSG)
+        check_url(step.action, f"steps.{index}.action", topic=tx.mode is Mode.MSG, outbound=outbound)
         if step.compensate:
-            check_url(step.compensate, f"steps.{index}.compensate")
+            check_url(step.compensate, f"steps.{index}.compensate", outbound=outbound)
     for index, needs in tx.orders.items():
         if not 0 <= index < len(tx.steps) or any(not 0 <= j < len(tx.steps) or j == index for j in needs):
             raise bad_request(f"orders name steps outside 0..{len(tx.steps) - 1}", field="orders")
@@ -168,7 +172,7 @@ class TxService:
         check_gid(tx.gid)
         if tx.mode is Mode.SAGA:
             raise bad_request("a saga is submitted, not prepared", field="trans_type")
-        validate_steps(tx)
+        validate_steps(tx, self.coordinator.outbound)
         return await self._retrying(tx.gid, lambda: self._prepare_once(tx.model_copy(deep=True), user))
 
     async def _prepare_once(self, tx: GlobalTx, user: str) -> GlobalTx:
@@ -185,7 +189,7 @@ class TxService:
     async def submit(self, tx: GlobalTx, user: str) -> GlobalTx:
         """Submit a new saga or message, or a prepared transaction of any mode."""
         check_gid(tx.gid)
-        validate_steps(tx)
+        validate_steps(tx, self.coordinator.outbound)
         task = None
         if tx.mode in (Mode.SAGA, Mode.MSG):
             with contextlib.suppress(_Raced):  # it exists: decide below what a submit means for it
@@ -267,7 +271,7 @@ class TxService:
         if missing:
             raise bad_request(f"a {mode.value} branch needs URLs for {', '.join(ops_needed)}", field=missing[0])
         for op in ops_needed:
-            check_url(urls[op], op)
+            check_url(urls[op], op, outbound=self.coordinator.outbound)
         branches = [Branch(gid=gid, branch_id=branch_id, op=op, url=urls[op], data=data) for op in ops_needed]
         existing = {b.key: b for b in await self.log.branches(tx)}
         if all(b.key in existing for b in branches):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from mezzo.storage.kv import KVStore
-from mezzo.testing.fixtures import RunningNode
+from mezzo.testing.fixtures import RunningNode, wait_for
+from mezzo.transactions.coordinator import Coordinator
+from mezzo.transactions.outbound import Outbound
 
-from .conftest import FAST, Busi, final_status
+from .conftest import FAST, Busi, final_status, start_tx_node
 
 
 def saga(busi: Busi, names: list[str], **extra: Any) -> dict[str, Any]:
@@ -171,3 +175,33 @@ async def test_submitting_twice_is_harmless(http: httpx.AsyncClient, busi: Busi)
     assert (await http.post("/v1/tx/transactions", json=body)).status_code == 201
     await final_status(http, "twice-1")
     assert busi.names("twice-1") == ["a"]
+
+
+async def test_allowed_hosts_bound_where_the_coordinator_calls(busi: Busi, store_url: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEZZO_TX_ALLOW_HOSTS: a URL to another host is a 400 naming its field; a stored transaction whose
+    host is no longer allowed is not called (an error, retried in case the setting changes back)."""
+    monkeypatch.setenv("MEZZO_TX_ALLOW_HOSTS", "127.0.0.1, *.svc.cluster.local")
+    node = await start_tx_node(tmp_path / "data", store_url)
+    try:
+        async with httpx.AsyncClient(base_url=node.url, headers={"Authorization": f"Bearer {node.token}"},
+                                     timeout=30) as http:
+            gid = (await http.post("/v1/tx/transactions", json=saga(busi, ["a"]))).json()["gid"]
+            assert (await final_status(http, gid))["status"] == "succeed"
+            metadata = {**saga(busi, ["a"]), "steps": [{"action": "http://169.254.169.254/latest/meta-data"}]}
+            answer = await http.post("/v1/tx/transactions", json=metadata)
+            assert answer.status_code == 400 and answer.json()["errors"][0]["field"] == "steps.0.action"
+            assert "MEZZO_TX_ALLOW_HOSTS" in answer.json()["detail"]
+
+            busi.on("b", 425)  # not finished yet: the saga is called again after its interval
+            gid = (await http.post("/v1/tx/transactions", json=saga(busi, ["b"]))).json()["gid"]
+            await wait_for(lambda: busi.names(gid) == ["b"])
+            node.node.service(Coordinator).outbound = Outbound.parse("elsewhere.example")
+
+            async def refused_twice() -> bool:
+                return (await http.get(f"/v1/tx/transactions/{gid}")).json()["attempts"] >= 2
+
+            await wait_for(refused_twice)
+            assert busi.names(gid) == ["b"]  # never called again while its host is not allowed
+    finally:
+        await node.node.stop()

@@ -412,7 +412,6 @@ class Coordinator:
         return await self.caller.call("GET", tx.query_prepared, params=params, data="",
                                       timeout=tx.options.request_timeout, headers=headers)
 
-
     def _refused(self, url: str) -> Result | None:
         """A call to a host no longer allowed (the setting changed since the transaction was written)
         is not made: an error, retried with backoff in case the setting changes back."""

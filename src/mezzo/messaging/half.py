@@ -24,6 +24,7 @@ from pydantic import AnyHttpUrl, BaseModel, Field
 
 from mezzo.messaging.codec import Envelope
 from mezzo.messaging.service import MessagingService, Prepared, PublishMessage
+from mezzo.node.outbound import Outbound
 from mezzo.resources.types import Duration
 from mezzo.storage.kv import Compare, Delete, KVStore, Put
 
@@ -44,10 +45,12 @@ class TransactionNotFound(LookupError):
 
 
 class HalfMessages:
-    def __init__(self, service: MessagingService, store: KVStore, http: httpx.AsyncClient) -> None:
+    def __init__(self, service: MessagingService, store: KVStore, http: httpx.AsyncClient,
+                 outbound: Outbound | None = None) -> None:
         self.service = service
         self.store = store
         self.http = http
+        self.outbound = outbound or Outbound()  # the hosts a check-back may go to
         self._wake = asyncio.Event()
 
     @staticmethod
@@ -58,6 +61,9 @@ class HalfMessages:
         self, namespace: str, topic: str, messages: list[PublishMessage], options: PrepareOptions, user: str
     ) -> dict[str, Any]:
         """Validate and store the batch, unpublished; returns the transaction id and message ids."""
+        if options.check_url is not None and not self.outbound.allows(options.check_url.host or ""):
+            raise ValueError(f"checkUrl: host {options.check_url.host!r} is not one messaging may call "
+                             "(MEZZO_MESSAGING_ALLOW_HOSTS)")
         spec = await self.service.topic_spec(namespace, topic, user)
         now_ms = int(time.time() * 1000)
         prepared = await self.service.prepare_batch(spec, messages, now_ms)

@@ -17,6 +17,7 @@ from mezzo.messaging.model import SUBSCRIPTION_KIND, TOPIC_KIND, SubscriptionSpe
 from mezzo.messaging.push import Pusher
 from mezzo.messaging.service import MessagingService, topic_ref
 from mezzo.node.module import Health, Module
+from mezzo.node.outbound import Outbound
 from mezzo.node.settings import Settings
 from mezzo.resilience.policies import NOOP_POLICY, PolicyRegistry, ResiliencePolicy
 from mezzo.resources.informer import Informer
@@ -62,19 +63,29 @@ class MessagingModule(Module):
         self.node.provide(MessagingService, self.service)
         self.topics = Informer(resources, TOPIC_KIND.kind, self._on_topic)
         self.subscriptions = Informer(resources, SUBSCRIPTION_KIND.kind, self._on_subscription)
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
+        self.outbound = Outbound.parse(settings.messaging_allow_hosts)
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+                                      event_hooks={"request": [self._allowed]})
         self.tracer = self.node.service(Tracing).tracer("mezzo.messaging") if self.node.has(Tracing) else None
         self.pushers: dict[str, asyncio.Task[None]] = {}  # resource ref -> delivery loop
         self._sub_keys: dict[str, tuple[str, str]] = {}  # resource ref -> (topic ref, group)
         await self.topics.start()
         await self.subscriptions.start()
-        self.half = HalfMessages(self.service, self.node.service(KVStore), self.http)  # type: ignore[type-abstract]
+        self.half = HalfMessages(self.service, self.node.service(KVStore), self.http,  # type: ignore[type-abstract]
+                                 self.outbound)
         self.node.provide(HalfMessages, self.half)
         self._tasks = [
             asyncio.create_task(self._forever(self.service.run_scheduler), name="mezzo-mq-scheduler"),
             asyncio.create_task(self._forever(self.half.run_checker), name="mezzo-mq-half-checker"),
             asyncio.create_task(self._retention(), name="mezzo-mq-retention"),
         ]
+
+    async def _allowed(self, request: httpx.Request) -> None:
+        """Every request this module makes (push deliveries, check-backs) goes only to an allowed host:
+        another fails like an unreachable endpoint (retried, then dead-lettered or rolled back)."""
+        if not self.outbound.allows(request.url.host):
+            raise httpx.ConnectError(f"host {request.url.host!r} is not one messaging may call "
+                                     "(MEZZO_MESSAGING_ALLOW_HOSTS)", request=request)
 
     async def stop(self) -> None:
         for task in self._tasks:

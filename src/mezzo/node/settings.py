@@ -57,6 +57,9 @@ class Settings(BaseSettings):
         None, description="sqlite:///PATH (default: DATA_DIR/mezzo.db) or postgresql://..."
     )
     broker: str = Field("embedded", description="embedded | nats://... | redis://... | postgresql://...")
+    messaging_allow_hosts: str = Field(
+        "", description="hosts push endpoints and half-message check-backs may go to: comma-separated names, "
+        "*.domains and IP networks (empty: any)")
     broker_fsync: Literal["always", "batch", "os"] = Field(
         "batch", description="embedded broker durability: fsync each write, group commit, or leave it to the OS")
     secret_keys: SecretStr | None = Field(

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import structlog
 from opentelemetry import trace
 
+from mezzo.node.outbound import Outbound
 from mezzo.storage.kv import Compare
 from mezzo.telemetry.propagation import extract_context, inject_headers
 from mezzo.transactions.calls import BranchCaller, Outcome, Result
@@ -36,7 +37,6 @@ from mezzo.transactions.model import (
     Status,
     check_move,
 )
-from mezzo.transactions.outbound import Outbound
 from mezzo.transactions.store import GLOBAL, Active, Lease, LostLease, TxLog, branch_put, global_put
 
 log = structlog.get_logger("mezzo.transactions")

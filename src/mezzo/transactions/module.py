@@ -10,13 +10,13 @@ from fastapi import APIRouter
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mezzo.node.module import Health, Module
+from mezzo.node.outbound import Outbound
 from mezzo.storage.kv import KVStore
 from mezzo.telemetry.metrics import Metrics
 from mezzo.telemetry.tracing import Tracing
 from mezzo.transactions.coordinator import Coordinator
 from mezzo.transactions.metrics import TxMetrics
 from mezzo.transactions.model import GlobalTx
-from mezzo.transactions.outbound import Outbound
 from mezzo.transactions.service import TxService
 from mezzo.transactions.store import TxLog
 

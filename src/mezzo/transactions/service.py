@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from mezzo.node.audit import audit_put
 from mezzo.node.errors import bad_request, conflict, not_found
+from mezzo.node.outbound import Outbound
 from mezzo.storage.kv import Compare, ConflictError, Delete, Op, Put
 from mezzo.transactions.coordinator import PREPARED_TIMEOUT, Coordinator, Drive, action_key
 from mezzo.transactions.model import (
@@ -32,7 +33,6 @@ from mezzo.transactions.model import (
     derived,
     step_branches,
 )
-from mezzo.transactions.outbound import Outbound
 from mezzo.transactions.store import (
     ACTIVE,
     BRANCH,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,7 +15,8 @@ from starlette.routing import Route
 
 from mezzo.node.server import HttpListener, bind
 from mezzo.resilience.policies import PolicyRegistry
-from mezzo.testing.fixtures import RunningNode, wait_for
+from mezzo.sdk.errors import APIError
+from mezzo.testing.fixtures import RunningNode, start_node, wait_for
 
 
 class Endpoint:
@@ -121,3 +123,22 @@ async def test_resiliency_policy_retries_push_in_place(mq: RunningNode, endpoint
 
 async def _lag_is(mq: RunningNode, want: int) -> bool:
     return await _lag(mq) == want
+
+
+async def test_allowed_hosts_bound_where_messaging_calls(tmp_path: Path, endpoint: tuple[Endpoint, str]) -> None:
+    """MEZZO_MESSAGING_ALLOW_HOSTS: a push endpoint on another host is never called (each delivery
+    fails, then the message is a dead letter); a half-message checkUrl on another host is a 400."""
+    app, url = endpoint
+    node = await start_node(tmp_path / "data", messaging_allow_hosts="events.internal, 10.0.0.0/8")
+    try:
+        await subscribe(node, url, deadLetterTopic="orders-dlq", maxDeliveries=2)
+        async with node.client() as client:
+            await client.messaging.publish("orders", {"say": "hello"})
+            letters = await wait_for(lambda: _read(client, "orders-dlq"))
+            assert letters[0].data == {"say": "hello"}
+            assert app.events == []  # not one request reached the endpoint
+            with pytest.raises(APIError) as refused:
+                await client.messaging.transaction("orders", [{"data": "x"}], check_url=url).prepare()
+            assert refused.value.status == 400 and "MEZZO_MESSAGING_ALLOW_HOSTS" in str(refused.value)
+    finally:
+        await node.node.stop()

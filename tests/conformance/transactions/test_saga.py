@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
+from mezzo.node.outbound import Outbound
 from mezzo.storage.kv import KVStore
 from mezzo.testing.fixtures import RunningNode, wait_for
 from mezzo.transactions.coordinator import Coordinator
-from mezzo.transactions.outbound import Outbound
 
 from .conftest import FAST, Busi, final_status, start_tx_node
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mezzo.transactions.outbound import Outbound
+from mezzo.node.outbound import Outbound
 
 
 def test_no_entries_allow_every_host() -> None:

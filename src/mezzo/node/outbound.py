@@ -1,5 +1,6 @@
-"""Which hosts the coordinator may call (``MEZZO_TX_ALLOW_HOSTS``): a guard against a token holder
-making the node call into the network it runs in (SSRF).
+"""Which hosts a node may call on a token holder's say-so — transaction branches
+(``MEZZO_TX_ALLOW_HOSTS``), push endpoints and half-message check-backs
+(``MEZZO_MESSAGING_ALLOW_HOSTS``): a guard against pointing the node at the network it runs in (SSRF).
 
 Entries are host names, ``*.`` suffix patterns (``*.svc.cluster.local``: any name under it) and IP
 addresses or networks (``10.0.0.0/8``, ``::1``). A URL's host passes when it is a name that matches a

@@ -1,4 +1,4 @@
-"""MEZZO_TX_ALLOW_HOSTS: which hosts the coordinator may call."""
+"""Which hosts a node may call on a token holder's say-so (MEZZO_TX_ALLOW_HOSTS, MEZZO_MESSAGING_ALLOW_HOSTS)."""
 
 from __future__ import annotations
 

@@ -230,12 +230,11 @@ class TxService:
                 raise conflict(f"transaction {tx.gid} is a {current.mode.value} transaction, not {tx.mode.value}")
             if current.status in (Status.SUBMITTED, Status.SUCCEED):
                 return current  # a repeated submit is harmless
-            extra: list[Op] = []
             if current.mode is Mode.MSG and not current.steps and tx.steps:
                 current.steps, current.payloads, current.orders = tx.steps, tx.payloads, tx.orders  # its branches
             if tx.options.wait_result:
                 current.options.wait_result = True
-            tx = await self._change(existing, Status.SUBMITTED, user, "tx.submit", extra)
+            tx = await self._change(existing, Status.SUBMITTED, user, "tx.submit")
         return tx
 
     async def abort(self, gid: str, user: str, *, operator: bool = False) -> GlobalTx:
@@ -293,7 +292,7 @@ class TxService:
             if loaded.tx.status in FINAL:
                 raise conflict(f"transaction {gid} is {loaded.tx.status.value}: nothing to retry")
             loaded.tx.attempts = 0
-            await self._write(loaded, user, "tx.retry", [])
+            await self._write(loaded, user, "tx.retry")
             return loaded.tx
 
         tx = await self._retrying(gid, once)
@@ -324,8 +323,7 @@ class TxService:
             self.coordinator.wake()  # the recovery loop takes it (or learns when it falls due)
         return revision
 
-    async def _change(self, loaded: Loaded, status: Status, user: str, action: str,
-                      extra: Sequence[Op] = ()) -> GlobalTx:
+    async def _change(self, loaded: Loaded, status: Status, user: str, action: str) -> GlobalTx:
         tx = loaded.tx
         try:
             check_move(tx.status, status, f"transaction {tx.gid}")
@@ -335,14 +333,14 @@ class TxService:
         if status in FINAL:
             tx.finished = time.time()
             self.coordinator.metrics.finished(tx.mode.value, status.value)
-        await self._write(loaded, user, action, extra, finish=status in FINAL)
+        await self._write(loaded, user, action, finish=status in FINAL)
         self.coordinator.changed(tx)
         return tx
 
-    async def _write(self, loaded: Loaded, user: str, action: str, extra: Sequence[Op], *,
+    async def _write(self, loaded: Loaded, user: str, action: str, *,
                      finish: bool = False) -> None:
         tx = loaded.tx
-        ops: list[Op] = [global_put(tx), *extra]
+        ops: list[Op] = [global_put(tx)]
         if action in AUDITED:
             ops.append(self._audit(user, action, tx))
         if finish:

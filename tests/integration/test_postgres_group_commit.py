@@ -58,7 +58,7 @@ async def test_a_write_cancelled_while_queued_is_not_committed(store: PostgresSt
         first = asyncio.create_task(store.txn([Put("cancel/first", b"v")]))
         await wait_for(blocked)  # the first call waits in the server
         second = asyncio.create_task(store.txn([Put("cancel/second", b"v")]))
-        await wait_for(lambda: store._waiting)  # the second waits in the queue
+        await wait_for(lambda: store._group.waiting)  # the second waits in the queue
         second.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await second
@@ -74,7 +74,7 @@ async def test_a_cancelled_close_does_not_fail_the_writes_it_waited_for(store: P
         first = asyncio.create_task(store.txn([Put("closing/first", b"v")]))
         await wait_for(blocked)
         second = asyncio.create_task(store.txn([Put("closing/second", b"v")]))
-        await wait_for(lambda: store._waiting)
+        await wait_for(lambda: store._group.waiting)
         closing = asyncio.create_task(store.close())
         await asyncio.sleep(0)  # close() now waits for the committer
         closing.cancel()
@@ -93,8 +93,8 @@ async def test_close_completes_after_the_committer_was_cancelled(postgres_url: s
     async with writers_held(postgres_url) as blocked:
         write = asyncio.create_task(store.txn([Put("stop/k", b"v")]))
         await wait_for(blocked)
-        assert store._committer is not None
-        store._committer.cancel()
+        assert store._group.committer is not None
+        store._group.committer.cancel()
         with contextlib.suppress(StoreError):
             await write
     try:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from mezzo.storage.groupcommit import GroupCommit, Outcomes, Waiting
 from mezzo.storage.kv import (
     CompactedError,
     Compare,
@@ -28,6 +27,8 @@ from mezzo.storage.kv import (
     TxnResult,
     prefix_end,
 )
+from mezzo.storage.postgres_plain import MIGRATION as PLAIN_MIGRATION
+from mezzo.storage.postgres_plain import PostgresPlain
 from mezzo.storage.txn import check_key, check_ops, check_range
 from mezzo.storage.watch import ChangeSignal, watch_store, whole_revisions
 
@@ -187,29 +188,10 @@ MIGRATIONS: list[tuple[int, str]] = [
         $$;
         """,
     ),
+    (4, PLAIN_MIGRATION),
 ]
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-MAX_BATCH = 256  # transactions per group commit
-MAX_BATCH_OPS = 4096  # ops and compares per group commit (a bigger transaction still goes, alone)
-MAX_BATCH_BYTES = 8 << 20  # bytes of values per group commit: a Bind message over 1 GB drops the connection
-
-
-@dataclass(slots=True)
-class _Waiting:
-    ops: Sequence[Op]
-    compares: Sequence[Compare]
-    future: asyncio.Future[TxnResult]
-
-
-def _rolled_back(exc: BaseException) -> bool:
-    """The server refused the call (so nothing of it was written): the batch can be retried one by one.
-    A lost connection is not that: the commit may have happened."""
-    import asyncpg
-
-    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
-
-
 def split_schema(url: str) -> tuple[str, str]:
     """Take Mezzo's ``schema`` query parameter out of a PostgreSQL URL (default ``public``)."""
     parts = urlsplit(url)
@@ -273,8 +255,8 @@ class PostgresStore:
         self._listener: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self._signal: ChangeSignal | None = None
-        self._waiting: deque[_Waiting] = deque()
-        self._committer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(lambda batch: self._apply(batch))  # looked up per call: tests wrap _apply
+        self._plain: PostgresPlain | None = None
 
     async def open(self) -> None:
         import asyncpg
@@ -299,11 +281,10 @@ class PostgresStore:
         self._listen_task = asyncio.create_task(self._listen(settings), name="mezzo-pg-listen")
 
     async def close(self) -> None:
-        if self._committer is not None:  # writes already queued are committed first
-            # wait, not await: a cancelled close() must not cancel the committer (and fail every
-            # waiting writer), and a committer cancelled earlier must not stop the close
-            await asyncio.wait([self._committer])
-            self._committer = None
+        await self._group.drain()  # writes already queued are committed first
+        if self._plain is not None:
+            await self._plain.close()
+            self._plain = None
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -312,6 +293,14 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    def plain(self) -> PostgresPlain:
+        """The store's plain rows (no history, no watch: see postgres_plain), on its pool; open first."""
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        if self._plain is None:
+            self._plain = PostgresPlain(self._pool)
+        return self._plain
 
     async def ready(self) -> bool:
         try:
@@ -431,60 +420,9 @@ class PostgresStore:
         commit, one NOTIFY), each transaction with its own revision and compares.
         """
         check_ops(ops, compares)
-        future: asyncio.Future[TxnResult] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(ops, compares, future))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_waiting(), name="mezzo-pg-commit")
-        return await future
+        return await self._group.submit(ops, compares)
 
-    async def _commit_waiting(self) -> None:
-        batch: list[_Waiting] = []
-        try:
-            while self._waiting:
-                batch, count, size = [], 0, 0
-                while self._waiting and len(batch) < MAX_BATCH and count < MAX_BATCH_OPS and size < MAX_BATCH_BYTES:
-                    item = self._waiting.popleft()
-                    if item.future.done():  # its caller gave up before it was sent: it is not written
-                        continue
-                    batch.append(item)
-                    count += len(item.ops) + len(item.compares)
-                    size += sum(len(op.value) for op in item.ops if isinstance(op, Put))
-                if not batch:
-                    continue
-                try:
-                    outcomes = await self._apply(batch)
-                except Exception as exc:
-                    if len(batch) > 1 and _rolled_back(exc):  # one bad transaction must not fail the others
-                        outcomes = [await self._apply_alone(item) for item in batch]
-                    else:
-                        outcomes = [exc] * len(batch)
-                for item, outcome in zip(batch, outcomes, strict=True):
-                    if item.future.done():  # its caller was cancelled; the write stands (or failed) regardless
-                        continue
-                    if isinstance(outcome, BaseException):
-                        item.future.set_exception(outcome)
-                    else:
-                        item.future.set_result(outcome)
-                batch = []
-        finally:  # cancelled (the loop is closing): nobody may wait for ever
-            for item in batch:  # sent: the server may have committed it
-                if not item.future.done():
-                    item.future.set_exception(StoreError("the store stopped while this write was in flight: "
-                                                         "it may or may not have been committed"))
-            for item in self._waiting:
-                if not item.future.done():
-                    item.future.set_exception(StoreError("the store closed before this write was sent"))
-            self._waiting.clear()
-
-    async def _apply_alone(self, item: _Waiting) -> TxnResult | BaseException:
-        if item.future.done():  # its caller gave up meanwhile, and the group it was sent in was refused
-            return StoreError("cancelled before it was applied")
-        try:
-            return (await self._apply([item]))[0]
-        except Exception as exc:
-            return exc
-
-    async def _apply(self, batch: list[_Waiting]) -> list[TxnResult | BaseException]:
+    async def _apply(self, batch: list[Waiting]) -> Outcomes:
         keys: list[str] = []
         values: list[bytes | None] = []
         cmp_keys: list[str] = []

@@ -40,7 +40,7 @@ class TransactionsModule(Module):
 
     async def start(self) -> None:
         settings = TxSettings()
-        txlog = TxLog(self.node.service(KVStore))  # type: ignore[type-abstract]
+        txlog = TxLog.on(self.node.service(KVStore))  # type: ignore[type-abstract]
         metrics = TxMetrics(self.node.service(Metrics), txlog, settings.stuck_after)
         tracer = self.node.service(Tracing).tracer("mezzo.transactions") if self.node.has(Tracing) else None
         self.coordinator = Coordinator(txlog, metrics, tracer=tracer, publish=self._publish, notify=self._announce,

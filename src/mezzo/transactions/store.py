@@ -6,6 +6,9 @@ Keys:
 - ``/tx/branch/{gid}/{id}/{op}``    one branch call (Branch)
 - ``/tx/active/{gid}``              present while unfinished: when it is next due and which node holds it
 
+On PostgreSQL these keys are plain rows (``PostgresStore.plain``: no history, no watch, no store-wide
+revision to serialise on); on SQLite they are in the KV store. Nothing watches them.
+
 The active entry is the lease. A node takes an unfinished transaction with a compare-and-set on it
 (only when it is free or its lease ran out) and every write the node then makes compares it again
 and renews it in the same store transaction. A node that lost its lease (it stalled, another node
@@ -19,11 +22,21 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from pydantic import BaseModel
 
 from mezzo.jsonutil import dumps, loads
-from mezzo.storage.kv import Compare, ConflictError, Delete, KeyValue, KVStore, Op, Put
+from mezzo.storage.kv import (
+    Compare,
+    ConflictError,
+    Delete,
+    KeyValue,
+    Op,
+    Put,
+    RangeResult,
+    TxnResult,
+)
 from mezzo.transactions.model import Branch, GlobalTx, Mode, step_branches
 
 GLOBAL, BRANCH, ACTIVE = "/tx/global/", "/tx/branch/", "/tx/active/"
@@ -62,9 +75,26 @@ def active_put(gid: str, active: Active) -> Put:
     return Put(ACTIVE + gid, dumps(active.model_dump()))
 
 
+class Rows(Protocol):
+    """What the log needs of a store: a KVStore, or a PostgresStore's plain rows."""
+
+    async def get(self, key: str) -> KeyValue | None: ...
+
+    async def range(self, prefix: str, *, start_after: str | None = None,
+                    limit: int | None = None) -> RangeResult: ...
+
+    async def txn(self, ops: Sequence[Op], compares: Sequence[Compare] = ()) -> TxnResult: ...
+
+
 class TxLog:
-    def __init__(self, store: KVStore) -> None:
+    def __init__(self, store: Rows) -> None:
         self.store = store
+
+    @classmethod
+    def on(cls, store: Rows) -> TxLog:
+        """The log on a node's store: in its plain rows when it has them (PostgreSQL)."""
+        plain = getattr(store, "plain", None)
+        return cls(plain() if callable(plain) else store)
 
     async def load(self, gid: str) -> Loaded | None:
         kv = await self.store.get(GLOBAL + gid)

@@ -11,7 +11,7 @@ from mezzo.transactions.store import Active, LostLease, TxLog, active_put
 
 
 async def test_one_holder_at_a_time_and_takeover_after_expiry(store: KVStore) -> None:
-    log = TxLog(store)
+    log = TxLog.on(store)
     await log.txn([active_put("g1", Active(due=0))])
     first = await log.acquire("g1", "node-a", ttl=30)
     assert first is not None
@@ -29,7 +29,7 @@ async def test_one_holder_at_a_time_and_takeover_after_expiry(store: KVStore) ->
 
 
 async def test_released_lease_is_free_and_due_later(store: KVStore) -> None:
-    log = TxLog(store)
+    log = TxLog.on(store)
     await log.txn([active_put("g2", Active(due=0))])
     lease = await log.acquire("g2", "node-a", ttl=30)
     assert lease is not None

@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from mezzo.node.outbound import Outbound
-from mezzo.storage.kv import KVStore
 from mezzo.testing.fixtures import RunningNode, wait_for
 from mezzo.transactions.coordinator import Coordinator
 
@@ -44,7 +43,7 @@ async def test_the_log_holds_only_branches_that_were_tried(http: httpx.AsyncClie
     gid = (await http.post("/v1/tx/transactions", json=saga(busi, ["a", "b", "c"]))).json()["gid"]
     tx = await final_status(http, gid)
     assert tx["status"] == "failed"
-    stored = (await txnode.node.service(KVStore).range(f"/tx/branch/{gid}/")).items
+    stored = (await txnode.node.service(Coordinator).log.store.range(f"/tx/branch/{gid}/")).items
     assert sorted(kv.key.rsplit("/", 2)[-2] + "/" + kv.key.rsplit("/", 1)[-1] for kv in stored) == [
         "01/action", "01/compensate", "02/action", "02/compensate"]  # c neither ran nor was compensated
     shown = {(b["branch_id"], b["op"]): b for b in tx["branches"]}

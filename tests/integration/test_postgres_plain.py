@@ -1,0 +1,120 @@
+"""The PostgreSQL store's plain rows (the transaction log's table): compare-and-set across nodes, a
+group with a failed compare, reads, and the migration that moves the log out of ``kv``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+import mezzo.storage.postgres as postgres
+from mezzo.storage.kv import Compare, ConflictError, Delete, Put
+from mezzo.storage.postgres import PostgresStore
+
+
+@pytest.fixture
+async def nodes(postgres_url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one schema, as two nodes."""
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await first.open()
+    await second.open()
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_compare_and_set_loses_no_update_between_nodes(nodes: tuple[PostgresStore, PostgresStore]) -> None:
+    """Increments by read + compare-and-set from two nodes at once: every one that succeeded counts."""
+    rows = [store.plain() for store in nodes]
+    await rows[0].txn([Put("/c", b"0")], [Compare("/c", 0)])
+    wins = 0
+
+    async def bump(index: int) -> None:
+        nonlocal wins
+        for _ in range(40):
+            kv = await rows[index % 2].get("/c")
+            assert kv is not None
+            try:
+                await rows[index % 2].txn([Put("/c", b"%d" % (int(kv.value) + 1))], [Compare("/c", kv.mod_revision)])
+            except ConflictError:
+                continue
+            wins += 1
+
+    await asyncio.gather(*(bump(i) for i in range(8)))
+    final = await rows[0].get("/c")
+    assert final is not None and int(final.value) == wins and wins > 0
+
+
+async def test_only_one_creator_of_a_key_wins(nodes: tuple[PostgresStore, PostgresStore]) -> None:
+    rows = [store.plain() for store in nodes]
+    results = await asyncio.gather(*(rows[i % 2].txn([Put("/once", b"%d" % i)], [Compare("/once", 0)])
+                                     for i in range(10)), return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, ConflictError) for r in results if isinstance(r, BaseException))
+
+
+async def test_a_failed_compare_fails_only_its_own_write_in_a_group(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    rows = store.plain()
+    try:
+        first = await rows.txn([Put("/a", b"1"), Put("/b", b"1")])
+        results = await asyncio.gather(
+            rows.txn([Put("/a", b"2")], [Compare("/a", first.revision)]),
+            rows.txn([Put("/b", b"2")], [Compare("/b", first.revision + 1000)]),  # wrong: nothing written
+            rows.txn([Delete("/a")], [Compare("/a", 0)]),  # wrong: /a exists
+            rows.txn([Put("/c", b"1")]),
+            return_exceptions=True,
+        )
+        assert not isinstance(results[0], BaseException) and results[0].revision > first.revision
+        assert isinstance(results[1], ConflictError) and results[1].key == "/b"
+        assert results[1].actual == first.revision
+        assert isinstance(results[2], ConflictError) and results[2].actual > 0
+        a, b = await rows.get("/a"), await rows.get("/b")
+        assert a is not None and a.value == b"2" and a.mod_revision == results[0].revision
+        assert b is not None and b.value == b"1"
+        await rows.txn([Delete("/c")])
+        assert await rows.get("/c") is None
+        assert await store.get("/a") is None  # plain rows are not in the KV store
+    finally:
+        await store.close()
+
+
+async def test_range_pages_in_key_order(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    rows = store.plain()
+    try:
+        await rows.txn([Put(f"/p/{i:02d}", b"v") for i in range(5)] + [Put("/q", b"v"), Put("/o", b"v")])
+        page = await rows.range("/p/", limit=2)
+        assert [kv.key for kv in page.items] == ["/p/00", "/p/01"] and page.more
+        rest = await rows.range("/p/", start_after="/p/01")
+        assert [kv.key for kv in rest.items] == ["/p/02", "/p/03", "/p/04"] and not rest.more
+    finally:
+        await store.close()
+
+
+async def test_the_migration_moves_the_transaction_log_with_its_revisions(postgres_url: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store made before plain rows keeps its transactions: they move over with the revisions
+    nodes compare against, and later revisions stay above every one given out before."""
+    monkeypatch.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:3])
+    old = PostgresStore(postgres_url)
+    await old.open()
+    written = await old.txn([Put("/tx/global/g1", b"tx"), Put("/tx/active/g1", b"lease"), Put("/config/x", b"c")])
+    await old.close()
+    monkeypatch.undo()
+    store = PostgresStore(postgres_url)
+    await store.open()
+    rows = store.plain()
+    try:
+        moved = await rows.get("/tx/active/g1")
+        assert moved is not None and moved.value == b"lease" and moved.mod_revision == written.revision
+        assert await store.get("/tx/global/g1") is None and await store.get("/config/x") is not None
+        after = await rows.txn([Put("/tx/active/g1", b"next")], [Compare("/tx/active/g1", written.revision)])
+        assert after.revision > written.revision
+    finally:
+        await store.close()

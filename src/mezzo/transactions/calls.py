@@ -76,8 +76,9 @@ class BranchCaller:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE,
                                              ssl=self._ssl if self._ssl is not None else True)
+            # no timeout of aiohttp's own: ``call`` bounds the whole call (one timer per call, not two)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
-                                                  skip_auto_headers=("User-Agent",))
+                                                  skip_auto_headers=("User-Agent",), timeout=aiohttp.ClientTimeout())
         return self._session
 
     async def aclose(self) -> None:

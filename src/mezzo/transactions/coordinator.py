@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import structlog
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from mezzo.node.outbound import Outbound
 from mezzo.storage.kv import Compare
@@ -92,6 +93,7 @@ class Coordinator:
         self._wake = asyncio.Event()
         self._claim = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
+        self._contexts: dict[str, Context] = {}
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -357,7 +359,7 @@ class Coordinator:
         return Progress.RETRY, worst if worst is not Outcome.SUCCESS else Outcome.ERROR
 
     async def _call(self, lease: Lease, tx: GlobalTx, branch: Branch) -> Result:
-        context = extract_context({"traceparent": tx.traceparent}) if tx.traceparent else None
+        context = self._context(tx.traceparent) if tx.traceparent else None
         started = time.perf_counter()
         with self.tracer.start_as_current_span(f"tx {tx.mode.value} {branch.op}", context=context,
                                                kind=trace.SpanKind.CLIENT) as span:
@@ -380,6 +382,15 @@ class Coordinator:
             log.info("branch to retry", gid=tx.gid, branch=branch.key, outcome=result.outcome.value,
                      detail=result.detail[:200])
         return result
+
+    def _context(self, traceparent: str) -> Context:
+        """The trace a transaction's branch calls join, parsed once per transaction, not per call."""
+        context = self._contexts.get(traceparent)
+        if context is None:
+            if len(self._contexts) >= 4096:
+                self._contexts.clear()
+            context = self._contexts[traceparent] = extract_context({"traceparent": traceparent})
+        return context
 
     async def _invoke(self, tx: GlobalTx, branch: Branch) -> Result:
         if branch.url.startswith(TOPIC_SCHEME):

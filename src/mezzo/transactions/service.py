@@ -193,7 +193,7 @@ class TxService:
         task = None
         if tx.mode in (Mode.SAGA, Mode.MSG):
             with contextlib.suppress(_Raced):  # it exists: decide below what a submit means for it
-                done, task = await self._create_submitted(tx.model_copy(deep=True), user)
+                done, task = await self._create_submitted(tx, user)  # sets only what a fallback sets again
         if task is None:
             done = await self._retrying(tx.gid, lambda: self._submit_once(tx.model_copy(deep=True), user))
             task = await self.coordinator.take(tx.gid)

@@ -52,9 +52,10 @@ DECLARE
     t int; i int; op_at int := 0; cmp_at int := 0; found_rev bigint; failed text; failed_rev bigint;
     next_rev bigint;
 BEGIN
-    -- every key of the call, locked first and in one order (released at commit)
-    PERFORM pg_advisory_xact_lock(s.h)
-       FROM (SELECT DISTINCT hashtextextended(current_schema() || ' ' || k, 0) AS h
+    -- every key of the call, locked first and in one order (released at commit); the two-key form
+    -- with a class of its own ('mztx') keeps these locks apart from other users of advisory locks
+    PERFORM pg_advisory_xact_lock(1836741752, s.h)
+       FROM (SELECT DISTINCT hashtext(current_schema() || ' ' || k) AS h
                FROM unnest(op_keys || cmp_keys) AS k ORDER BY 1) s;
     FOR t IN 1 .. coalesce(array_length(op_counts, 1), 0) LOOP
         failed := NULL;

@@ -237,7 +237,8 @@ async def _invalidation_events(request: Request, tracking: Tracking, namespace: 
                 yield b": ping\n\n"
                 quiet_since = loop.time()
             try:  # wake at least once a second to notice a stopping node
-                await asyncio.wait_for(listener.ready.wait(), min(heartbeat, 1.0))
+                async with asyncio.timeout(min(heartbeat, 1.0)):
+                    await listener.ready.wait()
             except TimeoutError:
                 pass
     finally:

@@ -174,7 +174,8 @@ class ConfigHub:
             if left <= 0:
                 return  # serve what we have rather than fail the read
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._progress.wait()
 
     def _wake(self, namespace: str) -> None:
         for fut in self._waiters.pop(namespace, ()):

@@ -129,7 +129,8 @@ class HalfMessages:
                 await self._check(namespace, topic, tx, kv.mod_revision, record)
             wait = 1.0 if soonest is None else min(max((soonest - now_ms) / 1000, 0.01), 1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _check(self, namespace: str, topic: str, tx: str, revision: int, record: dict[str, Any]) -> None:
         status = "UNKNOWN"

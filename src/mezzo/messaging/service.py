@@ -375,7 +375,8 @@ class MessagingService:
                 first = int(page.items[0].key[len(DELAYED):].split("/", 1)[0])
                 wait = min(max((first - now_ms) / 1000, 0.001), 1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._scheduler_wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._scheduler_wake.wait()
 
     async def _release_delayed(self, key: str, value: bytes, now_ms: int) -> None:
         _, ref_and_id = key[len(DELAYED):].split("/", 1)

@@ -87,7 +87,8 @@ class Checker:
                 for namespace, service in dirty:
                     self._reconcile(namespace, service, members)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), RECONCILE_EVERY)
+                    async with asyncio.timeout(RECONCILE_EVERY):
+                        await self._wake.wait()
         finally:
             unsubscribe()
             tasks = [task for _, task in self._tasks.values()]

@@ -55,7 +55,8 @@ class Reaper:
             first = self.view.next_deadline()
             delay = MAX_SLEEP if first is None else min(max(first - time.time(), 0.0), MAX_SLEEP)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.view.deadline_added.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self.view.deadline_added.wait()
 
     async def _consider(self, deadline: Deadline, members: list[str]) -> None:
         ref = InstanceRef.from_path(deadline.path)

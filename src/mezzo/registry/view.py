@@ -191,7 +191,8 @@ class RegistryView:
             if left <= 0:
                 return  # serve what we have rather than fail the read
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._progress.wait()
 
     def _changed(self, namespace: str, service: str) -> None:
         self.version += 1

@@ -129,7 +129,8 @@ class NearCache:
 
     async def wait_live(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
         return self.live
 
     async def aclose(self) -> None:

@@ -178,7 +178,8 @@ class Coordinator:
                 earliest = math.inf
             wait = max(0.0, min(self.poll, earliest - time.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def recover_once(self) -> float:

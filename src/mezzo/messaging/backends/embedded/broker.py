@@ -444,7 +444,8 @@ class EmbeddedBroker:
             wakeups = [w for c in gstate.cursors if (w := c.next_wakeup(now)) is not None]
             until = min([deadline, *wakeups])
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), max(until - now, 0.001))
+                async with asyncio.timeout(max(until - now, 0.001)):
+                    await changed.wait()
 
     def _take(self, state: TopicState, gstate: GroupState, max_messages: int, ack_timeout: float) -> list[Delivery]:
         out: list[Delivery] = []

@@ -207,7 +207,8 @@ class NatsBroker:
             if remaining <= 0:
                 return []
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), state.wait_time(remaining))
+                async with asyncio.timeout(state.wait_time(remaining)):
+                    await changed.wait()
             if self._topics.get(topic) is not state:
                 raise LookupError(f"topic {topic!r} was deleted")
 

@@ -228,7 +228,8 @@ class PostgresBroker:
             if due_ms >= 0:
                 until = min(until, now + due_ms / 1000)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), max(until - now, 0.001))
+                async with asyncio.timeout(max(until - now, 0.001)):
+                    await changed.wait()
 
     async def ack(self, topic: str, group: str, receipts: list[str]) -> None:
         wanted, columns = receipt_arrays(receipts)

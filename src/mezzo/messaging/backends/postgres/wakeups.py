@@ -52,7 +52,8 @@ class Wakeups:
         """Start listening; returns once LISTEN is up (or after a connect timeout: polling covers it)."""
         self._task = asyncio.create_task(self._listen(), name="mezzo-mq-pg-listen")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up.wait(), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._up.wait()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -84,7 +85,8 @@ class Wakeups:
                 delay = 0.5
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), KEEPALIVE)
+                        async with asyncio.timeout(KEEPALIVE):
+                            await lost.wait()
                     if not lost.is_set():
                         await conn.execute("SELECT 1", timeout=5)
             except asyncio.CancelledError:

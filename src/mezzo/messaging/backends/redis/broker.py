@@ -229,7 +229,8 @@ class RedisBroker:
             if reply[2] >= 0:
                 pause = min(pause, reply[2] / 1000 + 0.001)
             try:
-                await asyncio.wait_for(woken.wait(), max(pause, 0.001))
+                async with asyncio.timeout(max(pause, 0.001)):
+                    await woken.wait()
             except TimeoutError:
                 pass
 

@@ -54,6 +54,9 @@ def build_app(node: Any) -> Any:
     app = FastAPI(
         title="Mezzo", version=mezzo.__version__,
         description="Cloud-native middleware platform: one API for every service.",
+        # Mezzo's own middleware (telemetry/http.py) makes the server spans and metrics; FastAPI's
+        # would add a second span per request whenever a global OpenTelemetry provider is set
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.node = node
     install_errors(app)

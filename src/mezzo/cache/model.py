@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 from typing import Literal
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from mezzo.cache.distributed.backend import HealthPolicy, NodeAddress
+from mezzo.cache.distributed.backend import HealthPolicy, NodeAddress, NodeTLS
 from mezzo.resources.kinds import Column, KindSpec
 from mezzo.resources.model import SpecModel
 from mezzo.resources.types import ByteSize, Duration
@@ -16,30 +16,83 @@ from mezzo.resources.types import ByteSize, Duration
 Backend = Literal["embedded", "redis", "redis-cluster", "nodes"]
 Protocol = Literal["redis", "memcached"]
 DISTRIBUTED = ("redis", "redis-cluster", "nodes")
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile")  # of rediss:// URLs, as redis-py's
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # passwordEnv: an environment variable's name
 
 
-def parse_redis_url(url: str) -> NodeAddress:
-    """``redis://[user:password@]host[:port][/db]`` (``rediss`` is refused: TLS to nodes is not wired)."""
+def parse_redis_url(url: str, password_env: str | None = None) -> NodeAddress:
+    """``redis://[user:password@]host[:port][/db]``, or ``rediss://...`` for TLS with redis-py's URL
+    options (see ``_tls``). ``password_env`` names the variable that holds the password instead."""
     parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(f"{url!r}: use redis://host:port[/db]")
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{_shown(url)}: use redis://host:port[/db] (rediss:// for TLS)")
     port = _port(url, parts, 6379)
     path = parts.path.strip("/")
     if path and (not path.isdigit() or int(path) > 15):
-        raise ValueError(f"{url!r}: the database is a number from 0 to 15")
+        raise ValueError(f"{_shown(url)}: the database is a number from 0 to 15")
     return NodeAddress(parts.hostname or "", port, int(path or 0), unquote(parts.password) if parts.password else None,
-                       unquote(parts.username) if parts.username else None)
+                       unquote(parts.username) if parts.username else None, _tls(url, parts), password_env)
+
+
+def _tls(url: str, parts: SplitResult) -> NodeTLS | None:
+    """``rediss``: TLS with the system's CAs and hostname verification, unless the query says
+    ``ssl_ca_certs=/path`` (a CA bundle, trusted besides the system's), ``ssl_cert_reqs=none``
+    (no verification at all: for tests only), ``ssl_certfile=/path[&ssl_keyfile=/path]`` (a
+    client certificate). Files are paths on every Mezzo node, read when it connects."""
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError(f"{_shown(url)}: the query is not name=value pairs") from None
+    names = [name for name, _ in pairs]
+    if parts.scheme == "redis":
+        if any(name in TLS_OPTIONS for name in names):
+            raise ValueError(f"{_shown(url)}: ssl_* options need TLS: use rediss://")
+        return None  # other query parameters of redis:// URLs were always ignored
+    unknown = sorted(set(names) - set(TLS_OPTIONS))
+    if unknown:
+        raise ValueError(f"{_shown(url)}: unknown option {', '.join(unknown)} (rediss:// takes {', '.join(TLS_OPTIONS)})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{_shown(url)}: an option is given twice")
+    options = dict(pairs)
+    empty = sorted(name for name, value in options.items() if not value)
+    if empty:
+        raise ValueError(f"{_shown(url)}: {', '.join(empty)} is empty")
+    reqs = options.get("ssl_cert_reqs", "required")
+    if reqs not in ("required", "none"):
+        raise ValueError(f"{_shown(url)}: ssl_cert_reqs is required (the default) or none (no verification: "
+                         f"for tests only), not {reqs!r}")
+    if reqs == "none" and "ssl_ca_certs" in options:
+        raise ValueError(f"{_shown(url)}: ssl_ca_certs is unused with ssl_cert_reqs=none (nothing is verified)")
+    if "ssl_keyfile" in options and "ssl_certfile" not in options:
+        raise ValueError(f"{_shown(url)}: ssl_keyfile needs ssl_certfile (the client certificate it belongs to)")
+    return NodeTLS(options.get("ssl_ca_certs"), reqs == "required", options.get("ssl_certfile"),
+                   options.get("ssl_keyfile"))
+
+
+def _shown(url: str) -> str:
+    """``url`` quoted for an error, its password masked: errors are logged and sent back."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return repr(url)
+    return repr(urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{parts.netloc.rsplit('@', 1)[1]}")))
+
+
+def _no_inline_password(urls: list[str | None]) -> None:
+    for url in urls:
+        if url and urlsplit(url).password is not None:
+            raise ValueError(f"{_shown(url)} has a password: give it in the URL or in passwordEnv, not both "
+                             "(passwordEnv keeps it out of the stored resource)")
 
 
 def parse_memcached_url(url: str) -> NodeAddress:
     """``memcached://host[:port]`` (port 11211 by default): no user, password or database, which
-    memcached's text protocol does not have."""
+    memcached's text protocol does not have (nor TLS: there is no ``memcacheds``)."""
     parts = urlsplit(url)
     if parts.scheme != "memcached":
         raise ValueError(f"{url!r}: use memcached://host:port")
     port = _port(url, parts, 11211)
     if parts.username or parts.password:
-        raise ValueError(f"{url!r}: memcached's text protocol has no authentication; give memcached://host:port")
+        raise ValueError(f"{_shown(url)}: memcached's text protocol has no authentication; give memcached://host:port")
     if parts.path.strip("/") or parts.query:
         raise ValueError(f"{url!r}: memcached has no databases; give memcached://host:port")
     return NodeAddress(parts.hostname or "", port)
@@ -48,32 +101,36 @@ def parse_memcached_url(url: str) -> NodeAddress:
 def _port(url: str, parts: SplitResult, default: int) -> int:
     """The URL's port (``default`` when none), once it is known to name a host."""
     if not parts.hostname:
-        raise ValueError(f"{url!r} has no host")
+        raise ValueError(f"{_shown(url)} has no host")
     try:
         return parts.port or default
     except ValueError:
-        raise ValueError(f"{url!r} has an invalid port") from None
+        raise ValueError(f"{_shown(url)} has an invalid port") from None
 
 
 def node_protocol(url: str) -> Protocol:
     return "memcached" if urlsplit(url).scheme == "memcached" else "redis"
 
 
-def parse_node_url(url: str) -> NodeAddress:
-    """A node of backend ``nodes``: ``redis://host:port[/db]`` or ``memcached://host:port``."""
+def parse_node_url(url: str, password_env: str | None = None) -> NodeAddress:
+    """A node of backend ``nodes``: ``redis[s]://host:port[/db]`` or ``memcached://host:port``."""
     scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "memcached"):
-        raise ValueError(f"{url!r}: use redis://host:port[/db] or memcached://host:port")
-    return parse_memcached_url(url) if scheme == "memcached" else parse_redis_url(url)
+    if scheme not in ("redis", "rediss", "memcached"):
+        raise ValueError(f"{_shown(url)}: use redis://host:port[/db] (rediss:// for TLS) or memcached://host:port")
+    return parse_memcached_url(url) if scheme == "memcached" else parse_redis_url(url, password_env)
 
 
 class CacheNode(SpecModel):
-    url: str = Field(description="redis://host:port[/db] or memcached://host:port of the node (its primary)")
+    url: str = Field(description="redis://host:port[/db] (rediss:// for TLS) or memcached://host:port of the node "
+                                 "(its primary)")
     name: str | None = Field(None, min_length=1, max_length=255,
                              description="its name on the ring (default host:port); keep it when the address moves")
     weight: int = Field(1, ge=1, le=1000, description="share of the keys, relative to the other nodes")
     replica: str | None = Field(None, description="redis://... of a replica of this Redis node that takes over when "
                                                   "it fails (memcached has no replication)")
+    password_env: str | None = Field(None, max_length=255, pattern=ENV_NAME,
+                                     description="environment variable holding the password of url and replica, "
+                                                 "read on each Mezzo node when it connects")
 
     @field_validator("url")
     @classmethod
@@ -95,9 +152,24 @@ class CacheNode(SpecModel):
         parse_redis_url(value)
         return value
 
+    @field_validator("password_env")
+    @classmethod
+    def _check_password_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        url = info.data.get("url")
+        if value is not None and url is not None and node_protocol(url) == "memcached":
+            raise ValueError("memcached's text protocol has no authentication: a memcached node has no passwordEnv")
+        if value is not None:
+            _no_inline_password([url, info.data.get("replica")])
+        return value
+
     @property
     def ring_name(self) -> str:
         return self.name or parse_node_url(self.url).label
+
+    def addresses(self) -> tuple[NodeAddress, NodeAddress | None]:
+        """The primary's and the replica's address (None without one), with ``password_env``."""
+        replica = parse_redis_url(self.replica, self.password_env) if self.replica else None
+        return parse_node_url(self.url, self.password_env), replica
 
 
 class FailureDetection(SpecModel):
@@ -121,9 +193,13 @@ class NearCache(SpecModel):
 
 class CacheSpec(SpecModel):
     backend: Backend = Field("embedded", description="where the keys live")
-    url: str | None = Field(None, validate_default=True, description="backend redis: redis://host:port[/db]")
+    url: str | None = Field(None, validate_default=True,
+                            description="backend redis: redis://host:port[/db] (rediss:// for TLS)")
     urls: list[str] = Field(default_factory=list, validate_default=True,
-                            description="backend redis-cluster: seed nodes, redis://host:port")
+                            description="backend redis-cluster: seed nodes, redis://host:port (rediss:// for TLS)")
+    password_env: str | None = Field(None, max_length=255, pattern=ENV_NAME,
+                                     description="backend redis and redis-cluster: environment variable holding the "
+                                                 "password, read on each Mezzo node when it connects")
     nodes: list[CacheNode] = Field(default_factory=list, validate_default=True,
                                    description="backend nodes: independent Redis (or memcached) nodes on a ketama ring")
     database: int | None = Field(None, ge=0, le=15, description="the RESP SELECT index that reaches this namespace")
@@ -149,7 +225,22 @@ class CacheSpec(SpecModel):
         for url in value:
             _not_memcached(url)
             if parse_redis_url(url).db != 0:
-                raise ValueError(f"{url!r}: Redis Cluster has only database 0")
+                raise ValueError(f"{_shown(url)}: Redis Cluster has only database 0")
+        if len({parse_redis_url(url).tls for url in value}) > 1:
+            raise ValueError("the seeds differ in scheme or TLS options: the cluster client uses one set for "
+                             "every node of the cluster")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        backend = info.data.get("backend")
+        if backend not in ("redis", "redis-cluster"):
+            raise ValueError(f"only used with backend redis or redis-cluster (this one is {backend}); "
+                             "with backend nodes, give passwordEnv on each node")
+        _no_inline_password([info.data.get("url"), *info.data.get("urls", [])])
         return value
 
     @field_validator("nodes")
@@ -178,6 +269,11 @@ class CacheSpec(SpecModel):
     @property
     def distributed(self) -> bool:
         return self.backend in DISTRIBUTED
+
+    def seeds(self) -> list[NodeAddress]:
+        """backend redis: its one node; redis-cluster: the seed nodes (with ``password_env``)."""
+        urls = [self.url] if self.backend == "redis" and self.url else self.urls
+        return [parse_redis_url(url, self.password_env) for url in urls]
 
     @property
     def protocol(self) -> Protocol:

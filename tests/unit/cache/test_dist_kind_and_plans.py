@@ -20,7 +20,7 @@ def test_redis_urls() -> None:
     assert (address.host, address.port, address.db, address.username, address.password) == \
         ("cache-1", 6390, 3, "user", "p@ss")
     assert parse_redis_url("redis://h").port == 6379
-    for bad in ("http://h:1", "redis://:1", "redis://h:99999", "redis://h/16", "redis://h/x", "rediss://h"):
+    for bad in ("http://h:1", "redis://:1", "redis://h:99999", "redis://h/16", "redis://h/x", "rediss://h?ssl=1"):
         with pytest.raises(ValueError):
             parse_redis_url(bad)
 

@@ -10,7 +10,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
 from mezzo.cache.distributed.backend import Call, HealthPolicy, NodeAddress, NodeUnavailable
-from mezzo.cache.distributed.pool import NODE_ERRORS
+from mezzo.cache.distributed.pool import NODE_ERRORS, client_options
 
 # Commands whose replies the proxy forwards as they come; redis-py's parsers for them are dropped.
 RAW_REPLIES = ("GET", "SET", "SETNX", "SETEX", "PSETEX", "MGET", "MSET", "GETDEL", "GETEX", "APPEND", "STRLEN",
@@ -23,15 +23,15 @@ class ClusterBackend:
     kind = "redis-cluster"
 
     def __init__(self, seeds: list[NodeAddress], policy: HealthPolicy) -> None:
-        first = seeds[0]
+        # One set of credentials and TLS options for every node (the spec's seeds share them).
         self.client = RedisCluster(startup_nodes=[ClusterNode(a.host, a.port) for a in seeds],
-                                   password=first.password, username=first.username,
                                    socket_timeout=policy.timeout, socket_connect_timeout=policy.timeout,
                                    max_connections=policy.max_connections, require_full_coverage=False,
-                                   protocol=2)
+                                   protocol=2, **client_options(seeds[0]))
         for name in RAW_REPLIES:
             self.client.response_callbacks.pop(name, None)
         self.failures = 0
+        self.last_error: str | None = None
 
     async def run(self, calls: list[Call]) -> list[Any]:
         try:
@@ -48,6 +48,7 @@ class ClusterBackend:
             return list(await pipe.execute(raise_on_error=False))
         except NODE_ERRORS as exc:
             self.failures += 1
+            self.last_error = str(exc) or type(exc).__name__
             return [NodeUnavailable(f"redis cluster is unavailable ({type(exc).__name__})")] * len(calls)
 
     async def _primaries(self) -> list[ClusterNode]:
@@ -73,7 +74,7 @@ class ClusterBackend:
     def status(self) -> dict[str, Any]:
         nodes = [{"name": n.name, "role": n.server_type, "state": "healthy"} for n in self.client.get_nodes()]
         return {"backend": self.kind, "nodes": sorted(nodes, key=lambda n: n["name"]), "errors": self.failures,
-                "rebalance": None}
+                "lastError": self.last_error, "rebalance": None}
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -5,6 +5,8 @@ into one write, and replies are matched to callers first-in first-out as hiredis
 Error replies come back as values (``hiredis.ReplyError``), not failures. A timeout or a broken
 connection fails every call in flight (the stream can no longer be matched to callers) and the
 next call reconnects. Control work (SCAN, DUMP/RESTORE, probes) uses redis-py's clients instead.
+A ``rediss://`` node's connection is asyncio's TLS transport, with the address's ``NodeTLS`` context;
+its AUTH password is read at each connect (``password_env``), never kept here.
 memcached nodes use the same link with another reader and encoder (memcached.py's ``MetaLink``).
 """
 
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 
-from mezzo.cache.distributed.backend import NodeAddress
+from mezzo.cache.distributed.backend import NodeAddress, NodeSettingError
 
 
 class LinkError(ConnectionError):
@@ -28,6 +31,17 @@ class LinkError(ConnectionError):
 def pack(args: Sequence[bytes | str | int]) -> bytes:
     """One command in RESP (hiredis' C encoder)."""
     return hiredis.pack_command(args if isinstance(args, tuple) else tuple(args))  # type: ignore[no-any-return]
+
+
+def _link_error(exc: BaseException) -> LinkError:
+    """What a failed connect reports (in the node's status too): said plainly for settings and TLS."""
+    if isinstance(exc, LinkError):
+        return exc
+    if isinstance(exc, NodeSettingError):
+        return LinkError(str(exc))
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return LinkError(f"TLS certificate verification failed: {exc.verify_message or exc}")
+    return LinkError(f"cannot connect: {exc!r}")
 
 
 class _Batch:
@@ -93,11 +107,14 @@ class NodeLink:
         loop = asyncio.get_running_loop()
         self._connecting = loop.create_future()
         try:
+            setup = self.setup()  # before connecting: a password variable that is unset opens nothing
+            tls = self.address.tls.context() if self.address.tls is not None else None
             _, stream = await asyncio.wait_for(
-                loop.create_connection(lambda: _Stream(self), self.address.host, self.address.port), self.timeout)
+                loop.create_connection(lambda: _Stream(self), self.address.host, self.address.port, ssl=tls,
+                                       server_hostname=self.address.host if tls is not None else None),
+                self.timeout)
             if stream.lost:
                 raise LinkError("connection lost: closed by the node at once")
-            setup = self.setup()
             self._stream = stream
             if setup:
                 for reply in await self._send(stream, setup):
@@ -106,7 +123,7 @@ class NodeLink:
             self._connecting.set_result(stream)
             return stream
         except BaseException as exc:
-            failure = exc if isinstance(exc, LinkError) else LinkError(f"cannot connect: {exc!r}")
+            failure = _link_error(exc)
             if self._stream is not None:
                 self.broken(self._stream, failure)
             self._connecting.set_exception(failure)
@@ -125,9 +142,9 @@ class NodeLink:
     def setup(self) -> list[tuple[Any, ...]]:
         """Commands that open every new connection (AUTH, SELECT)."""
         setup: list[tuple[Any, ...]] = []
-        if self.address.password is not None:
-            setup.append(("AUTH", self.address.username, self.address.password) if self.address.username
-                         else ("AUTH", self.address.password))
+        password = self.address.auth_password()
+        if password is not None:
+            setup.append(("AUTH", self.address.username, password) if self.address.username else ("AUTH", password))
         if self.address.db:
             setup.append(("SELECT", self.address.db))
         return setup

@@ -11,7 +11,7 @@ import structlog
 
 from mezzo.cache.distributed.backend import DistributedBackend
 from mezzo.cache.engine import Engine
-from mezzo.cache.model import CacheSpec, parse_node_url, parse_redis_url
+from mezzo.cache.model import CacheSpec
 from mezzo.cache.proxy import ProxyServer
 
 log = structlog.get_logger("mezzo.cache")
@@ -28,11 +28,9 @@ def shard_configs(spec: CacheSpec) -> list[Any]:
     from mezzo.cache.distributed.sharded import ShardConfig
 
     if spec.backend == "redis":
-        assert spec.url is not None
-        address = parse_redis_url(spec.url)
+        (address,) = spec.seeds()
         return [ShardConfig(address.label, 1, address)]
-    return [ShardConfig(n.ring_name, n.weight, parse_node_url(n.url),
-                        parse_redis_url(n.replica) if n.replica else None) for n in spec.nodes]
+    return [ShardConfig(n.ring_name, n.weight, *n.addresses()) for n in spec.nodes]
 
 
 class CacheNamespaces:
@@ -92,7 +90,7 @@ class CacheNamespaces:
             return
         backend: DistributedBackend
         if spec.backend == "redis-cluster":
-            backend = ClusterBackend([parse_redis_url(u) for u in spec.urls], policy)
+            backend = ClusterBackend(spec.seeds(), policy)
         elif spec.protocol == "memcached":
             backend = MemcachedBackend(shard_configs(spec), policy, kind=spec.backend)
         else:

@@ -25,11 +25,17 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 import structlog
 from redis.backoff import NoBackoff
+from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from mezzo.cache.distributed.backend import HealthPolicy, NodeAddress, NodeUnavailable
+from mezzo.cache.distributed.backend import (
+    HealthPolicy,
+    NodeAddress,
+    NodeSettingError,
+    NodeUnavailable,
+)
 from mezzo.cache.distributed.link import NodeLink
 from mezzo.cache.distributed.ring import KetamaRing
 
@@ -43,12 +49,43 @@ STALE_CHUNK = 500  # keys per deleting round trip at readmission
 def connect(address: NodeAddress, policy: HealthPolicy) -> aioredis.Redis:
     """A client that fails fast (no retries of its own: failures must reach the detector) and
     returns raw replies (no response callbacks), so the proxy can forward them unchanged."""
-    client = aioredis.Redis(host=address.host, port=address.port, db=address.db, password=address.password,
-                            username=address.username, socket_timeout=policy.timeout,
+    client = aioredis.Redis(host=address.host, port=address.port, db=address.db, socket_timeout=policy.timeout,
                             socket_connect_timeout=policy.timeout, retry=Retry(NoBackoff(), 0),
-                            max_connections=policy.max_connections, protocol=2)
+                            max_connections=policy.max_connections, protocol=2, **client_options(address))
     client.response_callbacks.clear()
     return client
+
+
+class EnvPassword(CredentialProvider):
+    """AUTH credentials whose password is read from ``password_env`` at every new connection."""
+
+    def __init__(self, address: NodeAddress) -> None:
+        self.address = address
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        try:
+            password = self.address.auth_password()
+        except NodeSettingError as exc:  # a RedisError: redis-py closes the socket it opened
+            raise RedisConnectionError(str(exc)) from None
+        assert password is not None
+        return (self.address.username, password) if self.address.username else (password,)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
+
+
+def client_options(address: NodeAddress) -> dict[str, Any]:
+    """redis-py's options for a node's credentials and TLS (single-node and cluster clients alike)."""
+    options: dict[str, Any] = {"username": address.username}
+    if address.password_env is not None:
+        options = {"credential_provider": EnvPassword(address)}
+    elif address.password is not None:
+        options["password"] = address.password
+    tls = address.tls
+    if tls is not None:
+        options.update(ssl=True, ssl_ca_certs=tls.ca_certs, ssl_cert_reqs="required" if tls.verify else "none",
+                       ssl_check_hostname=tls.verify, ssl_certfile=tls.certfile, ssl_keyfile=tls.keyfile)
+    return options
 
 
 async def _within(call: Awaitable[Any], seconds: float) -> Any:
@@ -88,10 +125,12 @@ class Shard:
         return self.endpoints[0]
 
     def status(self) -> dict[str, Any]:
+        error = self.active.last_error if self.state != "healthy" else None
         return {"name": self.name, "weight": self.weight, "state": self.state, "failures": self.failures,
                 "primary": self.active.address.label,
                 "replica": self.endpoints[1].address.label if len(self.endpoints) > 1 else None,
-                "replicaUp": self.endpoints[1].down_since is None if len(self.endpoints) > 1 else None}
+                "replicaUp": self.endpoints[1].down_since is None if len(self.endpoints) > 1 else None,
+                "lastError": str(error) if error is not None else None}
 
 
 RingChange = Callable[[KetamaRing, KetamaRing, str, str], None]  # (old, new, shard name, reason)
@@ -316,4 +355,4 @@ async def close_shard(shard: Shard) -> None:
 
 
 __all__ = ["NODE_ERRORS", "Endpoint", "HealthPolicy", "NodeAddress", "NodePool", "NodeUnavailable", "Shard",
-           "close_shard", "connect"]
+           "client_options", "close_shard", "connect"]

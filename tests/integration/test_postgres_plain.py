@@ -118,3 +118,44 @@ async def test_the_migration_moves_the_transaction_log_with_its_revisions(postgr
         assert after.revision > written.revision
     finally:
         await store.close()
+
+
+async def test_a_call_with_more_keys_than_it_locks_one_by_one_is_still_atomic(
+        nodes: tuple[PostgresStore, PostgresStore]) -> None:
+    """Past LOCK_KEYS keys a call locks the table instead (the server's lock table is small): it must
+    still exclude the small compare-and-sets of another node, and apply whole or not at all."""
+    from mezzo.storage.postgres_plain import LOCK_KEYS
+
+    big, small = nodes[0].plain(), nodes[1].plain()
+    first = await big.txn([Put(f"/big/{i:04d}", b"0") for i in range(LOCK_KEYS + 100)])
+    bumps = 0
+
+    async def bump() -> None:
+        nonlocal bumps
+        for _ in range(30):
+            kv = await small.get("/big/0007")
+            assert kv is not None
+            try:
+                await small.txn([Put("/big/0007", b"%d" % (int(kv.value) + 1))], [Compare("/big/0007", kv.mod_revision)])
+            except ConflictError:
+                continue
+            bumps += 1
+
+    async def rewrite() -> None:
+        nonlocal bumps
+        for _ in range(5):
+            kv = await big.get("/big/0007")
+            assert kv is not None
+            try:  # every key, compared on the one the small writers bump
+                await big.txn([Put(f"/big/{i:04d}", b"%d" % (int(kv.value) + 1 if i == 7 else 0))
+                               for i in range(LOCK_KEYS + 100)], [Compare("/big/0007", kv.mod_revision)])
+            except ConflictError:
+                continue
+            bumps += 1
+
+    await asyncio.gather(bump(), bump(), rewrite())
+    final = await big.get("/big/0007")
+    assert final is not None and int(final.value) == bumps and final.mod_revision > first.revision
+    with pytest.raises(ConflictError):  # a refused big call writes none of its keys
+        await big.txn([Put(f"/big/{i:04d}", b"x") for i in range(LOCK_KEYS + 100)], [Compare("/big/0007", 1)])
+    assert (await big.get("/big/0000")) is not None and (await big.get("/big/0000")).value != b"x"  # type: ignore[union-attr]

@@ -42,8 +42,9 @@ def rolled_back(exc: BaseException) -> bool:
 class GroupCommit:
     """A queue of writes and the one task that sends them, a group per call, through ``apply``."""
 
-    def __init__(self, apply: Apply) -> None:
+    def __init__(self, apply: Apply, *, max_ops: int = MAX_BATCH_OPS) -> None:
         self.apply = apply
+        self.max_ops = max_ops
         self.waiting: deque[Waiting] = deque()
         self.committer: asyncio.Task[None] | None = None
 
@@ -68,7 +69,7 @@ class GroupCommit:
         try:
             while self.waiting:
                 batch, count, size = [], 0, 0
-                while self.waiting and len(batch) < MAX_BATCH and count < MAX_BATCH_OPS and size < MAX_BATCH_BYTES:
+                while self.waiting and len(batch) < MAX_BATCH and count < self.max_ops and size < MAX_BATCH_BYTES:
                     item = self.waiting.popleft()
                     if item.future.done():  # its caller gave up before it was sent: it is not written
                         continue

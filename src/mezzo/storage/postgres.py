@@ -261,7 +261,11 @@ class PostgresStore:
     async def open(self) -> None:
         import asyncpg
 
-        settings = {"search_path": self.schema, "application_name": "mezzo"}
+        # READ COMMITTED whatever the database's default: plain_txn_batch reads its compares after its
+        # key locks are granted, and a migration reads schema_migrations after the migration lock;
+        # both need a snapshot per statement, not one taken before the wait
+        settings = {"search_path": self.schema, "application_name": "mezzo",
+                    "default_transaction_isolation": "read committed"}
         first = await asyncpg.connect(self.dsn)
         try:
             # IF NOT EXISTS still races between nodes starting together: the loser sees a duplicate.
@@ -273,6 +277,8 @@ class PostgresStore:
             self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings, reset=_keep_session
         )
         await self._migrate()
+        if self._plain is not None:
+            self._plain.pool = self._pool
         revision = (await self.revision())[0]
         if self._signal is None:
             self._signal = ChangeSignal(revision)
@@ -282,9 +288,8 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._group.drain()  # writes already queued are committed first
-        if self._plain is not None:
+        if self._plain is not None:  # kept: a reopened store gives it the new pool (a TxLog holds it)
             await self._plain.close()
-            self._plain = None
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -30,10 +30,14 @@ from mezzo.storage.kv import (
 )
 from mezzo.storage.txn import check_key, check_ops, check_range
 
+LOCK_KEYS = 512  # keys a call locks one by one (beyond: the whole table); a group of plain rows stays under it
+
 # Migration 4 of the store's schema. The transaction log (``/tx/``) moves here from ``kv`` with the
 # revisions it had, and the sequence starts past every revision the store has given out, so a
 # compare a node read before the move still holds or fails as it would have.
 MIGRATION = """
+-- an older node's write in flight finishes first, and none starts until the move is committed
+SELECT 1 FROM kv_meta WHERE id = 1 FOR UPDATE;
 CREATE TABLE plain_kv (key TEXT COLLATE "C" PRIMARY KEY, value BYTEA NOT NULL, mod_rev BIGINT NOT NULL);
 CREATE SEQUENCE plain_rev;
 SELECT setval('plain_rev', greatest((SELECT revision FROM kv_meta WHERE id = 1), 1));
@@ -50,13 +54,20 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     t int; i int; op_at int := 0; cmp_at int := 0; found_rev bigint; failed text; failed_rev bigint;
-    next_rev bigint;
+    next_rev bigint; keys text[];
 BEGIN
     -- every key of the call, locked first and in one order (released at commit); the two-key form
-    -- with a class of its own ('mztx') keeps these locks apart from other users of advisory locks
-    PERFORM pg_advisory_xact_lock(1836741752, s.h)
-       FROM (SELECT DISTINCT hashtext(current_schema() || ' ' || k) AS h
-               FROM unnest(op_keys || cmp_keys) AS k ORDER BY 1) s;
+    -- with classes of its own ('mztx', 'mztx'+1) keeps these locks apart from other users of
+    -- advisory locks. The lock table is small (shared by the whole server), so a call with more
+    -- than LOCK_KEYS keys locks the schema's table instead, alone: others hold it shared.
+    keys := ARRAY(SELECT DISTINCT k FROM unnest(op_keys || cmp_keys) AS k);
+    IF cardinality(keys) > LOCK_KEYS THEN
+        PERFORM pg_advisory_xact_lock(1836741753, hashtext(current_schema()));
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(1836741753, hashtext(current_schema()));
+        PERFORM pg_advisory_xact_lock(1836741752, s.h)
+           FROM (SELECT DISTINCT hashtext(current_schema() || ' ' || k) AS h FROM unnest(keys) AS k ORDER BY 1) s;
+    END IF;
     FOR t IN 1 .. coalesce(array_length(op_counts, 1), 0) LOOP
         failed := NULL;
         FOR i IN cmp_at + 1 .. cmp_at + cmp_counts[t] LOOP
@@ -86,7 +97,7 @@ BEGIN
     END LOOP;
 END
 $$;
-"""
+""".replace("LOCK_KEYS", str(LOCK_KEYS))
 
 
 class PostgresPlain:
@@ -98,8 +109,8 @@ class PostgresPlain:
     """
 
     def __init__(self, pool: Any) -> None:
-        self._pool = pool
-        self._group = GroupCommit(lambda batch: self._apply(batch))
+        self.pool = pool  # the store's: it closes it, and gives a reopened store's pool here
+        self._group = GroupCommit(lambda batch: self._apply(batch), max_ops=LOCK_KEYS)
 
     async def close(self) -> None:
         """Wait for the writes already queued (the pool is the store's: it closes it)."""
@@ -107,7 +118,7 @@ class PostgresPlain:
 
     async def get(self, key: str) -> KeyValue | None:
         check_key(key)
-        row = await self._pool.fetchrow("SELECT key, value, mod_rev FROM plain_kv WHERE key = $1", key)
+        row = await self.pool.fetchrow("SELECT key, value, mod_rev FROM plain_kv WHERE key = $1", key)
         return _kv(row) if row else None
 
     async def range(self, prefix: str, *, start_after: str | None = None, limit: int | None = None) -> RangeResult:
@@ -120,7 +131,7 @@ class PostgresPlain:
         if limit is not None:
             sql += " LIMIT $3"
             args.append(limit + 1)
-        rows = await self._pool.fetch(sql, *args)
+        rows = await self.pool.fetch(sql, *args)
         more = limit is not None and len(rows) > limit
         return RangeResult([_kv(r) for r in rows[:limit]], 0, more)
 
@@ -141,7 +152,7 @@ class PostgresPlain:
             for compare in item.compares:
                 cmp_keys.append(compare.key)
                 cmp_revs.append(compare.mod_revision)
-        rows = await self._pool.fetch(
+        rows = await self.pool.fetch(
             "SELECT * FROM plain_txn_batch($1::int[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bigint[])",
             [len(item.ops) for item in batch], keys, values, [len(item.compares) for item in batch], cmp_keys,
             cmp_revs,

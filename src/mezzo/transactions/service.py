@@ -341,14 +341,13 @@ class TxService:
                      finish: bool = False) -> None:
         tx = loaded.tx
         ops: list[Op] = [global_put(tx)]
-        if action in AUDITED:
-            ops.append(self._audit(user, action, tx))
+        audit = self._audit(user, action, tx) if action in AUDITED else None
         if finish:
             ops.append(Delete(ACTIVE + tx.gid))
         else:
             ops.append(active_put(tx.gid, Active(due=0)))  # due now; a lease another node held is void
         try:
-            await self.log.txn(ops, [Compare(GLOBAL + tx.gid, loaded.revision)])
+            await self.log.txn(ops, [Compare(GLOBAL + tx.gid, loaded.revision)], audit=audit)
         except ConflictError:
             raise _Raced from None
         self.coordinator.wake()

@@ -87,14 +87,15 @@ class Rows(Protocol):
 
 
 class TxLog:
-    def __init__(self, store: Rows) -> None:
+    def __init__(self, store: Rows, kv: Rows | None = None) -> None:
         self.store = store
+        self.kv = kv or store  # the node's KV store, where what others read (the audit log) goes
 
     @classmethod
     def on(cls, store: Rows) -> TxLog:
         """The log on a node's store: in its plain rows when it has them (PostgreSQL)."""
         plain = getattr(store, "plain", None)
-        return cls(plain() if callable(plain) else store)
+        return cls(plain(), store) if callable(plain) else cls(store)
 
     async def load(self, gid: str) -> Loaded | None:
         kv = await self.store.get(GLOBAL + gid)
@@ -130,8 +131,15 @@ class TxLog:
                                         limit=limit)
         return [GlobalTx.model_validate(loads(kv.value)) for kv in result.items], result.more
 
-    async def txn(self, ops: Sequence[Op], compares: Sequence[Compare] = ()) -> int:
-        return (await self.store.txn(list(ops), list(compares))).revision
+    async def txn(self, ops: Sequence[Op], compares: Sequence[Compare] = (), *, audit: Put | None = None) -> int:
+        """Apply ``ops`` if the compares hold, with the audit record in the same transaction when the
+        log is in the KV store; in plain rows (PostgreSQL) the record goes to the KV store right after."""
+        if audit is not None and self.kv is self.store:
+            ops, audit = [*ops, audit], None
+        revision = (await self.store.txn(list(ops), list(compares))).revision
+        if audit is not None:
+            await self.kv.txn([audit])
+        return revision
 
     async def acquire(self, gid: str, owner: str, ttl: float, kv: KeyValue | None = None) -> Lease | None:
         """Take the transaction's lease when it is free (or already ours); None when another node holds it."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -66,27 +68,35 @@ def check_url(url: str, field: str, *, topic: bool = False, outbound: Outbound |
     """A branch or check-back URL the coordinator can call: ``http(s)://host[:port]/...`` (or, for a
     message step, ``topic://NAME``) to a host ``outbound`` allows. Refused at once with the field,
     rather than stored and retried for ever as a call that can never be made."""
+    problem = _url_problem(url, topic, outbound)
+    if problem is not None:
+        raise bad_request(problem, field=field)
+
+
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+@functools.lru_cache(maxsize=4096)  # applications call the same few branch URLs over and over
+def _url_problem(url: str, topic: bool, outbound: Outbound | None) -> str | None:
     if topic and url.startswith(TOPIC_SCHEME):
-        if not url[len(TOPIC_SCHEME):]:
-            raise bad_request("a topic step names its topic: topic://NAME", field=field)
-        return
+        return None if url[len(TOPIC_SCHEME):] else "a topic step names its topic: topic://NAME"
     if len(url) > MAX_URL:
-        raise bad_request(f"a URL is at most {MAX_URL} characters", field=field)
-    if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in url):
-        raise bad_request("a URL has no spaces or control characters", field=field)
+        return f"a URL is at most {MAX_URL} characters"
+    if _UNSAFE.search(url):
+        return "a URL has no spaces or control characters"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise bad_request(f"not a URL: {exc}", field=field) from None
+        return f"not a URL: {exc}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         also = " or topic://NAME" if topic else ""
-        raise bad_request(f"{url[:100]!r} is not an http:// or https:// URL with a host{also}", field=field)
+        return f"{url[:100]!r} is not an http:// or https:// URL with a host{also}"
     if port == 0:
-        raise bad_request("port 0 cannot be called", field=field)
+        return "port 0 cannot be called"
     if outbound is not None and not outbound.allows(parts.hostname):
-        raise bad_request(f"host {parts.hostname!r} is not one the coordinator may call (MEZZO_TX_ALLOW_HOSTS)",
-                          field=field)
+        return f"host {parts.hostname!r} is not one the coordinator may call (MEZZO_TX_ALLOW_HOSTS)"
+    return None
 
 
 def validate_steps(tx: GlobalTx, outbound: Outbound | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
@@ -59,18 +59,21 @@ async def principal(request: Request) -> Principal:
 def principal_of(request: Request) -> Principal:
     """The caller, from ``Authorization: Bearer TOKEN`` (or Dapr's ``dapr-api-token``); 401 otherwise."""
     token = bearer_token(request)
-    failures = request.app.state.node.service(Metrics).counter(
-        "auth", "failures", "total", "Rejected API calls by reason.", labels=("reason",))
     if token is None:
-        failures.labels("missing").inc()
+        _failures(request).labels("missing").inc()
         raise Problem(401, "Unauthorized", "missing bearer token", type="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="mezzo"'})
     found = authenticate(request, token)
     if found is None:
-        failures.labels("invalid").inc()
+        _failures(request).labels("invalid").inc()
         raise Problem(401, "Unauthorized", "invalid, expired or revoked token", type="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="mezzo", error="invalid_token"'})
     return found
+
+
+def _failures(request: Request) -> Any:
+    return request.app.state.node.service(Metrics).counter(
+        "auth", "failures", "total", "Rejected API calls by reason.", labels=("reason",))
 
 
 Caller = Annotated[Principal, Depends(principal)]

@@ -190,7 +190,8 @@ class TxService:
         if existing is not None:
             if existing.tx.mode is tx.mode and existing.tx.status is Status.PREPARED:
                 return existing.tx  # a repeated prepare is harmless
-            raise conflict(f"transaction {tx.gid} exists ({existing.tx.mode.value}, {existing.tx.status.value})")
+            raise conflict(f"transaction {tx.gid} exists ({existing.tx.mode.value}, {existing.tx.status.value})",
+                           state=existing.tx.status.value)
         tx.status, tx.created, tx.created_by = Status.PREPARED, time.time(), user
         wait = tx.options.retry_interval if tx.mode is Mode.MSG else (tx.options.timeout_to_fail or PREPARED_TIMEOUT)
         await self._create(tx, step_branches(tx), active=Active(due=tx.created + wait))
@@ -259,7 +260,9 @@ class TxService:
         if tx.status in (Status.ABORTING, Status.FAILED):
             return tx
         if tx.status is Status.SUBMITTED and not (operator and tx.mode is Mode.SAGA):
-            raise conflict(f"transaction {gid} is submitted; only an operator can abort a running saga")
+            why = ("only an operator can abort a running saga" if tx.mode is Mode.SAGA
+                   else f"a submitted {tx.mode.value} transaction has decided to commit")
+            raise conflict(f"transaction {gid} is submitted; {why}", state=tx.status.value)
         wanted = Status.FAILED if tx.mode is Mode.MSG else Status.ABORTING
         tx.rollback_reason = f"aborted by {user}"
         return await self._change(loaded, wanted, user, "tx.abort")
@@ -274,7 +277,8 @@ class TxService:
         if tx.mode is not mode or mode not in (Mode.TCC, Mode.XA):
             raise conflict(f"transaction {gid} is a {tx.mode.value} transaction; branches register in tcc or xa")
         if tx.status is not Status.PREPARED:
-            raise conflict(f"transaction {gid} is {tx.status.value}; branches register while it is prepared")
+            raise conflict(f"transaction {gid} is {tx.status.value}; branches register while it is prepared",
+                           state=tx.status.value)
         ops_needed = OPS[mode]
         missing = [op for op in ops_needed if not urls.get(op)]
         if missing:
@@ -300,7 +304,8 @@ class TxService:
         async def once() -> GlobalTx:
             loaded = await self.get(gid)
             if loaded.tx.status in FINAL:
-                raise conflict(f"transaction {gid} is {loaded.tx.status.value}: nothing to retry")
+                raise conflict(f"transaction {gid} is {loaded.tx.status.value}: nothing to retry",
+                               state=loaded.tx.status.value)
             loaded.tx.attempts = 0
             await self._write(loaded, user, "tx.retry")
             return loaded.tx

@@ -98,12 +98,24 @@ async def test_illegal_transitions_are_409(http: httpx.AsyncClient, busi: Busi) 
     late = await http.post("/v1/tx/transactions/t4/branches", json={
         "branch_id": "02", "urls": {"confirm": f"{busi.url}/c", "cancel": f"{busi.url}/x"}})
     assert late.status_code == 409 and late.headers["content-type"] == "application/problem+json"
-    assert (await http.post("/v1/tx/transactions/t4:abort")).status_code == 409
-    assert (await http.post("/v1/tx/transactions/t4:retry")).status_code == 409
+    assert late.json()["state"] == "succeed"  # every refused move names the state it found
+    for verb in ("abort", "retry"):
+        refused = await http.post(f"/v1/tx/transactions/t4:{verb}")
+        assert refused.status_code == 409 and refused.json()["state"] == "succeed"
     assert (await http.post("/v1/tx/transactions", json={"gid": "t5", "mode": "tcc"})).status_code == 409
     other = await http.post("/v1/tx/transactions", json={**msg(busi, "t4", ["a"])})
     assert other.status_code == 409
     assert (await http.get("/v1/tx/transactions/nope")).status_code == 404
+
+
+async def test_a_submitted_tcc_cannot_be_aborted(http: httpx.AsyncClient, busi: Busi) -> None:
+    """Submitted, a TCC has decided to commit (some branches may be confirmed): no abort, operator or not."""
+    busi.on("a-confirm", *[500] * 30)  # keeps it submitted while the confirm is retried
+    await tcc(http, busi, "t6", ["a"])
+    assert (await http.post("/v1/tx/transactions/t6:submit")).status_code == 200
+    refused = await http.post("/v1/tx/transactions/t6:abort")
+    assert refused.status_code == 409 and refused.json()["state"] == "submitted"
+    assert "decided to commit" in refused.json()["detail"]
 
 
 async def test_operator_abort_rolls_back_a_running_saga(http: httpx.AsyncClient, busi: Busi) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from typing import Literal
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -39,15 +39,16 @@ def _tls(url: str, parts: SplitResult) -> NodeTLS | None:
     ``ssl_ca_certs=/path`` (a CA bundle, trusted besides the system's), ``ssl_cert_reqs=none``
     (no verification at all: for tests only), ``ssl_certfile=/path[&ssl_keyfile=/path]`` (a
     client certificate). Files are paths on every Mezzo node, read when it connects."""
+    if parts.scheme == "redis":
+        # Its query was always ignored, malformed or not: resources stored so must still load.
+        if any(name in TLS_OPTIONS for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
+            raise ValueError(f"{_shown(url)}: ssl_* options need TLS: use rediss://")
+        return None
     try:
         pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         raise ValueError(f"{_shown(url)}: the query is not name=value pairs") from None
     names = [name for name, _ in pairs]
-    if parts.scheme == "redis":
-        if any(name in TLS_OPTIONS for name in names):
-            raise ValueError(f"{_shown(url)}: ssl_* options need TLS: use rediss://")
-        return None  # other query parameters of redis:// URLs were always ignored
     unknown = sorted(set(names) - set(TLS_OPTIONS))
     if unknown:
         raise ValueError(f"{_shown(url)}: unknown option {', '.join(unknown)} (rediss:// takes {', '.join(TLS_OPTIONS)})")
@@ -71,10 +72,11 @@ def _tls(url: str, parts: SplitResult) -> NodeTLS | None:
 
 def _shown(url: str) -> str:
     """``url`` quoted for an error, its password masked: errors are logged and sent back."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:  # no password (an unescaped #, / or ? in one would hide it from urlsplit)
         return repr(url)
-    return repr(urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{parts.netloc.rsplit('@', 1)[1]}")))
+    return repr(f"{scheme}{sep}{userinfo.split(':', 1)[0]}:****@{host}")
 
 
 def _no_inline_password(urls: list[str | None]) -> None:
@@ -283,7 +285,7 @@ class CacheSpec(SpecModel):
 
 def _not_memcached(url: str) -> None:
     if node_protocol(url) == "memcached":
-        raise ValueError(f"{url!r}: memcached nodes are listed under nodes, with backend nodes")
+        raise ValueError(f"{_shown(url)}: memcached nodes are listed under nodes, with backend nodes")
 
 
 def _used_with(backend: str, given: bool, info: ValidationInfo, missing: str) -> None:

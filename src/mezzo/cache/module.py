@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from mezzo.cache.distributed.namespaces import CacheNamespaces
 from mezzo.cache.engine import Engine
@@ -72,7 +73,13 @@ class CacheModule(Module):
         if event == "DELETED":
             await self.namespaces.remove(namespace)
         else:
-            await self.namespaces.apply(namespace, CacheSpec.model_validate(resource.spec), resource.metadata.createdAt)
+            try:
+                spec = CacheSpec.model_validate(resource.spec)
+            except ValidationError as exc:  # stored by an older Mezzo; its input may hold a URL's password
+                log.error("cache resource does not validate: not applied", resource=resource.ref,
+                          errors=exc.errors(include_url=False, include_input=False, include_context=False))
+                return
+            await self.namespaces.apply(namespace, spec, resource.metadata.createdAt)
 
     async def stop(self) -> None:
         if self.informer is not None:

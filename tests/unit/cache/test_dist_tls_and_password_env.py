@@ -120,6 +120,7 @@ def test_errors_about_a_url_never_show_its_password() -> None:
 
 def test_client_options_for_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
     assert client_options(NodeAddress("h", 1, password="p", username="u")) == {"username": "u", "password": "p"}
+    assert client_options(NodeAddress("h", 1, username="u")) == {"username": None}  # no AUTH, as the data link
     env = client_options(NodeAddress("h", 1, username="u", password_env=VARIABLE))
     assert list(env) == ["credential_provider"]  # redis-py refuses a password next to a provider
     tls = client_options(NodeAddress("h", 1, tls=NodeTLS("/ca.pem", True, "/c.pem", "/c.key")))

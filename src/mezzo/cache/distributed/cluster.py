@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from mezzo.cache.distributed.backend import Call, HealthPolicy, NodeAddress, NodeUnavailable
-from mezzo.cache.distributed.pool import NODE_ERRORS, client_options
+from mezzo.cache.distributed.pool import NODE_ERRORS, NodeSSLConnection, client_options
 
 # Commands whose replies the proxy forwards as they come; redis-py's parsers for them are dropped.
 RAW_REPLIES = ("GET", "SET", "SETNX", "SETEX", "PSETEX", "MGET", "MSET", "GETDEL", "GETEX", "APPEND", "STRLEN",
@@ -30,6 +30,10 @@ class ClusterBackend:
                                    protocol=2, **client_options(seeds[0]))
         for name in RAW_REPLIES:
             self.client.response_callbacks.pop(name, None)
+        if seeds[0].tls is not None:  # TLS files read at each connect, for seeds and discovered nodes alike
+            self.client.connection_kwargs["connection_class"] = NodeSSLConnection
+            for node in self.client.startup_nodes:
+                node.connection_class = NodeSSLConnection
         self.failures = 0
         self.last_error: str | None = None
 
@@ -46,7 +50,7 @@ class ClusterBackend:
             for call in calls:
                 pipe.execute_command(*_named(call.args))
             return list(await pipe.execute(raise_on_error=False))
-        except NODE_ERRORS as exc:
+        except (*NODE_ERRORS, RedisClusterException) as exc:  # no seed reachable (or usable) is one too
             self.failures += 1
             self.last_error = str(exc) or type(exc).__name__
             return [NodeUnavailable(f"redis cluster is unavailable ({type(exc).__name__})")] * len(calls)

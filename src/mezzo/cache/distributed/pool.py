@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.connection import SSLConnection
 from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -53,7 +54,18 @@ def connect(address: NodeAddress, policy: HealthPolicy) -> aioredis.Redis:
                             socket_connect_timeout=policy.timeout, retry=Retry(NoBackoff(), 0),
                             max_connections=policy.max_connections, protocol=2, **client_options(address))
     client.response_callbacks.clear()
+    if address.tls is not None:
+        client.connection_pool.connection_class = NodeSSLConnection
     return client
+
+
+class NodeSSLConnection(SSLConnection):
+    """redis-py builds a connection's TLS context once and keeps it across reconnects; a node's TLS
+    files are read at each connect instead, as link.py does (a rotated CA or client certificate applies)."""
+
+    def _connection_arguments(self) -> Any:
+        self.ssl_context.context = None
+        return super()._connection_arguments()
 
 
 class EnvPassword(CredentialProvider):
@@ -76,7 +88,8 @@ class EnvPassword(CredentialProvider):
 
 def client_options(address: NodeAddress) -> dict[str, Any]:
     """redis-py's options for a node's credentials and TLS (single-node and cluster clients alike)."""
-    options: dict[str, Any] = {"username": address.username}
+    # a user name without a password sends no AUTH (as the data link): Redis has no AUTH by name alone
+    options: dict[str, Any] = {"username": address.username if address.password is not None else None}
     if address.password_env is not None:
         options = {"credential_provider": EnvPassword(address)}
     elif address.password is not None:
@@ -354,5 +367,5 @@ async def close_shard(shard: Shard) -> None:
             await endpoint.client.aclose()
 
 
-__all__ = ["NODE_ERRORS", "Endpoint", "HealthPolicy", "NodeAddress", "NodePool", "NodeUnavailable", "Shard",
-           "client_options", "close_shard", "connect"]
+__all__ = ["NODE_ERRORS", "Endpoint", "HealthPolicy", "NodeAddress", "NodePool", "NodeSSLConnection", "NodeUnavailable",
+           "Shard", "client_options", "close_shard", "connect"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -171,9 +172,17 @@ def _print_rebalance(state: Any) -> None:
     if not state:
         out.print("rebalance: none", markup=False)
     elif isinstance(state, dict):
-        out.print("rebalance: " + "  ".join(f"{k}={_cell(v)}" for k, v in state.items()), markup=False)
+        out.print("rebalance: " + "  ".join(f"{k}={_moment(v) if k.endswith('At') else _cell(v)}"
+                                            for k, v in state.items()), markup=False)
     else:
         out.print(f"rebalance: {state}", markup=False)
+
+
+def _moment(value: Any) -> str:
+    """A time the server gives as seconds since the epoch (``startedAt``, ``finishedAt``), in UTC."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _cell(value)
 
 
 def _cell(value: Any) -> str:

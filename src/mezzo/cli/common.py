@@ -65,10 +65,11 @@ def _field(item: dict[str, Any]) -> str:
 
 
 def new_table(*headers: str) -> Table:
-    """A borderless table with bold headers, the one look of every listing."""
+    """A borderless table with bold headers, the one look of every listing. Only the last column
+    (free text: a reason, a URL, a result) wraps; names, states, numbers and times stay on one line."""
     out_table = Table(box=None, header_style="bold")
-    for header in headers:
-        out_table.add_column(header)
+    for index, header in enumerate(headers):
+        out_table.add_column(header, no_wrap=index < len(headers) - 1)
     return out_table
 
 

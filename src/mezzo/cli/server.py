@@ -91,18 +91,18 @@ def banner(node: Any) -> None:
 
     out.print(f"[bold]Mezzo[/bold] is up: modules {', '.join(node.order)}", markup=True)
     for listener in node.listeners:
-        out.print(f"  {listener.name:<10} {listener.url}")
+        out.print(f"  {listener.name:<12} {listener.url}")
     api = node.url("api")
     if api:
-        out.print(f"  {'docs':<10} {api}/docs")
-    out.print(f"  {'store':<10} {node.settings.masked()['store']}")
+        out.print(f"  {'docs':<12} {api}/docs")
+    out.print(f"  {'store':<12} {node.settings.masked()['store']}")
     path = node.settings.data_dir / "admin.token"
     if node.has(TokenService) and node.service(TokenService).generated_token:
         token = node.service(TokenService).generated_token
         out.print(f"\n[bold yellow]Admin token[/bold yellow] (shown once; saved to {path}, mode 0600):", markup=True)
         out.print(f"  {token}")
     elif path.is_file():
-        out.print(f"  {'token':<10} in {path} (the CLI reads it from there)")
+        out.print(f"  {'token':<12} in {path} (the CLI reads it from there)")
     out.print("Press Ctrl+C to stop.")
 
 

@@ -1,0 +1,25 @@
+"""How the CLI lays out what the server returns: times as times, tables that keep names whole."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from mezzo.cli import cache as cache_cli
+from mezzo.cli.common import new_table, out
+
+
+def test_rebalance_times_print_as_utc_times_not_floats() -> None:
+    with out.capture() as captured:
+        cache_cli._print_rebalance({"state": "done", "startedAt": 1_800_000_000.25, "moved": 12})
+    text = captured.get()
+    assert "startedAt=2027-01-15T08:00:00Z" in text and "moved=12" in text and "e+09" not in text
+
+
+def test_tables_keep_every_column_but_the_last_on_one_line() -> None:
+    table = new_table("NAME", "CREATED", "REASON")
+    table.add_row("127.0.0.1:27001", "2026-11-27 10:00:00", "a long reason " * 8)
+    console = Console(width=80, record=True)
+    console.print(table)
+    lines = console.export_text().splitlines()
+    assert "127.0.0.1:27001" in lines[1] and "2026-11-27 10:00:00" in lines[1]  # whole, on the row's first line
+    assert len(lines) > 2  # the free text wrapped instead

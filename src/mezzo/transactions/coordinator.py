@@ -345,7 +345,10 @@ class Coordinator:
                 for branch in fresh:
                     branch.attempted = True
                 await lease.write([branch_put(b) for b in fresh])  # with the results deferred so far
-            results = await asyncio.gather(*(self._call(lease, tx, branches[keys[i]]) for i in runnable))
+            if len(runnable) == 1:  # the usual case (a sequential saga): no task to wrap the one call in
+                results = [await self._call(lease, tx, branches[keys[runnable[0]]])]
+            else:
+                results = await asyncio.gather(*(self._call(lease, tx, branches[keys[i]]) for i in runnable))
             for i, result in zip(runnable, results, strict=True):
                 if result.outcome is Outcome.SUCCESS:
                     done.add(i)

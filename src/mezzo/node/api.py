@@ -10,6 +10,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 
 import mezzo
+from mezzo.console import mount as mount_console
 from mezzo.jsonutil import dumps
 from mezzo.node.audit import AuditRecord, read_audit
 from mezzo.node.auth import Verb
@@ -79,6 +80,11 @@ def build_app(node: Any) -> Any:
         body, ctype = node.service(Metrics).render(request.headers.get("accept"))
         return Response(body, media_type=ctype)
 
+    @app.get("/v1/whoami", tags=["tokens"], summary="The caller: name, role and namespaces of the token")
+    async def whoami(caller: Caller) -> dict[str, Any]:
+        return {"name": caller.name, "role": caller.role.value, "namespaces": caller.namespaces,
+                "tokenId": caller.token_id}
+
     @app.get("/v1/audit", tags=["audit"], summary="Who changed what, when")
     async def audit(
         caller: Caller, kind: str | None = None, namespace: str | None = None, name: str | None = None,
@@ -98,6 +104,7 @@ def build_app(node: Any) -> Any:
 
         return {"items": await read_audit(node.service(KVStore), keep, since, until, limit)}
 
+    mount_console(app)
     for module in node.modules.values():
         for router in module.routers():
             app.include_router(router)

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus
 
 import orjson
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate"})
 # what the proxy sets itself on the way upstream; the client's values are dropped
-NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for"}
+NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-real-ip",
+                              b"x-forwarded-proto", b"x-forwarded-host"}
 PATH_SAFE = "/:@!$&'()*+,;=-._~"
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -54,7 +55,8 @@ class Request:
             self.path = unquote(self.raw_path)
         else:
             self.path = self.raw_path
-        if "/." in self.path:  # "/a/../b" must not match a route for "/a/*": match and forward "/b"
+        if self.path.startswith("/") and ("/." in self.path or "//" in self.path):
+            # "/a/../b" and "//b" must not miss a route for "/b/*": match and forward "/b"
             normal = remove_dot_segments(self.path)
             if normal != self.path:
                 self.path = normal
@@ -114,14 +116,21 @@ class Request:
         return f"{path}?{self.query}" if self.query else path
 
 
+def drop_argument(query: str, name: str) -> str:
+    """``query`` without argument ``name``, however its name is encoded (``api%6Bey`` is ``apikey``)."""
+    return "&".join(p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != name)
+
+
 def remove_dot_segments(path: str) -> str:
-    """RFC 3986 5.2.4, for absolute paths: "/a/./b/../c" is "/a/c"; never above the root."""
+    """RFC 3986 5.2.4, for absolute paths: "/a/./b/../c" is "/a/c"; never above the root; "//" is "/"."""
     out: list[str] = []
     segments = path.split("/")[1:]
-    for segment in segments:
+    for i, segment in enumerate(segments):
         if segment == "..":
             if out:
                 out.pop()
+        elif segment == "" and i < len(segments) - 1:
+            continue  # "//" is "/" (as nginx's merge_slashes)
         elif segment != ".":
             out.append(segment)
     trailing = segments[-1] in (".", "..") if segments else False

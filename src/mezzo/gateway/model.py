@@ -156,7 +156,28 @@ class ConsumerSpec(SpecModel):
     groups: list[str] = Field(default_factory=list, description="for consumer ACLs")
     plugins: Plugins = Field(default_factory=dict)
 
-    _plugins = field_validator("plugins")(classmethod(lambda cls, v: check_plugins(v)))
+    @field_validator("plugins")
+    @classmethod
+    def _no_plugins(cls, value: Plugins) -> Plugins:
+        # the runtime never runs a consumer's plugins: refuse them rather than let a limit or ACL
+        # look configured while nothing enforces it
+        if value:
+            raise ValueError("consumer plugins are not supported: configure them on the route "
+                             "(limits with key: consumer, consumer-restriction for ACLs)")
+        return value
+
+    @field_validator("credentials")
+    @classmethod
+    def _credentials(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # what each auth plugin needs (camelCase or snake_case), so none compares against a missing value
+        required = {"key-auth": (("key",),), "basic-auth": (("username",), ("password",)), "jwt-auth": (("key",),),
+                    "hmac-auth": (("keyId", "key_id", "accessKey", "access_key"), ("secretKey", "secret_key"))}
+        for plugin, fields in required.items():
+            cred = value.get(plugin)
+            for names in fields if cred is not None else ():
+                if not any(isinstance(cred.get(n), str) and cred[n] for n in names):
+                    raise ValueError(f"{plugin} credential needs a non-empty {names[0]}")
+        return value
 
 
 class GlobalRuleSpec(SpecModel):

@@ -9,6 +9,7 @@ import ssl
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from mezzo.gateway.client import TICK, ClientConnection, Limits
 from mezzo.gateway.model import KINDS
@@ -103,7 +104,13 @@ class GatewayModule(Module):
             from mezzo.resources.kinds import KindSpec  # noqa: F401  (kept for type readers)
 
             spec_model = next(k.spec for k in KINDS if k.kind == kind)
-            spec = None if event == "DELETED" else spec_model.model_validate(resource.spec)
+            try:
+                spec = None if event == "DELETED" else spec_model.model_validate(resource.spec)
+            except ValidationError as exc:  # stored by an older Mezzo under looser rules: fail closed
+                log.error("gateway resource does not validate: taken out of service", kind=kind,
+                          resource=resource.ref, errors=exc.errors(include_url=False, include_input=False,
+                                                                   include_context=False))
+                event, spec = "DELETED", None
             self.gateway.changed(kind, event, resource.metadata.namespace, resource.metadata.name, spec,
                                  resource.metadata.resourceVersion or 0)
         return handle

@@ -35,13 +35,26 @@ class Consumer:
         self.ref, self.namespace, self.name, self.spec = f"{namespace}/{name}", namespace, name, spec
 
 
+CREDENTIAL_IDS = {"key-auth": ("key",), "basic-auth": ("username",), "jwt-auth": ("key",),
+                  "hmac-auth": ("keyId", "key_id", "accessKey", "access_key")}
+
+
+def credential_id(plugin: str, cred: dict[str, Any]) -> str:
+    """What identifies a credential of ``plugin`` ("" when it has none: never the consumer's name)."""
+    for name in CREDENTIAL_IDS.get(plugin, ("key",)):
+        value = cred.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 class Snapshot:
     def __init__(self, router: Router, upstreams: dict[str, Balancer], consumers: dict[str, Consumer],
-                 credentials: dict[tuple[str, str], Consumer], revision: int) -> None:
+                 credentials: dict[tuple[str, str, str], Consumer], revision: int) -> None:
         self.router = router
         self.upstreams = upstreams
         self.consumers = consumers
-        self.credentials = credentials  # (auth plugin, credential id) -> consumer
+        self.credentials = credentials  # (namespace, auth plugin, credential id) -> consumer
         self.revision = revision
 
     @classmethod
@@ -115,13 +128,23 @@ class Gateway:
             if node_key not in live_nodes:
                 self._nodes.pop(node_key).close()
         consumers: dict[str, Consumer] = {}
-        credentials: dict[tuple[str, str], Consumer] = {}
+        credentials: dict[tuple[str, str, str], Consumer] = {}
+        ambiguous: set[tuple[str, str, str]] = set()
         for ref, (namespace, name, spec) in self.items["Consumer"].items():
             consumer = consumers[ref] = Consumer(namespace, name, spec)
             for plugin, cred in spec.credentials.items():
-                ident = cred.get("key") or cred.get("username") or cred.get("accessKey") or cred.get("access_key") \
-                    or cred.get("keyId") or name
-                credentials[(plugin, str(ident))] = consumer
+                ident = credential_id(plugin, cred)
+                if not ident:
+                    continue  # no id, no way in
+                key = (namespace, plugin, ident)
+                if key in credentials:
+                    # two consumers with one key: neither may be told from the other, so neither gets in
+                    log.error("gateway: two consumers share a credential; both refused", plugin=plugin,
+                              consumers=[credentials[key].ref, ref])
+                    ambiguous.add(key)
+                credentials[key] = consumer
+        for key in ambiguous:
+            del credentials[key]
         routes: list[CompiledRoute] = []
         for ref, (namespace, name, spec) in self.items["Route"].items():
             route = compile_route(namespace, name, spec)

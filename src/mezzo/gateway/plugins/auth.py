@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mezzo.gateway.http import Reply, problem
+
+
+def find_consumer(ctx: Any, plugin: str, ident: str) -> Any:
+    """The consumer of the route's namespace whose ``plugin`` credential is ``ident``, or None:
+    a consumer of another namespace never authenticates here."""
+    return ctx.runtime.snapshot.credentials.get((ctx.route.namespace, plugin, ident))
 
 
 def unauthorized(detail: str, scheme: str) -> Reply:

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from mezzo.gateway.http import Reply
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
-from mezzo.gateway.plugins.auth import unauthorized
+from mezzo.gateway.plugins.auth import find_consumer, unauthorized
 
 
 class BasicAuthConfig(Config):
@@ -33,9 +33,10 @@ class BasicAuth(Plugin):
             username, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return unauthorized("Invalid authorization in request", challenge)
-        consumer = ctx.runtime.snapshot.credentials.get(("basic-auth", username)) if sep else None
+        consumer = find_consumer(ctx, "basic-auth", username) if sep else None
         expected = consumer.spec.credentials["basic-auth"].get("password", "") if consumer else ""
-        if consumer is None or not hmac.compare_digest(str(expected).encode(), password.encode()):
+        if not isinstance(expected, str) or not expected \
+                or not hmac.compare_digest(expected.encode(), password.encode()):
             return unauthorized("Invalid user authorization", challenge)
         ctx.consumer = consumer
         if self.conf.hide_credentials:

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from mezzo.gateway.http import Reply, problem
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
-from mezzo.gateway.plugins.auth import unauthorized
+from mezzo.gateway.plugins.auth import find_consumer, unauthorized
 from mezzo.gateway.plugins.shared_redis import close_redis, open_redis
 from mezzo.gateway.plugins.vars import request_uri
 
@@ -147,7 +147,7 @@ class HmacAuth(Plugin):
         missing = self.required - lowered
         if missing:
             return unauthorized(f"Invalid signature: headers {', '.join(sorted(missing))} must be signed", CHALLENGE)
-        consumer = ctx.runtime.snapshot.credentials.get(("hmac-auth", key_id))
+        consumer = find_consumer(ctx, "hmac-auth", key_id)
         secret = None
         if consumer is not None:
             cred = consumer.spec.credentials["hmac-auth"]
@@ -176,6 +176,8 @@ class HmacAuth(Plugin):
             if abs(time.time() - dated) > conf.clock_skew:
                 return unauthorized("Clock skew exceeded", CHALLENGE)
         if conf.validate_request_body:
+            if "digest" not in lowered:
+                return unauthorized("Invalid signature: the digest header must be signed", CHALLENGE)
             refused = self._digest(request)
             if refused is not None:
                 return refused
@@ -186,6 +188,9 @@ class HmacAuth(Plugin):
             return consumer, None, dated
         if self.nonce_header not in lowered:
             return unauthorized(f"Invalid signature: the nonce header {conf.nonce_header} must be signed", CHALLENGE)
+        if conf.clock_skew and "date" not in lowered:
+            # a nonce is remembered for 2 x clockSkew: only a signed Date stops a replay after that
+            return unauthorized("Invalid signature: the date header must be signed with a nonce", CHALLENGE)
         return consumer, f"{key_id}:{nonce}", dated
 
     def _digest(self, request: Any) -> Reply | None:

@@ -23,9 +23,9 @@ import structlog
 from jwt.algorithms import get_default_algorithms
 from pydantic import Field, field_validator
 
-from mezzo.gateway.http import Reply
+from mezzo.gateway.http import Reply, drop_argument
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
-from mezzo.gateway.plugins.auth import unauthorized
+from mezzo.gateway.plugins.auth import find_consumer, unauthorized
 from mezzo.resources.types import Duration
 
 log = structlog.get_logger("mezzo.gateway")
@@ -173,7 +173,7 @@ class JwtAuth(Plugin):
         key = claims.get(self.conf.key_claim_name)
         if not isinstance(key, str) or not key:
             return unauthorized("Missing user key in JWT token", CHALLENGE)
-        consumer = ctx.runtime.snapshot.credentials.get(("jwt-auth", key))
+        consumer = find_consumer(ctx, "jwt-auth", key)
         if consumer is None:
             return unauthorized("Invalid user key in JWT token", CHALLENGE)
         cred = consumer.spec.credentials["jwt-auth"]
@@ -249,23 +249,22 @@ class JwtAuth(Plugin):
         if failed is not None:
             return failed
         key = claims.get(self.conf.key_claim_name)
-        consumer = ctx.runtime.snapshot.credentials.get(("jwt-auth", key)) if isinstance(key, str) else None
+        consumer = find_consumer(ctx, "jwt-auth", key) if isinstance(key, str) else None
         self._accept(ctx, consumer, where)
         return None
 
     # after either ---------------------------------------------------------------------------
     def _accept(self, ctx: Ctx, consumer: Any, where: str) -> None:
         request = ctx.request
+        # without a consumer the header must not be the client's own
+        request.set_header(b"x-consumer-username", consumer.name if consumer is not None else None)
         if consumer is not None:
             ctx.consumer = consumer
-            request.set_header(b"x-consumer-username", consumer.name)
         if self.conf.hide_credentials:
             if where == "header":
                 request.set_header(self.header, None)
             elif where == "query":
-                name = self.conf.query
-                request.query = "&".join(p for p in request.query.split("&")
-                                         if p.partition("=")[0] != name)
+                request.query = drop_argument(request.query, self.conf.query)
                 request._args = None
             elif where == "cookie":
                 drop_cookie(request, self.conf.cookie)

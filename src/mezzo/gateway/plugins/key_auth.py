@@ -6,9 +6,9 @@ import hmac
 
 from pydantic import Field
 
-from mezzo.gateway.http import Reply
+from mezzo.gateway.http import Reply, drop_argument
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
-from mezzo.gateway.plugins.auth import unauthorized
+from mezzo.gateway.plugins.auth import find_consumer, unauthorized
 
 
 class KeyAuthConfig(Config):
@@ -36,14 +36,13 @@ class KeyAuth(Plugin):
             from_query = key is not None
         if not key:
             return unauthorized("Missing API key in request", 'apikey')
-        consumer = ctx.runtime.snapshot.credentials.get(("key-auth", key))
+        consumer = find_consumer(ctx, "key-auth", key)
         if consumer is None or not hmac.compare_digest(consumer.spec.credentials["key-auth"].get("key", ""), key):
             return unauthorized("Invalid API key in request", 'apikey')
         ctx.consumer = consumer
         if self.conf.hide_credentials:
             if from_query:
-                request.query = "&".join(p for p in request.query.split("&")
-                                         if not p.startswith(f"{self.conf.query}="))
+                request.query = drop_argument(request.query, self.conf.query)
                 request._args = None
             else:
                 request.set_header(self.header, None)

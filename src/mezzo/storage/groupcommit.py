@@ -39,6 +39,23 @@ def rolled_back(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
 
 
+def flatten(batch: list[Waiting]) -> tuple[list[int], list[str], list[bytes | None], list[int], list[str], list[int]]:
+    """A group as the batch functions take it: how many ops each write has, every op's key and value
+    (None deletes), how many compares each has, every compare's key and revision."""
+    keys: list[str] = []
+    values: list[bytes | None] = []
+    cmp_keys: list[str] = []
+    cmp_revs: list[int] = []
+    for item in batch:
+        for op in item.ops:
+            keys.append(op.key)
+            values.append(op.value if isinstance(op, Put) else None)
+        for compare in item.compares:
+            cmp_keys.append(compare.key)
+            cmp_revs.append(compare.mod_revision)
+    return [len(item.ops) for item in batch], keys, values, [len(item.compares) for item in batch], cmp_keys, cmp_revs
+
+
 class GroupCommit:
     """A queue of writes and the one task that sends them, a group per call, through ``apply``."""
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from mezzo.storage.groupcommit import GroupCommit, Outcomes, Waiting
+from mezzo.storage.groupcommit import GroupCommit, Outcomes, Waiting, flatten
 from mezzo.storage.kv import (
     CompactedError,
     Compare,
@@ -21,7 +21,6 @@ from mezzo.storage.kv import (
     EventType,
     KeyValue,
     Op,
-    Put,
     RangeResult,
     StoreError,
     TxnResult,
@@ -428,21 +427,9 @@ class PostgresStore:
         return await self._group.submit(ops, compares)
 
     async def _apply(self, batch: list[Waiting]) -> Outcomes:
-        keys: list[str] = []
-        values: list[bytes | None] = []
-        cmp_keys: list[str] = []
-        cmp_revs: list[int] = []
-        for item in batch:
-            for op in item.ops:
-                keys.append(op.key)
-                values.append(op.value if isinstance(op, Put) else None)
-            for compare in item.compares:
-                cmp_keys.append(compare.key)
-                cmp_revs.append(compare.mod_revision)
         rows = await self._pool.fetch(
             "SELECT * FROM kv_txn_batch($1::int[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bigint[], $7)",
-            [len(item.ops) for item in batch], keys, values, [len(item.compares) for item in batch], cmp_keys,
-            cmp_revs, self.channel,
+            *flatten(batch), self.channel,
         )
         prev: list[dict[str, KeyValue]] = [{} for _ in batch]
         outcomes: list[TxnResult | BaseException] = []

@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mezzo.storage.groupcommit import GroupCommit, Outcomes, Waiting
+from mezzo.storage.groupcommit import GroupCommit, Outcomes, Waiting, flatten
 from mezzo.storage.kv import (
     Compare,
     ConflictError,
     KeyValue,
     Op,
-    Put,
     RangeResult,
     TxnResult,
     prefix_end,
@@ -141,21 +140,9 @@ class PostgresPlain:
         return await self._group.submit(ops, compares)
 
     async def _apply(self, batch: list[Waiting]) -> Outcomes:
-        keys: list[str] = []
-        values: list[bytes | None] = []
-        cmp_keys: list[str] = []
-        cmp_revs: list[int] = []
-        for item in batch:
-            for op in item.ops:
-                keys.append(op.key)
-                values.append(op.value if isinstance(op, Put) else None)
-            for compare in item.compares:
-                cmp_keys.append(compare.key)
-                cmp_revs.append(compare.mod_revision)
         rows = await self.pool.fetch(
             "SELECT * FROM plain_txn_batch($1::int[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bigint[])",
-            [len(item.ops) for item in batch], keys, values, [len(item.compares) for item in batch], cmp_keys,
-            cmp_revs,
+            *flatten(batch),
         )
         outcomes: Outcomes = []
         for row in rows:

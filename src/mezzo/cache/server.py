@@ -88,10 +88,13 @@ class CacheServer:
             session.authed = True
             return True
         principal = self.tokens.authenticate(token)
-        if principal is None or not principal.has_verb(Verb.USE):
+        if principal is None or not principal.can(Verb.USE):  # as /v1/cache: every namespace
             return False
         session.authed, session.principal = True, principal
         return True
+
+    def _valid(self, session: Session) -> bool:
+        return session.principal is None or self.tokens.still_valid(session.principal)
 
     def execute_all(self, session: Session, commands: list[list[bytes]]) -> bytes:
         """Run commands in order (stopping after QUIT) and return their replies as one buffer."""
@@ -102,7 +105,7 @@ class CacheServer:
         for args in commands:
             # ``execute`` inlined for the common case; anything unusual goes through it
             entry = table.get(args[0])
-            if entry is None or not (session.authed or entry.open) or not entry.least <= len(args) <= entry.most:
+            if entry is None or not (session.authed or entry.open) or not self._valid(session) or not entry.least <= len(args) <= entry.most:
                 replies.append(self.execute(session, args))
             else:
                 entry.calls += 1
@@ -124,6 +127,8 @@ class CacheServer:
                 return Reply.error(f"unknown command '{args[0].decode(errors='replace')[:64]}', "
                                    f"with args beginning with: {shown}")
         entry.calls += 1
+        if session.authed and not self._valid(session):
+            session.authed, session.principal = False, None  # revoked or expired since AUTH
         if not session.authed and not entry.open:
             return Reply.error("NOAUTH Authentication required.")
         if not entry.least <= len(args) <= entry.most:

@@ -226,7 +226,7 @@ class ConfigHub:
         out = []
         own = self._pick(ref)
         owner = self.public.get(ref.namespace)
-        if owner is not None and owner != ref.app:
+        if owner is not None and owner != ref.app and self.tenant(owner) == self.tenant(ref.app):
             mine = next((m for m in (self.metas.get(p.path) for p in ([own] if own else self.candidates(ref)))
                          if m is not None), None)
             base = self._pick(ref.of_app(owner))

@@ -190,6 +190,14 @@ class TokenService:
             return None
         return Principal(name=record.name, role=record.role, namespaces=record.namespaces, token_id=record.id)
 
+    def still_valid(self, principal: Principal) -> bool:
+        """Is ``principal``'s token still there and unexpired? For connections authenticated once
+        (RESP, SSE, WebSocket): a dict lookup, cheap enough to run per command or event."""
+        if principal.token_id is None:
+            return True  # MEZZO_ADMIN_TOKEN: not stored, cannot be revoked
+        record = self._records.get(principal.token_id)
+        return record is not None and (record.expires_at is None or record.expires_at.timestamp() > time.time())
+
     async def create(
         self,
         name: str,

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
 from mezzo.jsonutil import dumps, loads
-from mezzo.node.auth import Verb
+from mezzo.node.auth import TokenService, Verb
 from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import Problem, bad_request, conflict, not_found
 from mezzo.resources.catalog import UnknownKindError
@@ -179,8 +179,9 @@ async def watch(
     if start <= compacted:
         raise Problem(410, "Gone", str(CompactedError(start, compacted)), type="compacted",
                       compactRevision=compacted, currentRevision=current)
+    tokens = request.app.state.node.service(TokenService)
     stream = _sse(svc, kind, namespace, start, skip, lambda ns: caller.can(Verb.READ, ns),
-                  request.app.state.node.stopping)
+                  request.app.state.node.stopping, lambda: tokens.still_valid(caller))
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -193,7 +194,7 @@ def _problem_event(status: int, title: str, detail: str, **extra: Any) -> bytes:
 
 async def _sse(
     svc: ResourceService, kind: str, namespace: str | None, start: int, skip: int,
-    visible: Callable[[str], bool], stopping: asyncio.Event,
+    visible: Callable[[str], bool], stopping: asyncio.Event, authorized: Callable[[], bool],
 ) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
 
@@ -232,6 +233,9 @@ async def _sse(
                 continue
             chunk = get.result()
             if not chunk:
+                return
+            if not authorized():  # revoked or expired since the stream opened
+                yield _problem_event(401, "Unauthorized", "invalid, expired or revoked token")
                 return
             yield chunk
     finally:

@@ -188,6 +188,8 @@ class TxService:
     async def _prepare_once(self, tx: GlobalTx, user: str) -> GlobalTx:
         existing = await self.log.load(tx.gid)
         if existing is not None:
+            if existing.tx.namespace != tx.namespace:  # the caller was authorized for tx.namespace only
+                raise not_found(f"transaction {tx.gid!r}")
             if existing.tx.mode is tx.mode and existing.tx.status is Status.PREPARED:
                 return existing.tx  # a repeated prepare is harmless
             raise conflict(f"transaction {tx.gid} exists ({existing.tx.mode.value}, {existing.tx.status.value})",
@@ -237,6 +239,8 @@ class TxService:
             await self._create(tx, step_branches(tx), active=Active(due=0))
         else:
             current = existing.tx
+            if current.namespace != tx.namespace:  # the caller was authorized for tx.namespace only
+                raise not_found(f"transaction {tx.gid!r}")
             if current.mode is not tx.mode:
                 raise conflict(f"transaction {tx.gid} is a {current.mode.value} transaction, not {tx.mode.value}")
             if current.status in (Status.SUBMITTED, Status.SUCCEED):

@@ -22,9 +22,12 @@ import httpx
 import pytest
 
 import mezzo.storage.postgres as postgres
+from integration import test_postgres_plain as plain_tests
 from mezzo.storage.kv import Compare, ConflictError, Delete, Put, TxnResult
 from mezzo.storage.postgres import PostgresStore, split_schema
 from mezzo.testing.fixtures import start_node, wait_for
+
+nodes = plain_tests.nodes  # the fixture: two stores on one schema, as two nodes
 
 BATCH = "SELECT * FROM plain_txn_batch($1::int[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bigint[])"
 
@@ -60,18 +63,6 @@ async def in_flight(url: str) -> AsyncIterator[InFlight]:
     finally:
         await conn.close()
         await monitor.close()
-
-
-@pytest.fixture
-async def nodes(postgres_url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
-    await first.open()
-    await second.open()
-    try:
-        yield first, second
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_a_compare_that_waited_for_a_lock_sees_the_write_it_waited_for(

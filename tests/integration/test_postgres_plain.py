@@ -159,3 +159,33 @@ async def test_a_call_with_more_keys_than_it_locks_one_by_one_is_still_atomic(
     with pytest.raises(ConflictError):  # a refused big call writes none of its keys
         await big.txn([Put(f"/big/{i:04d}", b"x") for i in range(LOCK_KEYS + 100)], [Compare("/big/0007", 1)])
     assert (await big.get("/big/0000")) is not None and (await big.get("/big/0000")).value != b"x"  # type: ignore[union-attr]
+
+
+async def test_a_write_beside_the_kv_store_commits_both_or_neither(postgres_url: str) -> None:
+    """``plain_txn_with``: a change to plain rows and its record in the KV store (an operator's audit
+    entry) in one database transaction, so a crash or failure never keeps one without the other."""
+    import asyncpg
+
+    store = PostgresStore(postgres_url)
+    await store.open()
+    rows = store.plain()
+    try:
+        result = await store.plain_txn_with([Put("/tx/g/a", b"1")], [Compare("/tx/g/a", 0)], [Put("/audit/1", b"r1")])
+        kv = await rows.get("/tx/g/a")
+        assert kv is not None and kv.mod_revision == result.revision
+        assert (await store.get("/audit/1")) is not None
+
+        with pytest.raises(ConflictError):  # the compare fails: no record either
+            await store.plain_txn_with([Put("/tx/g/a", b"2")], [Compare("/tx/g/a", 0)], [Put("/audit/2", b"r2")])
+        assert await store.get("/audit/2") is None
+
+        store.BATCH = "SELECT * FROM no_such_function($1, $2, $3, $4, $5, $6, $7)"  # the record's write fails
+        with pytest.raises(asyncpg.PostgresError):
+            await store.plain_txn_with([Put("/tx/g/a", b"3")], [Compare("/tx/g/a", kv.mod_revision)],
+                                       [Put("/audit/3", b"r3")])
+        del store.BATCH
+        again = await rows.get("/tx/g/a")
+        assert again is not None and again.value == b"1" and again.mod_revision == kv.mod_revision
+        assert await store.get("/audit/3") is None
+    finally:
+        await store.close()

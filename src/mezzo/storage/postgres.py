@@ -426,11 +426,30 @@ class PostgresStore:
         check_ops(ops, compares)
         return await self._group.submit(ops, compares)
 
+    async def plain_txn_with(self, ops: Sequence[Op], compares: Sequence[Compare], also: Sequence[Op]) -> TxnResult:
+        """A write to the plain rows (``ops`` if the compares hold) and a write to the KV store
+        (``also``, e.g. the audit record of that change) in one PostgreSQL transaction: both or neither.
+        Not grouped with other writes: for rare writes such as an operator's."""
+        check_ops(ops, compares)
+        check_ops(also, ())
+        plain = self.plain()
+        loop = asyncio.get_running_loop()
+        mine, record = Waiting(ops, compares, loop.create_future()), Waiting(also, (), loop.create_future())
+        async with self._pool.acquire() as conn, conn.transaction():
+            [outcome] = plain.outcomes([mine], await conn.fetch(PostgresPlain.BATCH, *flatten([mine])))
+            if isinstance(outcome, BaseException):
+                raise outcome  # and the transaction rolls back (nothing was written anyway)
+            rows = await conn.fetch(self.BATCH, *flatten([record]), self.channel)
+        self._outcomes([record], rows)
+        return outcome
+
+    BATCH = "SELECT * FROM kv_txn_batch($1::int[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bigint[], $7)"
+
     async def _apply(self, batch: list[Waiting]) -> Outcomes:
-        rows = await self._pool.fetch(
-            "SELECT * FROM kv_txn_batch($1::int[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bigint[], $7)",
-            *flatten(batch), self.channel,
-        )
+        return self._outcomes(batch, await self._pool.fetch(self.BATCH, *flatten(batch), self.channel))
+
+    def _outcomes(self, batch: list[Waiting], rows: list[Any]) -> Outcomes:
+        """What each write of ``batch`` came to, from kv_txn_batch's rows; wakes this node's watches."""
         prev: list[dict[str, KeyValue]] = [{} for _ in batch]
         outcomes: list[TxnResult | BaseException] = []
         since: int | None = None

@@ -139,11 +139,14 @@ class PostgresPlain:
         check_ops(ops, compares)
         return await self._group.submit(ops, compares)
 
+    BATCH = "SELECT * FROM plain_txn_batch($1::int[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bigint[])"
+
     async def _apply(self, batch: list[Waiting]) -> Outcomes:
-        rows = await self.pool.fetch(
-            "SELECT * FROM plain_txn_batch($1::int[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bigint[])",
-            *flatten(batch),
-        )
+        return self.outcomes(batch, await self.pool.fetch(self.BATCH, *flatten(batch)))
+
+    @staticmethod
+    def outcomes(batch: list[Waiting], rows: list[Any]) -> Outcomes:
+        """What each write of ``batch`` came to, from plain_txn_batch's rows."""
         outcomes: Outcomes = []
         for row in rows:
             if row["conflict"] is not None:

@@ -132,14 +132,14 @@ class TxLog:
         return [GlobalTx.model_validate(loads(kv.value)) for kv in result.items], result.more
 
     async def txn(self, ops: Sequence[Op], compares: Sequence[Compare] = (), *, audit: Put | None = None) -> int:
-        """Apply ``ops`` if the compares hold, with the audit record in the same transaction when the
-        log is in the KV store; in plain rows (PostgreSQL) the record goes to the KV store right after."""
-        if audit is not None and self.kv is self.store:
-            ops, audit = [*ops, audit], None
-        revision = (await self.store.txn(list(ops), list(compares))).revision
-        if audit is not None:
-            await self.kv.txn([audit])
-        return revision
+        """Apply ``ops`` if the compares hold, with the audit record in the same transaction: in the
+        KV store with them, or beside plain rows (PostgreSQL) in one database transaction."""
+        if audit is None or self.kv is self.store:
+            return (await self.store.txn([*ops, *([audit] if audit else [])], list(compares))).revision
+        with_kv = getattr(self.kv, "plain_txn_with", None)
+        if with_kv is None:
+            raise TypeError(f"{type(self.kv).__name__} cannot write beside {type(self.store).__name__}")
+        return (await with_kv(list(ops), list(compares), [audit])).revision
 
     async def acquire(self, gid: str, owner: str, ttl: float, kv: KeyValue | None = None) -> Lease | None:
         """Take the transaction's lease when it is free (or already ours); None when another node holds it."""

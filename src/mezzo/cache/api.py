@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
@@ -23,9 +23,9 @@ from mezzo.cache import stats as cache_stats
 from mezzo.cache.engine import CacheError, Engine, Keyspace
 from mezzo.cache.invalidation import Listener, Tracking, tracking_of
 from mezzo.jsonutil import dumps
-from mezzo.node.auth import Verb
+from mezzo.node.auth import TokenService, Verb
 from mezzo.node.auth_module import Caller, require
-from mezzo.node.errors import Problem, bad_request, conflict, not_found
+from mezzo.node.errors import Problem, bad_request, conflict, not_found, revoked_event
 from mezzo.resources.types import Duration
 
 router = APIRouter(prefix="/v1/cache", tags=["cache"])
@@ -214,13 +214,14 @@ async def invalidations(request: Request, namespace: SpaceName, caller: Caller,
     require(caller, Verb.USE)
     _space(request, namespace, create=True)  # refused for a distributed namespace: nothing to track there
     tracking = tracking_of(_engine(request))
-    return StreamingResponse(_invalidation_events(request, tracking, namespace, heartbeat),
-                             media_type="text/event-stream",
+    tokens: TokenService = request.app.state.node.service(TokenService)
+    events = _invalidation_events(request, tracking, namespace, heartbeat, lambda: tokens.still_valid(caller))
+    return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _invalidation_events(request: Request, tracking: Tracking, namespace: str,
-                               heartbeat: float) -> AsyncIterator[bytes]:
+async def _invalidation_events(request: Request, tracking: Tracking, namespace: str, heartbeat: float,
+                               authorized: Callable[[], bool]) -> AsyncIterator[bytes]:
     stopping: asyncio.Event = request.app.state.node.stopping
     listener: Listener = tracking.listen(namespace)  # here, not in the handler: the finally below always runs
     try:
@@ -228,6 +229,9 @@ async def _invalidation_events(request: Request, tracking: Tracking, namespace: 
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         while not stopping.is_set():
+            if not authorized():  # before every event and at least every heartbeat: a revoked or expired token ends it
+                yield revoked_event()
+                return
             event = listener.take()
             if event is not None:
                 yield b"data: " + dumps(event) + b"\n\n"

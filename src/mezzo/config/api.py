@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -31,9 +31,9 @@ from mezzo.config.secrets import SecretError
 from mezzo.config.service import AUDIT_KIND, DEFAULT, ConfigService
 from mezzo.jsonutil import dumps, loads
 from mezzo.node.audit import AuditRecord, read_audit
-from mezzo.node.auth import Principal, Verb
+from mezzo.node.auth import Principal, TokenService, Verb
 from mezzo.node.auth_module import Caller, require
-from mezzo.node.errors import Problem, bad_request
+from mezzo.node.errors import REVOKED, Problem, bad_request, revoked_event
 
 router = APIRouter(prefix="/v1/config", tags=["config"])
 Ident = Annotated[str, Path(pattern=IDENT_PATTERN)]
@@ -464,10 +464,13 @@ async def notifications(request: Request, caller: Caller, app: str, notification
     await hub.caught_up()
     refs = {name: _ref(app, env, cluster, name) for name in wanted}
     stopping = request.app.state.node.stopping
+    tokens: TokenService = request.app.state.node.service(TokenService)
     started = time.monotonic()
     while True:
         if await request.is_disconnected():
             return Response(status_code=304)
+        if not tokens.still_valid(caller):  # revoked or expired while the poll waited: no change is reported
+            raise Problem(401, "Unauthorized", REVOKED, type="unauthorized")
         changed = [{"namespace": name, "namespaceName": name, "notificationId": hub.notification_id(ref)}
                    for name, ref in refs.items() if hub.notification_id(ref) > wanted[name]]
         if changed:
@@ -496,13 +499,14 @@ async def stream(request: Request, caller: Caller, app: str,
     start = since
     if last_event_id and last_event_id.strip().isdigit():
         start = int(last_event_id)
-    return StreamingResponse(_events(request, hub, refs, client, caller.can(Verb.USE, tenant), start),
-                             media_type="text/event-stream",
+    tokens: TokenService = request.app.state.node.service(TokenService)
+    events = _events(request, hub, refs, client, caller.can(Verb.USE, tenant), start, lambda: tokens.still_valid(caller))
+    return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: ClientInfo, clear: bool,
-                  start: int | None) -> AsyncIterator[bytes]:
+                  start: int | None, authorized: Callable[[], bool]) -> AsyncIterator[bytes]:
     stopping = request.app.state.node.stopping
     await hub.caught_up()
     names = [r.namespace for r in refs]
@@ -515,6 +519,9 @@ async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: C
                 yield _event(await hub.resolve(ref, client, clear), resync=start is not None)
     yield b": live\n\n"
     while not stopping.is_set() and not hub.stopped:
+        if not authorized():  # at every change and every heartbeat: a revoked or expired token ends it
+            yield revoked_event()
+            return
         changes = hub.changes_since(sent, refs)
         if changes is None:
             sent = hub.revision

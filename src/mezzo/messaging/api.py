@@ -7,7 +7,7 @@ import asyncio
 import base64
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -29,9 +29,9 @@ from mezzo.messaging.compat.cloudevents import (
 )
 from mezzo.messaging.half import HalfMessages, PrepareOptions, TransactionNotFound
 from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMessage, TopicNotFound
-from mezzo.node.auth import Principal, Verb
+from mezzo.node.auth import Principal, TokenService, Verb
 from mezzo.node.auth_module import Caller, authenticate, bearer_token, principal_of, require
-from mezzo.node.errors import Problem, bad_request, not_found
+from mezzo.node.errors import Problem, bad_request, not_found, revoked_event
 from mezzo.resources.types import NAME_PATTERN, Duration, parse_duration
 from mezzo.telemetry.propagation import inject_attributes
 
@@ -42,6 +42,7 @@ TopicPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253)]
 GroupPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253)]
 Namespace = Annotated[str, Query(pattern=NAME_PATTERN, max_length=253)]
 TransactionPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+HEARTBEAT = 5.0  # the longest a stream or socket goes without re-checking its token (and, idle, a heartbeat)
 
 
 def service(request: HTTPConnection) -> MessagingService:
@@ -57,6 +58,19 @@ async def _principal(request: Request) -> Principal:
 
 
 FastCaller = Annotated[Principal, Depends(_principal)]
+
+
+def token_check(conn: HTTPConnection, caller: Principal) -> Callable[[], bool]:
+    """Is the token that opened this stream or socket still valid (not revoked, not expired)?"""
+    tokens: TokenService = conn.app.state.node.service(TokenService)
+    return lambda: tokens.still_valid(caller)
+
+
+async def _release(svc: MessagingService, namespace: str, topic: str, group: str, receipts: list[str]) -> None:
+    """Deliveries taken for a stream whose token has gone, back at once (else after the ack timeout)."""
+    if receipts:
+        with contextlib.suppress(StaleReceiptError, LookupError, ConnectionError):
+            await svc.nack(namespace, topic, group, receipts, 0.0)
 
 
 def _json_response(content: Any) -> Response:
@@ -296,16 +310,21 @@ async def stream(request: Request, topic: TopicPath, group: GroupPath, caller: C
     svc = service(request)
     if not svc.broker.has_topic(f"{namespace}/{topic}"):  # type: ignore[attr-defined]
         raise not_found(f"topic {topic!r} in namespace {namespace!r}")
-    return StreamingResponse(_messages(svc, namespace, topic, group, max, request.app.state.node.stopping),
-                             media_type="text/event-stream",
+    stream = _messages(svc, namespace, topic, group, max, request.app.state.node.stopping,
+                       token_check(request, caller))
+    return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _messages(svc: MessagingService, namespace: str, topic: str, group: str, batch: int,
-                    stopping: asyncio.Event) -> AsyncIterator[bytes]:
+                    stopping: asyncio.Event, authorized: Callable[[], bool]) -> AsyncIterator[bytes]:
     yield b": consuming\n\n"
     while not stopping.is_set():
-        messages = await svc.pull(namespace, topic, group, batch, 5.0)
+        messages = await svc.pull(namespace, topic, group, batch, HEARTBEAT)
+        if not authorized():  # revoked or expired since the stream opened: this batch is not sent
+            await _release(svc, namespace, topic, group, [m.receipt for m in messages if m.receipt])
+            yield revoked_event()
+            return
         if not messages:
             yield b": heartbeat\n\n"
             continue
@@ -474,7 +493,8 @@ async def connect(websocket: WebSocket, topic: str, group: str, namespace: str =
         await websocket.close(code=4404, reason=f"topic {topic!r} does not exist")
         return
     await websocket.accept()
-    session = _StreamSession(svc, websocket, namespace, topic, group, max_in_flight, caller.name, format == "frames")
+    session = _StreamSession(svc, websocket, namespace, topic, group, max_in_flight, caller.name,
+                             token_check(websocket, caller), format == "frames")
     await session.run()
 
 
@@ -489,6 +509,30 @@ async def _socket_caller(websocket: WebSocket, namespace: str, names: tuple[str,
     return caller
 
 
+async def _close_revoked(websocket: WebSocket) -> None:
+    """End a socket whose token was revoked or has expired since it opened: 4401, as a bad token at the start."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # gone already, or closed by the other half
+        await websocket.close(code=4401, reason="token revoked or expired")
+
+
+async def _close_when_revoked(websocket: WebSocket, authorized: Callable[[], bool]) -> None:
+    """Run beside a socket's session: an idle socket's token is checked every ``HEARTBEAT`` too."""
+    while authorized():  # noqa: ASYNC110  (a revocation sets no event to wait on: poll, as a heartbeat)
+        await asyncio.sleep(HEARTBEAT)
+    await _close_revoked(websocket)
+
+
+@contextlib.asynccontextmanager
+async def _token_watch(websocket: WebSocket, authorized: Callable[[], bool]) -> AsyncIterator[None]:
+    watch = asyncio.create_task(_close_when_revoked(websocket, authorized))
+    try:
+        yield
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+
+
 @router.websocket("/{topic}:publish")
 async def publish_socket(websocket: WebSocket, topic: str, namespace: str = "default") -> None:
     """A producer over one WebSocket. Each binary message is a batch: a ``u32`` batch number chosen by
@@ -501,35 +545,45 @@ async def publish_socket(websocket: WebSocket, topic: str, namespace: str = "def
     if caller is None:
         return
     await websocket.accept()
-    await _PublishSession(service(websocket), websocket, namespace, topic, caller.name).run()
+    await _PublishSession(service(websocket), websocket, namespace, topic, caller.name,
+                          token_check(websocket, caller)).run()
 
 
 class _PublishSession:
     MAX_BATCHES = 64  # answered-or-not batches per socket; beyond it Mezzo stops reading
 
-    def __init__(self, svc: MessagingService, ws: WebSocket, namespace: str, topic: str, user: str) -> None:
+    def __init__(self, svc: MessagingService, ws: WebSocket, namespace: str, topic: str, user: str,
+                 authorized: Callable[[], bool]) -> None:
         self.svc, self.ws, self.namespace, self.topic, self.user = svc, ws, namespace, topic, user
+        self.authorized = authorized
         self.room = asyncio.Semaphore(self.MAX_BATCHES)
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                data = message.get("bytes")
-                if data is None:
-                    await self._answer(None, {"error": bad_request("send binary messages: a u32 batch number, "
-                                                                   "then publish frames").body()})
-                    continue
-                await self.room.acquire()
-                task = asyncio.create_task(self._publish(data))
-                self.tasks.add(task)
-                task.add_done_callback(self._done)
+            async with _token_watch(self.ws, self.authorized):
+                await self._read()
         finally:
             if self.tasks:  # what was received is stored even if its answer cannot be sent any more
                 await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if not self.authorized():  # revoked or expired: a batch sent since is not published
+                await _close_revoked(self.ws)
+                break
+            data = message.get("bytes")
+            if data is None:
+                await self._answer(None, {"error": bad_request("send binary messages: a u32 batch number, "
+                                                               "then publish frames").body()})
+                continue
+            await self.room.acquire()
+            task = asyncio.create_task(self._publish(data))
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -561,9 +615,10 @@ class _PublishSession:
 
 class _StreamSession:
     def __init__(self, svc: MessagingService, ws: WebSocket, namespace: str, topic: str, group: str,
-                 max_in_flight: int, consumer: str, frames: bool = False) -> None:
+                 max_in_flight: int, consumer: str, authorized: Callable[[], bool], frames: bool = False) -> None:
         self.svc, self.ws, self.namespace, self.topic, self.group = svc, ws, namespace, topic, group
         self.max_in_flight, self.consumer, self.frames = max_in_flight, consumer, frames
+        self.authorized = authorized
         self.in_flight: set[str] = set()
         self.credit = asyncio.Event()
         self.credit.set()
@@ -571,7 +626,8 @@ class _StreamSession:
     async def run(self) -> None:
         sender = asyncio.create_task(self._send())
         try:
-            await self._receive()
+            async with _token_watch(self.ws, self.authorized):
+                await self._receive()
         except WebSocketDisconnect:
             pass  # what was not acked is delivered again after the ack timeout
         finally:
@@ -589,19 +645,29 @@ class _StreamSession:
             # frames of a quarter window keep acks and new batches overlapping (no ping-pong)
             batch = min(room, max(self.max_in_flight // 4, 1), 1000)
             if self.frames:
-                kept = await self.svc.pull_deliveries(self.namespace, self.topic, self.group, batch, 5.0, self.consumer)
-                if kept:
-                    self.in_flight.update(d.receipt for d, _ in kept)
-                    await self.ws.send_bytes(delivery_frames([d for d, _ in kept]))
-                continue
-            messages = await self.svc.pull(self.namespace, self.topic, self.group, batch, 5.0, self.consumer)
-            if messages:
-                self.in_flight.update(m.receipt for m in messages if m.receipt)
-                await self.ws.send_bytes(dumps({"messages": [m.to_json() for m in messages]}))
+                kept = await self.svc.pull_deliveries(self.namespace, self.topic, self.group, batch, HEARTBEAT,
+                                                      self.consumer)
+                receipts = [d.receipt for d, _ in kept]
+                payload = delivery_frames([d for d, _ in kept]) if kept else b""
+            else:
+                messages = await self.svc.pull(self.namespace, self.topic, self.group, batch, HEARTBEAT,
+                                               self.consumer)
+                receipts = [m.receipt for m in messages if m.receipt]
+                payload = dumps({"messages": [m.to_json() for m in messages]}) if messages else b""
+            if not self.authorized():  # revoked or expired while this batch was awaited: it is not sent
+                await _release(self.svc, self.namespace, self.topic, self.group, receipts)
+                await _close_revoked(self.ws)
+                return
+            if payload:
+                self.in_flight.update(receipts)
+                await self.ws.send_bytes(payload)
 
     async def _receive(self) -> None:
         while True:
             raw = await self.ws.receive_text()
+            if not self.authorized():  # an ack or nack with a revoked or expired token is not taken
+                await _close_revoked(self.ws)
+                return
             try:
                 command = loads(raw)
                 if not isinstance(command, dict):

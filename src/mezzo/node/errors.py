@@ -69,6 +69,20 @@ def conflict(detail: str, **extra: Any) -> Problem:
     return Problem(409, "Conflict", detail, type="conflict", **extra)
 
 
+REVOKED = "invalid, expired or revoked token"
+
+
+def problem_event(status: int, title: str, detail: str, **extra: Any) -> bytes:
+    """A problem document as the last server-sent event of a stream that ends on an error."""
+    problem = Problem(status, title, detail, type=title.lower().replace(" ", "-"), **extra)
+    return b"event: error\ndata: %s\n\n" % dumps(problem.body())
+
+
+def revoked_event() -> bytes:
+    """How a stream ends once the token that opened it is revoked or has expired."""
+    return problem_event(401, "Unauthorized", REVOKED)
+
+
 def validation_errors(exc: RequestValidationError) -> Problem:
     errors = []
     for err in exc.errors():

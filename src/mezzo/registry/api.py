@@ -4,7 +4,7 @@ blocking queries) and a server-sent event stream of a service's instances."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,9 +12,9 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from mezzo.jsonutil import dumps
-from mezzo.node.auth import Principal, Verb
+from mezzo.node.auth import Principal, TokenService, Verb
 from mezzo.node.auth_module import Caller, require
-from mezzo.node.errors import bad_request, not_found
+from mezzo.node.errors import bad_request, not_found, revoked_event
 from mezzo.registry.members import Membership
 from mezzo.registry.model import (
     INSTANCE_PATTERN,
@@ -185,18 +185,22 @@ async def watch(request: Request, service: ServicePath, caller: Caller, namespac
     require(caller, Verb.READ, namespace)
     _, view = _parts(request)
     last = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else 0
-    return StreamingResponse(_events(request, view, namespace, service, healthy, zone, tag, last),
-                             media_type="text/event-stream",
+    tokens: TokenService = request.app.state.node.service(TokenService)
+    events = _events(request, view, namespace, service, healthy, zone, tag, last, lambda: tokens.still_valid(caller))
+    return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _events(request: Request, view: RegistryView, namespace: str, service: str, healthy: bool,
-                  zone: str | None, tag: str | None, sent: int) -> AsyncIterator[bytes]:
+                  zone: str | None, tag: str | None, sent: int, authorized: Callable[[], bool]) -> AsyncIterator[bytes]:
     stopping = request.app.state.node.stopping
     await view.caught_up()
     if sent > view.index(namespace, service):
         sent = 0  # ahead of this registry (a wiped or another store): start over with the full list
     while not stopping.is_set() and not view.stopped:
+        if not authorized():  # at every change and every heartbeat: a revoked or expired token ends it
+            yield revoked_event()
+            return
         index = view.index(namespace, service)
         if index > sent:
             body = _instances_body(view, namespace, service, healthy, zone, tag, index)

@@ -13,7 +13,14 @@ from fastapi.responses import StreamingResponse
 from mezzo.jsonutil import dumps, loads
 from mezzo.node.auth import TokenService, Verb
 from mezzo.node.auth_module import Caller, require
-from mezzo.node.errors import Problem, bad_request, conflict, not_found
+from mezzo.node.errors import (
+    Problem,
+    bad_request,
+    conflict,
+    not_found,
+    problem_event,
+    revoked_event,
+)
 from mezzo.resources.catalog import UnknownKindError
 from mezzo.resources.manifests import (
     ManifestError,
@@ -186,12 +193,6 @@ async def watch(
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _problem_event(status: int, title: str, detail: str, **extra: Any) -> bytes:
-    problem = {"type": f"https://mezzo.dev/problems/{title.lower().replace(' ', '-')}", "title": title,
-               "status": status, "detail": detail, **extra}
-    return b"event: error\ndata: %s\n\n" % dumps(problem)
-
-
 async def _sse(
     svc: ResourceService, kind: str, namespace: str | None, start: int, skip: int,
     visible: Callable[[str], bool], stopping: asyncio.Event, authorized: Callable[[], bool],
@@ -212,9 +213,9 @@ async def _sse(
                 await queue.put(b"id: %d.%d\nevent: %s\ndata: %s\n\n"
                                 % (revision, index, event.type.encode(), data))
         except CompactedError as exc:
-            await queue.put(_problem_event(410, "Compacted", str(exc), compactRevision=exc.compact_revision))
+            await queue.put(problem_event(410, "Compacted", str(exc), compactRevision=exc.compact_revision))
         except Exception as exc:  # end the stream with a reason rather than leave it silent
-            await queue.put(_problem_event(503, "Watch failed", f"{type(exc).__name__}: {exc}; reconnect"))
+            await queue.put(problem_event(503, "Watch failed", f"{type(exc).__name__}: {exc}; reconnect"))
         await queue.put(b"")
 
     task = asyncio.create_task(pump())
@@ -229,13 +230,16 @@ async def _sse(
                 get.cancel()
                 if stop in done:  # the node is shutting down: end the stream cleanly
                     return
+                if not authorized():  # an idle watch ends too once its token is revoked or expired
+                    yield revoked_event()
+                    return
                 yield b": heartbeat\n\n"
                 continue
             chunk = get.result()
             if not chunk:
                 return
             if not authorized():  # revoked or expired since the stream opened
-                yield _problem_event(401, "Unauthorized", "invalid, expired or revoked token")
+                yield revoked_event()
                 return
             yield chunk
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mezzo.gateway.http import Reply
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
@@ -26,6 +26,12 @@ class Delay(Config):
 class FaultInjectionConfig(Config):
     abort: Abort | None = None
     delay: Delay | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> FaultInjectionConfig:
+        if self.abort is None and self.delay is None:
+            raise ValueError("give abort, delay or both")
+        return self
 
 
 @register

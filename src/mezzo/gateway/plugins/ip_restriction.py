@@ -19,8 +19,12 @@ class IpRestrictionConfig(Config):
     def _one(self) -> IpRestrictionConfig:
         if bool(self.whitelist) == bool(self.blacklist):
             raise ValueError("give either whitelist or blacklist")
-        for block in self.whitelist + self.blacklist:
-            ipaddress.ip_network(block, strict=False)
+        field = "whitelist" if self.whitelist else "blacklist"
+        for block in self.whitelist or self.blacklist:
+            try:
+                ipaddress.ip_network(block, strict=False)
+            except ValueError:
+                raise ValueError(f"{field}: {block!r} is not an IP address or CIDR block") from None
         return self
 
 
@@ -40,8 +44,11 @@ class IpRestriction(Plugin):
             address = ipaddress.ip_address(ctx.request.client_ip)
         except ValueError:
             return problem(403, self.conf.message)
-        if self.allow and not any(address in net for net in self.allow):
+        # an IPv4 client of a dual-stack listener is "::ffff:10.0.0.1": either form matches a block
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        forms = (address,) if mapped is None else (address, mapped)
+        if self.allow and not any(form in net for net in self.allow for form in forms):
             return problem(403, self.conf.message)
-        if self.deny and any(address in net for net in self.deny):
+        if self.deny and any(form in net for net in self.deny for form in forms):
             return problem(403, self.conf.message)
         return None

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from mezzo.gateway.http import Reply, problem
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
+from mezzo.gateway.plugins.reject import reject
 from mezzo.resilience.ratelimit import FixedWindow, RateLimitDecision, SlidingWindow
 from mezzo.resources.types import Duration
 
@@ -118,7 +119,7 @@ class LimitCount(Plugin):
                                      (b"x-ratelimit-reset", reset))
         if allowed:
             return None
-        reply = problem(conf.rejected_code, conf.rejected_msg)
+        reply = reject(conf.rejected_code, conf.rejected_msg)
         reply.headers["retry-after"] = str(max(1, math.ceil(fixed.ends - now)))  # type: ignore[union-attr]
         return reply
 
@@ -140,7 +141,7 @@ class LimitCount(Plugin):
                     ctx.response_headers.append((name.lower().encode(), value.encode()))
         if decision.allowed:
             return None
-        reply = problem(self.conf.rejected_code, self.conf.rejected_msg)
+        reply = reject(self.conf.rejected_code, self.conf.rejected_msg)
         reply.headers["retry-after"] = decision.headers()["Retry-After"]
         return reply
 

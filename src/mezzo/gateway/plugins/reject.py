@@ -11,7 +11,9 @@ _KNOWN = frozenset(s.value for s in HTTPStatus)
 
 
 def reject(status: int, detail: str, **extra: Any) -> Reply:
-    """``application/problem+json`` for a status HTTP knows, plain JSON for one it does not (e.g. 599)."""
+    """``application/problem+json``; for a status HTTP has no name for (e.g. 599) the title is
+    ``Unknown``, as the status line's reason."""
     if status in _KNOWN:
         return problem(status, detail, **extra)
-    return Reply(status, {"status": status, "detail": detail, **extra})
+    body = {"type": "about:blank", "title": "Unknown", "status": status, "detail": detail, **extra}
+    return Reply(status, body, content_type="application/problem+json")

@@ -7,10 +7,11 @@ import uuid
 from pydantic import Field
 
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
+from mezzo.gateway.plugins.proxy_rewrite import HeaderName
 
 
 class RequestIdConfig(Config):
-    header_name: str = Field("X-Request-Id", min_length=1)
+    header_name: HeaderName = Field("X-Request-Id", min_length=1)
     include_in_response: bool = True
 
 
@@ -28,7 +29,12 @@ class RequestId(Plugin):
         value = ctx.request.header(self.header)
         if not value:
             value = uuid.uuid4().hex
-            ctx.request.headers.append((self.header, value.encode()))
+            ctx.request.set_header(self.header, value)  # an empty one from the client is replaced, not doubled
         ctx.vars["request_id"] = value
         if self.conf.include_in_response:
             ctx.response_headers.append((self.header, value.encode("latin-1")))
+
+    def header_filter(self, ctx: Ctx, headers: list[tuple[bytes, bytes]]) -> None:
+        # an upstream that returns the header itself keeps its own (as in APISIX): never two of them
+        if self.conf.include_in_response and any(name == self.header for name, _ in headers):
+            ctx.response_headers[:] = [h for h in ctx.response_headers if h[0] != self.header]

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pydantic import Field
 
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
+from mezzo.gateway.plugins.proxy_rewrite import HeaderValue, ResponseHeaderName
 
 
 class ResponseRewriteConfig(Config):
     status_code: int | None = Field(None, ge=200, le=599)
-    headers: dict[str, str] = Field(default_factory=dict, description="set (an empty value removes)")
+    headers: dict[ResponseHeaderName, HeaderValue] = Field(default_factory=dict,
+                                                           description="set (an empty value removes)")
 
 
 @register

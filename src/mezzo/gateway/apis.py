@@ -3,8 +3,8 @@ operation, in the API's state.
 
 States go draft → published → deprecated → retired (published may also be retired directly, and a
 deprecated API may be published again). A draft API's routes answer 404, a deprecated one's carry
-``Deprecation: true`` (and ``Sunset`` when the API sets one), a retired one's answer 410. Published
-and deprecated APIs get a documentation page generated from their document.
+``Deprecation: true``, a retired one's answer 410. Published and deprecated APIs get a documentation
+page generated from their document (a deprecated one's names its ``sunset``, when set).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class ApiSpec(SpecModel):
     upstream: Name
     base_path: str = Field("", description='prefix of every operation path, e.g. "/shop"')
     hosts: list[str] = Field(default_factory=list)
-    sunset: str | None = Field(None, description="HTTP date sent as Sunset while deprecated")
+    sunset: str | None = Field(None, description="when a deprecated API goes (an HTTP date), shown on its documentation page")
     plugins: Plugins = Field(default_factory=dict)
     document: dict[str, Any] = Field(description="the OpenAPI 3 document")
 

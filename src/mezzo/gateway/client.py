@@ -351,6 +351,9 @@ class ClientConnection(asyncio.Protocol):
             if not self._busy:
                 self.close()  # an idle keep-alive connection
         elif self._stream is not None and not self._stream.done:
+            if self._stream.held:  # we stopped reading it for a slow upstream: its send timeout decides
+                self._arm(self.limits.body_timeout, status)
+                return
             self._fail(problem(status, "the client stopped sending its request body"))
         elif not self._busy:
             self._fail(problem(status, "the client was too slow"))
@@ -406,11 +409,18 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
+    def cut(self) -> None:
+        """Drop the connection at once, unsent bytes and all: ``close`` would wait for a client that
+        stopped reading to take them, for ever."""
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
 
 class _BodyStream:
     """A request body being streamed upstream: buffered until an upstream connection takes it."""
 
-    __slots__ = ("chunked", "client", "conn", "discarding", "done", "error", "parts")
+    __slots__ = ("chunked", "client", "conn", "discarding", "done", "error", "held", "parts")
 
     def __init__(self, client: ClientConnection, chunked: bool) -> None:
         self.client = client
@@ -419,6 +429,7 @@ class _BodyStream:
         self.chunked = chunked  # forwarded as it came: chunked, or with its content-length
         self.done = False
         self.discarding = False
+        self.held = False  # the client is not read while the upstream catches up (its pause is not the client's)
         self.error: ClientAbort | None = None
 
     def feed(self, data: bytes) -> None:
@@ -433,7 +444,16 @@ class _BodyStream:
         client = self.client.transport
         if transport is not None and client is not None and transport.get_write_buffer_size() > HIGH_WATER:
             client.pause_reading()  # the upstream reads slower than the client sends
-            conn.on_drain = client.resume_reading
+            self.held = True
+            conn.on_drain = self._resume
+
+    def _resume(self) -> None:
+        """The upstream took what was waiting: read the client again; its body clock starts over."""
+        self.held = False
+        client = self.client
+        if client.transport is not None and not client.closed and not client.broken:
+            client.transport.resume_reading()
+            client._arm(client.limits.body_timeout, 408)
 
     def finish(self) -> None:
         self.done = True
@@ -457,6 +477,7 @@ class _BodyStream:
     def discard(self) -> None:
         """Nothing more goes upstream; the rest of the body is read and dropped."""
         self.discarding = True
+        self.held = False
         self.parts = []
         if self.conn is not None:
             self.conn.on_drain = None

@@ -99,7 +99,9 @@ class Exchange:
 
     def tick(self, now: float) -> None:
         """The read clock runs from the last byte read; while the body still goes up, the send clock
-        runs instead, from the moment the upstream stopped taking it."""
+        runs instead, from the moment the upstream stopped taking it. When the clock runs out while
+        the upstream is held back for a client that stopped reading, the client is the one stalled:
+        it is dropped, and the node is not blamed."""
         if self.settled:
             return
         stream = self.stream
@@ -110,7 +112,10 @@ class Exchange:
             else:
                 self.last_read = now
         elif now - self.last_read >= self.read_timeout:
-            conn._fail(TimeoutError("upstream read timeout"))
+            if not self.client.writable:
+                self.client.cut()  # connection_lost ends this exchange as the client's doing
+            else:
+                conn._fail(TimeoutError("upstream read timeout"))
 
     def abort(self, exc: BaseException) -> None:
         """End the exchange from our side: the upstream connection is closed, never reused."""

@@ -310,6 +310,11 @@ def split_head(head: bytes) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def authority(host: str) -> str:
+    """A host as it is written before a port or in a Host header: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 class NodeState:
     """One upstream node: its pool, load, latency and health."""
 
@@ -327,13 +332,14 @@ class NodeState:
         "key",
         "port",
         "probe_down",
+        "retired",
         "weight",
         "zone",
     )
 
     def __init__(self, host: str, port: int, weight: int, zone: str | None, keepalive: int) -> None:
         self.host, self.port, self.weight, self.zone = host, port, weight, zone
-        self.key = f"{host}:{port}"
+        self.key = f"{authority(host)}:{port}"  # also the Host header of ``passHost: node``
         self.idle: list[UpstreamConnection] = []
         self.active = 0
         self.ewma = 0.0
@@ -344,6 +350,7 @@ class NodeState:
         self.probe_down = False
         self.current_weight = 0
         self.keepalive = keepalive
+        self.retired = False  # no configuration has this node any more: nothing comes back to its pool
 
     def healthy(self, now: float) -> bool:
         return not self.probe_down and now >= self.ejected_until and self.weight > 0
@@ -366,7 +373,7 @@ class NodeState:
 
     def release(self, conn: UpstreamConnection, now: float | None = None) -> None:
         """Back to the pool (``now``: the caller's monotonic clock reading, when it has one)."""
-        if conn.closed or not conn.keep_alive or conn.tunnel or len(self.idle) >= self.keepalive:
+        if conn.closed or not conn.keep_alive or conn.tunnel or self.retired or len(self.idle) >= self.keepalive:
             conn.close()
             return
         conn.released_at = time.monotonic() if now is None else now
@@ -379,6 +386,8 @@ class NodeState:
             idle.pop(0).close()
 
     def close(self) -> None:
+        """The node left the configuration: close its pool, and each connection in use once it is done."""
+        self.retired = True
         for conn in self.idle:
             conn.close()
         self.idle.clear()
@@ -409,12 +418,17 @@ def pick_ewma(nodes: list[NodeState], _: Any) -> NodeState:
 
 
 class HashRing:
-    """Ketama-style consistent hashing: 160 points per unit of weight, md5 of ``host:port-i``."""
+    """Ketama-style consistent hashing: 160 points per unit of weight, md5 of ``host:port-i``.
+
+    Weights may be fractional (registry instances carry floats): a node gets its share of points,
+    at least four; a node of weight 0 gets none (it takes no traffic anyway)."""
 
     def __init__(self, nodes: list[NodeState]) -> None:
         points: list[tuple[int, NodeState]] = []
         for node in nodes:
-            for i in range(40 * max(node.weight, 1)):
+            if node.weight <= 0:
+                continue
+            for i in range(max(1, round(40 * node.weight))):
                 digest = hashlib.md5(f"{node.key}-{i}".encode()).digest()
                 for j in range(4):
                     points.append((int.from_bytes(digest[j * 4:j * 4 + 4], "little"), node))
@@ -525,7 +539,7 @@ async def _probe(balancer: Balancer, node: NodeState) -> None:
         if check.type == "tcp":
             ok = True
         else:
-            writer.write(f"GET {check.path} HTTP/1.1\r\nhost: {node.host}\r\nconnection: close\r\n"
+            writer.write(f"GET {check.path} HTTP/1.1\r\nhost: {authority(node.host)}\r\nconnection: close\r\n"
                          f"user-agent: mezzo-health-check\r\n\r\n".encode())
             line = await asyncio.wait_for(reader.readline(), check.timeout)
             parts = line.split()

@@ -93,9 +93,6 @@ def _heartbeats(reg: RunningNode, outcome: str) -> float:
     return metrics.registry.get_sample_value("mezzo_registry_heartbeats_total", labels) or 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="defect in src/mezzo/sdk/registry.py (not ours to edit): Registration "
-                   "heartbeats the id it derives from the host as given ('LocalHost:7000'), not the id the "
-                   "registry answered ('localhost:7000'): every heartbeat is a 404 followed by a registration")
 async def test_a_registration_heartbeats_the_id_the_registry_gave(reg: RunningNode) -> None:
     async with reg.client() as client:
         async with client.registry.registration("orders", host="LocalHost", port=7000, ttl=1) as registration:

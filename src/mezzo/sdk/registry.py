@@ -156,6 +156,8 @@ class Registration:
     @property
     def id(self) -> str:
         assert self.host is not None, "not started"
+        if self.instance is not None:  # the registry's own (it normalises, e.g. lowercases hosts)
+            return self.instance.id
         return self.options.get("id") or instance_id(self.host, self.port)
 
     async def start(self) -> Instance:

@@ -81,6 +81,7 @@ class Gateway:
         self.on_certificates: Any = None  # called with the Certificate items when they change
         self.tracing: Any = None  # the node's Tracing service, for the opentelemetry plugin (set by the module)
         self._certificates_changed = False
+        self.broken: dict[str, str] = {}  # "Kind/namespace/name" -> why it failed to build (left out)
 
     # configuration ------------------------------------------------------------------------
 
@@ -122,8 +123,12 @@ class Gateway:
             global_plugins += self._instances(f"global/{ref}", spec.plugins, used)
         upstreams: dict[str, Balancer] = {}
         live_nodes: set[tuple[str, str]] = set()
+        broken: dict[str, str] = {}
         for ref, (_, _, spec) in self.items["Upstream"].items():
-            upstreams[ref] = self._balancer(ref, spec, live_nodes)
+            try:
+                upstreams[ref] = self._balancer(ref, spec, live_nodes)
+            except Exception as exc:
+                broken[f"Upstream/{ref}"] = _reason(exc)
         for node_key in list(self._nodes):
             if node_key not in live_nodes:
                 self._nodes.pop(node_key).close()
@@ -131,9 +136,14 @@ class Gateway:
         credentials: dict[tuple[str, str, str], Consumer] = {}
         ambiguous: set[tuple[str, str, str]] = set()
         for ref, (namespace, name, spec) in self.items["Consumer"].items():
-            consumer = consumers[ref] = Consumer(namespace, name, spec)
-            for plugin, cred in spec.credentials.items():
-                ident = credential_id(plugin, cred)
+            try:
+                consumer = Consumer(namespace, name, spec)
+                idents = [(plugin, credential_id(plugin, cred)) for plugin, cred in spec.credentials.items()]
+            except Exception as exc:
+                broken[f"Consumer/{ref}"] = _reason(exc)
+                continue
+            consumers[ref] = consumer
+            for plugin, ident in idents:
                 if not ident:
                     continue  # no id, no way in
                 key = (namespace, plugin, ident)
@@ -147,11 +157,15 @@ class Gateway:
             del credentials[key]
         routes: list[CompiledRoute] = []
         for ref, (namespace, name, spec) in self.items["Route"].items():
-            route = compile_route(namespace, name, spec)
             upstream = upstreams.get(f"{namespace}/{spec.upstream}") if spec.upstream else None
-            plugins = list(global_plugins) + self._instances(f"route/{ref}", spec.plugins, used)
-            if upstream is not None and upstream.spec.plugins:
-                plugins += self._instances(f"upstream/{namespace}/{spec.upstream}", upstream.spec.plugins, used)
+            try:
+                route = compile_route(namespace, name, spec)
+                plugins = list(global_plugins) + self._instances(f"route/{ref}", spec.plugins, used)
+                if upstream is not None and upstream.spec.plugins:
+                    plugins += self._instances(f"upstream/{namespace}/{spec.upstream}", upstream.spec.plugins, used)
+            except Exception as exc:  # this route is left out (404), the others still change
+                broken[f"Route/{ref}"] = _reason(exc)
+                continue
             plugins.sort(key=lambda p: p.priority, reverse=True)
             route.chain = Chain(plugins)
             route.body_filters = tuple(p.body_filter for p in plugins if hasattr(p, "body_filter"))
@@ -163,6 +177,9 @@ class Gateway:
             if key not in used:
                 self._plugins.pop(key).close()
         self._sync_checks(upstreams)
+        for ref in broken.keys() - self.broken.keys():
+            log.error("gateway resource failed to build: left out of service", resource=ref, reason=broken[ref])
+        self.broken = broken
         return Snapshot(Router(routes), upstreams, consumers, credentials, self.revision)
 
     def _instances(self, scope: str, configs: dict[str, Any], used: set[str]) -> list[Plugin]:
@@ -348,3 +365,7 @@ class Gateway:
 
 def _signature(balancer: Balancer) -> str:
     return orjson.dumps([balancer.spec.health_check.model_dump(mode="json"), [n.key for n in balancer.nodes]]).decode()
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"

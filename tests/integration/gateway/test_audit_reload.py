@@ -81,3 +81,37 @@ async def test_nothing_is_dropped_while_changes_are_applied_under_load(gw: Gatew
         done.set()
         await asyncio.gather(*clients)
     assert set(statuses) == {200}, statuses
+
+
+async def test_a_resource_that_fails_to_build_is_left_out_and_the_others_still_change(
+        gw: GatewayNode, origins, monkeypatch) -> None:
+    """A route or upstream whose build raises (a defect, or data an older version stored) used to
+    fail the whole configuration build, so the gateway kept its previous configuration and ignored
+    every later change. Now that one resource is left out of service and logged; the rest changes."""
+    import mezzo.gateway.runtime as runtime
+
+    a, b = await origins(2)
+    compile_route, balancer = runtime.compile_route, runtime.Gateway._balancer
+
+    def failing_compile(namespace: str, name: str, spec):  # type: ignore[no-untyped-def]
+        if name == "bad":
+            raise RuntimeError("cannot compile this one")
+        return compile_route(namespace, name, spec)
+
+    def failing_balancer(self, ref: str, spec, live):  # type: ignore[no-untyped-def]
+        if ref == "default/bad-up":
+            raise RuntimeError("cannot balance this one")
+        return balancer(self, ref, spec, live)
+
+    monkeypatch.setattr(runtime, "compile_route", failing_compile)
+    monkeypatch.setattr(runtime.Gateway, "_balancer", failing_balancer)
+    await gw.apply(upstream("up", a), route("good", ["/good/*"]))
+    await gw.apply(route("bad", ["/bad/*"]), upstream("bad-up", b), route("to-bad-up", ["/to-bad/*"], "bad-up"),
+                   upstream("up", b))  # and a change to a sound resource, in the same apply
+    async with httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
+        await wait_for(lambda: gw.gateway.broken.keys() == {"Route/default/bad", "Upstream/default/bad-up"})
+        r = await http.get("/good/x")
+        assert r.status_code == 200 and r.json()["node"] == "b"  # the change to "up" took effect
+        assert (await http.get("/bad/x")).status_code == 404
+        assert (await http.get("/to-bad/x")).status_code == 502  # its upstream is out of service
+    assert gw.gateway.broken["Route/default/bad"] == "RuntimeError: cannot compile this one"

@@ -14,7 +14,7 @@ from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import bad_request
 from mezzo.telemetry.propagation import inject_headers
 from mezzo.transactions.model import GlobalTx, Mode, Options, Status, Step
-from mezzo.transactions.service import TxService, new_gid
+from mezzo.transactions.service import TxService, new_gid, steps_of
 
 router = APIRouter(prefix="/v1/tx", tags=["transactions"])
 
@@ -118,8 +118,11 @@ async def submit(request: Request, gid: str, caller: Caller,
     if steps is not None:
         if not isinstance(steps, list):
             raise bad_request("steps is a list", field="steps")
-        tx.steps = [Step.model_validate(s) for s in steps]
-        tx.payloads = [p if isinstance(p, str) else orjson.dumps(p).decode() for p in body.get("payloads", [])]
+        payloads = body.get("payloads", [])
+        if not isinstance(payloads, list):
+            raise bad_request("payloads is a list of JSON values, one per step", field="payloads")
+        tx.steps = steps_of(steps)
+        tx.payloads = [p if isinstance(p, str) else orjson.dumps(p).decode() for p in payloads]
     return _out(await _svc(request).submit(tx, caller.name))
 
 

@@ -286,9 +286,11 @@ class Coordinator:
         tx.attempts = 0
         if finish:
             tx.finished = time.time()
-            self.metrics.finished(tx.mode.value, status.value)
-        log.info("transaction state", gid=tx.gid, mode=tx.mode.value, status=status.value)
         revision = await lease.write([global_put(tx)], [Compare(GLOBAL + tx.gid, revision)], finish=finish)
+        # counted and announced once written: a write refused (the lease was lost) did not end anything
+        log.info("transaction state", gid=tx.gid, mode=tx.mode.value, status=status.value)
+        if finish:
+            self.metrics.finished(tx.mode.value, status.value)
         self.changed(tx)
         return revision
 
@@ -363,17 +365,8 @@ class Coordinator:
         return Progress.RETRY, worst if worst is not Outcome.SUCCESS else Outcome.ERROR
 
     async def _call(self, lease: Lease, tx: GlobalTx, branch: Branch) -> Result:
-        context = self._context(tx.traceparent) if tx.traceparent else None
         started = time.perf_counter()
-        with self.tracer.start_as_current_span(f"tx {tx.mode.value} {branch.op}", context=context,
-                                               kind=trace.SpanKind.CLIENT) as span:
-            span.set_attribute("mezzo.tx.gid", tx.gid)
-            span.set_attribute("mezzo.tx.branch_id", branch.branch_id)
-            span.set_attribute("url.full", branch.url)
-            result = await self._invoke(tx, branch)
-            span.set_attribute("mezzo.tx.outcome", result.outcome.value)
-            if result.outcome in (Outcome.ERROR, Outcome.FAILURE):
-                span.set_status(trace.StatusCode.ERROR, result.detail[:200])
+        result = await self._traced(tx, branch.op, branch.branch_id, branch.url, lambda: self._invoke(tx, branch))
         self.metrics.branch(tx.mode.value, branch.op, result.outcome.value, time.perf_counter() - started)
         final = result.outcome is Outcome.SUCCESS or (
             result.outcome is Outcome.FAILURE and tx.mode is Mode.SAGA and branch.op == "action")
@@ -385,6 +378,21 @@ class Coordinator:
         else:
             log.info("branch to retry", gid=tx.gid, branch=branch.key, outcome=result.outcome.value,
                      detail=result.detail[:200])
+        return result
+
+    async def _traced(self, tx: GlobalTx, op: str, branch_id: str, url: str,
+                      call: Callable[[], Awaitable[Result]]) -> Result:
+        """``call`` in a client span ``tx <mode> <op>`` of the transaction's trace (whose context it sends)."""
+        context = self._context(tx.traceparent) if tx.traceparent else None
+        with self.tracer.start_as_current_span(f"tx {tx.mode.value} {op}", context=context,
+                                               kind=trace.SpanKind.CLIENT) as span:
+            span.set_attribute("mezzo.tx.gid", tx.gid)
+            span.set_attribute("mezzo.tx.branch_id", branch_id)
+            span.set_attribute("url.full", url)
+            result = await call()
+            span.set_attribute("mezzo.tx.outcome", result.outcome.value)
+            if result.outcome in (Outcome.ERROR, Outcome.FAILURE):
+                span.set_status(trace.StatusCode.ERROR, result.detail[:200])
         return result
 
     def _context(self, traceparent: str) -> Context:
@@ -422,7 +430,11 @@ class Coordinator:
         refused = self._refused(tx.query_prepared)
         if refused is not None:
             return refused
+        return await self._traced(tx, "check-back", "00", tx.query_prepared, lambda: self._ask(tx))
+
+    async def _ask(self, tx: GlobalTx) -> Result:
         headers = dict(tx.options.branch_headers)
+        inject_headers(headers)
         params = {"gid": tx.gid, "trans_type": tx.mode.value, "branch_id": "00", "op": "msg"}
         return await self.caller.call("GET", tx.query_prepared, params=params, data="",
                                       timeout=tx.options.request_timeout, headers=headers)

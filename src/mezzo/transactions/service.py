@@ -351,8 +351,9 @@ class TxService:
         tx.status = status
         if status in FINAL:
             tx.finished = time.time()
+        await self._write(loaded, user, action, finish=status in FINAL)  # may race: then nothing happened
+        if status in FINAL:
             self.coordinator.metrics.finished(tx.mode.value, status.value)
-        await self._write(loaded, user, action, finish=status in FINAL)
         self.coordinator.changed(tx)
         return tx
 

@@ -21,7 +21,7 @@ from mezzo.node.auth_module import authenticate, bearer_token, require
 from mezzo.node.errors import Problem, bad_request, conflict
 from mezzo.transactions.api import traceparent_of
 from mezzo.transactions.model import Branch, GlobalTx, Mode, Options, Status, Step
-from mezzo.transactions.service import TxService, new_gid, steps_of
+from mezzo.transactions.service import TxService, check_url, new_gid, steps_of
 
 router = APIRouter(prefix="/api/dtmsvr", tags=["dtm"])
 SUCCESS = {"dtm_result": "SUCCESS"}
@@ -71,14 +71,25 @@ def _mode(body: dict[str, Any]) -> Mode:
         raise bad_request(f"trans_type is one of {', '.join(m.value for m in Mode)}", field="trans_type") from None
 
 
+def _text(body: dict[str, Any], name: str) -> str:
+    """A string field of a DTM body (absent or null: empty); another type is a 400 naming it."""
+    value = body.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise bad_request(f"{name} is a string", field=name)
+    return value
+
+
 def transaction_of(body: dict[str, Any], request: Request) -> GlobalTx:
     """DTM's TransBase JSON as a GlobalTx (0 means the server's default, as in DTM)."""
     raw = {k: body[k] for k in OPTION_FIELDS if body.get(k) not in (None, 0, "", {})}
     orders: dict[int, list[int]] = {}
-    if body.get("custom_data"):
+    custom_data = _text(body, "custom_data")
+    if custom_data:
         try:
-            custom = orjson.loads(body["custom_data"])
-        except (orjson.JSONDecodeError, TypeError):
+            custom = orjson.loads(custom_data)
+        except orjson.JSONDecodeError:
             custom = {}
         if isinstance(custom, dict):
             if custom.get("concurrent"):
@@ -91,14 +102,19 @@ def transaction_of(body: dict[str, Any], request: Request) -> GlobalTx:
     try:
         options = Options.model_validate(raw)
     except ValidationError as exc:
-        raise bad_request(f"options: {exc.errors()[0]['msg']}", field="options") from None
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error.get("loc") else "options"  # DTM's options are top-level fields
+        raise bad_request(f"{field}: {error['msg']}", field=field) from None
     payloads = body.get("payloads") or []
     if not isinstance(payloads, list) or not all(isinstance(p, str) for p in payloads):
         raise bad_request("payloads is a list of strings", field="payloads")
-    steps: list[Step] = steps_of(body.get("steps") or [])
+    raw_steps = body.get("steps") or []
+    if not isinstance(raw_steps, list):
+        raise bad_request("steps is a list of {action, compensate} objects", field="steps")
+    steps: list[Step] = steps_of(raw_steps)
     return GlobalTx(gid=body["gid"], mode=_mode(body), status=Status.PREPARED, steps=steps, payloads=payloads,
-                    orders=orders, query_prepared=body.get("query_prepared") or "", options=options,
-                    custom_data=body.get("custom_data") or "", traceparent=traceparent_of(request))
+                    orders=orders, query_prepared=_text(body, "query_prepared"), options=options,
+                    custom_data=custom_data, traceparent=traceparent_of(request))
 
 
 @router.get("/newGid")
@@ -141,10 +157,14 @@ async def register_branch(request: Request, caller: DtmCaller) -> dict[str, str]
     svc = _svc(request)
     current = (await svc.get(body["gid"])).tx
     require(caller, Verb.USE, current.namespace)
-    if mode is Mode.XA:
-        urls = {"commit": body.get("url", ""), "rollback": body.get("url", "")}
+    if mode is Mode.XA:  # one URL serves both ops: a problem with it names DTM's field
+        url = _text(body, "url")
+        if not url:
+            raise bad_request("an xa branch needs its url", field="url")
+        check_url(url, "url", outbound=svc.coordinator.outbound)
+        urls = {"commit": url, "rollback": url}
     else:
-        urls = {"confirm": body.get("confirm", ""), "cancel": body.get("cancel", "")}
+        urls = {"confirm": _text(body, "confirm"), "cancel": _text(body, "cancel")}
     data = body.get("data") or ""
     if not isinstance(data, str):
         data = orjson.dumps(data).decode()

@@ -8,22 +8,17 @@ from fastapi import APIRouter
 
 from mezzo.config.gray import GrayReleases
 from mezzo.config.hub import ConfigHub
-from mezzo.config.secrets import Keyring
 from mezzo.config.service import ConfigService
+from mezzo.node.keyring import node_keyring
 from mezzo.node.module import Health, Module
 from mezzo.storage.kv import KVStore
-
-KEY_FILE = "secret.key"
 
 
 class ConfigModule(Module):
     name = "config"
 
     async def start(self) -> None:
-        settings = self.node.settings
-        keys = settings.secret_keys.get_secret_value() if settings.secret_keys else None
-        keyring = Keyring.load(keys, settings.data_dir / KEY_FILE)
-        self.service = ConfigService(self.node.service(KVStore), keyring)  # type: ignore[type-abstract]
+        self.service = ConfigService(self.node.service(KVStore), node_keyring(self.node))  # type: ignore[type-abstract]
         self.hub = ConfigHub(self.service)
         await self.hub.start()
         self.node.provide(ConfigService, self.service)

@@ -1,9 +1,10 @@
 """Secret values: AES-256-GCM at rest, bound to where they live, with key rotation.
 
 A stored secret reads ``mzenc:v1:<key id>:<base64 nonce+ciphertext>``; the associated data is
-the value's location (app/env/cluster/namespace/key), so a ciphertext copied to another key does
-not decrypt. Keys come from ``MEZZO_SECRET_KEYS`` (comma-separated base64 keys, the first one
-encrypts) or else a key file generated in the data directory on first start.
+the value's location (a config key's app/env/cluster/namespace/key, a resource's kind/namespace/name
+and field), so a ciphertext copied to another place does not decrypt. Keys come from
+``MEZZO_SECRET_KEYS`` (comma-separated base64 keys, the first one encrypts) or else a key file
+generated in the data directory on first start (``mezzo.node.keyring`` loads them once per node).
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ class Keyring:
         cipher = self._ciphers.get(kid)
         if cipher is None:
             raise SecretError(f"secret at {where} was encrypted with key {kid}, which is not configured")
-        raw = base64.b64decode(blob)
         try:
+            raw = base64.b64decode(blob, validate=True)
             return cipher.decrypt(raw[:12], raw[12:], where.encode()).decode()
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # bad base64 or a cut value is not a ciphertext either
             raise SecretError(f"secret at {where} does not decrypt (tampered or moved)") from None
 
     def needs_rotation(self, stored: str) -> bool:

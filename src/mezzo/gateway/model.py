@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -150,6 +151,24 @@ class RouteSpec(SpecModel):
         return self
 
 
+# the fields of each auth plugin's credential that are secrets, sealed at rest (APISIX's encrypt_fields);
+# key-auth's key is the credential's id and its secret at once
+CREDENTIAL_SECRETS = {"key-auth": ("key",), "basic-auth": ("password",),
+                      "jwt-auth": ("secret", "privateKey", "private_key"), "hmac-auth": ("secretKey", "secret_key")}
+
+
+def consumer_secrets(spec: dict[str, Any]) -> Iterator[tuple[str, ...]]:
+    credentials = spec.get("credentials")
+    for plugin, fields in CREDENTIAL_SECRETS.items():
+        cred = credentials.get(plugin) if isinstance(credentials, dict) else None
+        if isinstance(cred, dict):
+            yield from (("credentials", plugin, f) for f in fields if f in cred)
+
+
+def certificate_secrets(spec: dict[str, Any]) -> Iterator[tuple[str, ...]]:
+    yield ("key",)
+
+
 class ConsumerSpec(SpecModel):
     credentials: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                    description="per auth plugin: key-auth {key}, basic-auth {username, password}, ...")
@@ -206,10 +225,12 @@ UPSTREAM_KIND = KindSpec(kind="Upstream", spec=UpstreamSpec, plural="upstreams",
                          columns=(Column("LB", "loadBalancer"), Column("SERVICE", "service")),
                          description="A set of backend nodes (static or from the registry) and how to balance them.")
 CONSUMER_KIND = KindSpec(kind="Consumer", spec=ConsumerSpec, plural="consumers", short_names=("cs",),
-                         description="An API caller with credentials for the auth plugins.")
+                         description="An API caller with credentials for the auth plugins.",
+                         secrets=consumer_secrets)
 GLOBAL_RULE_KIND = KindSpec(kind="GlobalRule", spec=GlobalRuleSpec, plural="globalrules", short_names=("gr",),
                             description="Plugins that run on every route.")
 CERTIFICATE_KIND = KindSpec(kind="Certificate", spec=CertificateSpec, plural="certificates", short_names=("cert",),
                             columns=(Column("SNIS", "snis"),),
-                            description="A TLS certificate the gateway serves for the given server names.")
+                            description="A TLS certificate the gateway serves for the given server names.",
+                            secrets=certificate_secrets)
 KINDS = (ROUTE_KIND, UPSTREAM_KIND, CONSUMER_KIND, GLOBAL_RULE_KIND, CERTIFICATE_KIND)

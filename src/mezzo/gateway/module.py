@@ -19,6 +19,7 @@ from mezzo.gateway.workers import WORKER_POLL, WorkerPool, follow_parent
 from mezzo.node.module import Health, Module
 from mezzo.node.server import bind, url_of
 from mezzo.resources.informer import Informer
+from mezzo.resources.kinds import UnsealError
 from mezzo.resources.model import Resource
 from mezzo.resources.service import ResourceService
 from mezzo.storage.kv import KVStore
@@ -46,7 +47,7 @@ class GatewayModule(Module):
         self.node.provide(Gateway, self.gateway)
         self.certs = CertStore()
         self.gateway.on_certificates = self.certs.load
-        resources = self.node.service(ResourceService)
+        resources = self.resources = self.node.service(ResourceService)
         self.workers: WorkerPool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if settings.gateway_worker:  # a worker: follow the main process's writes closely, and die with it
@@ -104,8 +105,12 @@ class GatewayModule(Module):
             from mezzo.resources.kinds import KindSpec  # noqa: F401  (kept for type readers)
 
             spec_model = next(k.spec for k in KINDS if k.kind == kind)
-            try:
-                spec = None if event == "DELETED" else spec_model.model_validate(resource.spec)
+            try:  # secrets sealed at rest are opened here, for the data plane only
+                spec = None if event == "DELETED" else spec_model.model_validate(self.resources.unsealed(resource))
+            except UnsealError as exc:  # sealed with keys this node does not have, or moved: fail closed
+                log.error("gateway resource's secrets do not decrypt: taken out of service", kind=kind,
+                          resource=resource.ref, reason=str(exc))
+                event, spec = "DELETED", None
             except ValidationError as exc:  # stored by an older Mezzo under looser rules: fail closed
                 log.error("gateway resource does not validate: taken out of service", kind=kind,
                           resource=resource.ref, errors=exc.errors(include_url=False, include_input=False,

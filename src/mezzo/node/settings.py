@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     broker_fsync: Literal["always", "batch", "os"] = Field(
         "batch", description="embedded broker durability: fsync each write, group commit, or leave it to the OS")
     secret_keys: SecretStr | None = Field(
-        None, description="config secrets: comma-separated base64 AES-256 keys, the first encrypts "
+        None, description="secrets at rest (config secrets, gateway credentials and certificate keys): "
+        "comma-separated base64 AES-256 keys, the first encrypts "
         "(default: a key file generated in the data dir; set this when nodes share a store)")
     cache_auth: bool = Field(True, description="Redis-protocol clients must AUTH with a Mezzo token (use right)")
     cache_snapshot: bool = Field(True, description="save the embedded cache on shutdown and load it on start")

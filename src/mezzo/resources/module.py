@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from mezzo.node.keyring import node_keyring
 from mezzo.node.module import Health, Module
 from mezzo.resources.catalog import KindCatalog
 from mezzo.resources.service import ResourceService
@@ -17,7 +18,8 @@ class ResourcesModule(Module):
         from mezzo.node.graph import all_kinds
 
         self.catalog = KindCatalog(all_kinds())
-        self.service = ResourceService(self.node.service(KVStore), self.catalog)  # type: ignore[type-abstract]
+        self.service = ResourceService(self.node.service(KVStore), self.catalog,  # type: ignore[type-abstract]
+                                       node_keyring(self.node))
         self.node.provide(ResourceService, self.service)
 
     async def health(self) -> Health:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import difflib
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from mezzo.config.secrets import Keyring
 from mezzo.jsonutil import dumps, loads
 from mezzo.node.audit import audit_put
 from mezzo.resources.catalog import KindCatalog, UnknownKindError
-from mezzo.resources.kinds import KindSpec
+from mezzo.resources.kinds import KindSpec, UnsealError
 from mezzo.resources.manifests import ManifestError, SourceDocument, to_yaml
 from mezzo.resources.model import (
     API_VERSION,
@@ -53,7 +54,8 @@ class Desired:
     name: str
     labels: dict[str, str]
     annotations: dict[str, str]
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # secrets in clear: sealed when it becomes the stored document
+    written: dict[str, Any] = field(default_factory=dict)  # the spec as given: its ciphertexts are kept
 
     @property
     def key(self) -> str:
@@ -80,9 +82,10 @@ def parse_resource(value: bytes) -> Resource:
 
 
 class ResourceService:
-    def __init__(self, store: KVStore, catalog: KindCatalog) -> None:
+    def __init__(self, store: KVStore, catalog: KindCatalog, keyring: Keyring | None = None) -> None:
         self.store = store
         self.catalog = catalog
+        self.keyring = keyring  # seals the secret fields kinds declare; None keeps them as given
 
     # validation ------------------------------------------------------------------
 
@@ -105,15 +108,20 @@ class ResourceService:
             except UnknownKindError as exc:
                 errors.append(doc.error(str(exc), ("kind",)))
                 continue
+            meta = envelope.metadata
+            try:  # a ciphertext given back (``get -o yaml | apply``) validates as what it holds
+                plain = self._unseal(kind, meta.namespace, meta.name, envelope.spec)
+            except UnsealError as exc:
+                errors.extend(doc.error(reason, ("spec", *path)) for path, reason in exc.failed)
+                continue
             try:
-                spec = kind.spec.model_validate(envelope.spec)
+                spec = kind.spec.model_validate(plain)
             except ValidationError as exc:
                 errors.extend(_validation_errors(doc, exc, ("spec",)))
                 continue
-            meta = envelope.metadata
             item = Desired(
                 kind, meta.namespace, meta.name, dict(meta.labels), dict(meta.annotations),
-                spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
+                spec.model_dump(mode="json", by_alias=True, exclude_unset=True), envelope.spec,
             )
             if item.key in seen:
                 first = seen[item.key]
@@ -127,6 +135,24 @@ class ResourceService:
         if errors:
             raise ManifestError(errors)
         return desired
+
+    # secrets at rest ---------------------------------------------------------------------
+
+    def _unseal(self, kind: KindSpec, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return spec if self.keyring is None else kind.unseal(namespace, name, spec, self.keyring)
+
+    def unsealed(self, res: Resource) -> dict[str, Any]:
+        """A stored resource's spec with its secrets in clear, for the data plane that uses them
+        (the API never returns it). Raises UnsealError when one does not decrypt with this node's keys."""
+        return self._unseal(self.catalog.resolve(res.kind), res.metadata.namespace, res.metadata.name, res.spec)
+
+    def _sealed(self, item: Desired, stored: Resource | None) -> dict[str, Any]:
+        """What a validated spec is stored as: its secrets sealed, each unchanged one keeping its
+        ciphertext (as given, else as stored), so a spec that did not change equals the stored one."""
+        if self.keyring is None:
+            return item.spec
+        return item.kind.seal(item.namespace, item.name, item.spec, self.keyring,
+                              (item.written, stored.spec if stored else None))
 
     # writes ----------------------------------------------------------------------
 
@@ -143,13 +169,14 @@ class ResourceService:
                 current = await self.store.get(item.key)
                 old = parse_resource(current.value) if current else None
                 compares.append(Compare(item.key, current.mod_revision if current else 0))
+                spec = self._sealed(item, old)  # unchanged secrets keep their stored ciphertext
                 if old is not None and (old.spec, old.metadata.labels, old.metadata.annotations) == (
-                    item.spec, item.labels, item.annotations
+                    spec, item.labels, item.annotations
                 ):
                     results.append(self._result(old, "unchanged", current.mod_revision))  # type: ignore[union-attr]
                     continue
                 generation = await self._next_generation(item, old)
-                new = self._build(item, old, generation, now, user)
+                new = self._build(item, spec, old, generation, now, user)
                 action: Literal["created", "configured"] = "configured" if old else "created"
                 result = self._result(new, action, 0)
                 result.diff = _diff(old, new)
@@ -220,23 +247,29 @@ class ResourceService:
             if target.action == "deleted":
                 raise ValueError(f"version {to} is a deletion; roll back to a version that has a spec")
         try:
-            checked = spec.spec.model_validate(target.spec)  # the kind's schema may have moved on
-        except ValidationError as exc:
-            raise ValueError(f"version {target.generation} no longer validates: {exc}") from None
+            plain = self._unseal(spec, namespace, name, target.spec)
+        except UnsealError as exc:
+            raise ValueError(f"version {target.generation} has secrets that do not decrypt: {exc}") from None
+        try:
+            checked = spec.spec.model_validate(plain)  # the kind's schema may have moved on
+        except ValidationError as exc:  # the reasons and fields, never the values (they may be secrets)
+            reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"version {target.generation} no longer validates: {reasons}") from None
         current = await self.get(spec.kind, namespace, name)
         item = Desired(
             spec, namespace, name, dict(target.labels),
             dict(current.metadata.annotations) if current else {},
-            checked.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            checked.model_dump(mode="json", by_alias=True, exclude_unset=True), target.spec,
         )
         for _ in range(_ATTEMPTS):
             stored = await self.store.get(item.key)
             old = parse_resource(stored.value) if stored else None
-            if old is not None and (old.spec, old.metadata.labels) == (item.spec, item.labels):
+            sealed = self._sealed(item, old)
+            if old is not None and (old.spec, old.metadata.labels) == (sealed, item.labels):
                 return self._result(old, "unchanged", stored.mod_revision)  # type: ignore[union-attr]
             generation = await self._next_generation(item, old)
             now = datetime.now(UTC)
-            new = self._build(item, old, generation, now, user)
+            new = self._build(item, sealed, old, generation, now, user)
             ops = self._write_ops(new, "rolled-back", user, now, rolled_back_to=target.generation)
             compares = [Compare(item.key, stored.mod_revision if stored else 0), Compare(_history_key(new), 0)]
             try:
@@ -253,14 +286,15 @@ class ResourceService:
         return int(past.items[-1].key.rsplit("/", 1)[1]) + 1 if past.items else 1
 
     @staticmethod
-    def _build(item: Desired, old: Resource | None, generation: int, now: datetime, user: str) -> Resource:
+    def _build(item: Desired, spec: dict[str, Any], old: Resource | None, generation: int, now: datetime,
+               user: str) -> Resource:
         meta = Metadata(
             name=item.name, namespace=item.namespace, labels=item.labels, annotations=item.annotations,
             uid=old.metadata.uid if old else str(uuid.uuid4()), generation=generation,
             createdAt=old.metadata.createdAt if old else now, updatedAt=now,
             createdBy=old.metadata.createdBy if old else user, updatedBy=user,
         )
-        return Resource(apiVersion=API_VERSION, kind=item.kind.kind, metadata=meta, spec=item.spec)
+        return Resource(apiVersion=API_VERSION, kind=item.kind.kind, metadata=meta, spec=spec)
 
     @staticmethod
     def _write_ops(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 
 from pydantic import Field
@@ -31,7 +30,7 @@ class BasicAuth(Plugin):
             return unauthorized("Missing authorization in request", challenge)
         try:
             username, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII text in the header
             return unauthorized("Invalid authorization in request", challenge)
         consumer = find_consumer(ctx, "basic-auth", username) if sep else None
         expected = consumer.spec.credentials["basic-auth"].get("password", "") if consumer else ""

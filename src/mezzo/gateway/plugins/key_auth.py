@@ -31,13 +31,19 @@ class KeyAuth(Plugin):
         request = ctx.request
         key = request.header(self.header)
         from_query = False
+        if key is not None and not key.isascii():  # header bytes arrive as Latin-1; keys are UTF-8 text
+            try:
+                key = key.encode("latin-1").decode()
+            except UnicodeError:
+                return unauthorized("Invalid API key in request", 'apikey')
         if key is None:
             key = request.args.get(self.conf.query)
             from_query = key is not None
         if not key:
             return unauthorized("Missing API key in request", 'apikey')
         consumer = find_consumer(ctx, "key-auth", key)
-        if consumer is None or not hmac.compare_digest(consumer.spec.credentials["key-auth"].get("key", ""), key):
+        if consumer is None or not hmac.compare_digest(
+                str(consumer.spec.credentials["key-auth"].get("key", "")).encode(), key.encode()):
             return unauthorized("Invalid API key in request", 'apikey')
         ctx.consumer = consumer
         if self.conf.hide_credentials:

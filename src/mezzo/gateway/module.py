@@ -40,7 +40,8 @@ class GatewayModule(Module):
         limits = Limits(max_header_bytes=settings.gateway_max_header_bytes, max_body=settings.gateway_max_body,
                         header_timeout=settings.gateway_header_timeout, body_timeout=settings.gateway_body_timeout,
                         keepalive_timeout=settings.gateway_keepalive_timeout)
-        registry = self._registry()
+        self._own_view: Any = None
+        registry = await self._registry()
         cache = settings.cache if settings.cache.startswith(("redis://", "rediss://")) else None
         self.gateway = Gateway(limits, self.node.service(Metrics), registry, cache)
         self.gateway.tracing = self.node.service(Tracing) if self.node.has(Tracing) else None  # opentelemetry plugin
@@ -87,14 +88,20 @@ class GatewayModule(Module):
                 except Exception:
                     log.exception("gateway sweep failed")
 
-    def _registry(self) -> Any:
+    async def _registry(self) -> Any:
+        """The node's registry view; on a node without the registry module (``--targets gateway``, a
+        worker process) a read-only view of its own over the shared store, so ``service:`` upstreams
+        get their nodes there too (no checks, expiry or membership: the registry's nodes do those)."""
         try:
-            from mezzo.registry.view import RegistryView  # type: ignore[import-not-found]
+            from mezzo.registry.service import RegistryService
+            from mezzo.registry.view import RegistryView
         except ImportError:
             return None
-        if not self.node.has(RegistryView):
-            return None
-        view = self.node.service(RegistryView)
+        if self.node.has(RegistryView):
+            view = self.node.service(RegistryView)
+        else:
+            view = self._own_view = RegistryView(RegistryService(self.node.service(KVStore)))  # type: ignore[type-abstract]
+            await view.start()
         subscribe = getattr(view, "subscribe", None)
         if subscribe is not None:
             subscribe(lambda *_: self.gateway.registry_changed())
@@ -129,6 +136,8 @@ class GatewayModule(Module):
                 await task
         for informer in self.informers:
             await informer.stop()
+        if self._own_view is not None:
+            await self._own_view.stop()
         await self.gateway.close()
 
     async def health(self) -> Health:
@@ -137,6 +146,10 @@ class GatewayModule(Module):
                   f"{len(self.gateway.connections)} connections")
         if self.workers is not None:
             detail += f", {self.workers.running + 1}/{self.workers.count} processes"
+        if self.gateway.broken:  # still ready: the rest serves; these are logged with their reasons
+            detail += f", out of service (failed to build): {', '.join(sorted(self.gateway.broken))}"
+        if self._own_view is not None and not self._own_view.following:
+            return Health(False, "registry watch stopped: service-backed upstreams would go stale")
         return Health(True, detail)
 
     def listeners(self) -> list[Any]:

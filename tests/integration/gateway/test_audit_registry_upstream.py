@@ -209,9 +209,6 @@ async def test_an_ipv6_instance_gets_a_valid_host_header(gwr: GatewayNode) -> No
         echo.server.close()
 
 
-@pytest.mark.xfail(strict=True, reason="defect in gateway/module.py (not ours to edit): a gateway process "
-                   "without the registry module (a `--targets gateway` node, every `--workers` worker) "
-                   "has no registry view, so `service:` upstreams never get nodes there")
 async def test_a_gateway_node_without_the_registry_module_follows_the_shared_registry(
         postgres_url: str, tmp_path: Path, origins) -> None:
     (a,) = await origins(1)

@@ -332,7 +332,10 @@ class Coordinator:
         wanted = [i for i in range(len(keys)) if (only is None or i in only)]
         done = {i for i in range(len(keys)) if i not in wanted or not keys[i]
                 or branches[keys[i]].status is BranchStatus.SUCCEED}
-        if any(branches[keys[i]].status is BranchStatus.FAILED for i in wanted if keys[i]):
+        failed = next((branches[keys[i]] for i in wanted if keys[i] and branches[keys[i]].status is BranchStatus.FAILED),
+                      None)
+        if failed is not None:  # found on a later round (or after a restart): the reason is its answer
+            tx.rollback_reason = tx.rollback_reason or _failure_reason(failed, failed.result)
             return Progress.FAILED, Outcome.FAILURE
         blocked: set[int] = set()
         worst = Outcome.SUCCESS
@@ -355,6 +358,7 @@ class Coordinator:
                 if result.outcome is Outcome.SUCCESS:
                     done.add(i)
                 elif result.outcome is Outcome.FAILURE and tx.mode is Mode.SAGA and branches[keys[i]].op == "action":
+                    tx.rollback_reason = tx.rollback_reason or _failure_reason(branches[keys[i]], result.detail)
                     return Progress.FAILED, Outcome.FAILURE
                 else:
                     blocked.add(i)
@@ -456,3 +460,8 @@ def _tried(branch: Branch | None) -> bool:
 
 def describe(tx: GlobalTx, branches: list[Branch]) -> dict[str, Any]:
     return {**tx.out(), "branches": [b.out() for b in branches]}
+
+
+def _failure_reason(branch: Branch, detail: str) -> str:
+    """The rollback reason of a saga whose action failed, as DTM records it: the branch's answer."""
+    return f"branch {branch.branch_id} {branch.op} failed: {detail[:500] or 'FAILURE'}"

@@ -62,6 +62,10 @@ async def test_failed_action_compensates_in_reverse(http: httpx.AsyncClient, bus
     # the failed step is compensated too (it may have done part of its work); d never ran
     assert busi.names(gid) == ["a", "b", "c", "c-undo", "b-undo", "a-undo"]
     assert busi.calls[3].params["op"] == "compensate"
+    # why it rolled back, as DTM records it: the failed branch and its answer
+    assert tx["rollback_reason"].startswith("branch 03 action failed"), tx["rollback_reason"]
+    dtm = (await http.get("/api/dtmsvr/query", params={"gid": gid})).json()
+    assert dtm["transaction"]["rollback_reason"] == tx["rollback_reason"]
 
 
 async def test_failure_said_in_a_200_body(http: httpx.AsyncClient, busi: Busi) -> None:

@@ -143,6 +143,8 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path, unique: str) ->
         url = os.environ.get("MEZZO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
         problem = await backends.postgres_problem(url)
         if problem:
+            if os.environ.get("MEZZO_REQUIRE_BACKENDS") == "1":
+                pytest.fail(f"MEZZO_REQUIRE_BACKENDS=1 but PostgreSQL is not reachable ({problem})", pytrace=False)
             pytest.skip(f"PostgreSQL is not reachable ({problem})")
         pool = await asyncpg.create_pool(url, min_size=1, max_size=12)
         for ddl in ddl_postgres(table):

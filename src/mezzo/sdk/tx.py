@@ -211,11 +211,12 @@ class Tcc(_Tx):
     def __init__(self, api: TxClient, gid: str | None, namespace: str, options: dict[str, Any]) -> None:
         super().__init__(api, gid, namespace, options)
         self._branches = 0
-        self._http = httpx.AsyncClient(timeout=float(options.get("request_timeout", 8.0)))
+        self._http: httpx.AsyncClient | None = None  # made on entry: a block never entered holds nothing
 
     async def __aenter__(self) -> Self:
         await self._api.create({"gid": await self._gid(), "mode": self.mode, "namespace": self.namespace,
                                 "options": self.options, "prepare": True})
+        self._http = httpx.AsyncClient(timeout=float(self.options.get("request_timeout", 8.0)))
         return self
 
     async def call(self, try_url: str, confirm_url: str, cancel_url: str, payload: Any = None) -> Any:
@@ -250,6 +251,7 @@ class Tcc(_Tx):
 
     async def _branch(self, url: str, op: str, urls: dict[str, str], payload: Any) -> Any:
         branch_id, data = await self._register(urls, payload)
+        assert self._http is not None, "use the transaction in `async with`"
         response = await self._http.post(url, content=data, headers={"Content-Type": "application/json"},
                                          params={"gid": self.gid, "trans_type": self.mode, "branch_id": branch_id,
                                                  "op": op})
@@ -263,7 +265,8 @@ class Tcc(_Tx):
             assert self.gid is not None
             self.result = await (self._api.submit(self.gid) if kind is None else self._api.abort(self.gid))
         finally:
-            await self._http.aclose()
+            if self._http is not None:
+                await self._http.aclose()
 
 
 class Xa(Tcc):

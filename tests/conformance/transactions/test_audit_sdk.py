@@ -72,3 +72,16 @@ async def test_client_calls(txnode: RunningNode, busi: Busi) -> None:
         listed = await client.tx.list(mode="tcc")
         assert [t["gid"] for t in listed["items"]] == [prepared["gid"]]
         assert (await client.tx.abort(prepared["gid"]))["status"] == "aborting"
+
+
+async def test_a_tcc_block_whose_create_is_refused_holds_no_client(txnode: RunningNode) -> None:
+    """The TCC/XA block made its HTTP client for the Try calls when built, so a block whose create was
+    refused (never entered, so never exited) left that client open."""
+    from mezzo.sdk.errors import APIError
+
+    async with txnode.client() as client:
+        for block in (client.tx.tcc(retry_interval=-1), client.tx.xa(retry_interval=-1)):
+            with pytest.raises(APIError):
+                async with block:
+                    pass
+            assert block._http is None

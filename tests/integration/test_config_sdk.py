@@ -342,8 +342,10 @@ async def test_reconnects_after_a_restart_and_the_cache_covers_the_outage(tmp_pa
             async with node.client() as admin:
                 await release(admin, {"n": "1"})
                 await release(admin, {"n": "2"})
-                await wait_for(lambda: cfg.get("n") == "2" and late.get("n") == "2")
-                assert not late.from_cache and changes[-1].keys["n"].new == "2"
+                # the value is there before the change callbacks have run: wait for those too
+                await wait_for(lambda: cfg.get("n") == "2" and late.get("n") == "2"
+                               and bool(changes) and changes[-1].keys["n"].new == "2")
+                assert not late.from_cache
                 await release(admin, {"n": "3"})
                 await wait_for(lambda: cfg.get("n") == "3" and late.get("n") == "3")
             assert json.loads((cache / "shop+default+default+application.json").read_text())[

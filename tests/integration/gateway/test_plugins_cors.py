@@ -63,6 +63,9 @@ async def test_listed_origins_with_credentials(gateway: GatewayHandle, upstream:
             assert r.headers["vary"] == "Origin" and r.headers["access-control-allow-credentials"] == "true"
             assert r.headers["access-control-expose-headers"] == "X-Total,X-Page"
 
+        r = await http.get("/x")  # no Origin (a same-origin or non-browser request): still varies on it
+        assert r.headers["vary"] == "Origin" and "access-control-allow-origin" not in r.headers
+
         r = await http.options("/x", headers=_preflight(SHOP, "PUT", "x-token"))
         assert r.status_code == 204
         assert r.headers["access-control-allow-origin"] == SHOP and r.headers["access-control-allow-credentials"] == "true"
@@ -73,6 +76,7 @@ async def test_listed_origins_with_credentials(gateway: GatewayHandle, upstream:
         for origin in (EVIL, "https://shop.example.com.evil.net", "null"):
             r = await http.get("/x", headers={"origin": origin})
             assert r.status_code == 200 and not [h for h in r.headers if h.startswith("access-control-")], origin
+            assert r.headers["vary"] == "Origin"  # a cache must not give this answer to the shop's page
             r = await http.options("/x", headers=_preflight(origin))
             assert "access-control-allow-origin" not in r.headers
             assert r.json()["method"] == "OPTIONS"  # not answered by cors: the upstream saw it

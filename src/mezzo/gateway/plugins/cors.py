@@ -75,16 +75,16 @@ class Cors(Plugin):
 
     def rewrite(self, ctx: Ctx) -> Reply | None:
         request = ctx.request
+        headers = ctx.response_headers
         origin = request.header(b"origin")
+        if not self.any_origin:  # the answer depends on Origin, also when it is absent or refused: a
+            headers.append((b"vary", b"Origin"))  # shared cache must not hand one origin's answer to another
         if origin is None:
             return None
         allowed = self._origin(origin)
         if allowed is None:
             return None
-        headers = ctx.response_headers
         headers.append((b"access-control-allow-origin", allowed.encode("latin-1")))
-        if allowed != "*":
-            headers.append((b"vary", b"Origin"))
         if self.conf.allow_credentials:
             headers.append((b"access-control-allow-credentials", b"true"))
         if self.expose:

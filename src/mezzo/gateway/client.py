@@ -106,7 +106,10 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
+        ip = peer[0] if peer else ""
+        # an IPv4 client of a dual-stack (::) listener arrives as ::ffff:a.b.c.d: one client, one address
+        # in X-Forwarded-For, X-Real-IP, limit keys and logs, whichever listener it came through
+        self.client_ip = ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
         self.forwarded = forwarded_lines(self.client_ip, self.scheme)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:

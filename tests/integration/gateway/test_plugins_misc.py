@@ -73,7 +73,11 @@ async def test_ip_restriction_sees_ipv4_clients_of_a_dual_stack_listener(tmp_pat
         port = int(running.node.url("gateway").rsplit(":", 1)[1])
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             assert (await http.get("/deny")).status_code == 403
-            assert (await http.get("/allow")).status_code == 200
+            r = await http.get("/allow")
+            assert r.status_code == 200
+            # and the upstream is told the client's IPv4 address, not its IPv4-mapped IPv6 form
+            assert r.json()["headers"]["x-real-ip"] == "127.0.0.1"
+            assert r.json()["headers"]["x-forwarded-for"] == "127.0.0.1"
     finally:
         await running.node.stop()
 

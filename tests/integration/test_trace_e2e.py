@@ -110,8 +110,7 @@ async def apply(node: RunningNode, docs: list[dict[str, Any]]) -> None:
     async with node.client() as client:
         results = await client.resources.apply([{"apiVersion": "mezzo.dev/v1", **d} for d in docs])
     runtime = node.node.service(Gateway)
-    revision = max(r.revision for r in results)
-    await wait_for(lambda: runtime.snapshot.revision >= revision and runtime._rebuild is None)
+    await wait_for(lambda: runtime.covers({f"{r.kind}/{r.namespace}/{r.name}": r.revision for r in results}))
 
 
 async def test_one_trace_through_gateway_app_publish_and_push(traced: RunningNode) -> None:

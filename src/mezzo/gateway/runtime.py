@@ -82,11 +82,13 @@ class Gateway:
         self.tracing: Any = None  # the node's Tracing service, for the opentelemetry plugin (set by the module)
         self._certificates_changed = False
         self.broken: dict[str, str] = {}  # "Kind/namespace/name" -> why it failed to build (left out)
+        self.seen: dict[str, int] = {}  # "Kind/namespace/name" -> revision of its latest event here
 
     # configuration ------------------------------------------------------------------------
 
     def changed(self, kind: str, event: str, namespace: str, name: str, spec: Any, revision: int) -> None:
         ref = f"{namespace}/{name}"
+        self.seen[f"{kind}/{ref}"] = revision
         if kind == "Certificate":
             self._certificates_changed = True
         if event == "DELETED":
@@ -224,6 +226,15 @@ class Gateway:
             if ref not in self._checks:
                 task = asyncio.get_running_loop().create_task(run_active_checks(balancer), name=f"mezzo-check-{ref}")
                 self._checks[ref] = (_signature(balancer), task)
+
+    def covers(self, revisions: dict[str, int]) -> bool:
+        """Is every resource (``"Kind/namespace/name"`` -> revision) served at that revision or later?
+        One apply writes all its resources at one revision but each kind has its own watch, so the
+        snapshot's revision alone does not tell that every kind's event has arrived. Other kinds
+        (a Topic applied in the same manifest) are not the gateway's and are left out."""
+        mine = {ref: rev for ref, rev in revisions.items() if ref.split("/", 1)[0] in self.items}
+        return self._rebuild is None and all(self.seen.get(ref, 0) >= rev for ref, rev in mine.items()) \
+            and self.snapshot.revision >= max(mine.values(), default=0)
 
     def registry_changed(self) -> None:
         """The registry's instances moved: rebuild so service-backed upstreams get the new nodes."""

@@ -133,10 +133,9 @@ async def apply_docs(node: RunningNode, docs: list[dict[str, Any]]) -> int:
     full = [{"apiVersion": "mezzo.dev/v1", **d} for d in docs]
     async with node.client() as client:
         results = await client.resources.apply(full)
-    revision = max(r.revision for r in results)
     runtime = node.node.service(Gateway)
-    await wait_for(lambda: runtime.snapshot.revision >= revision and runtime._rebuild is None)
-    return revision
+    await wait_for(lambda: runtime.covers({f"{r.kind}/{r.namespace}/{r.name}": r.revision for r in results}))
+    return max(r.revision for r in results)
 
 
 def upstream_doc(name: str, *servers: EchoServer, **spec: Any) -> dict[str, Any]:

@@ -183,6 +183,7 @@ class GatewayNode:
     host: str = "127.0.0.1"
     port: int = 0
     applied: list[int] = field(default_factory=list)
+    last_applied: dict[str, int] = field(default_factory=dict)  # "Kind/ns/name" -> revision, of the last apply
 
     @property
     def gateway(self) -> Gateway:
@@ -193,9 +194,9 @@ class GatewayNode:
         full = [{"apiVersion": "mezzo.dev/v1", **d} for d in docs]
         results = await service.apply(service.validate([SourceDocument("test", i + 1, d) for i, d in enumerate(full)]),
                                       "test")
-        revision = max(r.revision for r in results)
-        await wait_for(lambda: self.gateway.snapshot.revision >= revision)
-        return revision
+        self.last_applied = {f"{r.kind}/{r.namespace}/{r.name}": r.revision for r in results}
+        await wait_for(lambda: self.gateway.covers(self.last_applied))
+        return max(r.revision for r in results)
 
     async def delete(self, kind: str, name: str) -> None:
         service = self.running.node.service(ResourceService)

@@ -43,8 +43,8 @@ def limited(unique: str, redis_url: str) -> Iterator[str]:
 
 async def _apply_on_one_seen_by_both(pair: tuple[GatewayNode, GatewayNode], *docs: dict[str, Any]) -> None:
     one, two = pair
-    revision = await one.apply(*docs)
-    await wait_for(lambda: two.gateway.snapshot.revision >= revision and two.gateway._rebuild is None)
+    await one.apply(*docs)
+    await wait_for(lambda: two.gateway.covers(one.last_applied))
 
 
 async def _burst(urls: list[str], path: str, count: int, **kw: Any) -> list[httpx.Response]:

@@ -36,6 +36,7 @@ from mezzo.transactions.model import (
     GlobalTx,
     Mode,
     Status,
+    check_branch_move,
     check_move,
 )
 from mezzo.transactions.store import GLOBAL, Active, Lease, LostLease, TxLog, branch_put, global_put
@@ -300,9 +301,9 @@ class Coordinator:
         if worst is Outcome.ERROR:
             tx.attempts += 1
             interval = min(interval * 2 ** min(tx.attempts - 1, 20), MAX_BACKOFF)
-        self.metrics.retry(tx.mode.value)
         await lease.write([global_put(tx)], [Compare(GLOBAL + tx.gid, revision)], due=time.time() + interval,
                           release=True)
+        self.metrics.retry(tx.mode.value)  # once written: a round fenced off did not schedule a retry
 
     # forward and backward ------------------------------------------------------------------
 
@@ -375,7 +376,9 @@ class Coordinator:
         final = result.outcome is Outcome.SUCCESS or (
             result.outcome is Outcome.FAILURE and tx.mode is Mode.SAGA and branch.op == "action")
         if final:
-            branch.status = BranchStatus.SUCCEED if result.outcome is Outcome.SUCCESS else BranchStatus.FAILED
+            status = BranchStatus.SUCCEED if result.outcome is Outcome.SUCCESS else BranchStatus.FAILED
+            check_branch_move(branch.status, status, f"branch {branch.key} of {tx.gid}")
+            branch.status = status
             branch.finished, branch.result = time.time(), result.detail
             branch.attempted = True
             lease.defer(branch_put(branch))  # written with the next write of this round (each round ends with one)

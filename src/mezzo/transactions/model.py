@@ -73,6 +73,12 @@ def check_move(current: Status, wanted: Status, what: str) -> None:
         raise IllegalTransition(what, current.value, wanted.value)
 
 
+def check_branch_move(current: BranchStatus, wanted: BranchStatus, what: str) -> None:
+    """A branch ends once: a second outcome for it is a defect, never written."""
+    if wanted not in BRANCH_TRANSITIONS[current]:
+        raise IllegalTransition(what, current.value, wanted.value)
+
+
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field name
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from mezzo.node.auth import Verb
 from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import bad_request, not_found
-from mezzo.tracing.collector import Collector, IngestError
+from mezzo.tracing.collector import Collector, IngestError, read_body
 from mezzo.tracing.formats import jaeger_trace, kind_name, otlp_json, zipkin_span
 from mezzo.tracing.store import Query as SpanQuery
 from mezzo.tracing.store import TraceStore
@@ -42,11 +42,20 @@ def _error_response(exc: IngestError, content_type: str | None) -> Response:
     return Response(body, status_code=exc.status, media_type=media, headers=headers)
 
 
+async def _body(request: Any, collector: Collector, protocol: str) -> bytes:
+    try:
+        return await read_body(request.stream(), request.headers.get("content-length"))
+    except IngestError as exc:
+        raise collector.refuse(protocol, exc) from None
+
+
 async def otlp_ingest(request: Any) -> Any:
     """POST /v1/traces: OTLP/HTTP, protobuf or JSON."""
     ctype = request.headers.get("content-type")
+    collector = _collector(request)
     try:
-        body, media = await _collector(request).otlp(await request.body(), ctype, request.headers.get("content-encoding"))
+        body, media = await collector.otlp(await _body(request, collector, "otlp"), ctype,
+                                           request.headers.get("content-encoding"))
     except IngestError as exc:
         return _error_response(exc, ctype)
     return Response(body, media_type=media)
@@ -273,9 +282,10 @@ def otlp_app(node: Any) -> Starlette:
 
 
 async def zipkin_ingest(request: StarletteRequest) -> StarletteResponse:
+    collector = _collector(request)
     try:
-        await _collector(request).zipkin(await request.body(), request.headers.get("content-type"),
-                                         request.headers.get("content-encoding"))
+        await collector.zipkin(await _body(request, collector, "zipkin"), request.headers.get("content-type"),
+                               request.headers.get("content-encoding"))
     except IngestError as exc:
         return _error_response(exc, "application/json")  # type: ignore[return-value]
     return StarletteResponse(status_code=202)
@@ -303,12 +313,18 @@ async def zipkin_traces(request: StarletteRequest) -> JSONResponse:
     q = request.query_params
     end_ms = _ms(request, "endTs", int(time.time() * 1000))
     lookback = _ms(request, "lookback", 86_400_000)
+    # annotationQuery: "k=v" terms match tags; a bare word a tag key or an annotation (event) of the span
     tags: dict[str, str] = {}
+    keys: list[str] = []
     for term in (q.get("annotationQuery") or "").split(" and "):
         key, sep, value = term.strip().partition("=")
         if key and sep:
             tags[key] = value
-    query = SpanQuery(service=q.get("serviceName") or None, operation=q.get("spanName") or None, tags=tags,
+        elif key:
+            keys.append(key)
+    if q.get("remoteServiceName"):  # Zipkin's remoteEndpoint.serviceName, kept as peer.service
+        tags["peer.service"] = q["remoteServiceName"]
+    query = SpanQuery(service=q.get("serviceName") or None, operation=q.get("spanName") or None, tags=tags, keys=keys,
                       min_duration_us=int(q["minDuration"]) if q.get("minDuration", "").isdigit() else None,
                       max_duration_us=int(q["maxDuration"]) if q.get("maxDuration", "").isdigit() else None,
                       start_us=(end_ms - lookback) * 1000, end_us=end_ms * 1000, limit=_ms(request, "limit", 10))

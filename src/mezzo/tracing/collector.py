@@ -8,8 +8,8 @@ both; nothing is dropped silently); 415 for a content type that is neither proto
 
 from __future__ import annotations
 
-import gzip
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -41,26 +41,58 @@ class IngestError(Exception):
         return orjson.dumps(problem), "application/problem+json"
 
 
+def _inflate(body: bytes, wbits: int, name: str, members: bool) -> bytes:
+    """The whole of a gzip (``members``: RFC 1952 allows several, read as one) or zlib stream, at most
+    MAX_BODY bytes of it; a stream cut short or followed by other bytes is not valid."""
+    out = bytearray()
+    data = body
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            while data:
+                out += decoder.decompress(data, MAX_BODY + 1 - len(out))
+                if len(out) > MAX_BODY:
+                    raise IngestError(413, f"a request carries at most {MAX_BODY} bytes of spans")
+                data = decoder.unconsumed_tail
+        except zlib.error as exc:
+            raise IngestError(400, f"body is not valid {name}: {exc}", "body") from None
+        if not decoder.eof:
+            raise IngestError(400, f"body is not valid {name}: it ends before the end of its data", "body")
+        data = decoder.unused_data
+        if not data:
+            return bytes(out)
+        if not members or data[:2] != b"\x1f\x8b":
+            raise IngestError(400, f"body is not valid {name}: {len(data)} bytes follow its data", "body")
+
+
 def decompress(body: bytes, encoding: str | None) -> bytes:
     encoding = (encoding or "").lower().strip()
     if encoding in ("", "identity"):
         data = body
     elif encoding == "gzip":
-        try:
-            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            data = decoder.decompress(body, MAX_BODY + 1)
-        except (zlib.error, gzip.BadGzipFile) as exc:
-            raise IngestError(400, f"body is not valid gzip: {exc}", "body") from None
-    elif encoding == "deflate":
-        try:
-            data = zlib.decompressobj().decompress(body, MAX_BODY + 1)
-        except zlib.error as exc:
-            raise IngestError(400, f"body is not valid deflate: {exc}", "body") from None
+        data = _inflate(body, 16 + zlib.MAX_WBITS, "gzip", members=True)
+    elif encoding == "deflate":  # HTTP's deflate is the zlib format (RFC 9110 8.4.1.2)
+        data = _inflate(body, zlib.MAX_WBITS, "deflate", members=False)
     else:
         raise IngestError(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
     if len(data) > MAX_BODY:
         raise IngestError(413, f"a request carries at most {MAX_BODY} bytes of spans")
     return data
+
+
+async def read_body(stream: AsyncIterator[bytes], content_length: str | None) -> bytes:
+    """A request's body, refused (413) as soon as it is known to exceed MAX_BODY: from its
+    Content-Length before any of it is read, else once that much has arrived. The limit applies to
+    the bytes sent too, so a client cannot make the node buffer more than it would take."""
+    if content_length is not None and content_length.strip().isdigit() and int(content_length) > MAX_BODY:
+        raise IngestError(413, f"a request carries at most {MAX_BODY} bytes of spans")
+    chunks, size = [], 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise IngestError(413, f"a request carries at most {MAX_BODY} bytes of spans")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Collector:
@@ -81,14 +113,14 @@ class Collector:
     async def otlp(self, body: bytes, content_type: str | None, encoding: str | None) -> tuple[bytes, str]:
         ctype = (content_type or "").split(";")[0].strip().lower()
         if ctype not in (PROTOBUF, "application/json"):
-            raise self._refuse("otlp", IngestError(415, "send application/x-protobuf or application/json"))
+            raise self.refuse("otlp", IngestError(415, "send application/x-protobuf or application/json"))
         try:
             data = decompress(body, encoding)
             spans = from_otlp_proto(data) if ctype == PROTOBUF else from_otlp_json(data)
         except SpanError as exc:
-            raise self._refuse("otlp", IngestError(400, str(exc), exc.field)) from None
+            raise self.refuse("otlp", IngestError(400, str(exc), exc.field)) from None
         except IngestError as exc:
-            raise self._refuse("otlp", exc) from None
+            raise self.refuse("otlp", exc) from None
         await self._store("otlp", spans)
         if ctype == PROTOBUF:
             from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -101,13 +133,13 @@ class Collector:
     async def zipkin(self, body: bytes, content_type: str | None, encoding: str | None) -> None:
         ctype = (content_type or "application/json").split(";")[0].strip().lower()
         if ctype != "application/json":
-            raise self._refuse("zipkin", IngestError(415, "Zipkin v2 spans are application/json (protobuf: not supported)"))
+            raise self.refuse("zipkin", IngestError(415, "Zipkin v2 spans are application/json (protobuf: not supported)"))
         try:
             spans = from_zipkin(decompress(body, encoding))
         except SpanError as exc:
-            raise self._refuse("zipkin", IngestError(400, str(exc), exc.field)) from None
+            raise self.refuse("zipkin", IngestError(400, str(exc), exc.field)) from None
         except IngestError as exc:
-            raise self._refuse("zipkin", exc) from None
+            raise self.refuse("zipkin", exc) from None
         await self._store("zipkin", spans)
 
     async def _store(self, protocol: str, spans: list[Span]) -> None:
@@ -117,15 +149,15 @@ class Collector:
             else:
                 await self.store.write(spans)
         except Busy as exc:
-            raise self._refuse(protocol, IngestError(429, str(exc), retry_after=1)) from None
+            raise self.refuse(protocol, IngestError(429, str(exc), retry_after=1)) from None
         except StoreFailed as exc:  # retryable for exporters, as OTLP/HTTP says of 503
-            raise self._refuse(protocol, IngestError(503, str(exc), retry_after=5)) from None
+            raise self.refuse(protocol, IngestError(503, str(exc), retry_after=5)) from None
         if self.received is not None:
             self.received.labels(protocol).inc(len(spans))
         if self.red is not None:
             self.red.observe(spans)
 
-    def _refuse(self, protocol: str, exc: IngestError) -> IngestError:
+    def refuse(self, protocol: str, exc: IngestError) -> IngestError:
         if self.rejected is not None:
             self.rejected.labels(protocol, str(exc.status)).inc()
         return exc

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mezzo.tracing.model import KIND_NAMES, STATUS_ERROR, Span
+import orjson
+
+from mezzo.tracing.model import KIND_NAMES, STATUS_ERROR, Span, attribute_text
 
 JAEGER_KIND = {1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 ZIPKIN_KIND = {2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
@@ -17,6 +19,8 @@ def _tag(key: str, value: Any) -> dict[str, Any]:
         return {"key": key, "type": "int64", "value": value}
     if isinstance(value, float):
         return {"key": key, "type": "float64", "value": value}
+    if isinstance(value, list | dict):  # as Jaeger's own OTLP translation writes lists and maps
+        return {"key": key, "type": "string", "value": orjson.dumps(value).decode()}
     return {"key": key, "type": "string", "value": value if isinstance(value, str) else str(value)}
 
 
@@ -60,7 +64,8 @@ def zipkin_span(span: Span) -> dict[str, Any]:
         out["parentId"] = span.parent_id
     if span.kind in ZIPKIN_KIND:
         out["kind"] = ZIPKIN_KIND[span.kind]
-    tags = {k: v if isinstance(v, str) else str(v) for k, v in span.attributes.items()}
+    # Zipkin tags are text: booleans true/false, lists and maps JSON (as search compares them)
+    tags = {k: attribute_text(v) or "" for k, v in span.attributes.items()}
     if span.status == STATUS_ERROR:
         tags.setdefault("error", span.status_message or "true")
     if tags:
@@ -87,26 +92,38 @@ def _any(value: Any) -> dict[str, Any]:
     return {"stringValue": "" if value is None else str(value)}
 
 
+def _otlp_attributes(attributes: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": k, "value": _any(v)} for k, v in attributes.items()]
+
+
+def _otlp_span(s: Span) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "traceId": s.trace_id, "spanId": s.span_id, "parentSpanId": s.parent_id, "name": s.name, "kind": s.kind,
+        "startTimeUnixNano": str(s.start_us * 1000), "endTimeUnixNano": str((s.start_us + s.duration_us) * 1000),
+        "attributes": _otlp_attributes(s.attributes),
+        "events": [{"timeUnixNano": str(e["timeUs"] * 1000), "name": e["name"],
+                    "attributes": _otlp_attributes(e.get("attributes", {}))} for e in s.events],
+        "links": [{"traceId": link["traceId"], "spanId": link["spanId"],
+                   **({"traceState": link["traceState"]} if link.get("traceState") else {}),
+                   "attributes": _otlp_attributes(link.get("attributes", {}))} for link in s.links],
+        "status": {"code": s.status, "message": s.status_message}}
+    if s.trace_state:
+        out["traceState"] = s.trace_state
+    return out
+
+
 def otlp_json(spans: list[Span]) -> dict[str, Any]:
-    """A trace as an OTLP/JSON ExportTraceServiceRequest (what OTLP receivers take back)."""
-    groups: dict[str, list[Span]] = {}
+    """A trace as an OTLP/JSON ExportTraceServiceRequest (what OTLP receivers take back): spans grouped
+    by resource, then by instrumentation scope, as they came."""
+    groups: dict[str, tuple[dict[str, Any], dict[str, list[Span]]]] = {}
     for span in spans:
-        groups.setdefault(repr(sorted(span.resource.items())), []).append(span)
-    resource_spans = []
-    for members in groups.values():
-        resource = members[0].resource
-        resource_spans.append({
-            "resource": {"attributes": [{"key": k, "value": _any(v)} for k, v in resource.items()]},
-            "scopeSpans": [{"scope": {"name": members[0].scope}, "spans": [{
-                "traceId": s.trace_id, "spanId": s.span_id, "parentSpanId": s.parent_id, "name": s.name,
-                "kind": s.kind, "startTimeUnixNano": str(s.start_us * 1000),
-                "endTimeUnixNano": str((s.start_us + s.duration_us) * 1000),
-                "attributes": [{"key": k, "value": _any(v)} for k, v in s.attributes.items()],
-                "events": [{"timeUnixNano": str(e["timeUs"] * 1000), "name": e["name"],
-                            "attributes": [{"key": k, "value": _any(v)} for k, v in e.get("attributes", {}).items()]}
-                           for e in s.events],
-                "status": {"code": s.status, "message": s.status_message}} for s in members]}]})
-    return {"resourceSpans": resource_spans}
+        _, scopes = groups.setdefault(repr(sorted(span.resource.items())), (span.resource, {}))
+        scopes.setdefault(span.scope, []).append(span)
+    return {"resourceSpans": [
+        {"resource": {"attributes": _otlp_attributes(resource)},
+         "scopeSpans": [{"scope": {"name": scope}, "spans": [_otlp_span(s) for s in members]}
+                        for scope, members in scopes.items()]}
+        for resource, scopes in groups.values()]}
 
 
 def kind_name(kind: int) -> str:

@@ -156,7 +156,7 @@ def _events(events: Any) -> list[dict[str, Any]]:
 
 def _links(links: Any) -> list[dict[str, Any]]:
     return [{"traceId": link.trace_id.hex(), "spanId": link.span_id.hex(), "attributes": _attrs(link.attributes)}
-            for link in links]
+            | ({"traceState": link.trace_state} if link.trace_state else {}) for link in links]
 
 
 def decode_raw(raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -178,6 +178,15 @@ def raw_attribute(raw: bytes, key: str) -> str | None:
         if kv.key == key:
             return attribute_text(_any_value(kv.value))
     return None
+
+
+def raw_has_key(raw: bytes, key: str) -> bool:
+    """Whether a stored OTLP Span message has an attribute ``key`` or an event named ``key``."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
+
+    message = SpanMessage()
+    message.ParseFromString(raw)
+    return any(kv.key == key for kv in message.attributes) or any(e.name == key for e in message.events)
 
 
 def attribute_text(value: Any) -> str | None:
@@ -227,17 +236,27 @@ ZERO_TRACE, ZERO_SPAN = bytes(16), bytes(8)
 # --- OTLP JSON -------------------------------------------------------------------------------
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+KIND_VALUES = {"SPAN_KIND_" + name.upper(): kind for kind, name in KIND_NAMES.items()}
+STATUS_VALUES = {"STATUS_CODE_UNSET": STATUS_UNSET, "STATUS_CODE_OK": STATUS_OK, "STATUS_CODE_ERROR": STATUS_ERROR}
 
 
-def _int64(value: Any, what: str, low: int = INT64_MIN) -> int:
+def _int64(value: Any, what: str, low: int = INT64_MIN, high: int = INT64_MAX) -> int:
     """``value`` as an integer the store can hold (SQLite and PostgreSQL integers are 64-bit)."""
     try:
         number = int(value)
     except (TypeError, ValueError, OverflowError):
         raise SpanError(f"{what} must be an integer, not {str(value)[:40]!r}", what) from None
-    if not low <= number <= INT64_MAX:
-        raise SpanError(f"{what} is out of range ({low} to {INT64_MAX})", what)
+    if not low <= number <= high:
+        raise SpanError(f"{what} is out of range ({low} to {high})", what)
     return number
+
+
+def _enum(value: Any, names: dict[str, int], what: str) -> int:
+    """An OTLP/JSON enum: its name, or its number (proto3 enums are int32; unknown numbers are kept)."""
+    if isinstance(value, str) and not value.lstrip("-").isdigit():
+        return names.get(value, 0)
+    return _int64(value, what, INT32_MIN, INT32_MAX)
 
 
 def _json_value(value: dict[str, Any]) -> Any:
@@ -259,6 +278,15 @@ def _json_attrs(items: Any) -> dict[str, Any]:
     return {str(kv["key"]): _json_value(kv.get("value", {})) for kv in items or []}
 
 
+def _json_link(link: dict[str, Any]) -> dict[str, Any]:
+    out = {"traceId": _hex_text(link.get("traceId"), 16, "links.traceId"),
+           "spanId": _hex_text(link.get("spanId"), 8, "links.spanId"),
+           "attributes": _json_attrs(link.get("attributes"))}
+    if link.get("traceState"):
+        out["traceState"] = str(link["traceState"])
+    return out
+
+
 def from_otlp_json(body: bytes) -> list[Span]:
     try:
         doc = orjson.loads(body)
@@ -271,24 +299,19 @@ def from_otlp_json(body: bytes) -> list[Span]:
                 for s in ss.get("spans", []):
                     start = _int64(s.get("startTimeUnixNano", 0), "startTimeUnixNano", 0) // 1000
                     end = _int64(s.get("endTimeUnixNano", 0), "endTimeUnixNano", 0) // 1000
-                    kind = s.get("kind", 0)
-                    if isinstance(kind, str):
-                        kind = {"SPAN_KIND_" + v.upper(): k for k, v in KIND_NAMES.items()}.get(kind, 0)
+                    kind = _enum(s.get("kind", 0), KIND_VALUES, "kind")
                     status = s.get("status") or {}
-                    code = status.get("code", 0)
-                    if isinstance(code, str):
-                        code = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}.get(code, 0)
+                    code = _enum(status.get("code", 0), STATUS_VALUES, "status.code")
                     parent = s.get("parentSpanId") or ""
                     spans.append(Span(
                         _hex_text(s.get("traceId"), 16, "traceId"), _hex_text(s.get("spanId"), 8, "spanId"),
                         _hex_text(parent, 8, "parentSpanId") if parent else "", service, str(s.get("name", "")),
-                        int(kind), start, max(end - start, 0), int(code), str(status.get("message", "")),
+                        kind, start, max(end - start, 0), code, str(status.get("message", "")),
                         _json_attrs(s.get("attributes")), resource,
                         [{"timeUs": _int64(e.get("timeUnixNano", 0), "timeUnixNano", 0) // 1000,
                           "name": e.get("name", ""),
                           "attributes": _json_attrs(e.get("attributes"))} for e in s.get("events", [])],
-                        [{"traceId": link.get("traceId", ""), "spanId": link.get("spanId", ""),
-                          "attributes": _json_attrs(link.get("attributes"))} for link in s.get("links", [])],
+                        [_json_link(link) for link in s.get("links", [])],
                         scope, str(s.get("traceState", ""))))
         return spans
     except SpanError:
@@ -299,6 +322,46 @@ def from_otlp_json(body: bytes) -> list[Span]:
 
 # --- Zipkin v2 -------------------------------------------------------------------------------
 
+def _zipkin_object(z: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = z.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpanError(f"{where}.{key} must be an object", f"{where}.{key}")
+    return value
+
+
+def _zipkin_id(value: Any, size: int, field: str, label: str) -> str:
+    """A Zipkin id: up to ``size`` hex digits (shorter ones are left-padded), not all zero."""
+    text = str(value).lower().rjust(size, "0")
+    if len(text) != size or not all(c in "0123456789abcdef" for c in text) or text == "0" * size:
+        raise SpanError(f"{label} must be {size} hex digits, not all zero", field)
+    return text
+
+
+def _zipkin_parent(value: Any, span_id: str, field: str, label: str) -> str:
+    """As Zipkin reads it: absent, all zeros or the span's own id is no parent (a root)."""
+    if not value or not str(value).strip("0"):
+        return ""
+    parent = str(value).lower().rjust(16, "0")
+    if len(parent) != 16 or not all(c in "0123456789abcdef" for c in parent):
+        raise SpanError(f"{label} must be 16 hex digits", field)
+    return "" if parent == span_id else parent
+
+
+def _zipkin_annotations(z: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    items = z.get("annotations") or []
+    if not isinstance(items, list):
+        raise SpanError(f"{where}.annotations must be a list", f"{where}.annotations")
+    out = []
+    for j, a in enumerate(items):
+        if not isinstance(a, dict):
+            raise SpanError(f"{where}.annotations[{j}] must be an object", f"{where}.annotations[{j}]")
+        out.append({"timeUs": _int64(a.get("timestamp", 0), f"{where}.annotations.timestamp", 0),
+                    "name": str(a.get("value", "")), "attributes": {}})
+    return out
+
+
 def from_zipkin(body: bytes) -> list[Span]:
     try:
         items = orjson.loads(body)
@@ -308,26 +371,26 @@ def from_zipkin(body: bytes) -> list[Span]:
         raise SpanError("Zipkin v2 expects a JSON list of spans", "body")
     spans = []
     for i, z in enumerate(items):
+        where = f"[{i}]"
         if not isinstance(z, dict):
-            raise SpanError(f"span {i} is not an object", f"[{i}]")
+            raise SpanError(f"span {i} is not an object", where)
         trace_id = str(z.get("traceId", "")).lower().rjust(32, "0")
         if len(trace_id) != 32 or not all(c in "0123456789abcdef" for c in trace_id) or trace_id == "0" * 32:
-            raise SpanError(f"span {i}: traceId must be 16 or 32 hex digits", f"[{i}].traceId")
-        span_id = str(z.get("id", "")).lower().rjust(16, "0")
-        if len(span_id) != 16 or not all(c in "0123456789abcdef" for c in span_id):
-            raise SpanError(f"span {i}: id must be 16 hex digits", f"[{i}].id")
-        local = z.get("localEndpoint") or {}
-        tags = {str(k): str(v) for k, v in (z.get("tags") or {}).items()}
-        remote = z.get("remoteEndpoint") or {}
+            raise SpanError(f"span {i}: traceId must be 16 or 32 hex digits", f"{where}.traceId")
+        span_id = _zipkin_id(z.get("id", ""), 16, f"{where}.id", f"span {i}: id")
+        parent_id = _zipkin_parent(z.get("parentId"), span_id, f"{where}.parentId", f"span {i}: parentId")
+        local = _zipkin_object(z, "localEndpoint", where)
+        remote = _zipkin_object(z, "remoteEndpoint", where)
+        tags = {str(k): str(v) for k, v in _zipkin_object(z, "tags", where).items()}
         if remote.get("serviceName"):
-            tags.setdefault("peer.service", remote["serviceName"])
+            tags.setdefault("peer.service", str(remote["serviceName"]))
         error = "error" in tags
+        service = str(local.get("serviceName") or "unknown")
         spans.append(Span(
-            trace_id, span_id, str(z.get("parentId") or "").lower(), str(local.get("serviceName") or "unknown"),
-            str(z.get("name") or ""), ZIPKIN_KINDS.get(str(z.get("kind", "")).upper(), 1),
-            _int64(z.get("timestamp") or 0, f"[{i}].timestamp", 0), _int64(z.get("duration") or 0, f"[{i}].duration", 0),
+            trace_id, span_id, parent_id, service, str(z.get("name") or ""),
+            ZIPKIN_KINDS.get(str(z.get("kind", "")).upper(), 1),
+            _int64(z.get("timestamp") or 0, f"{where}.timestamp", 0), _int64(z.get("duration") or 0, f"{where}.duration", 0),
             STATUS_ERROR if error else STATUS_UNSET,
-            tags.get("error", "") if error else "", tags, {"service.name": local.get("serviceName") or "unknown"},
-            [{"timeUs": _int64(a.get("timestamp", 0), f"[{i}].annotations.timestamp", 0),
-              "name": str(a.get("value", "")), "attributes": {}} for a in z.get("annotations") or []]))
+            tags.get("error", "") if error else "", tags, {"service.name": service},
+            _zipkin_annotations(z, where)))
     return spans

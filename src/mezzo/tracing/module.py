@@ -46,7 +46,6 @@ class TracingModule(Module):
         self._retention = asyncio.create_task(self._enforce(), name="mezzo-traces-retention")
         self.strategies = Strategies()
         self.node.provide(Strategies, self.strategies)
-        self._services: dict[str, str] = {}  # resource ref -> service it configures
         self.informer = Informer(self.node.service(ResourceService), SAMPLING_KIND.kind, self._sampling)
         await self.informer.start()
         self._tail_policies: dict[str, TailSamplingSpec] = {}
@@ -75,10 +74,7 @@ class TracingModule(Module):
 
     def _sampling(self, event: str, resource: Resource) -> None:
         ref = f"{resource.metadata.namespace}/{resource.metadata.name}"
-        spec = None if event == "DELETED" else SamplingSpec.model_validate(resource.spec)
-        self.strategies.set(spec, ref, self._services.pop(ref, None))
-        if spec is not None:
-            self._services[ref] = spec.service
+        self.strategies.set(None if event == "DELETED" else SamplingSpec.model_validate(resource.spec), ref)
 
     async def stop(self) -> None:
         await self.informer.stop()

@@ -40,22 +40,34 @@ SAMPLING_KIND = KindSpec(kind="SamplingStrategy", spec=SamplingSpec, plural="sam
 
 
 class Strategies:
-    def __init__(self) -> None:
-        self.by_service: dict[str, SamplingSpec] = {}
+    """The SamplingStrategy resources in force, by namespace/name. A service gets the first of its own
+    (by namespace/name), else the first for "*": deleting one of two strategies for a service leaves
+    the other in force."""
 
-    def set(self, spec: SamplingSpec | None, name: str, previous: str | None = None) -> None:
-        if previous is not None:
-            self.by_service.pop(previous, None)
-        if spec is not None:
-            self.by_service[spec.service] = spec
+    def __init__(self) -> None:
+        self.by_ref: dict[str, SamplingSpec] = {}
+
+    def set(self, spec: SamplingSpec | None, ref: str) -> None:
+        if spec is None:
+            self.by_ref.pop(ref, None)
+        else:
+            self.by_ref[ref] = spec
+
+    def _for(self, service: str) -> SamplingSpec | None:
+        for wanted in (service, "*"):
+            for ref in sorted(self.by_ref):
+                if self.by_ref[ref].service == wanted:
+                    return self.by_ref[ref]
+        return None
 
     def document(self, service: str) -> dict[str, Any]:
-        spec = self.by_service.get(service) or self.by_service.get("*")
+        spec = self._for(service)
         if spec is None:
             return {"strategyType": "PROBABILISTIC", "probabilisticSampling": {"samplingRate": 1.0}}
         if spec.type == "ratelimiting":
+            # the document carries a whole number (int32): a fraction rounds down, but never to 0 (none)
             return {"strategyType": "RATE_LIMITING",
-                    "rateLimitingSampling": {"maxTracesPerSecond": int(spec.traces_per_second)}}
+                    "rateLimitingSampling": {"maxTracesPerSecond": max(1, int(spec.traces_per_second))}}
         doc: dict[str, Any] = {"strategyType": "PROBABILISTIC",
                                "probabilisticSampling": {"samplingRate": spec.probability}}
         if spec.operations:

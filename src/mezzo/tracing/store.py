@@ -31,7 +31,14 @@ from typing import Any
 import orjson
 import structlog
 
-from mezzo.tracing.model import COLUMNS, STATUS_ERROR, Span, attribute_text, raw_attribute
+from mezzo.tracing.model import (
+    COLUMNS,
+    STATUS_ERROR,
+    Span,
+    attribute_text,
+    raw_attribute,
+    raw_has_key,
+)
 
 log = structlog.get_logger("mezzo.tracing")
 MAX_PENDING = 200_000  # spans waiting for the writer; beyond it ingest answers 429
@@ -91,6 +98,18 @@ def _attribute_is(attributes: bytes | str | None, key: str, value: str) -> bool:
     return attribute_text(orjson.loads(attributes).get(key)) == value
 
 
+def _has_key(attributes: bytes | str | None, events: str | None, key: str) -> bool:
+    """SQL ``mezzo_has_key(attributes, events, key)``: whether a span has the attribute ``key`` or an
+    event (a Zipkin annotation) named ``key``; the same byte pre-check as ``_attribute_is``."""
+    if isinstance(attributes, bytes):
+        return key.encode() in attributes and raw_has_key(attributes, key)
+    if attributes and (key in attributes or not _verbatim_in_json(key)) and key in orjson.loads(attributes):
+        return True
+    if not events or (key not in events and _verbatim_in_json(key)):
+        return False
+    return any(event.get("name") == key for event in orjson.loads(events))
+
+
 def _verbatim_in_json(key: str) -> bool:
     """Whether orjson writes ``key`` as it is (no escapes), so a text search for it is a fair pre-check."""
     return key.isprintable() and '"' not in key and "\\" not in key
@@ -100,6 +119,7 @@ def connect(path: Path) -> sqlite3.Connection:
     """A connection to a trace store file as the store uses it (WAL, synchronous=NORMAL, ``mezzo_attr_is``)."""
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.create_function("mezzo_attr_is", 3, _attribute_is, deterministic=True)
+    conn.create_function("mezzo_has_key", 3, _has_key, deterministic=True)
     # a new file only (an existing one keeps its size): rows of ~1 KiB fill 16 KiB pages with a third
     # less CPU per insert than 4 KiB ones
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
@@ -133,6 +153,7 @@ class Query:
     end_us: int | None = None
     errors_only: bool = False
     limit: int = 20
+    keys: list[str] = field(default_factory=list)  # each an attribute key or event name a span has
 
 
 class TraceStore:
@@ -320,6 +341,13 @@ class TraceStore:
             path = '$."' + key.replace('"', '""') + '"'
             where.append("(mezzo_attr_is(attributes, ?, ?) OR CAST(json_extract(resource, ?) AS TEXT) = ?)")
             args += [key, value, path, value]
+        for key in q.keys:
+            if key == "error":  # Zipkin's error tag is Mezzo's error status
+                where.append("status = ?")
+                args.append(STATUS_ERROR)
+            else:
+                where.append("mezzo_has_key(attributes, events, ?)")
+                args.append(key)
         sql = ("SELECT trace_id FROM spans" + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY start_us DESC")
 

@@ -34,6 +34,27 @@ SELECT = ("SELECT trace_id, span_id, parent_id, service, name, kind, start_us, d
           "FROM spans")
 
 
+def _text(value: str) -> str:
+    """PostgreSQL's text and jsonb cannot hold NUL, which OTLP and Zipkin strings may carry: it is stored
+    as U+FFFD (a span refused for it would be retried by its exporter for ever, and fail its batch)."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return orjson.dumps(_without_nul(value)).decode() if "\\u0000" in text else text
+
+
 class PostgresTraceStore:
     def __init__(self, url: str) -> None:
         self.dsn, self.schema = split_schema(url)
@@ -69,10 +90,10 @@ class PostgresTraceStore:
     async def write(self, spans: list[Span]) -> None:
         if not spans:
             return
-        rows = [(s.trace_id, s.span_id, s.parent_id, s.service, s.name, s.kind, s.start_us, s.duration_us, s.status,
-                 s.status_message, orjson.dumps(s.attributes).decode(), orjson.dumps(s.resource).decode(),
-                 orjson.dumps(s.events).decode() if s.events else None,
-                 orjson.dumps(s.links).decode() if s.links else None, s.scope, s.trace_state) for s in spans]
+        rows = [(s.trace_id, s.span_id, s.parent_id, _text(s.service), _text(s.name), s.kind, s.start_us,
+                 s.duration_us, s.status, _text(s.status_message), _json(s.attributes), _json(s.resource),
+                 _json(s.events) if s.events else None, _json(s.links) if s.links else None, _text(s.scope),
+                 _text(s.trace_state)) for s in spans]
         if self.pending + len(spans) > MAX_PENDING:  # reserved after encoding: an error there holds nothing
             raise Busy(f"{self.pending} spans are waiting to be written")
         self.pending += len(spans)
@@ -80,7 +101,7 @@ class PostgresTraceStore:
         self._queue.append((rows, done))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
-        ops = {(s.service, s.name, s.kind) for s in spans} - self._known_ops
+        ops = {(_text(s.service), _text(s.name), s.kind) for s in spans} - self._known_ops
         try:
             await done
         finally:
@@ -148,6 +169,13 @@ class PostgresTraceStore:
                 continue
             k, v = arg(key), arg(value)
             where.append(f"(attributes->>{k} = {v} OR resource->>{k} = {v})")
+        for key in q.keys:
+            if key == "error":  # Zipkin's error tag is Mezzo's error status
+                where.append(f"status = {arg(STATUS_ERROR)}")
+            else:
+                k = arg(key)
+                where.append(f"(attributes ? {k} OR coalesce(events @> jsonb_build_array(jsonb_build_object('name', "
+                             f"{k}::text)), false))")
         sql = (f"SELECT trace_id, max(start_us) AS latest FROM spans {'WHERE ' + ' AND '.join(where) if where else ''} "
                f"GROUP BY trace_id ORDER BY latest DESC LIMIT {arg(q.limit)}")
         async with self._pool.acquire() as conn:

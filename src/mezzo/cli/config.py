@@ -11,6 +11,7 @@ import typer
 from rich.text import Text
 
 from mezzo.cli.common import Output, client, emit, err, new_table, out, run
+from mezzo.config.formats import format_of_file
 from mezzo.sdk.configcenter import ConfigChange
 
 app = typer.Typer(help="Config center: drafts, releases, rollback, gray releases, live watch.",
@@ -112,12 +113,17 @@ async def import_(
 async def export(
     app: str, namespace: str,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default: stdout)")] = None,
+    format: Annotated[str | None, typer.Option("--format", "-f", help="properties, yaml or json "
+                                               "(default: the file's extension, else the namespace's)")] = None,
     draft: Annotated[bool, typer.Option("--draft", help="the draft instead of the latest release")] = False,
     env: EnvOpt = "default", cluster: ClusterOpt = "default",
 ) -> None:
-    """The latest release as a file: .properties for a properties namespace, else its document."""
+    """The latest release as a file: a properties namespace as .properties, .yaml or .json (by the
+    file's extension or --format), any other namespace as its document."""
+    if format is None and output is not None and output.suffix.lower() in (".properties", ".yaml", ".yml", ".json"):
+        format = format_of_file(output.name).value
     async with client() as mezzo:
-        text = await mezzo.config.export(app, namespace, draft=draft, env=env, cluster=cluster)
+        text = await mezzo.config.export(app, namespace, draft=draft, format=format, env=env, cluster=cluster)
     if output is None:
         sys.stdout.write(text)
     else:

@@ -33,7 +33,7 @@ from mezzo.jsonutil import dumps, loads
 from mezzo.node.audit import AuditRecord, read_audit
 from mezzo.node.auth import Principal, TokenService, Verb
 from mezzo.node.auth_module import Caller, require
-from mezzo.node.errors import REVOKED, Problem, bad_request, revoked_event
+from mezzo.node.errors import REVOKED, Problem, bad_request, problem_event
 
 router = APIRouter(prefix="/v1/config", tags=["config"])
 Ident = Annotated[str, Path(pattern=IDENT_PATTERN)]
@@ -116,9 +116,15 @@ async def list_apps(request: Request, caller: Caller) -> dict[str, Any]:
 
 @router.get("/apps/{app}/namespaces", summary="Namespaces of an app, in every environment and cluster")
 async def list_namespaces(request: Request, app: Ident, caller: Caller, env: str | None = None) -> dict[str, Any]:
-    svc, hub = _svc(request)
-    require(caller, Verb.READ, hub.tenant(app))
+    svc, _ = _svc(request)
+    require(caller, Verb.READ, await _stored_tenant(svc, app))
     return {"items": await svc.namespaces(app, env)}
+
+
+async def _stored_tenant(svc: ConfigService, app: str) -> str:
+    """The app's tenant as the store holds it (``default`` for no app): the hub's view can lag."""
+    known = await svc.app(app)
+    return known.tenant if known else DEFAULT
 
 
 @router.post(BASE + ":publish", summary="Release the draft")
@@ -153,12 +159,11 @@ async def rollback(request: Request, app: Ident, env: Ident, cluster: Ident, nam
 @router.post(BASE + ":import", summary="Load a .properties, .yaml or .json file into the draft")
 async def import_file(request: Request, app: Ident, env: Ident, cluster: Ident, namespace: Ident, caller: Caller,
                       body: ImportIn, tenant: str = DEFAULT) -> Response:
-    svc, hub = _svc(request)
+    svc, _ = _svc(request)
     ref = _ref(app, env, cluster, namespace)
     await svc.authorize(caller, ref, Verb.WRITE, "edit", new_tenant=tenant)
     fmt = body.format or format_of_file(body.filename)
-    meta = hub.metas.get(ref.path)
-    target = meta.format if meta else Format.PROPERTIES
+    target = await svc.write_format(ref)  # the store's word: this node's view may not have the namespace yet
     try:
         if target is not Format.PROPERTIES:
             validate(target, body.content)
@@ -185,7 +190,9 @@ async def import_file(request: Request, app: Ident, env: Ident, cluster: Ident, 
 
 @router.get(BASE + ":export", summary="The released (or draft) configuration as a file")
 async def export_file(request: Request, app: Ident, env: Ident, cluster: Ident, namespace: Ident, caller: Caller,
-                      draft: bool = False) -> PlainTextResponse:
+                      draft: bool = False,
+                      format: Annotated[Format | None, Query(description="properties namespaces: properties, yaml "
+                                                             "or json; others: their own format")] = None) -> Response:
     svc, _ = _svc(request)
     ref = _ref(app, env, cluster, namespace)
     await svc.authorize(caller, ref, Verb.READ)
@@ -199,9 +206,26 @@ async def export_file(request: Request, app: Ident, env: Ident, cluster: Ident, 
     clear = caller.can(Verb.USE, await svc._tenant(ref))
     values = {k: (svc.keyring.decrypt(v, f"{ref.path}/{k}") if clear else "******") if secret else v
               for k, (v, secret) in stored.items()}
-    if meta.format is Format.PROPERTIES:
-        return PlainTextResponse(render_properties(values))
-    return PlainTextResponse(values.get(CONTENT, ""))
+    return _exported(meta.format, format or meta.format, values)
+
+
+def _exported(native: Format, wanted: Format, values: dict[str, str]) -> Response:
+    """A properties namespace as a .properties, .yaml or .json file (a flat mapping of its keys, so the
+    file imports back to the same keys and values); any other namespace as its own document."""
+    if native is not Format.PROPERTIES:
+        if wanted is not native:
+            raise bad_request(f"a {native.value} namespace exports its document as {native.value}, not "
+                              f"{wanted.value}", field="format")
+        return PlainTextResponse(values.get(CONTENT, ""))
+    ordered = dict(sorted(values.items()))
+    if wanted is Format.JSON:
+        return Response(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n", media_type="application/json")
+    if wanted is Format.YAML:
+        return PlainTextResponse(yaml.safe_dump(ordered, allow_unicode=True, default_flow_style=False),
+                                 media_type="application/yaml")
+    if wanted is Format.TEXT:
+        raise bad_request("a properties namespace exports as properties, yaml or json", field="format")
+    return PlainTextResponse(render_properties(values))
 
 
 @router.put(BASE, status_code=201, summary="Create a namespace")
@@ -446,31 +470,40 @@ def _wanted(notifications: str) -> dict[str, int]:
             if not isinstance(name, str) or not name:
                 raise ValueError
             out[name] = int(item.get("notificationId", -1))
+        if not out:
+            raise ValueError  # a poll watching nothing would only ever time out
         return out
     except (ValueError, TypeError, AttributeError):
-        raise bad_request('notifications is a JSON list of {"namespace": NAME, "notificationId": ID}',
+        raise bad_request('notifications is a non-empty JSON list of {"namespaceName": NAME, "notificationId": ID}',
                           field="notifications") from None
 
 
 @router.get("/notifications", summary="Long poll: answers when a namespace has a newer notification id")
-async def notifications(request: Request, caller: Caller, app: str, notifications: str,
+async def notifications(request: Request, caller: Caller, notifications: str, app: str | None = None,
+                        app_id: Annotated[str | None, Query(alias="appId", description="Apollo's name for app")] = None,
                         env: str = DEFAULT, cluster: str = DEFAULT,
                         timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = MAX_WAIT) -> Response:
-    """Like Apollo's ``/notifications/v2``: send the ids you have (-1 for none); the answer lists the
-    namespaces that changed with their new ids, or is 304 when nothing changed within ``timeout``."""
+    """Like Apollo's ``/notifications/v2`` (same parameters: ``appId`` or ``app``, ``cluster``,
+    ``notifications``): send the ids you have (-1 for none); the answer lists the namespaces that
+    changed with their new ids, or is 304 when nothing changed within ``timeout``."""
+    app = app or app_id
+    if not app:
+        raise bad_request("app (Apollo clients: appId) is required", field="app")
     _, hub = _svc(request)
-    require(caller, Verb.READ, hub.tenant(app))
     wanted = _wanted(notifications)
     await hub.caught_up()
+    require(caller, Verb.READ, hub.tenant(app))
     refs = {name: _ref(app, env, cluster, name) for name in wanted}
     stopping = request.app.state.node.stopping
     tokens: TokenService = request.app.state.node.service(TokenService)
+    access = _access(hub, app, caller, tokens)
     started = time.monotonic()
     while True:
         if await request.is_disconnected():
             return Response(status_code=304)
-        if not tokens.still_valid(caller):  # revoked or expired while the poll waited: no change is reported
-            raise Problem(401, "Unauthorized", REVOKED, type="unauthorized")
+        denied = access()  # revoked, expired, or the app was created meanwhile in a tenant out of reach
+        if denied is not None:
+            raise denied
         changed = [{"namespace": name, "namespaceName": name, "notificationId": hub.notification_id(ref)}
                    for name, ref in refs.items() if hub.notification_id(ref) > wanted[name]]
         if changed:
@@ -492,42 +525,63 @@ async def stream(request: Request, caller: Caller, app: str,
     """Every event carries ``id`` = the store revision it reflects; reconnect with ``Last-Event-ID``
     (or ``since``) and the stream replays every change after it, in order, before going live."""
     _, hub = _svc(request)
-    tenant = hub.tenant(app)
-    require(caller, Verb.READ, tenant)
+    await hub.caught_up()
+    require(caller, Verb.READ, hub.tenant(app))
     client = _client(request, client_id, ip, label)
     refs = [_ref(app, env, cluster, name) for name in dict.fromkeys(namespace)]
     start = since
     if last_event_id and last_event_id.strip().isdigit():
         start = int(last_event_id)
     tokens: TokenService = request.app.state.node.service(TokenService)
-    events = _events(request, hub, refs, client, caller.can(Verb.USE, tenant), start, lambda: tokens.still_valid(caller))
+    events = _events(request, hub, refs, client, lambda: caller.can(Verb.USE, hub.tenant(app)), start,
+                     _access(hub, app, caller, tokens))
     return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: ClientInfo, clear: bool,
-                  start: int | None, authorized: Callable[[], bool]) -> AsyncIterator[bytes]:
+def _access(hub: ConfigHub, app: str, caller: Principal, tokens: TokenService) -> Callable[[], Problem | None]:
+    """Why a watch may no longer see ``app``: its token was revoked or expired, or the app, unknown (so
+    counted in tenant ``default``) when the watch began, now exists in a tenant the token cannot read."""
+    def denied() -> Problem | None:
+        if not tokens.still_valid(caller):
+            return Problem(401, "Unauthorized", REVOKED, type="unauthorized")
+        tenant = hub.tenant(app)
+        if not caller.can(Verb.READ, tenant):
+            return Problem(403, "Forbidden", f"read access to app {app!r} (tenant {tenant!r}) is not granted")
+        return None
+
+    return denied
+
+
+async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: ClientInfo, clear: Callable[[], bool],
+                  start: int | None, access: Callable[[], Problem | None]) -> AsyncIterator[bytes]:
     stopping = request.app.state.node.stopping
     await hub.caught_up()
     names = [r.namespace for r in refs]
     sent = start if start is not None else -1
+    denied = access()  # the app may have been created in another tenant since the request was checked
+    if denied is not None:
+        yield problem_event(denied.status, denied.title, str(denied))
+        return
     # first connect, too far behind, or ahead of this store (restored, wiped): the full state
     if start is None or start > hub.revision or hub.changes_since(start, refs) is None:
         sent = hub.revision  # taken first: what changes while resolving is replayed after
         for ref in refs:
             if hub.layers(ref):
-                yield _event(await hub.resolve(ref, client, clear), resync=start is not None)
+                yield _event(await hub.resolve(ref, client, clear()), resync=start is not None)
     yield b": live\n\n"
     while not stopping.is_set() and not hub.stopped:
-        if not authorized():  # at every change and every heartbeat: a revoked or expired token ends it
-            yield revoked_event()
+        # at every change and every heartbeat, before anything the hub now holds is sent
+        denied = access()
+        if denied is not None:
+            yield problem_event(denied.status, denied.title, str(denied))  # 401: as revoked_event()
             return
         changes = hub.changes_since(sent, refs)
         if changes is None:
             sent = hub.revision
             for ref in refs:
                 if hub.layers(ref):
-                    yield _event(await hub.resolve(ref, client, clear), resync=True)
+                    yield _event(await hub.resolve(ref, client, clear()), resync=True)
             continue
         if not changes:
             sent = hub.revision  # nothing of ours up to here; no await until the wait below parks
@@ -538,7 +592,7 @@ async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: C
             if change.latest is None and not hub.layers(ref):  # else it now resolves elsewhere (a fallback)
                 yield b"id: %d\nevent: deleted\ndata: %s\n\n" % (change.revision, dumps({"namespace": ref.namespace}))
             else:
-                yield await hub.event(ref, client, clear, change)
+                yield await hub.event(ref, client, clear(), change)
             sent = max(sent, change.revision)
 
 
@@ -553,10 +607,10 @@ def _event(resolved: Resolved, resync: bool = False) -> bytes:
 async def audit(request: Request, caller: Caller, app: str | None = None, namespace: str | None = None,
                 user: str | None = None, since: datetime | None = None, until: datetime | None = None,
                 limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
-    _, hub = _svc(request)
-    store = request.app.state.node.service(ConfigService).store
+    svc, _ = _svc(request)
+    store = svc.store
     if app is not None:
-        require(caller, Verb.READ, hub.tenant(app))
+        require(caller, Verb.READ, await _stored_tenant(svc, app))
     elif not caller.can(Verb.ADMIN):
         raise Problem(403, "Forbidden", "audit across every app needs admin; pass app=")
     from mezzo.node.api import utc

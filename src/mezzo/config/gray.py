@@ -96,24 +96,26 @@ class GrayReleases:
             raise bad_request(f"a {fmt.value} namespace holds one document under the key 'content'", field="key")
 
         def change(gray: Gray) -> dict[str, Any]:
+            before: dict[str, Any] = {}
             for key, (value, asked, comment) in values.items():
                 old = gray.items.get(key)
+                before[key] = _shown(old)
                 secret = bool(old and old.secret) if asked is None else asked
                 if value == MASK and old is not None and old.secret:
                     stored, secret = old.value, True
                 else:
                     stored = self.service.keyring.encrypt(value, f"{ref.path}/{key}") if secret else value
                 gray.items[key] = Item(value=stored, secret=secret, comment=comment, by=user, at=now())
-            return {"keys": sorted(values)}
+            return {"keys": sorted(values), "before": before, "after": {k: _shown(gray.items[k]) for k in values}}
 
         return await self._edit(ref, user, "set", change)
 
     async def unset_items(self, ref: NsRef, keys: list[str], user: str) -> Gray:
         def change(gray: Gray) -> dict[str, Any]:
-            for key in keys:
-                if gray.items.pop(key, None) is None:
-                    raise not_found(f"key {key!r} in the gray release of {ref.path}")
-            return {"keys": sorted(keys)}
+            missing = [k for k in keys if k not in gray.items]
+            if missing:
+                raise not_found(f"key {missing[0]!r} in the gray release of {ref.path}")
+            return {"keys": sorted(keys), "before": {k: _shown(gray.items.pop(k)) for k in keys}}
 
         return await self._edit(ref, user, "unset", change)
 
@@ -137,7 +139,8 @@ class GrayReleases:
             number = (gray.release.id if gray.release else 0) + 1
             gray.release = GrayRelease(id=number, author=user, at=now(),
                                        overrides={k: Stored(value=v.value, secret=v.secret) for k, v in gray.items.items()})
-            return {"grayRelease": number, "keys": sorted(gray.items)}
+            return {"grayRelease": number, "keys": sorted(gray.items),
+                    "after": {k: self.service.shown_stored(v) for k, v in gray.release.overrides.items()}}
 
         return await self._edit(ref, user, "publish", change, pointer=True)
 
@@ -169,8 +172,12 @@ class GrayReleases:
             raise not_found(f"gray release of {ref.path}")
         latest = await self.service.latest(ref)
         pointer = Latest(release=latest.doc.release if latest.doc else None)
+        shown = self.shown(loaded.doc)
+        before = {"items": {k: v["value"] for k, v in shown["items"].items()}, "rules": shown["rules"],
+                  "release": shown["release"]["overrides"] if loaded.doc.release else None}
         await self.service._commit(
-            [Delete(GRAY + ref.path), Put(LATEST + ref.path, dumps(pointer.out())), await self._audit(ref, user, "abandon")],
+            [Delete(GRAY + ref.path), Put(LATEST + ref.path, dumps(pointer.out())),
+             await self._audit(ref, user, "abandon", before=before)],
             [Compare(GRAY + ref.path, loaded.revision), Compare(LATEST + ref.path, latest.revision)],
             f"the gray release of {ref.path} changed; try again")
 

@@ -210,12 +210,15 @@ class ConfigHub:
         known = self.apps.get(app)
         return known.tenant if known else DEFAULT
 
-    def _pick(self, ref: NsRef) -> NsRef | None:
-        """The namespace in the asked cluster if it has a release there, else in the default cluster."""
+    def _pick(self, ref: NsRef, public: bool = False) -> NsRef | None:
+        """The namespace in the asked cluster if it has a release there, else in the default cluster;
+        with ``public``, only a copy created public (another app's base layer: never a private one)."""
         for candidate in (ref, ref.in_cluster(DEFAULT)):
             entry = self.latest.get(candidate.path)
             if entry is not None and entry[1].release:
-                return candidate
+                meta = self.metas.get(candidate.path)
+                if not public or (meta is not None and meta.public):
+                    return candidate
         return None
 
     def layers(self, ref: NsRef) -> list[NsRef]:
@@ -229,7 +232,7 @@ class ConfigHub:
         if owner is not None and owner != ref.app and self.tenant(owner) == self.tenant(ref.app):
             mine = next((m for m in (self.metas.get(p.path) for p in ([own] if own else self.candidates(ref)))
                          if m is not None), None)
-            base = self._pick(ref.of_app(owner))
+            base = self._pick(ref.of_app(owner), public=True)
             if base is not None and (mine is None or mine.inherits == owner):
                 out.append(base)
         if own is not None:

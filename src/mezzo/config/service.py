@@ -155,35 +155,62 @@ class ConfigService:
         if app.doc is None:
             ops.append(Put(APPS + ref.app, dumps(App(tenant=tenant, created_by=user, created_at=now()).out())))
             compares.append(Compare(APPS + ref.app, 0))
-        owner = (await self._load(PUBLIC + ref.namespace, _Owner)).doc
+        marker = await self._load(PUBLIC + ref.namespace, _Owner)
+        owner = marker.doc
         inherits = None
         if public:
             if owner is not None and owner.app != ref.app:
                 raise conflict(f"public namespace {ref.namespace!r} belongs to app {owner.app!r}",
                                errors=[{"field": "public", "reason": "owned by another app"}])
-            if owner is None:
-                ops.append(Put(PUBLIC + ref.namespace, dumps({"app": ref.app})))
-                compares.append(Compare(PUBLIC + ref.namespace, 0))
+            # written again by every public copy: a concurrent delete of the last other copy then conflicts
+            ops.append(Put(PUBLIC + ref.namespace, dumps({"app": ref.app})))
+            compares.append(Compare(PUBLIC + ref.namespace, marker.revision))
         elif owner is not None and owner.app != ref.app:
             inherits = owner.app  # this app overrides keys of the public namespace
-            owner_meta = (await self._load(f"{META}{owner.app}/{ref.env}/{DEFAULT}/{ref.namespace}", NamespaceMeta)).doc
-            if owner_meta is not None:
-                fmt = owner_meta.format
+            fmt = await self._owner_format(ref, owner.app) or fmt
         meta = NamespaceMeta(format=fmt, public=public, inherits=inherits, comment=comment,
                              created_by=user, created_at=now())
         ops.append(Put(META + ref.path, dumps(meta.out())))
         ops.append(self._audit(user, "config.namespace.create", ref, tenant, after=meta.out()))
         return ops, compares
 
+    async def _owner_format(self, ref: NsRef, owner: str) -> Format | None:
+        meta = (await self._load(f"{META}{owner}/{ref.env}/{DEFAULT}/{ref.namespace}", NamespaceMeta)).doc
+        return meta.format if meta is not None else None
+
+    async def write_format(self, ref: NsRef) -> Format:
+        """The namespace's format as the store holds it, or the one a write creating it gives it
+        (properties, or the owner's format for an override of another app's public namespace)."""
+        meta = (await self._load(META + ref.path, NamespaceMeta)).doc
+        if meta is not None:
+            return meta.format  # type: ignore[no-any-return]
+        owner = (await self._load(PUBLIC + ref.namespace, _Owner)).doc
+        if owner is not None and owner.app != ref.app:
+            return await self._owner_format(ref, owner.app) or Format.PROPERTIES
+        return Format.PROPERTIES
+
     async def delete_namespace(self, ref: NsRef, user: str) -> None:
         meta = await self.meta(ref)
         keys = [META + ref.path, DRAFT + ref.path, LATEST + ref.path, GRAY + ref.path]
         keys += [kv.key for kv in (await self.store.range(f"{RELEASES}{ref.path}/")).items]
         ops: list[Op] = [Delete(k) for k in keys]
-        if meta.public:
+        compares: list[Compare] = []
+        if meta.public and not await self._other_public_copies(ref):
+            # the name stays the app's while a public copy is left in another environment or cluster
+            marker = await self.store.get(PUBLIC + ref.namespace)
             ops.append(Delete(PUBLIC + ref.namespace))
+            compares.append(Compare(PUBLIC + ref.namespace, marker.mod_revision if marker else 0))
         ops.append(self._audit(user, "config.namespace.delete", ref, await self._tenant(ref), before=meta.out()))
-        await self._txn(ops)
+        await self._commit(ops, compares, f"public namespace {ref.namespace!r} changed while deleting; try again")
+
+    async def _other_public_copies(self, ref: NsRef) -> bool:
+        """Whether the app has the namespace, public, in another environment or cluster."""
+        for kv in (await self.store.range(f"{META}{ref.app}/")).items:
+            path = kv.key[len(META):]
+            if path != ref.path and NsRef.from_path(path).namespace == ref.namespace \
+                    and NamespaceMeta.model_validate(loads(kv.value)).public:
+                return True
+        return False
 
     async def set_permissions(self, ref: NsRef, permissions: Permissions, user: str) -> NamespaceMeta:
         loaded = await self._load(META + ref.path, NamespaceMeta)
@@ -283,7 +310,8 @@ class ConfigService:
         result = await self._commit(
             [Put(DRAFT + ref.path, dumps(draft.out())),
              self._audit(user, "config.discard", ref, await self._tenant(ref),
-                         before={k: _shown(v) for k, v in (loaded.doc.items if loaded.doc else {}).items()})],
+                         before={k: _shown(v) for k, v in (loaded.doc.items if loaded.doc else {}).items()},
+                         after={k: _shown(v) for k, v in draft.items.items()})],
             [Compare(DRAFT + ref.path, loaded.revision)], "the draft changed while discarding")
         return result
 
@@ -324,6 +352,9 @@ class ConfigService:
         release_id = (previous.id if previous else 0) + 1
         release = Release(id=release_id, title=title or f"release {release_id}", message=message, author=user,
                           at=now(), kind=kind, rolled_back_to=rolled_back_to, config=config)
+        old = previous.config if previous else {}
+        changes = _diff_keys({k: (v.value, v.secret) for k, v in old.items()},
+                             {k: (v.value, v.secret) for k, v in config.items()}, self._plain_in(ref))
         pointer = (latest.doc or Latest()).model_copy(update={"release": release_id})
         if clear_gray:
             pointer = Latest(release=release_id)
@@ -334,9 +365,9 @@ class ConfigService:
             Put(LATEST + ref.path, dumps(pointer.out())),
             Put(DRAFT + ref.path, dumps(new_draft.out())),
             self._audit(user, f"config.{'publish' if kind == 'normal' else kind}", ref, await self._tenant(ref),
-                        release=release_id, title=release.title,
-                        changes=_diff_keys({k: (v.value, v.secret) for k, v in (previous.config if previous else {}).items()},
-                                           {k: (v.value, v.secret) for k, v in config.items()}, self._plain_in(ref))),
+                        release=release_id, title=release.title, changes=changes,
+                        before={k: self.shown_stored(old[k]) for k in changes["changed"] + changes["removed"]},
+                        after={k: self.shown_stored(config[k]) for k in changes["added"] + changes["changed"]}),
             *(extra_ops or []),
         ]
         compares = [Compare(LATEST + ref.path, latest.revision), Compare(DRAFT + ref.path, draft_loaded.revision),

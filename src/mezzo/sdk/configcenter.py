@@ -191,11 +191,12 @@ class ConfigClient:
                                     json={k: v for k, v in body.items() if v is not None}, params={"tenant": tenant})
         return _etag(response)
 
-    async def export(self, app: str, namespace: str, *, draft: bool = False, env: str = DEFAULT,
-                     cluster: str = DEFAULT) -> str:
-        """The released (or draft) configuration as a file: .properties text, or the namespace's document."""
+    async def export(self, app: str, namespace: str, *, draft: bool = False, format: str | None = None,
+                     env: str = DEFAULT, cluster: str = DEFAULT) -> str:
+        """The released (or draft) configuration as a file: a properties namespace as .properties text, or
+        with ``format`` "yaml" or "json" as a flat mapping of its keys; any other namespace as its document."""
         response = await self._send("GET", _base(app, env, cluster, namespace) + ":export",
-                                    params={"draft": "true" if draft else None})
+                                    params={"draft": "true" if draft else None, "format": format})
         return response.text
 
     # releases ---------------------------------------------------------------------------------

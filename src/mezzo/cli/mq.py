@@ -42,7 +42,10 @@ async def publish(
     namespace: NamespaceOpt = "default",
 ) -> None:
     """Publish one message."""
-    attributes = dict(a.split("=", 1) for a in (attr or []) if "=" in a)
+    bad = [a for a in attr or [] if "=" not in a]
+    if bad:
+        raise typer.BadParameter(f"{bad[0]!r} is not NAME=VALUE", param_hint="--attr")
+    attributes = dict(a.split("=", 1) for a in attr or [])
     async with client() as mezzo:
         result = await mezzo.messaging.publish(topic, _data(data), key=key, tags=tag or [], attributes=attributes,
                                                id=id, delay=delay, ttl=ttl, namespace=namespace)
@@ -89,7 +92,10 @@ async def seek(topic: str, group: GroupOpt,
     if to.isdigit():
         target = int(to)
     elif to not in ("earliest", "latest"):
-        target = datetime.fromisoformat(to)
+        try:
+            target = datetime.fromisoformat(to)
+        except ValueError:
+            raise typer.BadParameter("use earliest, latest, an offset or an ISO time", param_hint="--to") from None
     async with client() as mezzo:
         positions = await mezzo.messaging.subscribe(topic, group, namespace=namespace).seek(target)
     out.print("  ".join(f"partition {p}: {o}" for p, o in positions.items()))

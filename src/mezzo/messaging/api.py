@@ -33,7 +33,7 @@ from mezzo.node.auth import Principal, TokenService, Verb
 from mezzo.node.auth_module import Caller, authenticate, bearer_token, principal_of, require
 from mezzo.node.errors import Problem, bad_request, not_found, revoked_event
 from mezzo.resources.types import NAME_PATTERN, Duration, parse_duration
-from mezzo.telemetry.propagation import inject_attributes
+from mezzo.telemetry.propagation import extract_context, inject_attributes
 
 log = structlog.get_logger("mezzo.messaging")
 router = APIRouter(prefix="/v1/topics", tags=["messaging"])
@@ -196,6 +196,8 @@ def trace_context(request: Request) -> dict[str, str]:
     inject_attributes(current)
     if not current and request.headers.get("traceparent"):
         current = {h: request.headers[h] for h in ("traceparent", "tracestate") if h in request.headers}
+    elif not current:  # a B3 (Zipkin) caller: its context goes on as traceparent
+        inject_attributes(current, extract_context(request.headers))
     return current
 
 
@@ -664,7 +666,11 @@ class _StreamSession:
 
     async def _receive(self) -> None:
         while True:
-            raw = await self.ws.receive_text()
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            # a command sent as a binary message is JSON in UTF-8 all the same
+            raw = message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace")
             if not self.authorized():  # an ack or nack with a revoked or expired token is not taken
                 await _close_revoked(self.ws)
                 return

@@ -78,6 +78,7 @@ class Broker(Protocol):
     engine: str  # embedded, nats, redis, postgres
     features: frozenset[Feature]
     max_groups: int  # consumer groups per topic; beyond it fetch raises TooManyGroupsError
+    record_limit: int | None  # the largest payload (envelope) the engine stores; None: no limit of its own
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

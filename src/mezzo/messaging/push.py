@@ -1,10 +1,11 @@
 """Push subscriptions: deliver a group's messages to an HTTP endpoint as CloudEvents.
 
-Replies follow Dapr's contract: 2xx acks, unless the JSON body says
-``{"status": "RETRY"}`` (redeliver after the subscription's backoff) or
-``{"status": "DROP"}`` (dead-lettered when the subscription names a
-dead-letter topic, else dropped); 404 drops; any other status or a network
-error retries.
+Replies follow Dapr's contract: 2xx acks, unless the body (read as JSON whatever
+its content type, as Dapr does) says ``{"status": "RETRY"}`` (redeliver after the
+subscription's backoff) or ``{"status": "DROP"}`` (dead-lettered when the
+subscription names a dead-letter topic, else dropped); a status other than those
+and ``SUCCESS`` retries, and a body that is not a JSON object with a string
+``status`` counts as success. 404 drops; any other status or a network error retries.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ def outcome(response: httpx.Response) -> str:
         return "drop"
     if not 200 <= response.status_code < 300:
         return "retry"
-    status = None
-    if response.content and "json" in response.headers.get("content-type", ""):
-        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-            status = str(orjson.loads(response.content).get("status", "")).upper()
-    return {"RETRY": "retry", "DROP": "drop"}.get(status or "", "ack")
+    status = ""
+    if response.content:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            reply = orjson.loads(response.content)
+            if isinstance(reply, dict) and isinstance(reply.get("status"), str):
+                status = reply["status"].upper()
+    return {"": "ack", "SUCCESS": "ack", "RETRY": "retry", "DROP": "drop"}.get(status, "retry")
 
 
 class PushFailed(Exception):

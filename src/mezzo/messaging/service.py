@@ -31,6 +31,7 @@ from mezzo.telemetry.metrics import Metrics
 log = structlog.get_logger("mezzo.messaging")
 DELAYED = "/messaging/delayed/"  # KV keys: DELAYED + due_ms (15 digits) + "/" + topic ref + "/" + id
 DLQ_ATTR = "mezzo.dlq."
+LETTER_ROOM = 1024  # what dead-letter attributes add to a message (topic and group names up to 253 each)
 REPLAY_GROUP = "_replay"  # a name no user group can have (names start with a letter or digit)
 REPLAY_FOR = "mezzo.replay.group"  # a replayed dead letter goes to the group that gave up on it only
 OCTETS = "application/octet-stream"
@@ -41,9 +42,20 @@ class TopicNotFound(LookupError):
 
 
 class MessageTooLarge(Exception):
-    def __init__(self, index: int, size: int, limit: int) -> None:
-        super().__init__(f"message {index} is {size} bytes; topic limit is {limit} bytes")
+    def __init__(self, index: int, size: int, limit: int, detail: str | None = None) -> None:
+        super().__init__(detail or f"message {index} is {size} bytes; topic limit is {limit} bytes")
         self.index, self.size, self.limit = index, size, limit
+
+
+def engine_limit(broker: Broker, index: int, size: int) -> None:
+    """Refuse a message (at publish time, delayed and half messages too) that the engine could not
+    store with Mezzo's envelope, or not as a dead letter (which adds attributes): NATS takes at most
+    its server's ``max_payload``."""
+    limit = getattr(broker, "record_limit", None)  # engines written before it have no limit of their own
+    if limit is not None and size > limit - LETTER_ROOM:
+        raise MessageTooLarge(index, size, limit - LETTER_ROOM,
+                              f"message {index} is {size} bytes with Mezzo's envelope; the {broker.engine} engine "
+                              f"takes at most {limit - LETTER_ROOM} bytes per message")
 
 
 class PublishMessage(BaseModel):
@@ -251,6 +263,8 @@ class MessagingService:
             attributes=attributes, published_ms=now_ms,
             expires_ms=(due or now_ms) + int(message.ttl * 1000) if message.ttl else None,
         )
+        if getattr(self.broker, "record_limit", None) is not None:
+            engine_limit(self.broker, index, len(env.encode()))
         return Prepared(env, message.key, due if due and due > now_ms else None)
 
     async def publish_frames(
@@ -287,6 +301,9 @@ class MessagingService:
         prefix = (len(head) + len(ids[0]) + len(suffix)).to_bytes(4, "little") + head  # ids have one length
         records = [Record(rid, b"".join((prefix, rid.encode(), suffix, data)), None, now_ms)
                    for rid, data in zip(ids, datas, strict=True)]
+        if getattr(self.broker, "record_limit", None) is not None:
+            for index, record in enumerate(records):
+                engine_limit(self.broker, index, len(record.payload))
         partitions = spec.partitions
         parts = [0] * len(records) if partitions == 1 else [next(self._rr) % partitions for _ in records]
         positions = await self.broker.publish(topic_ref(namespace, topic), records, parts)

@@ -2,7 +2,9 @@
 
 Context attributes become message attributes named ``ce.<attribute>``; ``id`` is the
 message id (so a re-sent event is deduplicated); ``datacontenttype`` is the content
-type; the ``partitionkey`` extension is the ordering key (as in the Kafka binding).
+type; the ``partitionkey`` extension is the ordering key (as in the Kafka binding). The
+distributed tracing extension (``traceparent``, ``tracestate``) is also the message's own trace
+context, which consumers and push endpoints continue.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 REQUIRED = ("id", "source", "type")
 _SKIP = {"specversion", "id", "data", "data_base64", "datacontenttype", "partitionkey"}
+TRACING = ("traceparent", "tracestate")  # the distributed tracing extension
 
 
 class CloudEventError(ValueError):
@@ -37,7 +40,9 @@ def _check(attrs: Mapping[str, Any], prefix: str = "") -> None:
 
 
 def _attributes(attrs: Mapping[str, Any]) -> dict[str, str]:
-    return {f"ce.{k}": v if isinstance(v, str) else str(v) for k, v in attrs.items() if k not in _SKIP}
+    out = {f"ce.{k}": v if isinstance(v, str) else str(v) for k, v in attrs.items() if k not in _SKIP}
+    out.update({k: attrs[k] for k in TRACING if isinstance(attrs.get(k), str) and attrs[k]})
+    return out
 
 
 def from_structured(event: Any, prefix: str = "") -> PublishMessage:

@@ -309,6 +309,7 @@ class EmbeddedBroker:
 
     engine = "embedded"
     features = frozenset({Feature.PARTITIONS, Feature.KEY_ORDERING, Feature.SEEK, Feature.RETENTION})
+    record_limit: int | None = None
 
     def __init__(self, directory: Path, *, fsync: FsyncPolicy = "batch", clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
         self.directory = directory

@@ -33,7 +33,7 @@ from mezzo.messaging.backends.nats.deliveries import Deliveries
 from mezzo.messaging.backends.nats.groups import Groups
 from mezzo.messaging.backends.nats.jetstream import TIMESTAMP, BrokerUnavailable, JetStream
 from mezzo.messaging.backends.nats.names import Names, NatsOptions, parse_url, token
-from mezzo.messaging.backends.nats.publisher import Publisher
+from mezzo.messaging.backends.nats.publisher import HEADER_ROOM, Publisher
 from mezzo.messaging.backends.nats.topics import (
     Topic,
     apply_stream,
@@ -61,6 +61,7 @@ class NatsBroker:
 
     engine = "nats"
     features = frozenset({Feature.PARTITIONS, Feature.KEY_ORDERING, Feature.SEEK, Feature.RETENTION})
+    record_limit: int | None = None  # known once connected: the server's max_payload less room for headers
 
     def __init__(self, options: NatsOptions, *, timeout: float = TIMEOUT,
                  connect_timeout: float = CONNECT_TIMEOUT) -> None:
@@ -87,6 +88,7 @@ class NatsBroker:
             raise BrokerUnavailable(f"cannot reach NATS at {', '.join(self.options.servers)}: "
                                     f"{type(exc).__name__} {exc}") from exc
         self._nc = nc
+        self.record_limit = nc.max_payload - HEADER_ROOM
         self.js = JetStream(self._nc, self.timeout)
         self._groups = Groups(self.js)
         self.deliveries = Deliveries(self.js, self._groups)

@@ -28,6 +28,7 @@ from mezzo.messaging.backends.nats.jetstream import (
 from mezzo.messaging.backends.nats.names import key_token
 from mezzo.messaging.backends.nats.topics import Topic
 
+HEADER_ROOM = 512  # NATS counts headers (Nats-Msg-Id, Mezzo-Prev, ...) in max_payload
 LAST_SEQ_CACHE = 100_000  # (stream, key) -> last sequence: a guess; a wrong one costs one retry
 CHAIN_TRIES = 20
 
@@ -41,7 +42,7 @@ class Publisher:
         dedup = topic.spec.dedup_window > 0
         limit = self.js.nc.max_payload
         for record in records:
-            if len(record.payload) + 512 > limit:
+            if len(record.payload) + HEADER_ROOM > limit:  # the service checks first; the server may have changed
                 raise ValueError(f"a {len(record.payload)}-byte message exceeds the NATS server's "
                                  f"max_payload of {limit} bytes")
         first: dict[str, int] = {}

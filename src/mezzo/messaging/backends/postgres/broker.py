@@ -57,6 +57,7 @@ class PostgresBroker:
 
     engine = "postgres"
     features = frozenset({Feature.PARTITIONS, Feature.KEY_ORDERING, Feature.SEEK, Feature.RETENTION})
+    record_limit: int | None = None
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url

@@ -73,6 +73,7 @@ class RedisBroker:
 
     engine = "redis"
     features = frozenset({Feature.PARTITIONS, Feature.KEY_ORDERING, Feature.SEEK, Feature.RETENTION})
+    record_limit: int | None = None
 
     def __init__(self, url: str, *, socket_timeout: float = 15.0, connect_timeout: float = 3.0) -> None:
         self.target: RedisTarget = parse_url(url)

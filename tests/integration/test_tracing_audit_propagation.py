@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from integration.test_trace_e2e import traced  # noqa: F401  (a node tracing itself)
 from mezzo.testing.fixtures import RunningNode, wait_for
@@ -45,9 +44,21 @@ async def test_a_node_not_tracing_passes_w3c_on(node: RunningNode) -> None:
     assert attributes["traceparent"] == CONTEXTS["w3c"]["traceparent"]
 
 
-@pytest.mark.xfail(strict=True, reason="messaging/api.py trace_context passes on only a W3C traceparent when the "
-                                       "node does not trace itself; a B3 caller's messages carry no trace")
 async def test_a_node_not_tracing_passes_b3_on(node: RunningNode) -> None:
     for kind in ("b3", "b3-multi"):
         attributes = await carried(node, kind, CONTEXTS[kind])
         assert attributes.get("traceparent", "").startswith(f"00-{TRACE}-{PARENT}-"), (kind, attributes)
+
+
+def test_a_transaction_joins_a_b3_callers_trace_on_a_node_not_tracing() -> None:
+    """The trace a new transaction's branch calls join: the caller's W3C context, else its B3 one."""
+    from starlette.requests import Request
+
+    from mezzo.transactions.api import traceparent_of
+
+    trace_id, span_id = "80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1"
+    for headers in ({"b3": f"{trace_id}-{span_id}-1"},
+                    {"x-b3-traceid": trace_id, "x-b3-spanid": span_id, "x-b3-sampled": "1"},
+                    {"traceparent": f"00-{trace_id}-{span_id}-01"}):
+        scope = {"type": "http", "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+        assert traceparent_of(Request(scope)).split("-")[1] == trace_id, headers

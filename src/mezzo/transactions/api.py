@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mezzo.node.auth import Verb
 from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import bad_request
-from mezzo.telemetry.propagation import inject_headers
+from mezzo.telemetry.propagation import extract_context, inject_headers
 from mezzo.transactions.model import GlobalTx, Mode, Options, Status, Step
 from mezzo.transactions.service import TxService, new_gid, steps_of
 
@@ -64,6 +64,8 @@ def traceparent_of(request: Request) -> str:
     """The trace every branch call of the new transaction joins: the request's, else a new one."""
     headers: dict[str, str] = {}
     inject_headers(headers)
+    if "traceparent" not in headers:  # not tracing: the caller's W3C or B3 (Zipkin) context
+        inject_headers(headers, extract_context(request.headers))
     found = headers.get("traceparent") or request.headers.get("traceparent", "")
     return found or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.requests import HTTPConnection
 
 from mezzo.node.auth import Principal, Role, TokenError, TokenService, Verb
 from mezzo.node.errors import Problem, not_found
 from mezzo.node.module import Health, Module
-from mezzo.resources.types import Duration
+from mezzo.resources.types import NAME_PATTERN, Duration
 from mezzo.storage.kv import KVStore
 from mezzo.telemetry.metrics import Metrics
 
@@ -98,6 +99,15 @@ class TokenCreate(BaseModel):
     role: Role
     namespaces: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     ttl: Duration | None = Field(None, gt=0, le=100 * 365 * 86400, description="lifetime, e.g. 30d; none = no expiry")
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespace_names(cls, value: list[str]) -> list[str]:
+        for item in value:  # a scope no namespace can match would make a token that never works
+            if item != "*" and not re.match(NAME_PATTERN, item):
+                raise ValueError(f"{item!r} is not a namespace name (lowercase letters, digits, '-', '.' "
+                                 "and '_', starting and ending with a letter or digit) nor * (every namespace)")
+        return value
 
 
 @router.post("", status_code=201)

@@ -74,4 +74,7 @@ class HttpListener:
         if self._loop_task is not None:
             await self._loop_task
             await self.server.shutdown(sockets=[self.sock])
+            if self.server.force_exit:  # uvicorn stops waiting but leaves the requests running: cut them
+                for task in list(self.server.server_state.tasks):
+                    task.cancel()
         self.sock.close()

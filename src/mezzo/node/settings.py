@@ -37,6 +37,21 @@ def config_file() -> Path | None:
     return default if default.is_file() else None
 
 
+def check_yaml(path: Path) -> None:
+    """A settings file must parse and be a mapping; say where it does not (ValueError), rather than
+    let a YAML error escape as a traceback."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"{path}: invalid YAML: {getattr(exc, 'problem', None) or exc}{line}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of setting names to values, not a {type(data).__name__}")
+
+
 class Settings(BaseSettings):
     """Every setting a node reads. Names map to ``MEZZO_<NAME>`` and to keys of ``mezzo.yaml``."""
 
@@ -110,6 +125,13 @@ class Settings(BaseSettings):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
 
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, value: list[str]) -> list[str]:
+        if not value:  # a node with no module would start, serve nothing and say it is up
+            raise ValueError("name at least one module or target, e.g. all or api,messaging")
+        return value
+
     @field_validator("store")
     @classmethod
     def _check_store(cls, value: str | None) -> str | None:
@@ -154,6 +176,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = config_file()
         if path is not None:
+            check_yaml(path)
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
@@ -173,13 +196,16 @@ class Settings(BaseSettings):
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of ``scheme://user:password@host``."""
-    from urllib.parse import urlsplit, urlunsplit
+    """Hide the password of ``scheme://user:password@host`` and of a ``password=`` query parameter
+    (asyncpg, like libpq, takes it from there too)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:****@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]  # as written: an IPv6 address keeps its brackets
+        parts = parts._replace(netloc=f"{parts.username or ''}:****@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key.lower() == "password" for key, _ in query):
+        hidden = [(key, "****" if key.lower() == "password" else value) for key, value in query]
+        parts = parts._replace(query=urlencode(hidden, safe="*"))
+    return urlunsplit(parts)

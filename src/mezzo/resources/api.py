@@ -107,8 +107,8 @@ def problems() -> Iterator[None]:
         yield
     except UnknownKindError as exc:
         raise _kind_problem(exc) from None
-    except NotFoundError as exc:
-        raise not_found(str(exc)) from None
+    except NotFoundError as exc:  # its message is the whole sentence
+        raise Problem(404, "Not Found", str(exc), type="not-found") from None
     except ConflictError as exc:
         raise conflict(f"{exc}; it changed meanwhile, try again") from None
 

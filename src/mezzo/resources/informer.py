@@ -64,9 +64,13 @@ class Informer:
         self.synced.set()
         return revision
 
-    async def _follow(self, start: int) -> None:
+    async def _follow(self, start: int | None) -> None:
+        """Apply every change from ``start``; re-list (``start`` None) after compaction or a failed
+        watch, and keep trying until a re-list succeeds: this loop ends only when cancelled."""
         while True:
             try:
+                if start is None:
+                    start = await self._relist() + 1
                 async for event in self.resources.watch(self.kind, None, start):
                     if event.type == "DELETED":
                         self.items.pop(event.resource.ref, None)
@@ -75,12 +79,11 @@ class Informer:
                     await self._emit(event.type, event.resource)
                     start = event.revision + 1
             except CompactedError:
-                start = await self._relist() + 1
+                start = None
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # A failed watch may have stopped inside a revision: re-list so nothing is skipped.
                 log.exception("resource watch failed; re-listing", kind=self.kind)
+                start = None
                 await asyncio.sleep(1)
-                with contextlib.suppress(Exception):
-                    start = await self._relist() + 1

@@ -42,7 +42,7 @@ def history_prefix(kind: str, namespace: str, name: str) -> str:
 
 
 class NotFoundError(LookupError):
-    pass
+    """What was not found, as a whole sentence (the API's 404 detail)."""
 
 
 @dataclass(slots=True)
@@ -201,7 +201,7 @@ class ResourceService:
         for _ in range(_ATTEMPTS):
             current = await self.store.get(key)
             if current is None:
-                raise NotFoundError(f"{spec.kind} {namespace}/{name}")
+                raise NotFoundError(f"{spec.kind} {namespace}/{name} not found")
             old = parse_resource(current.value)
             now = datetime.now(UTC)
             generation = old.metadata.generation + 1

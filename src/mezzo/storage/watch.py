@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
@@ -120,16 +119,19 @@ async def follow(store: Any, prefix: str, next_revision: Callable[[], int], appl
 
     from mezzo.storage.kv import CompactedError
 
+    stale = False  # the view must be reloaded before watching on
     while True:
         try:
+            if stale:
+                await reload()
+                stale = False
             async for event in store.watch(prefix, next_revision()):
                 apply(event)
         except asyncio.CancelledError:
             raise
         except CompactedError:
-            await reload()
-        except Exception:
+            stale = True
+        except Exception:  # a failed watch or reload: try again, and never stop following
             logging.getLogger("mezzo.storage").exception("%s watch failed; reloading", what)
+            stale = True
             await asyncio.sleep(1)
-            with contextlib.suppress(Exception):
-                await reload()

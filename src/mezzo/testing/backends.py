@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from mezzo.storage.postgres import split_schema
 
 
@@ -58,13 +61,33 @@ def delete_redis_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
+async def _nats_connect(url: str) -> Any:
+    """One connection attempt, or its error. nats-py retries a refused connection for ever when
+    ``max_reconnect_attempts`` is 0 (it counts only above 0): try once more, then give up."""
+    import nats
+
+    failures: list[Exception] = []
+
+    async def record(exc: Exception) -> None:  # instead of nats-py's traceback per attempt
+        failures.append(exc)
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
+                         reconnect_time_wait=0.1, error_cb=record),
+            10,
+        )
+    except Exception as exc:
+        raise (failures[-1] if failures else exc) from None
+
+
 async def nats_problem(url: str) -> str | None:
     try:
-        import nats
+        import nats  # noqa: F401
     except ImportError:
         return "nats-py is not installed (pip install 'mezzo[nats]')"
     try:
-        client = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
+        client = await _nats_connect(url)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     try:
@@ -78,9 +101,7 @@ async def nats_problem(url: str) -> str | None:
 
 async def delete_nats_streams(url: str, prefix: str) -> None:
     """Delete every JetStream stream whose name starts with ``prefix`` (KV buckets included: ``KV_<prefix>...``)."""
-    import nats
-
-    client = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
+    client = await _nats_connect(url)
     try:
         js = client.jetstream()
         for info in await js.streams_info():

@@ -22,8 +22,8 @@ from mezzo.resources.types import Duration
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 PolicyName = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
-# What each target type names: gateway upstreams, messaging subscriptions,
-# transaction branches, and the storage/broker/cache backends a service calls.
+# What each target type names: gateway upstreams, messaging subscriptions and transaction
+# branches. ``backends`` is parsed (so documents stored by an older Mezzo still load) but refused.
 TARGET_TYPES = ("upstreams", "subscriptions", "branches", "backends")
 TargetType = Literal["upstreams", "subscriptions", "branches", "backends"]
 
@@ -139,6 +139,12 @@ class ResiliencySpec(_Model):
 
     @model_validator(mode="after")
     def _targets_name_defined_policies(self) -> ResiliencySpec:
+        if self.targets.backends:
+            raise ValueError(
+                "spec.targets.backends: no Mezzo service applies policies to the engines it calls; each engine"
+                " client keeps its own reconnects and timeouts (a generic retry around a publish or a store"
+                " write could apply it twice). Target upstreams, subscriptions or branches instead"
+            )
         defined = {
             ("timeout", "timeout"): self.policies.timeouts,
             ("retry", "retry"): self.policies.retries,
@@ -173,6 +179,6 @@ RESILIENCY_KIND = KindSpec(
     spec=ResiliencySpec,
     plural="resiliencies",
     short_names=("resiliency",),
-    description="Named timeout, retry and circuit breaker policies, and the upstreams,"
-    " subscriptions, transaction branches and backends they apply to.",
+    description="Named timeout, retry and circuit breaker policies, and the gateway upstreams,"
+    " messaging subscriptions and transaction branches they apply to.",
 )

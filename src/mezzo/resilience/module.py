@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import structlog
+
 from mezzo.node.module import Health, Module
 from mezzo.resilience.model import RESILIENCY_KIND, ResiliencySpec
 from mezzo.resilience.policies import PolicyRegistry
 from mezzo.resources.informer import Informer
 from mezzo.resources.model import Resource
 from mezzo.resources.service import ResourceService
+
+log = structlog.get_logger("mezzo.resilience")
 
 
 class ResilienceModule(Module):
@@ -28,7 +32,12 @@ class ResilienceModule(Module):
         if event == "DELETED":
             self.registry.remove(meta.namespace, meta.name)
         else:
-            self.registry.apply(meta.namespace, meta.name, ResiliencySpec.model_validate(resource.spec))
+            spec = dict(resource.spec)
+            targets = dict(spec.get("targets") or {})
+            if targets.pop("backends", None):  # stored by an older Mezzo, where it was accepted and did nothing
+                log.warning("Resiliency targets.backends ignored: no service applies them", resource=resource.ref)
+                spec["targets"] = targets
+            self.registry.apply(meta.namespace, meta.name, ResiliencySpec.model_validate(spec))
 
     async def health(self) -> Health:
         return Health(self.informer.synced.is_set(), f"{len(self.informer.items)} Resiliency resources")

@@ -75,9 +75,16 @@ def test_targets_must_name_defined_policies(uses: dict[str, str], message: str) 
 
 
 def test_every_bad_reference_is_reported_at_once() -> None:
-    text = error_text(spec(branches={"pay": {"retry": "x"}}, backends={"redis": {"timeout": "y"}}))
+    text = error_text(spec(branches={"pay": {"retry": "x"}}, subscriptions={"orders": {"timeout": "y"}}))
     assert "spec.targets.branches.pay.retry" in text
-    assert "spec.targets.backends.redis.timeout" in text
+    assert "spec.targets.subscriptions.orders.timeout" in text
+
+
+def test_backends_are_refused_because_nothing_would_apply_them() -> None:
+    """``backends`` was accepted and stored, and no service ever consulted it: a stub. Refused now,
+    naming the field and saying what to target instead."""
+    text = error_text(spec(backends={"redis": {"timeout": "general"}}))
+    assert "spec.targets.backends" in text and "upstreams, subscriptions or branches" in text
 
 
 def test_a_bad_trip_expression_names_the_field() -> None:
@@ -133,13 +140,13 @@ def test_python_names_work_and_yaml_names_round_trip() -> None:
     parsed = ResiliencySpec.model_validate(
         {
             "policies": {"circuit_breakers": {"cb": {"max_requests": 3}}},
-            "targets": {"backends": {"pg": {"circuit_breaker": "cb"}}},
+            "targets": {"upstreams": {"pg": {"circuit_breaker": "cb"}}},
         }
     )
     dumped = parsed.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     assert dumped == {
         "policies": {"circuitBreakers": {"cb": {"maxRequests": 3}}},
-        "targets": {"backends": {"pg": {"circuitBreaker": "cb"}}},
+        "targets": {"upstreams": {"pg": {"circuitBreaker": "cb"}}},
     }
     assert ResiliencySpec.model_validate(dumped) == parsed
 

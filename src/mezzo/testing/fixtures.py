@@ -66,12 +66,36 @@ async def node(tmp_path: Path) -> AsyncIterator[RunningNode]:
         await running.node.stop()
 
 
+_PORTS: list[int] = []  # this process's band of ports, in the order they are handed out
+
+
 def free_port() -> int:
+    """A port nothing listens on, for a server a test starts later.
+
+    Not a kernel-chosen ephemeral port: between closing it here and the server's bind, any outgoing
+    connection (to PostgreSQL, Redis, another node) may be given that same port. These come from
+    below the ephemeral range, from a band of their own per pytest-xdist worker, starting at a point
+    set by the process id (other suites on the machine), never twice in one process."""
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    if not _PORTS:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        index = int(worker) % 8 if worker.isdigit() else 0
+        low = 15000 + index * 2000  # 15000..30999: under Linux's default ephemeral range (32768-60999)
+        band = list(range(low, low + 2000))
+        start = random.Random(os.getpid()).randrange(len(band))
+        _PORTS.extend(band[start:] + band[:start])
+    for _ in range(len(_PORTS)):
+        port = _PORTS.pop(0)
+        _PORTS.append(port)  # handed out again only after the whole band
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this test process's band")
 
 
 READY_TIMEOUT = 90.0  # generous: a loaded machine (parallel suites, crash tests) can take long to start a node

@@ -24,3 +24,17 @@ def test_tables_keep_every_column_but_the_last_on_one_line() -> None:
     row = console.export_text().splitlines()[1]
     # whole on the row's first line (all columns wrapping: "127.0.0.1:27001…", the date over two lines)
     assert "127.0.0.1:27001-node-a" in row and "healthy-and-serving" in row and "2026-11-27 10:00:00" in row
+
+
+def test_each_command_takes_the_width_of_its_own_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Rich freezes a COLUMNS it finds when the console is made (at import): a process running several
+    commands kept the first width, so a table could be cut at 80 columns under COLUMNS=200."""
+    from typer.testing import CliRunner
+
+    from mezzo.cli.main import app
+
+    monkeypatch.setattr(out, "_width", 80)  # as if imported under COLUMNS=80
+    result = CliRunner().invoke(app, ["version"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and out.width == 200
+    CliRunner().invoke(app, ["version"], env={"COLUMNS": "100"})
+    assert out.width == 100

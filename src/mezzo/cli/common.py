@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -20,6 +21,15 @@ from mezzo.sdk.errors import APIError, ConnectError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def follow_terminal_width() -> None:
+    """Take ``COLUMNS`` as it is when a command runs. Rich freezes a width it finds in ``COLUMNS`` when
+    the console is made (at import), so a process that runs several commands (tests, a shell embedding
+    the CLI) would keep the first width; without ``COLUMNS`` rich asks the terminal each time."""
+    columns = os.environ.get("COLUMNS", "")
+    for console in (out, err):
+        console._width = int(columns) if columns.isdigit() else None  # rich keeps it there
 P = ParamSpec("P")
 T = TypeVar("T")
 

@@ -9,6 +9,7 @@ from mezzo.cli import cache as cache_cli
 from mezzo.cli import config, mq, resources, server, tokens
 from mezzo.cli import trace as trace_cli
 from mezzo.cli import tx as tx_cli
+from mezzo.cli.common import follow_terminal_width
 
 app = typer.Typer(
     name="mezzo",
@@ -17,6 +18,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _every_command() -> None:
+    follow_terminal_width()
+
+
 app.command("up")(server.up)
 app.command("run")(server.run_targets)
 app.command("settings")(server.settings)

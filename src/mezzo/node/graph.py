@@ -40,7 +40,7 @@ MODULES: dict[str, ModuleDef] = {
     "apis": ModuleDef(ApisModule, ("gateway", "resources")),
     "tracing": ModuleDef(TracingModule, ("telemetry", "auth")),
     "cache": ModuleDef(CacheModule, ("telemetry", "auth", "resources")),
-    "transactions": ModuleDef(TransactionsModule, ("store", "auth", "telemetry")),
+    "transactions": ModuleDef(TransactionsModule, ("store", "auth", "telemetry", "resilience")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),
 }
 

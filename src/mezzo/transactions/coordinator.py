@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import math
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,6 +27,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from mezzo.node.outbound import Outbound
+from mezzo.resilience.errors import CircuitOpenError, TimeoutExceeded
+from mezzo.resilience.policies import PolicyRegistry, ResiliencePolicy
 from mezzo.storage.kv import Compare
 from mezzo.telemetry.propagation import extract_context, inject_headers
 from mezzo.transactions.calls import BranchCaller, Outcome, Result
@@ -47,6 +52,7 @@ Notify = Callable[[GlobalTx], Awaitable[None]]  # a global state change, e.g. as
 Drive = asyncio.Task[GlobalTx | None]  # one round; its result: the transaction when the round ended it
 MAX_BACKOFF = 3600.0
 PREPARED_TIMEOUT = 60.0  # a TCC/XA transaction left prepared this long without a timeout of its own is aborted
+_HTTP_STATUS = re.compile(r"^HTTP (\d{3}):")  # how calls.classify words an answer that is an error
 
 
 class Progress(StrEnum):
@@ -76,7 +82,7 @@ class Coordinator:
     def __init__(self, txlog: TxLog, metrics: TxMetrics, *, tracer: trace.Tracer | None = None,
                  publish: Publish | None = None, notify: Notify | None = None,
                  listening: Callable[[], bool] | None = None, lease_ttl: float = 30.0, poll: float = 1.0,
-                 outbound: Outbound | None = None) -> None:
+                 outbound: Outbound | None = None, policies: PolicyRegistry | None = None) -> None:
         self.log = txlog
         self.metrics = metrics
         self.tracer = tracer or trace.NoOpTracer()
@@ -89,6 +95,7 @@ class Coordinator:
         self.node_id = uuid.uuid4().hex[:12]
         self.caller = BranchCaller()
         self.outbound = outbound or Outbound()  # the hosts branch calls may go to
+        self.policies = policies  # the node's Resiliency policies (targets.branches), when it runs them
         self.running: dict[str, Drive] = {}
         self.leases: dict[str, Lease] = {}
         self._wake = asyncio.Event()
@@ -235,7 +242,7 @@ class Coordinator:
         now = time.time()
         if tx.status is Status.PREPARED:
             if tx.mode is Mode.MSG:
-                result = await self._check_back(tx)
+                result = await self._check_back(lease, tx)
                 if result.outcome is Outcome.SUCCESS:
                     revision = await self._move(lease, tx, revision, Status.SUBMITTED)
                 elif result.outcome is Outcome.FAILURE:
@@ -371,7 +378,9 @@ class Coordinator:
 
     async def _call(self, lease: Lease, tx: GlobalTx, branch: Branch) -> Result:
         started = time.perf_counter()
-        result = await self._traced(tx, branch.op, branch.branch_id, branch.url, lambda: self._invoke(tx, branch))
+        invoke = functools.partial(self._invoke, tx, branch)
+        result = await self._traced(tx, branch.op, branch.branch_id, branch.url,
+                                    lambda: self._attempts(lease, tx, branch.url, invoke))
         self.metrics.branch(tx.mode.value, branch.op, result.outcome.value, time.perf_counter() - started)
         final = result.outcome is Outcome.SUCCESS or (
             result.outcome is Outcome.FAILURE and tx.mode is Mode.SAGA and branch.op == "action")
@@ -411,7 +420,49 @@ class Coordinator:
             context = self._contexts[traceparent] = extract_context({"traceparent": traceparent})
         return context
 
-    async def _invoke(self, tx: GlobalTx, branch: Branch) -> Result:
+    def _attempts(self, lease: Lease, tx: GlobalTx, url: str, call: Callable[[float], Awaitable[Result]]
+                  ) -> Awaitable[Result]:
+        """``call(timeout)``, the call of the branch at ``url``: once, bounded by the transaction's
+        ``request_timeout``, or under the Resiliency policy that targets the branch."""
+        policy = None
+        if self.policies is not None:
+            policy = self.policies.policy_for("branches", branch_target(url), tx.namespace)
+        if policy is None or policy.is_noop:
+            return call(tx.options.request_timeout)
+        return self._resilient(policy, lease, tx, call)
+
+    async def _resilient(self, policy: ResiliencePolicy, lease: Lease, tx: GlobalTx,
+                         call: Callable[[float], Awaitable[Result]]) -> Result:
+        """A branch call under ``policy`` (retry -> circuit breaker -> timeout). An error raises inside
+        the policy, so its retry retries it and its breaker counts it; success, failure (a business
+        answer: the service works) and ongoing are answers, never retried here, counted as successes.
+        An open breaker is an error without a call: the coordinator's backoff tries again later."""
+        timeout = policy.timeout or tx.options.request_timeout
+        attempts = 0
+
+        async def attempt() -> Result:
+            nonlocal attempts
+            attempts += 1
+            result = await call(timeout)
+            if result.outcome is Outcome.ERROR:
+                raise _BranchError(result)
+            return result
+
+        try:
+            result = await _within_lease(policy, lease, timeout).execute(attempt)
+        except _BranchError as exc:
+            result = exc.result
+        except TimeoutExceeded as exc:
+            result = Result(Outcome.ERROR, f"timed out after {exc.seconds:g} s")
+        except CircuitOpenError as exc:
+            result = Result(Outcome.ERROR, f"{'' if attempts else 'not called: '}{exc}")
+        if attempts > 1:
+            trace.get_current_span().set_attribute("mezzo.tx.attempts", attempts)
+            if result.outcome is Outcome.ERROR:
+                result = Result(Outcome.ERROR, f"{result.detail} (after {attempts} attempts)")
+        return result
+
+    async def _invoke(self, tx: GlobalTx, branch: Branch, timeout: float) -> Result:
         if branch.url.startswith(TOPIC_SCHEME):
             if self.publish is None:
                 return Result(Outcome.ERROR, "messaging is not running on this node")
@@ -427,24 +478,26 @@ class Coordinator:
         headers = dict(tx.options.branch_headers)
         inject_headers(headers)
         params = {"gid": tx.gid, "trans_type": tx.mode.value, "branch_id": branch.branch_id, "op": branch.op}
-        return await self.caller.call("POST", branch.url, params=params, data=branch.data,
-                                      timeout=tx.options.request_timeout, headers=headers)
+        return await self.caller.call("POST", branch.url, params=params, data=branch.data, timeout=timeout,
+                                      headers=headers)
 
-    async def _check_back(self, tx: GlobalTx) -> Result:
+    async def _check_back(self, lease: Lease, tx: GlobalTx) -> Result:
         """Ask the application whether a prepared message's local transaction committed."""
         if not tx.query_prepared:
             return Result(Outcome.FAILURE, "no query_prepared URL to ask")
         refused = self._refused(tx.query_prepared)
         if refused is not None:
             return refused
-        return await self._traced(tx, "check-back", "00", tx.query_prepared, lambda: self._ask(tx))
+        ask = functools.partial(self._ask, tx)
+        return await self._traced(tx, "check-back", "00", tx.query_prepared,
+                                  lambda: self._attempts(lease, tx, tx.query_prepared, ask))
 
-    async def _ask(self, tx: GlobalTx) -> Result:
+    async def _ask(self, tx: GlobalTx, timeout: float) -> Result:
         headers = dict(tx.options.branch_headers)
         inject_headers(headers)
         params = {"gid": tx.gid, "trans_type": tx.mode.value, "branch_id": "00", "op": "msg"}
-        return await self.caller.call("GET", tx.query_prepared, params=params, data="",
-                                      timeout=tx.options.request_timeout, headers=headers)
+        return await self.caller.call("GET", tx.query_prepared, params=params, data="", timeout=timeout,
+                                      headers=headers)
 
     def _refused(self, url: str) -> Result | None:
         """A call to a host no longer allowed (the setting changed since the transaction was written)
@@ -455,6 +508,39 @@ class Coordinator:
         if self.outbound.allows(host):
             return None
         return Result(Outcome.ERROR, f"host {host!r} is not one the coordinator may call (MEZZO_TX_ALLOW_HOSTS)")
+
+
+@functools.lru_cache(maxsize=4096)
+def branch_target(url: str) -> str:
+    """The name a Resiliency document gives a branch under ``spec.targets.branches``: the host of its
+    URL (the service, as Dapr's ``apps`` targets name an app), ``topic:NAME`` for a topic step."""
+    if url.startswith(TOPIC_SCHEME):
+        return "topic:" + url[len(TOPIC_SCHEME):]
+    return urlsplit(url).hostname or ""
+
+
+class _BranchError(Exception):
+    """An error answer (or no answer) of one attempt, raised for a Resiliency retry and breaker to see."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(result.detail)
+        self.result = result
+        status = _HTTP_STATUS.match(result.detail)
+        self.status_code = int(status.group(1)) if status else None  # matched against httpStatusCodes
+
+
+def _within_lease(policy: ResiliencePolicy, lease: Lease, timeout: float) -> ResiliencePolicy:
+    """``policy`` with retries that end, timeout included, before this node's lease on the transaction
+    runs out: the round must write (and renew it) before another node may take the transaction over,
+    so "retry forever" means "as long as the lease allows", and then the coordinator's backoff."""
+    retry = policy.retry
+    if retry is None:
+        return policy
+    budget = max(lease.active.until - time.time() - timeout, 0.0)
+    if retry.max_duration is not None:
+        budget = min(budget, retry.max_duration)
+    return ResiliencePolicy(policy.name, timeout=policy.timeout, breaker=policy.breaker,
+                            retry=dataclasses.replace(retry, max_duration=budget))
 
 
 def _tried(branch: Branch | None) -> bool:

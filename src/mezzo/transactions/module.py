@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mezzo.node.module import Health, Module
 from mezzo.node.outbound import Outbound
+from mezzo.resilience.policies import PolicyRegistry
 from mezzo.storage.kv import KVStore
 from mezzo.telemetry.metrics import Metrics
 from mezzo.telemetry.tracing import Tracing
@@ -45,7 +46,8 @@ class TransactionsModule(Module):
         tracer = self.node.service(Tracing).tracer("mezzo.transactions") if self.node.has(Tracing) else None
         self.coordinator = Coordinator(txlog, metrics, tracer=tracer, publish=self._publish, notify=self._announce,
                                        listening=self._messaging, lease_ttl=settings.lease, poll=settings.poll,
-                                       outbound=Outbound.parse(settings.allow_hosts))
+                                       outbound=Outbound.parse(settings.allow_hosts),
+                                       policies=self._policies())
         self.service = TxService(txlog, self.coordinator)
         self.node.provide(Coordinator, self.coordinator)
         self.node.provide(TxService, self.service)
@@ -58,6 +60,11 @@ class TransactionsModule(Module):
         if not self.coordinator.alive:
             return Health(False, "the recovery loop stopped")
         return Health(True, f"node {self.coordinator.node_id}, {len(self.coordinator.running)} running")
+
+    def _policies(self) -> PolicyRegistry | None:
+        """The Resiliency policies of ``targets.branches``, when the ``resilience`` module runs on this node
+        (it starts before this one); without it, branch calls are made as they always were."""
+        return self.node.service(PolicyRegistry) if self.node.has(PolicyRegistry) else None
 
     def _messaging(self) -> bool:
         """Whether state changes can become events (no task per change when they cannot)."""

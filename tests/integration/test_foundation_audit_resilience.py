@@ -1,22 +1,20 @@
 """Audit of issue 2 (foundation), resilience: the `Resiliency` kind names its targets (upstreams,
 subscriptions, transaction branches, backends) and promises to apply its policies to them "without
-code changes" (docs/resilience.md). Only `subscriptions` reach a caller today (messaging's push
-deliveries); the gateway never asks the PolicyRegistry about its upstreams."""
+code changes" (docs/resilience.md). The gateway used to apply none to its upstreams (only messaging
+asked the PolicyRegistry, for subscriptions); tests/integration/gateway/test_resiliency_upstreams.py
+covers the upstream semantics in full."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import httpx
-import pytest
 
 from integration.gateway.conftest import EchoServer, apply_docs, route_doc, upstream_doc
 from mezzo.resilience.policies import PolicyRegistry
 from mezzo.testing.fixtures import start_node, wait_for
 
 
-@pytest.mark.xfail(strict=True, reason="the gateway does not apply Resiliency policies that target its upstreams "
-                                       "(only messaging consults the PolicyRegistry, for subscriptions)")
 async def test_a_resiliency_timeout_on_an_upstream_cuts_a_slow_gateway_call(tmp_path: Path) -> None:
     running = await start_node(tmp_path / "data", targets=["gateway", "resilience", "api"])
     origin = EchoServer()

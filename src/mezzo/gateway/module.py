@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import ValidationError
 
 from mezzo.gateway.client import TICK, ClientConnection, Limits
@@ -18,6 +20,8 @@ from mezzo.gateway.tls import CertStore
 from mezzo.gateway.workers import WORKER_POLL, WorkerPool, follow_parent
 from mezzo.node.module import Health, Module
 from mezzo.node.server import bind, url_of
+from mezzo.resilience.breaker import CircuitState
+from mezzo.resilience.policies import PolicyRegistry
 from mezzo.resources.informer import Informer
 from mezzo.resources.kinds import UnsealError
 from mezzo.resources.model import Resource
@@ -56,6 +60,9 @@ class GatewayModule(Module):
             if isinstance(store, SQLiteStore):
                 store.poll_interval = WORKER_POLL
             self._tasks.append(asyncio.create_task(follow_parent(self.node.request_stop), name="mezzo-worker-parent"))
+        self.gateway.use_policies(self.node.service(PolicyRegistry))  # the resilience module: a dependency
+        self.circuits = CircuitCollector(self.gateway)
+        self.node.service(Metrics).registry.register(self.circuits)
         self.informers = [Informer(resources, kind.kind, self._handler(kind.kind)) for kind in KINDS]
         for informer in self.informers:
             await informer.start()
@@ -138,6 +145,8 @@ class GatewayModule(Module):
             await informer.stop()
         if self._own_view is not None:
             await self._own_view.stop()
+        with contextlib.suppress(KeyError):
+            self.node.service(Metrics).registry.unregister(self.circuits)
         await self.gateway.close()
 
     async def health(self) -> Health:
@@ -156,6 +165,30 @@ class GatewayModule(Module):
         drain = self.node.settings.drain_timeout
         return [GatewayListener("gateway", self.gateway, self.sock, drain),
                 GatewayListener("gateway-tls", self.gateway, self.tls_sock, drain, self.certs.server)]
+
+
+class CircuitCollector:
+    """``mezzo_gateway_upstream_circuit_state{namespace, upstream, state}``: 1 for the state the
+    circuit breaker of an upstream's Resiliency policy is in, 0 for the others; read at scrape time."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Any]:
+        family = GaugeMetricFamily("mezzo_gateway_upstream_circuit_state",
+                                   "State of the circuit breaker a Resiliency policy puts on an upstream.",
+                                   labels=("namespace", "upstream", "state"))
+        for ref, balancer in list(self.gateway.snapshot.upstreams.items()):
+            breaker = balancer.policy.breaker if balancer.policy is not None else None
+            if breaker is not None:
+                namespace, name = ref.split("/", 1)
+                current = breaker.state
+                for state in CircuitState:
+                    family.add_metric((namespace, name, state.value), 1.0 if state is current else 0.0)
+        yield family
+
+    def describe(self) -> list[Any]:
+        return []  # known at scrape time only
 
 
 class GatewayListener:

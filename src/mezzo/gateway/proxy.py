@@ -10,6 +10,7 @@ websocket upgrades.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from typing import Any
@@ -21,6 +22,9 @@ from mezzo.gateway.client import ClientAbort, ClientConnection, _BodyStream
 from mezzo.gateway.http import IDEMPOTENT, REASONS, problem, upstream_head
 from mezzo.gateway.plugins import Ctx
 from mezzo.gateway.upstream import Balancer, NodeState, UpstreamConnection, split_head
+from mezzo.resilience.breaker import CircuitBreaker, Permit
+from mezzo.resilience.errors import CircuitOpenError, TimeoutExceeded
+from mezzo.resilience.policies import ResiliencePolicy
 
 log = structlog.get_logger("mezzo.gateway")
 NO_BODY_STATUS = frozenset({204, 304})
@@ -270,6 +274,83 @@ class Exchange:
         self.client.write(data)
 
 
+class TryVerdict:
+    """One try's permit from the upstream's Resiliency circuit breaker, and what the try told it.
+    Whoever sees the outcome first records it (the response head, or the proxy on an error);
+    ``record(None)`` gives the permit back without a verdict (the client went away)."""
+
+    __slots__ = ("breaker", "permit", "started")
+
+    def __init__(self, breaker: CircuitBreaker, permit: Permit) -> None:
+        self.breaker, self.permit, self.started = breaker, permit, time.monotonic()
+
+    def record(self, failed: bool | None) -> None:
+        permit = self.permit
+        if permit is None:
+            return
+        self.permit = None
+        if failed is None:
+            self.breaker.release(permit)
+        elif failed:
+            self.breaker.record_failure(time.monotonic() - self.started, permit)
+        else:
+            self.breaker.record_success(time.monotonic() - self.started, permit)
+
+
+class GuardedExchange(Exchange):
+    """A try against an upstream a Resiliency policy targets. The policy's ``timeout`` bounds the
+    wait for the response head, from when the whole request has gone up (a streamed body: at the
+    first tick after its end); a body that follows is not cut by it. The head is the breaker's
+    verdict: a status the passive check counts is a failure, any other a success."""
+
+    __slots__ = ("failed_statuses", "timeout", "timer", "verdict")
+
+    def __init__(self, client: ClientConnection, ctx: Ctx, conn: UpstreamConnection, balancer: Balancer,
+                 policy: ResiliencePolicy, head_only: bool, stream: _BodyStream | None,
+                 verdict: TryVerdict | None) -> None:
+        super().__init__(client, ctx, conn, balancer.spec.timeout, head_only, stream)
+        self.failed_statuses = balancer.failed_statuses
+        self.verdict = verdict
+        self.timeout = policy.timeout  # None once the head came (or the clock ran out)
+        self.timer: asyncio.TimerHandle | None = None
+        if self.timeout is not None and (stream is None or stream.done):
+            self.timer = self.loop.call_later(self.timeout, self._expire)
+
+    def tick(self, now: float) -> None:
+        if self.timeout is not None and self.timer is None and not self.settled and self.stream is not None \
+                and self.stream.done:
+            self.timer = self.loop.call_later(self.timeout, self._expire)
+        super().tick(now)
+
+    def _expire(self) -> None:
+        self.timer = None
+        if not self.settled and not self.status and self.timeout is not None:
+            self.conn._fail(TimeoutExceeded(self.timeout))  # fails the try as a read timeout would
+
+    def _headed(self, status: int) -> None:
+        self.timeout = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.verdict is not None:
+            self.verdict.record(status in self.failed_statuses)
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], conn: UpstreamConnection) -> None:
+        self._headed(status)
+        super().on_head(status, headers, conn)
+
+    def on_head_raw(self, status: int, head: bytes, conn: UpstreamConnection) -> None:
+        self._headed(status)
+        super().on_head_raw(status, head, conn)
+
+    def _settle(self, exc: BaseException | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timeout = None
+        super()._settle(exc)
+
+
 async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: _BodyStream | None,
                 extra_headers: list[tuple[bytes, bytes]] | None = None, *,
                 tried: list[NodeState] | None = None, last_error: BaseException | None = None,
@@ -278,14 +359,25 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
 
     ``tried``, ``last_error`` and ``fresh_retry`` carry on from a first try made by ``start_fast``;
     ``first`` is a node it picked but had no idle connection to; ``again`` a node whose pooled
-    connection it found closed, tried again first on a new connection."""
+    connection it found closed, tried again first on a new connection.
+
+    Under a Resiliency policy (``balancer.policy``; ``start_fast`` leaves such upstreams to this
+    path) its breaker admits each try or answers 503 itself, its timeout bounds each try's wait for
+    the head (``GuardedExchange``), and its retry replaces ``retries``: timed-out tries are retried
+    too, after the policy's back-off, on a node not tried yet, else on any."""
     request = ctx.request
     spec = balancer.spec
     ended = client.aborted or (stream.error if stream is not None else None)
     if ended is not None:
         return _client_ended(client, ctx, ended)
     retryable = stream is None and request.method in IDEMPOTENT and not request.upgrade
-    tries = 1 + (spec.retries if retryable else 0)
+    policy = balancer.policy
+    retry = breaker = None
+    tries: float = 1 + (spec.retries if retryable else 0)
+    if policy is not None:
+        retry, breaker = policy.retry, policy.breaker
+        if retry is not None:
+            tries = (retry.max_attempts or math.inf) if retryable else 1
     hash_key = ctx.hash_key
     if hash_key is None and balancer.ring is not None:
         hash_key = ctx.hash_key = balancer.key_for(ctx)
@@ -301,6 +393,16 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
         tried.append(again)
     attempt = len(tried)
     while attempt < tries or fresh:
+        if retry is not None and attempt and not fresh:
+            await asyncio.sleep(retry.backoff(attempt))  # the policy's back-off before its retry number `attempt`
+            if client.aborted is not None:
+                return _client_ended(client, ctx, client.aborted)
+        verdict = None
+        if breaker is not None:
+            try:
+                verdict = TryVerdict(breaker, breaker.allow())
+            except CircuitOpenError as exc:
+                return _answer_open(client, ctx, balancer, exc)
         if first is not None:
             node, first = first, None
             node.active -= 1  # start_fast counted it in already (least_conn sees it at once)
@@ -308,7 +410,11 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
             attempt += 1
         elif not fresh or node is None:
             node = balancer.pick(hash_key, tried)
+            if node is None and retry is not None and tried:
+                node = balancer.pick(hash_key, None)  # the policy retries even when every node was tried
             if node is None:
+                if verdict is not None:
+                    verdict.record(None)
                 break
             tried.append(node)
             attempt += 1
@@ -329,13 +435,16 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
                 except (OSError, TimeoutError) as exc:
                     last_error = exc
                     balancer.report(node, False)
+                    if verdict is not None:
+                        verdict.record(True)
                     node = None
                     continue
             ended = client.aborted or (stream.error if stream is not None else None)
             if ended is not None:
                 node.release(conn)
                 return _client_ended(client, ctx, ended)
-            exchange = Exchange(client, ctx, conn, spec.timeout, head_only, stream)
+            exchange = Exchange(client, ctx, conn, spec.timeout, head_only, stream) if policy is None else \
+                GuardedExchange(client, ctx, conn, balancer, policy, head_only, stream, verdict)
             client.exchange = exchange
             conn.start(exchange, head, body, head_only, ctx.route.lean and not request.upgrade)
             if stream is not None:
@@ -363,8 +472,10 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
                     continue
                 last_error = exc
                 balancer.report(node, False)
+                if verdict is not None:
+                    verdict.record(True)
                 node = None
-                if isinstance(exc, TimeoutError):
+                if isinstance(exc, TimeoutError) and retry is None:
                     break  # a read timeout is not retried: the upstream may be working on it
                 continue
             finally:
@@ -383,6 +494,8 @@ async def proxy(client: ClientConnection, ctx: Ctx, balancer: Balancer, stream: 
             return not exchange.close_after
         finally:
             current.active -= 1
+            if verdict is not None:
+                verdict.record(None)  # no verdict yet: the client went away, or the try was cut short
     return _answer_error(client, ctx, balancer, last_error)
 
 
@@ -390,6 +503,8 @@ def start_fast(client: ClientConnection, ctx: Ctx, balancer: Balancer) -> tuple[
     """Begin the common case without a task: a buffered request and an idle pooled connection to the
     node the balancer picks. The exchange's end calls ``_fast_done``. (False, the node picked, if
     any): take ``proxy`` instead, starting with that node."""
+    if balancer.policy is not None:
+        return False, None  # a Resiliency policy's breaker, timeout and back-off live in ``proxy``
     request = ctx.request
     hash_key = ctx.hash_key
     if hash_key is None and balancer.ring is not None:
@@ -465,6 +580,16 @@ def _answer_error(client: ClientConnection, ctx: Ctx, balancer: Balancer, last_e
         reply = problem(502, f"upstream {balancer.name!r} failed: {type(last_error).__name__}: {last_error}")
     ctx.status = reply.status
     ctx.error = str(last_error) if last_error else "no node"
+    client.answer(reply, request, ctx.response_headers)
+    return not request.upgrade
+
+
+def _answer_open(client: ClientConnection, ctx: Ctx, balancer: Balancer, exc: CircuitOpenError) -> bool:
+    """The upstream's Resiliency circuit breaker is open: 503, without asking the upstream."""
+    request = ctx.request
+    reply = problem(503, f"upstream {balancer.name!r} is unavailable: its circuit breaker is open")
+    reply.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    ctx.status, ctx.error = 503, str(exc)
     client.answer(reply, request, ctx.response_headers)
     return not request.upgrade
 

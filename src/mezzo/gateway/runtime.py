@@ -24,6 +24,7 @@ from mezzo.gateway.plugins import Chain, Ctx, Plugin, instantiate
 from mezzo.gateway.proxy import proxy, start_fast
 from mezzo.gateway.router import CompiledRoute, Router, compile_route
 from mezzo.gateway.upstream import IDLE_TIMEOUT, Balancer, NodeState, run_active_checks
+from mezzo.resilience.policies import PolicyRegistry
 
 log = structlog.get_logger("mezzo.gateway")
 
@@ -83,6 +84,8 @@ class Gateway:
         self._certificates_changed = False
         self.broken: dict[str, str] = {}  # "Kind/namespace/name" -> why it failed to build (left out)
         self.seen: dict[str, int] = {}  # "Kind/namespace/name" -> revision of its latest event here
+        self.policies: PolicyRegistry | None = None  # Resiliency policies for upstreams (see use_policies)
+        self._unsubscribe: Any = None
 
     # configuration ------------------------------------------------------------------------
 
@@ -212,7 +215,11 @@ class Gateway:
             node.weight, node.zone, node.keepalive = weight, zone, spec.keepalive
             live.add(key)
             nodes.append(node)
-        return Balancer(ref, spec, nodes)
+        policy = None
+        if self.policies is not None:  # resolved here, once per build: requests never look it up
+            namespace, name = ref.split("/", 1)
+            policy = self.policies.policy_for("upstreams", name, namespace)
+        return Balancer(ref, spec, nodes, policy)
 
     def _sync_checks(self, upstreams: dict[str, Balancer]) -> None:
         wanted = {ref: b for ref, b in upstreams.items() if b.spec.health_check.active is not None}
@@ -241,7 +248,24 @@ class Gateway:
         if any(spec.service for _, _, spec in self.items["Upstream"].values()) and self._rebuild is None:
             self._rebuild = asyncio.get_running_loop().call_soon(self._apply)
 
+    def use_policies(self, registry: PolicyRegistry) -> None:
+        """Apply the Resiliency policies that target upstreams, and follow their changes."""
+        self.policies = registry
+        self._unsubscribe = registry.subscribe(self.policies_changed)
+        if self.items["Upstream"]:  # at once: no request meets an upstream without its policy
+            if self._rebuild is not None:
+                self._rebuild.cancel()
+            self._apply()
+
+    def policies_changed(self, namespace: str) -> None:
+        """A Resiliency changed in ``namespace``: rebuild so that namespace's upstreams get their policies."""
+        prefix = f"{namespace}/"
+        if self._rebuild is None and any(ref.startswith(prefix) for ref in self.items["Upstream"]):
+            self._rebuild = asyncio.get_running_loop().call_soon(self._apply)
+
     async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         for _, task in self._checks.values():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 import httptools
 import structlog
 
-from mezzo.gateway.model import UpstreamSpec
+from mezzo.gateway.model import PassiveCheck, UpstreamSpec
+from mezzo.resilience.policies import ResiliencePolicy
 
 log = structlog.get_logger("mezzo.gateway")
 IDLE_TIMEOUT = 60.0  # an idle pooled connection is closed after this (checked by the gateway's sweep)
@@ -449,10 +450,15 @@ class HashRing:
 
 
 class Balancer:
-    """The nodes of one upstream and how to choose among them."""
+    """The nodes of one upstream and how to choose among them.
 
-    def __init__(self, name: str, spec: UpstreamSpec, nodes: list[NodeState]) -> None:
+    ``policy``: the Resiliency policy that targets this upstream, resolved when the snapshot is
+    built; None when none does (or it sets nothing), so a plain upstream pays nothing for it."""
+
+    def __init__(self, name: str, spec: UpstreamSpec, nodes: list[NodeState],
+                 policy: ResiliencePolicy | None = None) -> None:
         self.name, self.spec, self.nodes = name, spec, nodes
+        self.policy = policy if policy is not None and not policy.is_noop else None
         self.short_name = name.split("/", 1)[-1]  # without the namespace, for metric labels
         self.ring = HashRing(nodes) if spec.load_balancer == "chash" else None
         self._pick = {"roundrobin": pick_roundrobin, "least_conn": pick_least_conn, "ewma": pick_ewma,
@@ -462,6 +468,9 @@ class Balancer:
         self.hash_header = self.hash_name.encode("latin-1")
         passive = spec.health_check.passive
         self.bad_statuses = frozenset(passive.statuses) if passive is not None else frozenset()
+        # what the policy's breaker counts as a failed answer: the passive check's statuses (its
+        # defaults when that check is off)
+        self.failed_statuses = frozenset((passive or PassiveCheck()).statuses)
 
     def key_for(self, ctx: Any) -> str | None:
         """The consistent-hash key of a request (``hashOn``), or None when it has none."""

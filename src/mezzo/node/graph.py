@@ -36,7 +36,7 @@ MODULES: dict[str, ModuleDef] = {
     "messaging": ModuleDef(MessagingModule, ("store", "resources", "resilience")),
     "config": ModuleDef(ConfigModule, ("store", "auth")),
     "registry": ModuleDef(RegistryModule, ("store", "auth")),
-    "gateway": ModuleDef(GatewayModule, ("store", "resources")),
+    "gateway": ModuleDef(GatewayModule, ("store", "resources", "resilience")),
     "apis": ModuleDef(ApisModule, ("gateway", "resources")),
     "tracing": ModuleDef(TracingModule, ("telemetry", "auth")),
     "cache": ModuleDef(CacheModule, ("telemetry", "auth", "resources")),

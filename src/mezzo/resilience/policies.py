@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random as _random
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,8 @@ from mezzo.resilience.timeout import with_timeout
 
 P = ParamSpec("P")
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+ChangeListener = Callable[[str], None]
 
 
 class ResiliencePolicy:
@@ -160,6 +163,9 @@ class PolicyRegistry:
     A target's circuit breaker lives as long as the document revision that defines it:
     ``policy_for`` returns the same policy (and breaker) until that document changes or
     another document takes the target over. Re-applying an identical spec changes nothing.
+
+    Callers that resolve policies ahead of time (the gateway, at snapshot build) ``subscribe``
+    to hear of changes; ``version`` counts them.
     """
 
     def __init__(
@@ -178,6 +184,14 @@ class PolicyRegistry:
         self._documents: dict[str, dict[str, tuple[int, ResiliencySpec]]] = {}
         self._index: dict[str, dict[tuple[str, str], _Source]] = {}
         self._policies: dict[tuple[str, str, str], tuple[_Source, ResiliencePolicy]] = {}
+        self._listeners: list[ChangeListener] = []
+        self.version = 0  # bumped by every change that may give a target other policies
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener(namespace)`` after each change of that namespace's documents; returns
+        the unsubscribe function. A listener that raises is logged, never the applier's problem."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def apply(self, namespace: str, name: str, spec: ResiliencySpec) -> None:
         documents = self._documents.setdefault(namespace, {})
@@ -227,6 +241,12 @@ class PolicyRegistry:
         for key, (source, _) in list(self._policies.items()):
             if key[0] == namespace and index.get(key[1:]) != source:
                 del self._policies[key]
+        self.version += 1
+        for listener in list(self._listeners):
+            try:
+                listener(namespace)
+            except Exception:
+                log.exception("resiliency change listener failed")
 
     def _build(self, key: tuple[str, str, str], source: _Source) -> ResiliencePolicy:
         policies, uses = source.spec.policies, source.uses

@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# three test processes (pytest-xdist): most tests wait on sockets and timers, not on a core;
+# `make test PYTEST_ARGS=` runs them in one process
+PYTEST_ARGS ?= -n 3 --dist loadscope
 
 .PHONY: demo test lint install clean
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import time
+import re
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
-from mezzo.cache.engine import WRONGTYPE, CacheError, Engine, Keyspace
+from mezzo.cache.engine import OOM, WRONGTYPE, CacheError, Engine, Keyspace, now_ms
+from mezzo.cache.numbers import (
+    INT_MAX,
+    INT_MIN,
+    add_long_doubles,
+    format_long_double,
+    parse_int,
+    parse_long_double,
+)
 from mezzo.cache.resp import EMPTY_ARRAY, NULL2, NULL3, OK, PONG, Reply, Session
 
 Cmd = Callable[[Any, Session, list[bytes]], bytes]
@@ -26,11 +35,12 @@ class SyntaxErr(CacheError):
         super().__init__("syntax error")
 
 
-def _int(raw: bytes) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise CacheError("value is not an integer or out of range") from None
+def _int(raw: bytes, error: str = "value is not an integer or out of range") -> int:
+    """An integer argument as Redis reads one (no spaces, signs, underscores or leading zeros; 64 bits)."""
+    value = parse_int(raw)
+    if value is None:
+        raise CacheError(error)
+    return value
 
 
 def _ks(server: Any, s: Session) -> Keyspace:
@@ -38,6 +48,43 @@ def _ks(server: Any, s: Session) -> Keyspace:
 
 
 _TTL_OPTIONS = {b"EX", b"PX", b"EXAT", b"PXAT"}
+_UNITS = {b"EX": (1000, False), b"PX": (1, False), b"EXAT": (1000, True), b"PXAT": (1, True)}
+
+
+def _deadline(option: bytes, raw: bytes, command: str) -> int:
+    """The deadline (ms since the epoch) an ``EX``/``PX``/``EXAT``/``PXAT`` value names, refused as
+    Redis refuses it: not positive, or past what 64 bits of milliseconds hold."""
+    unit, absolute = _UNITS[option]
+    n = _int(raw)
+    if n <= 0 or n > INT_MAX // unit:
+        raise CacheError(f"invalid expire time in '{command}' command")
+    deadline = n * unit + (0 if absolute else now_ms())
+    if deadline > INT_MAX:
+        raise CacheError(f"invalid expire time in '{command}' command")
+    return deadline
+
+
+def _expiry_options(a: list[bytes], start: int, command: bytes) -> tuple[tuple[bytes, bytes] | None, set[bytes]]:
+    """``SET``'s and ``GETEX``'s options from ``a[start:]``, with Redis' rules: one kind of expiry
+    (given twice, the last wins), ``KEEPTTL`` (SET) or ``PERSIST`` (GETEX) instead of one, NX or XX."""
+    expiry: tuple[bytes, bytes] | None = None
+    flags: set[bytes] = set()
+    alone = b"KEEPTTL" if command == b"set" else b"PERSIST"
+    i = start
+    while i < len(a):
+        opt = a[i].upper()
+        if opt in _TTL_OPTIONS and alone not in flags and (expiry is None or expiry[0] == opt) and i + 1 < len(a):
+            expiry = (opt, a[i + 1])
+            i += 1
+        elif opt == alone and expiry is None:
+            flags.add(opt)
+        elif command == b"set" and (opt == b"GET" or (opt == b"NX" and b"XX" not in flags)
+                                     or (opt == b"XX" and b"NX" not in flags)):
+            flags.add(opt)
+        else:
+            raise SyntaxErr()
+        i += 1
+    return expiry, flags
 
 
 # --- strings ----------------------------------------------------------------------------------
@@ -56,37 +103,14 @@ def set_(server: Any, s: Session, a: list[bytes]) -> bytes:
     if len(a) == 3:  # plain SET, by far the most common
         ks.store(a[1], a[2])
         return OK
-    ttl = None
-    nx = xx = keep = want_old = False
-    i = 3
-    while i < len(a):
-        opt = a[i].upper()
-        if opt in _TTL_OPTIONS and i + 1 < len(a):
-            n = _int(a[i + 1])
-            if n <= 0:
-                raise CacheError("invalid expire time in 'set' command")
-            ttl = {b"EX": n * 1000, b"PX": n, b"EXAT": n * 1000 - int(time.time() * 1000),
-                   b"PXAT": n - int(time.time() * 1000)}[opt]
-            i += 2
-            continue
-        if opt == b"NX":
-            nx = True
-        elif opt == b"XX":
-            xx = True
-        elif opt == b"KEEPTTL":
-            keep = True
-        elif opt == b"GET":
-            want_old = True
-        else:
-            raise SyntaxErr()
-        i += 1
-    if (nx and xx) or (keep and ttl is not None):
-        raise SyntaxErr()
+    expiry, flags = _expiry_options(a, 3, b"set")
+    deadline = _deadline(*expiry, "set") if expiry is not None else None
+    want_old = b"GET" in flags
     old = ks.string(a[1]) if want_old else None
     exists = ks.exists(a[1])
-    if (nx and exists) or (xx and not exists):
+    if (b"NX" in flags and exists) or (b"XX" in flags and not exists):
         return s.bulk(old) if want_old else s.null()
-    ks.store(a[1], a[2], ttl_ms=ttl, keep_ttl=keep)
+    ks.store(a[1], a[2], ttl_ms=None if deadline is None else deadline - now_ms(), keep_ttl=b"KEEPTTL" in flags)
     return s.bulk(old) if want_old else OK
 
 
@@ -101,10 +125,13 @@ def setnx(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 @command("setex", 4, "write")
 def setex(server: Any, s: Session, a: list[bytes]) -> bytes:
-    seconds = _int(a[2])
-    if seconds <= 0:
-        raise CacheError("invalid expire time in 'setex' command")
-    _ks(server, s).store(a[1], a[3], ttl_ms=seconds * 1000)
+    _ks(server, s).store(a[1], a[3], ttl_ms=_deadline(b"EX", a[2], "setex") - now_ms())
+    return OK
+
+
+@command("psetex", 4, "write")
+def psetex(server: Any, s: Session, a: list[bytes]) -> bytes:
+    _ks(server, s).store(a[1], a[3], ttl_ms=_deadline(b"PX", a[2], "psetex") - now_ms())
     return OK
 
 
@@ -139,21 +166,15 @@ def getdel(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 @command("getex", -2, "write")
 def getex(server: Any, s: Session, a: list[bytes]) -> bytes:
+    expiry, flags = _expiry_options(a, 2, b"getex")  # options first: a syntax error even for a missing key
     ks = _ks(server, s)
     value = ks.string(a[1])
     if value is None:
         return s.null()
-    if len(a) > 2:
-        opt = a[2].upper()
-        if opt == b"PERSIST" and len(a) == 3:
-            ks.expire(a[1], None)
-        elif opt in (b"EX", b"PX") and len(a) == 4:
-            n = _int(a[3])
-            if n <= 0:
-                raise CacheError("invalid expire time in 'getex' command")
-            ks.expire(a[1], n * 1000 if opt == b"EX" else n)
-        else:
-            raise SyntaxErr()
+    if expiry is not None:
+        ks.expire(a[1], _deadline(*expiry, "getex") - now_ms())  # a deadline already past deletes the key
+    elif b"PERSIST" in flags:
+        ks.expire(a[1], None)
     return s.bulk(value)
 
 
@@ -173,12 +194,9 @@ def strlen(server: Any, s: Session, a: list[bytes]) -> bytes:
 def _incr(server: Any, s: Session, key: bytes, by: int) -> bytes:
     ks = _ks(server, s)
     current = ks.string(key)
-    try:
-        value = int(current) if current is not None else 0
-    except ValueError:
-        raise CacheError("value is not an integer or out of range") from None
+    value = _int(current) if current is not None else 0
     value += by
-    if not -(2**63) <= value < 2**63:
+    if not INT_MIN <= value <= INT_MAX:
         raise CacheError("increment or decrement would overflow")
     ks.store(key, b"%d" % value, keep_ttl=current is not None)
     return Reply.integer(value)
@@ -201,20 +219,24 @@ def incrby(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 @command("decrby", 3, "write")
 def decrby(server: Any, s: Session, a: list[bytes]) -> bytes:
-    return _incr(server, s, a[1], -_int(a[2]))
+    by = _int(a[2])
+    if by == INT_MIN:  # its negation does not fit in 64 bits
+        raise CacheError("decrement would overflow")
+    return _incr(server, s, a[1], -by)
 
 
 @command("incrbyfloat", 3, "write")
 def incrbyfloat(server: Any, s: Session, a: list[bytes]) -> bytes:
     ks = _ks(server, s)
     current = ks.string(a[1])
-    try:
-        value = (float(current) if current is not None else 0.0) + float(a[2])
-    except ValueError:
-        raise CacheError("value is not a valid float") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    value = parse_long_double(current) if current is not None else Fraction(0)
+    by = parse_long_double(a[2])
+    if value is None or by is None:
+        raise CacheError("value is not a valid float")
+    total = add_long_doubles(value, by)
+    if total is None:
         raise CacheError("increment would produce NaN or Infinity")
-    text = repr(value).encode() if value != int(value) else b"%d" % int(value)
+    text = format_long_double(total)  # as redis-server writes it: no exponent, 17 decimals at most
     ks.store(a[1], text, keep_ttl=current is not None)
     return s.bulk(text)
 
@@ -237,8 +259,32 @@ def exists(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 
 def _expire(server: Any, s: Session, a: list[bytes], unit: int) -> bytes:
+    """EXPIRE and PEXPIRE with NX (no TTL yet), XX (has one), GT and LT (later or earlier than the
+    current deadline; no TTL counts as forever), checked as Redis checks them."""
+    options = {opt.upper() for opt in a[3:]}
+    for opt in a[3:]:
+        if opt.upper() not in (b"NX", b"XX", b"GT", b"LT"):
+            raise CacheError(f"Unsupported option {opt.decode(errors='replace')}")
+    if b"NX" in options and options & {b"XX", b"GT", b"LT"}:
+        raise CacheError("ERR NX and XX, GT or LT options at the same time are not compatible")
+    if {b"GT", b"LT"} <= options:
+        raise CacheError("ERR GT and LT options at the same time are not compatible")
     n = _int(a[2])
-    return Reply.integer(int(_ks(server, s).expire(a[1], n * unit)))
+    now = now_ms()
+    limit = INT_MAX // unit  # seconds that fit in 64 bits of milliseconds (C's division: both signs alike)
+    if (unit > 1 and not -limit <= n <= limit) or n * unit > INT_MAX - now:
+        raise CacheError(f"invalid expire time in '{a[0].decode(errors='replace').lower()}' command")
+    deadline = n * unit + now
+    ks = _ks(server, s)
+    if not ks.exists(a[1]):
+        return Reply.integer(0)
+    if options:
+        current = ks.expires.get(a[1])  # None: no TTL, as good as forever
+        if ((b"NX" in options and current is not None) or (b"XX" in options and current is None)
+                or (b"GT" in options and (current is None or deadline <= current))
+                or (b"LT" in options and current is not None and deadline >= current)):
+            return Reply.integer(0)
+    return Reply.integer(int(ks.expire(a[1], deadline - now)))
 
 
 @command("expire", -3, "write")
@@ -275,13 +321,17 @@ def type_(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 @command("keys", 2, "readonly")
 def keys(server: Any, s: Session, a: list[bytes]) -> bytes:
-    _, found = _ks(server, s).scan(0, a[1], 1 << 62)
-    return s.array(found)  # type: ignore[arg-type]
+    return s.array(_ks(server, s).keys(a[1]))  # type: ignore[arg-type]
+
+
+_CURSOR = re.compile(rb"[+-]?[0-9]{1,20}")
 
 
 @command("scan", -2, "readonly")
 def scan(server: Any, s: Session, a: list[bytes]) -> bytes:
-    cursor = _int(a[1])
+    if _CURSOR.fullmatch(a[1]) is None or abs(int(a[1])) >= 2**64:  # Redis reads it with strtoul
+        raise CacheError("invalid cursor")
+    cursor = int(a[1])
     match, count, kind = None, 10, None
     i = 2
     while i < len(a):
@@ -305,18 +355,26 @@ def scan(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 @command("dbsize", 1, "readonly")
 def dbsize(server: Any, s: Session, a: list[bytes]) -> bytes:
-    ks = _ks(server, s)
-    return Reply.integer(sum(1 for k in list(ks.data) if ks.exists(k)))
+    return Reply.integer(len(_ks(server, s).data))  # as Redis: expired keys not reclaimed yet count too
+
+
+def _flush_mode(a: list[bytes]) -> None:
+    """``FLUSHDB``/``FLUSHALL`` take ASYNC or SYNC (both empty at once here); anything else is refused
+    before anything is emptied."""
+    if len(a) > 2 or (len(a) == 2 and a[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise SyntaxErr()
 
 
 @command("flushdb", -1, "write")
 def flushdb(server: Any, s: Session, a: list[bytes]) -> bytes:
+    _flush_mode(a)
     _ks(server, s).flush()
     return OK
 
 
 @command("flushall", -1, "write")
 def flushall(server: Any, s: Session, a: list[bytes]) -> bytes:
+    _flush_mode(a)
     for ks in server.engine.spaces.values():
         ks.flush()
     return OK
@@ -324,10 +382,12 @@ def flushall(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 # --- hashes -----------------------------------------------------------------------------------
 
-def _hash_edit(server: Any, s: Session, key: bytes) -> tuple[Keyspace, dict[bytes, bytes], int, bool]:
+def _hash_edit(server: Any, s: Session, key: bytes, grows: bool = True) -> tuple[Keyspace, dict[bytes, bytes], int, bool]:
     ks = _ks(server, s)
     h = ks.hash(key, create=True)
     assert h is not None
+    if grows and ks.over_limit():  # noeviction: a hash edited in place is refused up front
+        raise CacheError(OOM)
     from mezzo.cache.engine import _size
 
     fresh = key not in ks.data or not ks.exists(key)
@@ -377,7 +437,7 @@ def hdel(server: Any, s: Session, a: list[bytes]) -> bytes:
     ks = _ks(server, s)
     if ks.hash(a[1]) is None:
         return Reply.integer(0)
-    ks, h, before, fresh = _hash_edit(server, s, a[1])
+    ks, h, before, fresh = _hash_edit(server, s, a[1], grows=False)
     removed = sum(h.pop(f, None) is not None for f in a[2:])
     _hash_commit(ks, a[1], h, before, fresh)
     return Reply.integer(removed)
@@ -411,11 +471,14 @@ def hlen(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 @command("hincrby", 4, "write")
 def hincrby(server: Any, s: Session, a: list[bytes]) -> bytes:
+    by = _int(a[3])
     ks, h, before, fresh = _hash_edit(server, s, a[1])
-    try:
-        value = int(h.get(a[2], b"0")) + _int(a[3])
-    except ValueError:
-        raise CacheError("hash value is not an integer") from None
+    current = parse_int(h.get(a[2], b"0"))
+    if current is None:
+        raise CacheError("hash value is not an integer")
+    value = current + by
+    if not INT_MIN <= value <= INT_MAX:
+        raise CacheError("increment or decrement would overflow")
     h[a[2]] = b"%d" % value
     _hash_commit(ks, a[1], h, before, fresh)
     return Reply.integer(value)
@@ -425,6 +488,8 @@ def hincrby(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 @command("ping", -1)
 def ping(server: Any, s: Session, a: list[bytes]) -> bytes:
+    if len(a) > 2:
+        raise CacheError(arity_error(b"ping"))
     return s.bulk(a[1]) if len(a) > 1 else PONG
 
 
@@ -450,6 +515,8 @@ def select(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 @command("auth", -2)
 def auth(server: Any, s: Session, a: list[bytes]) -> bytes:
+    if len(a) > 3:
+        raise SyntaxErr()
     token = a[-1].decode("utf-8", "replace")  # AUTH token, or AUTH user token (the user is ignored)
     if not server.login(s, token):
         return Reply.error("WRONGPASS invalid username-password pair or user is disabled.")
@@ -460,7 +527,7 @@ def auth(server: Any, s: Session, a: list[bytes]) -> bytes:
 def hello(server: Any, s: Session, a: list[bytes]) -> bytes:
     i = 1
     if len(a) > 1:
-        version = _int(a[1])
+        version = _int(a[1], "Protocol version is not an integer or out of range")
         if version not in (2, 3):
             return Reply.error("NOPROTO unsupported protocol version")
         i = 2
@@ -492,7 +559,7 @@ def hello(server: Any, s: Session, a: list[bytes]) -> bytes:
 def client(server: Any, s: Session, a: list[bytes]) -> bytes:
     sub = a[1].upper()
     if sub == b"SETNAME" and len(a) == 3:
-        if b" " in a[2]:
+        if any(c < 0x21 or c > 0x7E for c in a[2]):  # as Redis: no spaces, newlines or special characters
             raise CacheError("Client names cannot contain spaces, newlines or special characters.")
         s.name = a[2] or None
         return OK
@@ -523,10 +590,19 @@ def command_(server: Any, s: Session, a: list[bytes]) -> bytes:
     rows = []
     for name, (_, arity, flags) in sorted(COMMANDS.items()):
         flag_items = [Reply.simple(f) for f in flags.split(",") if f]
+        first, last, step = _KEY_POSITIONS.get(name, (1, 1, 1))
         rows.append(s.raw_array([s.bulk(name), Reply.integer(arity), s.raw_array(flag_items),
-                                 Reply.integer(1 if arity not in (1, -1) else 0),
-                                 Reply.integer(1 if arity not in (1, -1) else 0), Reply.integer(1)]))
+                                 Reply.integer(first), Reply.integer(last), Reply.integer(step)]))
     return s.raw_array(rows)
+
+
+# Where COMMAND says a command's keys are (first, last, step), as Redis says it; others take one key.
+_KEY_POSITIONS = {
+    **dict.fromkeys([b"ping", b"echo", b"quit", b"select", b"auth", b"hello", b"client", b"info", b"command",
+                     b"config", b"dbsize", b"flushdb", b"flushall", b"keys", b"scan"], (0, 0, 0)),
+    **dict.fromkeys([b"del", b"unlink", b"exists", b"mget"], (1, -1, 1)),
+    b"mset": (1, -1, 2),
+}
 
 
 @command("config", -2)

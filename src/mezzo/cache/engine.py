@@ -6,6 +6,12 @@ Expiry is lazy (an expired key is gone when touched) plus active (a periodic sam
 with TTLs, as Redis does), so memory held by expired keys nobody reads is reclaimed too.
 Memory is accounted approximately (key + value bytes + a fixed overhead per entry).
 
+SCAN walks keys in the order they were created, not in LRU order (which every read changes):
+each new key gets the next place in ``order``, a cursor is a place, and keys gone since leave
+holes that are compacted away now and then without moving anyone's place. So a full SCAN returns
+every key that existed throughout, however the keys are read meanwhile (a key deleted and made
+again may come twice, as Redis allows).
+
 Observers cost nothing until used: ``tracker`` hears of every key that changes or goes (the
 near-cache invalidation feed), ``ops`` counts reads and writes in a plain int and one op in
 ``SAMPLE_EVERY`` feeds the hot-key and big-key sketches (``hotkeys.py``); tags index keys by
@@ -15,16 +21,18 @@ SDK's load time and soft expiry). Tags and meta belong to a value: any write or 
 
 from __future__ import annotations
 
-import fnmatch
+import bisect
 import os
 import random
 import struct
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from mezzo.cache.glob import matcher
 from mezzo.cache.hotkeys import KeySampler
 
 OVERHEAD = 64  # bytes per entry beyond key and value, roughly what a dict slot and objects cost
@@ -37,6 +45,16 @@ class CacheError(Exception):
 
 
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+OOM = "OOM command not allowed when used memory > 'maxmemory'"
+NEVER = 2**63 - 1  # the latest deadline a snapshot holds (ms since the epoch)
+
+
+class SnapshotDamaged(ValueError):
+    """A snapshot that cannot be read to its end: ``loaded`` entries before the damage were kept."""
+
+    def __init__(self, message: str, loaded: int) -> None:
+        super().__init__(message)
+        self.loaded = loaded
 
 
 def now_ms() -> int:
@@ -71,6 +89,12 @@ class Keyspace:
         self.tags: dict[str, set[bytes]] = {}
         self.key_tags: dict[bytes, frozenset[str]] = {}
         self.meta: dict[bytes, bytes] = {}
+        # SCAN's order: keys by their place (given at creation), with holes where keys went
+        self.order: list[bytes] = []
+        self.places = array("q")
+        self.next_place = 1
+        # keys given a TTL, for active expiry to sample by index (holes: keys whose TTL went since)
+        self.ttl_keys: list[bytes] = []
 
     # lookups --------------------------------------------------------------------------------
 
@@ -128,19 +152,32 @@ class Keyspace:
     # writes ---------------------------------------------------------------------------------
 
     def store(self, key: bytes, value: Value, ttl_ms: int | None = None, keep_ttl: bool = False) -> None:
+        """Write ``key``; a ``ttl_ms`` of 0 or less (a deadline already past) removes it instead."""
         old = self.data.get(key)
+        if ttl_ms is not None and ttl_ms <= 0 and not keep_ttl:
+            self.ops += 1
+            if old is not None:
+                self._remove(key)
+            return
+        size = _size(key, value)
+        if self.policy == "noeviction" and self.max_memory is not None:
+            grows = size - (_size(key, old) if old is not None else 0)
+            if grows > 0 and self.memory + grows > self.max_memory:
+                raise CacheError(OOM)  # refused before anything changed: the old value stays
         if old is not None:
             self.memory -= _size(key, old)
+        else:
+            self._place(key)
         self.data[key] = value
         self.data.move_to_end(key)
-        self.memory += _size(key, value)
+        self.memory += size
         if not keep_ttl:
             if ttl_ms is None and self.default_ttl_ms is not None and old is None:
                 ttl_ms = self.default_ttl_ms
             if ttl_ms is None:
                 self.expires.pop(key, None)
             else:
-                self.expires[key] = now_ms() + ttl_ms
+                self._deadline(key, now_ms() + ttl_ms)
         if self.policy == "lfu":
             self.freq.setdefault(key, 1)
         if self.key_tags or self.meta:
@@ -188,12 +225,32 @@ class Keyspace:
         if ttl_ms <= 0:
             self._remove(key)
         else:
-            self.expires[key] = now_ms() + ttl_ms
+            self._deadline(key, now_ms() + ttl_ms)
             if self.tracker is not None:  # a near cache must not outlive the new deadline
                 self.tracker(key)
         return True
 
+    def _deadline(self, key: bytes, deadline: int) -> None:
+        if key not in self.expires:
+            self.ttl_keys.append(key)  # where active expiry samples from
+        self.expires[key] = deadline
+
+    def _place(self, key: bytes) -> None:
+        """Give a new key the next place in SCAN's order (compacting it once it is half holes)."""
+        self.order.append(key)
+        self.places.append(self.next_place)
+        self.next_place += 1
+        if len(self.order) > 2 * len(self.data) + 1024:
+            kept, places, seen, data = [], array("q"), set(), self.data
+            for k, place in zip(self.order, self.places, strict=True):
+                if k in data and k not in seen:  # a key made again keeps its first place
+                    seen.add(k)
+                    kept.append(k)
+                    places.append(place)
+            self.order, self.places = kept, places
+
     def flush(self) -> None:
+        self.order, self.places, self.ttl_keys = [], array("q"), []
         self.data.clear()
         self.expires.clear()
         self.freq.clear()
@@ -247,14 +304,15 @@ class Keyspace:
         """Delete every live key labelled ``name``; how many went."""
         return sum(self.delete(key) for key in list(self.tags.get(name, ())))
 
+    def over_limit(self) -> bool:
+        """A ``noeviction`` namespace over its limit: writes that add are refused (as Redis refuses them)."""
+        return self.policy == "noeviction" and self.max_memory is not None and self.memory > self.max_memory
+
     def enforce(self, protect: bytes | None = None) -> None:
-        """Evict until under the memory limit; with ``noeviction``, refuse instead."""
-        if self.max_memory is None or self.memory <= self.max_memory:
+        """Evict until under the memory limit; ``noeviction`` evicts nothing (its writes are refused
+        up front, and a hash that grew in place pushes it over until keys go)."""
+        if self.max_memory is None or self.memory <= self.max_memory or self.policy == "noeviction":
             return
-        if self.policy == "noeviction":
-            if protect is not None:
-                self._remove(protect)
-            raise CacheError("OOM command not allowed when used memory > 'maxmemory'")
         while self.memory > self.max_memory and len(self.data) > 1:
             victim = self._victim(protect)
             if victim is None:
@@ -273,12 +331,16 @@ class Keyspace:
         return min(candidates, key=lambda k: self.freq.get(k, 0)) if candidates else None
 
     def sweep(self, samples: int = 20) -> int:
-        """Active expiry: drop expired keys among a sample of keys with a TTL; repeat while a quarter expire."""
+        """Active expiry: drop expired keys among a sample of keys with a TTL; repeat while a quarter
+        expire. A round costs its sample, not the number of keys with a TTL."""
         removed = 0
-        while self.expires:
-            keys = random.sample(list(self.expires), min(samples, len(self.expires)))
+        expires, candidates = self.expires, self.ttl_keys
+        if len(candidates) > 2 * len(expires) + 1024:  # mostly holes: keep the keys that still have a TTL
+            candidates = self.ttl_keys = list(dict.fromkeys(k for k in candidates if k in expires))
+        while expires and candidates:
+            keys = {candidates[random.randrange(len(candidates))] for _ in range(min(samples, len(expires)))}
             now = now_ms()
-            gone = [k for k in keys if self.expires[k] <= now]
+            gone = [k for k in keys if expires.get(k, now + 1) <= now]
             for key in gone:
                 self._remove(key)
             removed += len(gone)
@@ -291,19 +353,29 @@ class Keyspace:
         return removed
 
     def scan(self, cursor: int, match: bytes | None, count: int, kind: str | None = None) -> tuple[int, list[bytes]]:
-        keys = list(self.data.keys())
+        """Up to ``count`` places from ``cursor`` on: the live keys there that match, and the next
+        cursor (0 at the end). A cursor is a place, so reads and deletes between calls move nothing."""
+        order, places = self.order, self.places
+        start = bisect.bisect_left(places, cursor)
+        end = min(start + count, len(order))
+        pattern = matcher(match) if match is not None else None
         out = []
-        end = min(cursor + count, len(keys))
-        for key in keys[cursor:end]:
+        for key in order[start:end]:
             value = self._live(key)
             if value is None:
                 continue
-            if match is not None and not fnmatch.fnmatchcase(key.decode("latin-1"), match.decode("latin-1")):
+            if pattern is not None and pattern.fullmatch(key) is None:
                 continue
             if kind is not None and kind != ("string" if isinstance(value, bytes) else "hash"):
                 continue
             out.append(key)
-        return (0 if end >= len(keys) else end), out
+        return (places[end] if end < len(order) else 0), out
+
+    def keys(self, match: bytes | None = None) -> list[bytes]:
+        """Every live key matching the glob ``match`` (each once)."""
+        pattern = matcher(match) if match is not None else None
+        return [key for key in list(self.data) if self._live(key) is not None
+                and (pattern is None or pattern.fullmatch(key) is not None)]
 
 
 class Engine:
@@ -349,7 +421,8 @@ class Engine:
                         kind = 1
                         blob = b"".join(struct.pack(">I", len(f)) + f + struct.pack(">I", len(v)) + v
                                         for f, v in value.items())
-                    fh.write(struct.pack(">HIBqI", len(name), len(key), kind, deadline or -1, len(blob)))
+                    deadline = -1 if deadline is None else min(deadline, NEVER)
+                    fh.write(struct.pack(">HIBqI", len(name), len(key), kind, deadline, len(blob)))
                     fh.write(name + key + blob)
                     tags = [t.encode() for t in sorted(ks.key_tags.get(key, ()))]
                     fh.write(struct.pack(">H", len(tags)) + b"".join(struct.pack(">H", len(t)) + t for t in tags))
@@ -362,11 +435,23 @@ class Engine:
         return count
 
     def load(self, path: Path) -> int:
+        """Load a snapshot; raises SnapshotDamaged (keeping what came before the damage) when it
+        cannot be read to its end."""
         if not path.exists():
             return 0
         data = path.read_bytes()
         if data[:4] not in (b"MZC1", b"MZC2"):
-            raise ValueError(f"{path} is not a Mezzo cache snapshot")
+            raise SnapshotDamaged(f"{path} is not a Mezzo cache snapshot", 0)
+        state = [4, 0]  # position, entries loaded
+        try:
+            self._load(data, state)
+        except (struct.error, UnicodeDecodeError, IndexError) as exc:
+            raise SnapshotDamaged(f"{path} is damaged at byte {state[0]} ({exc})", state[1]) from None
+        if state[0] != len(data):
+            raise SnapshotDamaged(f"{path} is damaged at byte {state[0]} (a partial entry)", state[1])
+        return state[1]
+
+    def _load(self, data: bytes, state: list[int]) -> None:
         tagged = data[:4] == b"MZC2"
         pos, count, now = 4, 0, now_ms()
         head = struct.calcsize(">HIBqI")
@@ -377,6 +462,8 @@ class Engine:
             key = data[pos + nlen:pos + nlen + klen]
             blob = data[pos + nlen + klen:pos + nlen + klen + blen]
             pos += nlen + klen + blen
+            if pos > len(data):
+                return  # cut inside the entry: state still points at its start
             tags: list[str] = []
             meta: bytes | None = None
             if tagged:
@@ -389,7 +476,10 @@ class Engine:
                 (mlen,) = struct.unpack_from(">H", data, pos)
                 meta = data[pos + 2:pos + 2 + mlen] or None
                 pos += 2 + mlen
+                if pos > len(data):
+                    return
             if deadline != -1 and deadline <= now:
+                state[0] = pos
                 continue
             value: Value
             if kind == 0:
@@ -407,4 +497,4 @@ class Engine:
             ks.store(key, value, ttl_ms=None if deadline == -1 else deadline - now)
             ks.annotate(key, tags, meta)
             count += 1
-        return count
+            state[0], state[1] = pos, count

@@ -207,7 +207,8 @@ class CacheSpec(SpecModel):
     database: int | None = Field(None, ge=0, le=15, description="the RESP SELECT index that reaches this namespace")
     default_ttl: Duration | None = Field(None, gt=0, alias="defaultTTL", description="TTL of writes that give none")
     max_memory: ByteSize | None = Field(None, gt=0, description="embedded: memory limit of the namespace")
-    eviction: Literal["lru", "lfu"] = "lru"
+    eviction: Literal["lru", "lfu", "noeviction"] = Field(
+        "lru", description="embedded: what goes when maxMemory is reached (noeviction: writes that add are refused)")
     near_cache: NearCache = Field(default_factory=NearCache)
     failure_detection: FailureDetection = Field(default_factory=FailureDetection)
 

@@ -12,7 +12,7 @@ import structlog
 from pydantic import ValidationError
 
 from mezzo.cache.distributed.namespaces import CacheNamespaces
-from mezzo.cache.engine import Engine
+from mezzo.cache.engine import Engine, SnapshotDamaged
 from mezzo.cache.model import CACHE_KIND, CacheSpec, cache_namespace
 from mezzo.cache.proxy import ProxyServer
 from mezzo.cache.server import CacheServer
@@ -39,7 +39,12 @@ class CacheModule(Module):
         self.engine = Engine()
         self.snapshot = settings.data_dir / SNAPSHOT
         if settings.cache_snapshot:
-            loaded = await asyncio.to_thread(self.engine.load, self.snapshot)
+            try:
+                loaded = await asyncio.to_thread(self.engine.load, self.snapshot)
+            except SnapshotDamaged as exc:  # warm data is a bonus: start with what could be read
+                loaded = exc.loaded
+                log.error("cache snapshot damaged: started with the entries before the damage", error=str(exc),
+                          keys=loaded)
             if loaded:
                 log.info("cache snapshot loaded", keys=loaded)
         tokens = self.node.service(TokenService) if self.node.has(TokenService) else None

@@ -46,6 +46,7 @@ class Plan(NamedTuple):
     merge: Merge | None = None
     simple: bool = False  # the reply is a simple string (+OK), not a bulk one
     as_map: bool = False  # HGETALL: a map for RESP3 clients
+    sees_errors: bool = False  # ``merge`` gets failed calls too (MGET answers nil for a key of another type)
 
 
 class NamespaceRouter:
@@ -132,7 +133,7 @@ class ProxyServer(CacheServer):
         plans.clear()
 
     def _merge(self, session: Session, plan: Plan, part: list[Any]) -> bytes:
-        failed = next((r for r in part if isinstance(r, Exception)), None)
+        failed = None if plan.sees_errors else next((r for r in part if isinstance(r, Exception)), None)
         if failed is not None:
             return error_reply(failed)
         if plan.merge is None:
@@ -168,7 +169,8 @@ class ProxyServer(CacheServer):
             return Plan([Call(args[1], args, access)], None, simple, name == b"hgetall")  # type: ignore[arg-type]
         keys = args[1:]
         if name == b"mget":
-            return Plan([Call(k, (b"GET", k), "read") for k in keys], lambda r: encode(session, r))
+            return Plan([Call(k, (b"GET", k), "read") for k in keys], lambda r: _mget_reply(session, r),
+                        sees_errors=True)
         if name in (b"del", b"unlink"):
             return Plan([Call(k, (name.upper(), k), "delete") for k in keys], lambda r: Reply.integer(sum(r)))
         if name == b"exists":
@@ -230,6 +232,14 @@ def _by_backend(plans: dict[int, tuple[DistributedBackend, Plan]]) -> dict[Distr
         if plan.calls:
             grouped.setdefault(backend, []).append(i)
     return grouped
+
+
+def _mget_reply(session: Session, replies: list[Any]) -> bytes:
+    """MGET from per-key GETs: as Redis, a key holding another type is nil; any other failure fails it."""
+    failed = next((r for r in replies if isinstance(r, Exception) and not str(r).startswith("WRONGTYPE")), None)
+    if failed is not None:
+        return error_reply(failed)
+    return encode(session, [None if isinstance(r, Exception) else r for r in replies])
 
 
 def error_reply(exc: BaseException) -> bytes:

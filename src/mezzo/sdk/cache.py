@@ -161,7 +161,7 @@ class CacheClient:
             body["value"] = value
         try:
             await self._client.request("PUT", _path(namespace, key),
-                                       json={k: v for k, v in body.items() if v not in (None, False, [])})
+                                       json={k: v for k, v in body.items() if v is not None and v is not False and v != []})
         except Conflict:
             return False
         finally:
@@ -193,15 +193,17 @@ class CacheClient:
         return int(result["deleted"])
 
     async def keys(self, match: str | None = None, namespace: str = "default") -> list[str]:
-        out: list[str] = []
+        """Every key matching the glob ``match`` (Redis' rules), each once: SCAN pages may repeat a key
+        deleted and written again meanwhile."""
+        out: dict[str, None] = {}
         cursor = 0
         while True:
             page = await self._client.request("GET", f"/v1/cache/{namespace}/keys",
                                               params={"match": match, "cursor": cursor, "count": 1000})
-            out += page["items"]
+            out.update(dict.fromkeys(page["items"]))
             cursor = page["cursor"]
             if not cursor:
-                return out
+                return list(out)
 
     # reports -------------------------------------------------------------------------------
 

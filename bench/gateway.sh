@@ -4,6 +4,8 @@
 # the same connections, in one run.
 #
 #   bench/gateway.sh [duration=10s] [connections=50] [wrk threads=1] [repeats=3]
+#   FLOOR=1 bench/gateway.sh ...   # also the floor: bench/gateway_floor.py, the least a proxy on
+#                                   # uvloop + httptools does per request, in the same run
 #
 # Each measurement runs `repeats` times, nginx and Mezzo alternating, and the best run (by req/s)
 # of each is kept: on a shared 2-core machine that filters out other work better than one run.
@@ -56,6 +58,12 @@ NGINX_MASTER=$!
 MEZZO_DATA_DIR="$WORK/mezzo" MEZZO_API_PORT=$APORT MEZZO_GATEWAY_PORT=$MPORT MEZZO_GATEWAY_TLS_PORT=0 \
   MEZZO_LOG_LEVEL=warning .venv/bin/mezzo run --targets gateway,api >"$WORK/mezzo.log" 2>&1 & PIDS+=($!)
 MEZZO_PID=$!
+FLOOR_PID=""
+if [ "${FLOOR:-0}" = 1 ]; then
+  FPORT=$(free_port)
+  .venv/bin/python bench/gateway_floor.py "$FPORT" "$UPORT" & PIDS+=($!)
+  FLOOR_PID=$!
+fi
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$APORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 cat > "$WORK/routes.yaml" <<YAML
 apiVersion: mezzo.dev/v1
@@ -117,6 +125,7 @@ for _ in $(seq "$REPEATS"); do
   N=$(best nginx "$NGINX_WORKER" "http://127.0.0.1:$NPORT/plain/x")
   M=$(best mezzo "$MEZZO_PID" "http://127.0.0.1:$MPORT/plain/x")
   P=$(best plugins "$MEZZO_PID" -H "apikey: bench-key" "http://127.0.0.1:$MPORT/plugins/x")
+  [ -z "$FLOOR_PID" ] || F=$(best floor "$FLOOR_PID" "http://127.0.0.1:$FPORT/plain/x")
 done
 read -r N_RPS N_P50 N_P99 N_BAD N_CPU <<< "$N"
 read -r M_RPS M_P50 M_P99 M_BAD M_CPU <<< "$M"
@@ -141,6 +150,10 @@ printf '%-44s %10s %10s %10s %8s %10s\n' "" "req/s" "p50 ms" "p99 ms" "non-2xx" 
 printf '%-44s %10s %10s %10s %8s %10s\n' "nginx, plain route" "$N_RPS" "$N_P50" "$N_P99" "$N_BAD" "$N_CPU"
 printf '%-44s %10s %10s %10s %8s %10s\n' "mezzo, plain route" "$M_RPS" "$M_P50" "$M_P99" "$M_BAD" "$M_CPU"
 printf '%-44s %10s %10s %10s %8s %10s\n' "mezzo, key-auth+limit-count+prometheus" "$P_RPS" "$P_P50" "$P_P99" "$P_BAD" "$P_CPU"
+if [ -n "$FLOOR_PID" ]; then
+  read -r F_RPS F_P50 F_P99 F_BAD F_CPU <<< "$F"
+  printf '%-44s %10s %10s %10s %8s %10s\n' "floor: uvloop+httptools passthrough" "$F_RPS" "$F_P50" "$F_P99" "$F_BAD" "$F_CPU"
+fi
 printf '%-44s %10s %10s %10s %8s %10s\n' "nginx, plain, at $RATE req/s" "$NH_RPS" "$NH_P50" "$NH_P99" "$NH_BAD" "$NH_CPU"
 printf '%-44s %10s %10s %10s %8s %10s\n' "mezzo, plain, at $RATE req/s" "$MH_RPS" "$MH_P50" "$MH_P99" "$MH_BAD" "$MH_CPU"
 echo
@@ -148,3 +161,7 @@ echo "plain throughput, mezzo / nginx:                  $(ratio "$M_RPS" "$N_RPS
 echo "plugins throughput, mezzo / nginx plain:          $(ratio "$P_RPS" "$N_RPS")   (target >= 0.5)"
 echo "p99 at half of nginx's peak, mezzo / nginx:       $(ratio "$MH_P99" "$NH_P99")   (target <= 1.5)"
 echo "CPU per request, plain, mezzo / nginx:            $(ratio "$M_CPU" "$N_CPU")   (the proxy process only; robust to other load)"
+if [ -n "$FLOOR_PID" ]; then
+  echo "floor throughput / nginx:                         $(ratio "$F_RPS" "$N_RPS")   (no Python gateway on this stack does better)"
+  echo "CPU per request, floor / nginx:                   $(ratio "$F_CPU" "$N_CPU")"
+fi

@@ -380,10 +380,14 @@ class MessagingService:
             due = [kv for kv in page.items if int(kv.key[len(DELAYED):].split("/", 1)[0]) <= now_ms]
             for kv in due:
                 try:
-                    await self._release_delayed(kv.key, kv.value, now_ms)
+                    parsed = _parse_delayed(kv.key, kv.value)
                 except (ValueError, KeyError, TypeError):  # malformed: it could never be released
                     log.exception("malformed delayed message dropped", key=kv.key)
-                # any other error (say, the disk) propagates: the loop restarts after a pause and retries
+                    parsed = None
+                if parsed is not None:
+                    # any error of the release (the broker, the disk) propagates: the loop restarts after
+                    # a pause and tries again; an acknowledged message is never dropped for it
+                    await self._release_delayed(*parsed, now_ms)
                 await self.store.txn([Delete(kv.key)])
             if due:
                 continue
@@ -395,12 +399,8 @@ class MessagingService:
                 async with asyncio.timeout(wait):
                     await self._scheduler_wake.wait()
 
-    async def _release_delayed(self, key: str, value: bytes, now_ms: int) -> None:
-        _, ref_and_id = key[len(DELAYED):].split("/", 1)
-        namespace, topic, _ = ref_and_id.split("/", 2)
-        item = orjson.loads(value)
-        payload = base64.b64decode(item["payload"])
-        env = Envelope.decode(payload)
+    async def _release_delayed(self, namespace: str, topic: str, item: dict[str, Any], payload: bytes,
+                               env: Envelope, now_ms: int) -> None:
         try:
             spec = await self.topic_spec(namespace, topic, None)
         except TopicNotFound:
@@ -632,3 +632,13 @@ def to_message(topic: str, d: Delivery, meta: dict[str, Any] | None = None) -> D
 
 
 __all__ = ["MessagingService", "Name", "Position", "PublishMessage", "PublishResult", "TopicNotFound"]
+
+
+def _parse_delayed(key: str, value: bytes) -> tuple[str, str, dict[str, Any], bytes, Envelope]:
+    """A stored delayed message: (namespace, topic, the stored item, its payload, its envelope);
+    raises ValueError, KeyError or TypeError when it is malformed."""
+    _, ref_and_id = key[len(DELAYED):].split("/", 1)
+    namespace, topic, _ = ref_and_id.split("/", 2)
+    item = orjson.loads(value)
+    payload = base64.b64decode(item["payload"])
+    return namespace, topic, item, payload, Envelope.decode(payload)

@@ -62,3 +62,28 @@ async def test_fsync_policy_reaches_publishes_and_acks(tmp_path: Path, monkeypat
         assert (len(calls) > after_publish) == fsyncs  # the ack's journal entry too
     finally:
         await node.node.stop()
+
+
+async def test_a_delayed_message_the_broker_refuses_once_is_released_later_not_dropped(tmp_path: Path) -> None:
+    """The scheduler dropped a due delayed message on any ValueError, the broker's own included (taken
+    for a malformed record): an acknowledged message lost to one refused publish. Now only a record
+    that does not parse is dropped; a failed release is tried again."""
+    running = await start_node(tmp_path / "data", targets=["messaging", "api"])
+    try:
+        svc = running.node.service(MessagingService)
+        publish, refused = svc.broker.publish, []
+
+        async def refuse_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if not refused:
+                refused.append(args)
+                raise ValueError("the broker refused it this time")
+            return await publish(*args, **kwargs)
+
+        svc.broker.publish = refuse_once  # type: ignore[method-assign]
+        async with running.client() as client:
+            await client.messaging.publish("timers", "due soon", delay="50ms")
+            async with client.messaging.subscribe("timers", "g") as sub:
+                got = await drain(sub, 1, timeout=20)
+        assert refused and [m.data for m in got] == ["due soon"]
+    finally:
+        await running.node.stop()

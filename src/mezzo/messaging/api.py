@@ -29,11 +29,11 @@ from mezzo.messaging.compat.cloudevents import (
 )
 from mezzo.messaging.half import HalfMessages, PrepareOptions, TransactionNotFound
 from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMessage, TopicNotFound
+from mezzo.messaging.tracecontext import carry_trace, trace_context
 from mezzo.node.auth import Principal, TokenService, Verb
 from mezzo.node.auth_module import Caller, authenticate, bearer_token, principal_of, require
 from mezzo.node.errors import Problem, bad_request, not_found, revoked_event
 from mezzo.resources.types import NAME_PATTERN, Duration, parse_duration
-from mezzo.telemetry.propagation import extract_context, inject_attributes
 
 log = structlog.get_logger("mezzo.messaging")
 router = APIRouter(prefix="/v1/topics", tags=["messaging"])
@@ -188,25 +188,6 @@ def parse_frames(body: bytes) -> list[tuple[PublishMessage | None, bytes]]:
     if not out:
         raise bad_request("no messages to publish", field="body")
     return out
-
-
-def trace_context(request: Request) -> dict[str, str]:
-    """What messages carry of the publisher's trace: this request's span when Mezzo traces itself, else its headers."""
-    current: dict[str, str] = {}
-    inject_attributes(current)
-    if not current and request.headers.get("traceparent"):
-        current = {h: request.headers[h] for h in ("traceparent", "tracestate") if h in request.headers}
-    elif not current:  # a B3 (Zipkin) caller: its context goes on as traceparent
-        inject_attributes(current, extract_context(request.headers))
-    return current
-
-
-def carry_trace(request: Request, messages: list[PublishMessage]) -> None:
-    """Messages continue the publisher's trace (``trace_context``) unless they set those attributes."""
-    current = trace_context(request)
-    for message in messages:
-        for name, value in current.items():
-            message.attributes.setdefault(name, value)
 
 
 def _json(body: bytes) -> Any:

@@ -22,9 +22,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from mezzo.jsonutil import loads
-from mezzo.messaging.api import carry_trace
 from mezzo.messaging.compat.cloudevents import STRUCTURED, CloudEventError, from_structured
 from mezzo.messaging.service import MessagingService, PublishMessage
+from mezzo.messaging.tracecontext import carry_trace
 from mezzo.node.auth import Verb
 from mezzo.node.auth_module import Caller
 from mezzo.resources.types import NAME_PATTERN

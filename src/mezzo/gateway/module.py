@@ -115,10 +115,9 @@ class GatewayModule(Module):
         return view
 
     def _handler(self, kind: str):  # type: ignore[no-untyped-def]
-        def handle(event: str, resource: Resource) -> None:
-            from mezzo.resources.kinds import KindSpec  # noqa: F401  (kept for type readers)
+        spec_model = next(k.spec for k in KINDS if k.kind == kind)
 
-            spec_model = next(k.spec for k in KINDS if k.kind == kind)
+        def handle(event: str, resource: Resource) -> None:
             try:  # secrets sealed at rest are opened here, for the data plane only
                 spec = None if event == "DELETED" else spec_model.model_validate(self.resources.unsealed(resource))
             except UnsealError as exc:  # sealed with keys this node does not have, or moved: fail closed

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 import structlog
 
-from mezzo.gateway.http import Reply, Request, forwarded_lines, problem
+from mezzo.gateway.http import NOT_FORWARDED, NoCallbacks, Reply, Request, forwarded_lines, problem
 
 if TYPE_CHECKING:
     from mezzo.gateway.proxy import Exchange
@@ -35,6 +36,11 @@ BUFFER_BODY = 1024 * 1024
 HIGH_WATER = 1024 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 TICK = 0.1  # how often the gateway checks clients' and upstreams' clocks
+# the header lines the express lane looks at: Host and a plain Connection it handles, any other
+# sends the request the general way (llhttp allows no space before the colon)
+SPECIAL = re.compile(rb"\r\n(" + b"|".join(sorted(NOT_FORWARDED)) + rb"):[ \t]*([^\r]*)", re.IGNORECASE)
+SPECIAL_NAMES = re.compile(rb"\r\n(?:" + b"|".join(sorted(NOT_FORWARDED)) + rb"):")  # in a lowercase head
+HOST_ONLY = [b"\r\nhost:"]
 
 
 class Limits:
@@ -71,6 +77,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self.checker = httptools.HttpRequestParser(NoCallbacks())  # the express lane's
         self.client_ip = ""
         self.forwarded = b""
         self.closed = False
@@ -119,6 +126,15 @@ class ClientConnection(asyncio.Protocol):
         self._arm(self.limits.header_timeout, 408)
 
     def data_received(self, data: bytes) -> None:
+        if not self._busy and not self._parsing and self.tunnel is None and not self.broken \
+                and len(data) <= self.limits.max_header_bytes and data.find(b"\r\n\r\n") == len(data) - 4:
+            request = self._express(data)
+            if request is not None:
+                self.deadline = 0.0
+                self._current, self._stream = request, None
+                self._busy = True
+                self._run(request, None)
+                return
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
@@ -132,6 +148,64 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             reply, self._reject = self._reject, None  # a callback's own verdict (httptools wraps its exception)
             self._fail(reply or problem(400, f"malformed request: {exc}"))
+
+    def _express(self, data: bytes) -> Request | None:
+        """The express lane: ``data`` is one whole request head with no body (nothing else came) and
+        no header the proxy must rewrite but Host and a plain Connection. llhttp checks its syntax
+        without a Python call per header; the lines are kept raw (``Request.headers`` splits them if
+        asked) and go upstream as they came. None: take the general way (the parser's callbacks),
+        which also makes every refusal."""
+        line_end = data.find(b"\r\n")
+        version = data[line_end - 9:line_end]
+        if version == b" HTTP/1.1":
+            http_version, keep = "1.1", True
+        elif version == b" HTTP/1.0":
+            http_version, keep = "1.0", False
+        else:
+            return None
+        lower = data.lower()
+        found = SPECIAL_NAMES.findall(lower, line_end)
+        end = len(data) - 4
+        if found == HOST_ONLY:  # the common case, in C calls only
+            at = lower.find(b"\r\nhost:", line_end)
+            stop = data.find(b"\r\n", at + 7)
+            host = data[at + 7:stop].lstrip(b" \t")
+            forward = data[line_end:at] + data[stop:end]
+        else:
+            host = None
+            forward = b""
+            at = line_end
+            for match in SPECIAL.finditer(data, line_end):
+                name = match.group(1).lower()
+                if name == b"host" and host is None:
+                    host = match.group(2)
+                elif name == b"connection" and found.count(b"\r\nconnection:") == 1:
+                    token = match.group(2).rstrip(b" \t").lower()
+                    if token == b"close":
+                        keep = False
+                    elif token == b"keep-alive":
+                        keep = True
+                    else:
+                        return None  # it names headers to drop
+                else:
+                    return None
+                start, stop = match.span()
+                forward += data[at:start]
+                at = stop
+            if host is None and http_version == "1.1":
+                return None  # refused the general way
+            forward += data[at:end]
+        space = data.find(b" ")
+        if data[:space] == b"CONNECT":
+            return None
+        try:
+            self.checker.feed_data(data)
+        except httptools.HttpParserError:
+            self.checker = httptools.HttpRequestParser(NoCallbacks())
+            return None  # the general way refuses it (400)
+        return Request(data[:space].decode("latin-1"), data[space + 1:line_end - 9], None, self.client_ip,
+                       http_version, keep, data[line_end:-2], forward,
+                       "" if host is None else host.decode("latin-1"), self.scheme, self.forwarded, b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -328,7 +402,8 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed and self.tunnel is None:
             self.transport.resume_reading()
             if not self._parsing:
-                self._arm(self.limits.keepalive_timeout, None)
+                self.deadline = self.loop.time() + self.limits.keepalive_timeout  # as _arm(..., None)
+                self._deadline_status = None
             elif self._current is None:
                 self._arm(self.limits.header_timeout, 408)
             else:

@@ -19,6 +19,12 @@ REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
+class NoCallbacks:
+    """The protocol of an httptools parser that only checks syntax (llhttp calls nothing in Python)."""
+
+    __slots__ = ()
+
+
 class Request:
     """One request as the client sent it; plugins may rewrite ``path``, ``query`` and ``headers``."""
 
@@ -26,13 +32,16 @@ class Request:
         "_args",
         "_cookies",
         "_decoded",
+        "_forward",
+        "_headers",
+        "_lower",
         "_query",
+        "_raw",
         "body",
         "chunked",
         "client_ip",
         "content_length",
         "forwarded",
-        "headers",
         "host",
         "http_version",
         "keep_alive",
@@ -45,60 +54,103 @@ class Request:
         "upgrade",
     )
 
-    def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], client_ip: str,
-                 http_version: str, keep_alive: bool) -> None:
-        raw, _, query = target.partition(b"?")
-        self.raw_target: bytes | None = target  # forwarded as is while path and query are unchanged
+    def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]] | None, client_ip: str,
+                 http_version: str, keep_alive: bool, lines: bytes | None = None, forward: bytes | None = None,
+                 host: str = "", scheme: str = "http", forwarded: bytes | None = None,
+                 body: bytes | None = None) -> None:
+        # (``_args``, ``_cookies`` and ``_lower`` are left unset until first asked for)
         self.method = method
-        self.raw_path = raw.decode("latin-1")  # as sent: forwarded unchanged unless a plugin rewrites the path
-        if b"%" in raw:
-            self.path = unquote(self.raw_path)
+        self.raw_target: bytes | None = target  # forwarded as is while path and query are unchanged
+        mark = target.find(b"?")
+        if mark < 0:
+            path = target.decode("latin-1")
+            self.query = self._query = ""
         else:
-            self.path = self.raw_path
-        if self.path.startswith("/") and ("/." in self.path or "//" in self.path):
+            path = target[:mark].decode("latin-1")
+            self.query = self._query = target[mark + 1:].decode("latin-1")
+        self.raw_path = path  # as sent: forwarded unchanged unless a plugin rewrites the path
+        if "%" in path:
+            path = unquote(path)
+        if ("/." in path or "//" in path) and path.startswith("/"):
             # "/a/../b" and "//b" must not miss a route for "/b/*": match and forward "/b"
-            normal = remove_dot_segments(self.path)
-            if normal != self.path:
-                self.path = normal
+            normal = remove_dot_segments(path)
+            if normal != path:
+                path = normal
                 self.raw_path = quote(normal, safe=PATH_SAFE)
                 self.raw_target = None
-        self._decoded = self.path
-        self.query = self._query = query.decode("latin-1")
-        self.scheme = "http"
-        self.forwarded: bytes | None = None  # the client connection's X-Forwarded-* lines, made once
-        self.headers = headers  # (lowercase name, value), in order
+        self.path = self._decoded = path
+        self.scheme = scheme
+        self.forwarded = forwarded  # the client connection's X-Forwarded-* lines, made once
+        # the headers as (lowercase name, value) pairs in order, or, from the client's express lane
+        # (see ClientConnection._express), the raw header lines they are made of when first asked for
+        self._headers = headers
+        self._raw = lines  # "\r\nName: value" lines, then "\r\n"; llhttp has checked them
+        self._forward = forward  # _raw's lines minus host and connection: sent upstream as they are
         self.client_ip = client_ip
         self.http_version = http_version
         self.keep_alive = keep_alive
-        self.body: bytes | None = None  # the whole body when buffered
+        self.body = body  # the whole body when buffered
         self.upgrade = False
         self.content_length: int | None = None
         self.chunked = False
-        self.host = ""
-        self._args: dict[str, str] | None = None
-        self._cookies: dict[str, str] | None = None
+        self.host = host
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers = self._headers
+        if headers is None:
+            # the list may be changed in place by whoever asked: the raw lines are not forwarded any more
+            headers = self._headers = split_lines(self._raw or b"")
+            self._forward = None
+        return headers
+
+    @headers.setter
+    def headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self._headers = headers
+        self._forward = None
 
     def header(self, name: bytes) -> str | None:
-        for key, value in self.headers:
+        """The first value of header ``name`` (lowercase), as the client sent it."""
+        if self._headers is None:
+            raw = self._raw or b"\r\n"
+            lower = getattr(self, "_lower", None)
+            if lower is None:
+                lower = self._lower = raw.lower()
+            at = lower.find(b"\r\n" + name + b":")
+            if at < 0:
+                return None
+            start = at + len(name) + 3
+            return raw[start:raw.find(b"\r\n", start)].lstrip(b" \t").decode("latin-1")
+        for key, value in self._headers:
             if key == name:
                 return value.decode("latin-1")
         return None
 
     def set_header(self, name: bytes, value: str | None) -> None:
-        self.headers = [(k, v) for k, v in self.headers if k != name]
+        if self._forward is not None and self._headers is None and name not in NOT_FORWARDED \
+                and self.header(name) is None:  # a new header on raw lines: added to them
+            if value is not None:
+                line = b"%s: %s" % (name, value.encode("latin-1"))
+                self._raw = (self._raw or b"\r\n") + line + b"\r\n"
+                self._forward += b"\r\n" + line
+                self._lower = None
+            return
+        self.headers = [(k, v) for k, v in self.headers if k != name]  # the setter: no raw forwarding
         if value is not None:
             self.headers.append((name, value.encode("latin-1")))
 
     @property
     def args(self) -> dict[str, str]:
-        if self._args is None:
-            self._args = dict(parse_qsl(self.query, keep_blank_values=True))
-        return self._args
+        args = getattr(self, "_args", None)  # unset, or None after a plugin changed the query
+        if args is None:
+            args = self._args = dict(parse_qsl(self.query, keep_blank_values=True))
+        return args
 
     @property
     def cookies(self) -> dict[str, str]:
-        if self._cookies is None:
-            jar: dict[str, str] = {}
+        jar: dict[str, str] | None = getattr(self, "_cookies", None)
+        if jar is None:
+            jar = {}
             for name, value in self.headers:
                 if name == b"cookie":
                     for part in value.decode("latin-1").split(";"):
@@ -106,7 +158,7 @@ class Request:
                         if sep:
                             jar.setdefault(key, val)
             self._cookies = jar
-        return self._cookies
+        return jar
 
     @property
     def target(self) -> str:
@@ -114,6 +166,17 @@ class Request:
         path = self.raw_path if self.path is self._decoded or self.path == self._decoded \
             else quote(self.path, safe=PATH_SAFE)
         return f"{path}?{self.query}" if self.query else path
+
+
+def split_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """(lowercase name, value) pairs of raw header lines ("\r\nName: value" each), valued as llhttp
+    gives them: leading whitespace dropped, trailing kept."""
+    pairs = []
+    for line in raw.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            pairs.append((name.lower(), value.lstrip(b" \t")))
+    return pairs
 
 
 def drop_argument(query: str, name: str) -> str:
@@ -187,6 +250,15 @@ def upstream_head(request: Request, host: str, body_length: int | None, chunked:
     target = request.raw_target
     if target is None or request.path is not request._decoded or request.query is not request._query:
         target = request.target.encode("latin-1")
+    forward = request._forward
+    if forward is not None and not extra and not chunked and request.forwarded is not None:
+        # the express lane's request (no hop-by-hop or X-Forwarded-* header, no upgrade, headers
+        # untouched): its own lines go up as they came; the same bytes as the general way below
+        return b"%s %s HTTP/1.1\r\nhost: %s%s\r\n%s%s%s\r\n" % (
+            request.method.encode(), target, host.encode("latin-1"), forward, request.forwarded,
+            b"x-forwarded-host: %s\r\n" % request.host.encode("latin-1") if request.host else b"",
+            b"content-length: %d\r\n" % body_length
+            if body_length is not None and (body_length or request.method in ("POST", "PUT", "PATCH")) else b"")
     parts = [request.method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host.encode("latin-1"), b"\r\n"]
     forwarded_for = None
     connection_tokens: list[bytes] | None = None

@@ -31,6 +31,7 @@ NO_BODY_STATUS = frozenset({204, 304})
 DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection", b"trailer",
                            b"upgrade", b"te"})
 STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in REASONS.items()}
+KEEP_LINES = (b"connection: close\r\n\r\n", b"connection: keep-alive\r\n\r\n")
 # the lines of a raw response head the proxy does not pass on (each with the CRLF before it)
 HOP_LINES = re.compile(rb"\r\n(?:connection|keep-alive|transfer-encoding|proxy-connection|trailer|upgrade|te)"
                        rb"[ \t]*:[^\r]*", re.IGNORECASE)
@@ -211,6 +212,21 @@ class Exchange:
         out = [(STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status)[:-2], lines, b"\r\n"]
         self._end_head(out, CONTENT_LENGTH.search(lines) is not None, status)
 
+    def on_whole(self, status: int, lines: bytes, body: bytes) -> None:
+        """The express way (a lean route): the whole response in one read, framed by its length,
+        its head's lines without the hop-by-hop ones; answered in one write, as ``on_head_raw``,
+        ``on_body`` and ``on_end`` would in three calls."""
+        ctx = self.ctx
+        self.status = ctx.status = status
+        ctx.bytes_sent += len(body)
+        extra = ctx.response_headers
+        self.client.write(b"%s%s\r\n%s%s%s" % (
+            (STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status)[:-2], lines,
+            b"".join(b"%s: %s\r\n" % header for header in extra) if extra else b"",
+            KEEP_LINES[ctx.request.keep_alive], body))
+        self.head_sent = True
+        self._settle(None)
+
     def flush(self) -> None:
         """The upstream's read is consumed: send a head still waiting for its body."""
         if self.pending is not None:
@@ -342,6 +358,10 @@ class GuardedExchange(Exchange):
     def on_head_raw(self, status: int, head: bytes, conn: UpstreamConnection) -> None:
         self._headed(status)
         super().on_head_raw(status, head, conn)
+
+    def on_whole(self, status: int, lines: bytes, body: bytes) -> None:
+        self._headed(status)
+        super().on_whole(status, lines, body)
 
     def _settle(self, exc: BaseException | None) -> None:
         if self.timer is not None:
@@ -506,12 +526,14 @@ def start_fast(client: ClientConnection, ctx: Ctx, balancer: Balancer) -> tuple[
     if balancer.policy is not None:
         return False, None  # a Resiliency policy's breaker, timeout and back-off live in ``proxy``
     request = ctx.request
-    hash_key = ctx.hash_key
-    if hash_key is None and balancer.ring is not None:
-        hash_key = ctx.hash_key = balancer.key_for(ctx)
-    node = balancer.pick(hash_key, None)
+    node = balancer.only
     if node is None:
-        return False, None
+        hash_key = ctx.hash_key
+        if hash_key is None and balancer.ring is not None:
+            hash_key = ctx.hash_key = balancer.key_for(ctx)
+        node = balancer.pick(hash_key, None)
+        if node is None:
+            return False, None
     conn = node.take()
     if conn is None:
         node.active += 1
@@ -540,9 +562,13 @@ def _fast_done(exchange: Exchange, exc: BaseException | None) -> None:
     gateway = client.gateway
     if exc is None:
         now = time.monotonic()
-        balancer.report(node, exchange.status not in balancer.bad_statuses, now - exchange.started)
+        if balancer.tracks:
+            balancer.report(node, exchange.status not in balancer.bad_statuses, now - exchange.started)
         node.release(conn, now)
-        gateway.complete(client, ctx, not exchange.close_after)
+        if ctx.route.chain.log:
+            gateway.complete(client, ctx, not exchange.close_after)
+        else:
+            client.finished(not exchange.close_after)  # no log phase to run
     elif isinstance(exc, ClientAbort):
         gateway.complete(client, ctx, _client_ended(client, ctx, exc, exchange))
     elif isinstance(exc, PluginFailure):
@@ -638,5 +664,6 @@ class _TunnelSink:
 
     def on_head(self, *args: Any) -> None: ...
     def on_head_raw(self, *args: Any) -> None: ...
+    def on_whole(self, *args: Any) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...

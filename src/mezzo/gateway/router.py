@@ -37,6 +37,7 @@ class CompiledRoute:
     body_filters: tuple[Any, ...] = ()  # plugins' body_filter(ctx, chunk, last) methods, set by the runtime
     async_chain: bool = False  # some rewrite or access phase is a coroutine (set by the runtime)
     lean: bool = True  # no plugin reads the response's headers or body (set by the runtime)
+    direct: bool = False  # published, an upstream, no rewrite or access phase: proxied at once (set by the runtime)
     meta: dict[str, Any] = field(default_factory=dict)
 
 

@@ -177,6 +177,8 @@ class Gateway:
             route.lean = not route.chain.header_filter and not route.body_filters
             route.async_chain = any(is_async for _, is_async in (*route.chain.rewrite, *route.chain.access))
             route.upstream = upstream
+            route.direct = upstream is not None and spec.status == "published" and not route.async_chain \
+                and not route.chain.rewrite and not route.chain.access
             routes.append(route)
         for key in list(self._plugins):
             if key not in used:
@@ -283,16 +285,18 @@ class Gateway:
         Synchronous as far as it can go: sync plugins, then a pooled upstream connection, take no task;
         an async plugin, a new upstream connection or a streamed body continue in one. Every way
         ends in ``complete``, which tells the client connection."""
-        ctx = Ctx(request, self, time.monotonic())
         found = self.snapshot.router.match(request)
         if found is None:
-            ctx.status = 404
             client.answer(problem(404, f"no route matches {request.method} {request.path}"), request)
             client.finished(not request.upgrade)
             return
-        route, ctx.params = found
-        ctx.route = route
-        ctx.upstream = route.upstream
+        route = found[0]
+        ctx = Ctx(request, self, time.monotonic(), route, found[1])
+        if route.direct and stream is None and not request.upgrade:  # the common case, in fewest steps
+            started, first = start_fast(client, ctx, route.upstream)
+            if not started:
+                self.resume(client, ctx, proxy(client, ctx, route.upstream, None, first=first))
+            return
         status = route.spec.status
         if status != "published":
             if status != "deprecated":

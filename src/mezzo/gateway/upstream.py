@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import httptools
 import structlog
 
+from mezzo.gateway.http import NoCallbacks
 from mezzo.gateway.model import PassiveCheck, UpstreamSpec
 from mezzo.resilience.policies import ResiliencePolicy
 
@@ -34,6 +35,12 @@ log = structlog.get_logger("mezzo.gateway")
 IDLE_TIMEOUT = 60.0  # an idle pooled connection is closed after this (checked by the gateway's sweep)
 # a body framed by the upstream: else it runs until the upstream closes
 FRAMED = re.compile(rb"\r\n(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
+# the header lines of a response head (in lowercase) the express way looks at
+WHOLE_NAMES = re.compile(rb"\r\n(?:content-length|connection|keep-alive|transfer-encoding|proxy-connection"
+                         rb"|trailer|upgrade|te):")
+CONTENT_LENGTH_ONLY = [b"\r\ncontent-length:"]
+WITH_CONNECTION = ([b"\r\ncontent-length:", b"\r\nconnection:"], [b"\r\nconnection:", b"\r\ncontent-length:"])
+HTTP_VERSIONS = (b"HTTP/1.1 ", b"HTTP/1.0 ")
 
 
 class Sink(Protocol):
@@ -41,6 +48,7 @@ class Sink(Protocol):
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]], conn: UpstreamConnection) -> None: ...
     def on_head_raw(self, status: int, head: bytes, conn: UpstreamConnection) -> None: ...
+    def on_whole(self, status: int, lines: bytes, body: bytes) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...
     def on_error(self, exc: BaseException) -> None: ...
@@ -53,7 +61,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_writable",
+        "checker",
         "closed",
+        "express",
         "full_parser",
         "head_only",
         "headers",
@@ -84,6 +94,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = self.full_parser = httptools.HttpResponseParser(self)
         self.lean_parser: httptools.HttpResponseParser | None = None  # made when first needed
         self.lean = False  # the current response is read by the lean parser
+        self.express = False  # the current response may be taken whole from its first read (see _whole)
+        self.checker: httptools.HttpResponseParser | None = None  # the express way's syntax check
         self.raw: bytes | None = None  # lean: the response's bytes until its head is complete
         self.sink: Sink | None = None
         self.closed = False
@@ -112,6 +124,10 @@ class UpstreamConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if self.express:
+            self.express = False
+            if self._whole(data):
+                return
         if self.tunnel:
             self._tunnel_data(data)
             return
@@ -136,6 +152,61 @@ class UpstreamConnection(asyncio.Protocol):
                 self.parser = self.lean_parser = self._new_lean_parser()
             else:
                 self.parser = self.full_parser = httptools.HttpResponseParser(self)
+
+    def _whole(self, data: bytes) -> bool:
+        """The express way for a lean exchange: when the first read is the whole response, framed by
+        one content-length, with no hop-by-hop header but a plain Connection (and Keep-Alive), it
+        goes to the sink in one call: llhttp checks its syntax without a Python callback, the head's
+        lines are passed on as they came. False: nothing was done, read it the usual way."""
+        head_end = data.find(b"\r\n\r\n")
+        code = data[9:12]
+        if head_end < 0 or data[12:13] != b" " or data[:9] not in HTTP_VERSIONS or not code.isdigit():
+            return False
+        status = int(code)
+        if status < 200 or status in (204, 304):
+            return False
+        line_end = data.find(b"\r\n")
+        lower = data[:head_end + 2].lower()
+        found = WHOLE_NAMES.findall(lower, line_end)
+        keep = data[7] == 49  # "1": HTTP/1.1 keeps the connection unless told otherwise
+        at = lower.find(b"\r\ncontent-length:", line_end)
+        if at < 0:
+            return False
+        stop = lower.find(b"\r\n", at + 17)
+        value = lower[at + 17:stop].strip(b" \t")
+        if not value.isdigit() or head_end + 4 + int(value) != len(data):
+            return False
+        if found == CONTENT_LENGTH_ONLY:
+            lines = data[line_end:head_end]
+        elif found == WITH_CONNECTION[0] or found == WITH_CONNECTION[1]:
+            at = lower.find(b"\r\nconnection:", line_end)
+            stop = lower.find(b"\r\n", at + 13)
+            token = lower[at + 13:stop].strip(b" \t")
+            if token == b"keep-alive":
+                keep = True
+            elif token == b"close":
+                keep = False
+            else:
+                return False  # it names headers to drop
+            lines = data[line_end:at] + data[stop:head_end]
+        else:
+            return False  # another hop-by-hop header: the usual way drops it
+        checker = self.checker
+        if checker is None:
+            checker = self.checker = httptools.HttpResponseParser(NoCallbacks())
+        try:
+            checker.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.checker = None
+            self._fail(exc)
+            return True
+        self.response_started = True
+        self.keep_alive = keep
+        self.raw = None
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_whole(status, lines, data[head_end + 4:])
+        return True
 
     def _new_lean_parser(self) -> httptools.HttpResponseParser:
         # httptools looks its callbacks up once, by name: this object has every one but on_header
@@ -275,6 +346,7 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self.parser = self.full_parser
         self.raw = b"" if lean else None
+        self.express = lean and not head_only
         transport = self.transport
         assert transport is not None
         if body:
@@ -461,6 +533,8 @@ class Balancer:
         self.policy = policy if policy is not None and not policy.is_noop else None
         self.short_name = name.split("/", 1)[-1]  # without the namespace, for metric labels
         self.ring = HashRing(nodes) if spec.load_balancer == "chash" else None
+        # the node every pick returns, when there is one choice whatever the health (see pick)
+        self.only = nodes[0] if len(nodes) == 1 and self.ring is None and nodes[0].weight > 0 else None
         self._pick = {"roundrobin": pick_roundrobin, "least_conn": pick_least_conn, "ewma": pick_ewma,
                       "chash": pick_roundrobin}[spec.load_balancer]
         self.hash_on = spec.hash_on.on
@@ -468,6 +542,8 @@ class Balancer:
         self.hash_header = self.hash_name.encode("latin-1")
         passive = spec.health_check.passive
         self.bad_statuses = frozenset(passive.statuses) if passive is not None else frozenset()
+        # whether an exchange's outcome matters to anyone: the passive check, or ewma's latencies
+        self.tracks = passive is not None or spec.load_balancer == "ewma"
         # what the policy's breaker counts as a failed answer: the passive check's statuses (its
         # defaults when that check is off)
         self.failed_statuses = frozenset((passive or PassiveCheck()).statuses)

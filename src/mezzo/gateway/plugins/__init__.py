@@ -57,13 +57,14 @@ class Ctx:
         "vars",
     )
 
-    def __init__(self, request: Request, runtime: Any, started: float) -> None:
+    def __init__(self, request: Request, runtime: Any, started: float, route: Any = None,
+                 params: dict[str, str] | None = None) -> None:
         self.request = request
-        self.route: Any = None
-        self.params: dict[str, str] = {}
+        self.route: Any = route
+        self.params: dict[str, str] = {} if params is None else params
         self.consumer: Any = None  # the Consumer resource's compiled form, once authenticated
         self.vars: dict[str, Any] = {}
-        self.upstream: Any = None  # the Balancer (traffic-split may change it)
+        self.upstream: Any = None if route is None else route.upstream  # the Balancer (traffic-split may change it)
         self.hash_key: str | None = None
         self.started = started
         self.status = 0

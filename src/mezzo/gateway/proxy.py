@@ -133,7 +133,15 @@ class Exchange:
         if self.settled:
             return
         self.settled = True
-        self.client.on_writable = None
+        client = self.client
+        if client.on_writable is not None:
+            # the upstream was paused for a slow client and the response ended in the same read: it
+            # goes back to the pool (or is closed) and must read again, else the next exchange on it
+            # never sees its answer
+            client.on_writable = None
+            transport = self.conn.transport
+            if transport is not None and not self.conn.closed:
+                transport.resume_reading()
         if self.callback is not None:
             self.callback(self, exc)
         elif exc is None:

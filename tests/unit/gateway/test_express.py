@@ -40,8 +40,13 @@ class Transport:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
+    paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
 
     def close(self) -> None:
         self.closed = True
@@ -262,3 +267,23 @@ def test_a_header_set_on_raw_lines_goes_up_as_on_a_list(plane: Plane) -> None:
     assert raw is not None
     raw.set_header(b"x-new", "v")
     assert raw._forward is not None and raw.header(b"x-new") == "v"  # stayed raw
+
+
+def test_an_upstream_paused_for_a_slow_client_reads_again_once_pooled(plane: Plane) -> None:
+    """The body's last bytes fill the client's buffer: the upstream connection was paused for it,
+    then its response ended in the same read and it went back to the pool. It must not stay paused:
+    the next request on it would never see its answer (a keep-alive request after a large download
+    timed out, once in a while)."""
+    def run() -> None:
+        client, transport, conn, upstream = plane._connection()
+        client.data_received(b"GET /big HTTP/1.1\r\nHost: gw\r\n\r\n")
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")  # not whole: the usual way
+        client.pause_writing()  # the client stopped reading; its buffer is full
+        conn.data_received(b"def")  # the rest, and the end of the response
+        assert conn in plane.node.idle and conn.sink is None
+        assert not upstream.paused, "a pooled upstream connection must be reading"
+        client.resume_writing()
+        client.data_received(b"GET /next HTTP/1.1\r\nHost: gw\r\n\r\n")
+        conn.data_received(OK)
+        assert bytes(transport.out).endswith(b"\r\n\r\nok\n") and bytes(transport.out).count(b"HTTP/1.1 200") == 2
+    plane.run(run)

@@ -1,6 +1,7 @@
 """Transactions benchmark: sagas through Mezzo's coordinator on PostgreSQL beside ``pgbench -N``, in one run.
 
-    .venv/bin/python bench/transactions.py [--clients 8] [--seconds 10] [--runs 1] [--floor] [--postgres URL]
+    .venv/bin/python bench/transactions.py [--clients 8] [--seconds 10] [--runs 1] [--floor [raw|uvicorn|both]]
+                                           [--postgres URL]
 
 Mezzo side: ``mezzo run --targets transactions,api`` keeps its transaction log in a database of its
 own on the PostgreSQL server (created here, dropped at the end). Each of ``--clients`` connections
@@ -19,11 +20,19 @@ Each run measures pgbench and Mezzo one right after the other and prints both ra
 a figure a machine shared with other work spoils less than rates do) and the whole machine's busy CPU
 time per transaction; with ``--runs`` > 1 the medians follow.
 
-``--floor`` adds a third measurement to each run: the same sagas against the least a coordinator in
-this stack can do (``floor`` subcommand: a bare ASGI app under uvicorn, as Mezzo's API runs, that per
-saga INSERTs the transaction, POSTs the two branches with aiohttp, UPDATEs it to its end and answers:
-no validation, no auth, no leases, no recovery, no telemetry). It is a bound, not a competitor: what a
-Python coordinator on this machine could reach at best.
+``--floor`` adds measurements to each run: the same sagas against the least a coordinator can do. Each
+floor per saga INSERTs the transaction row, POSTs the two actions one after the other, UPDATEs the row
+to its end and answers: no validation, no auth, no leases, no per-branch records, no compensation, no
+recovery, no telemetry. They are bounds, not competitors:
+
+- ``uvicorn``: the least on Mezzo's own stack (``floor`` subcommand: a bare ASGI app under uvicorn, as
+  Mezzo's API runs, with aiohttp for the branch calls and an asyncpg pool with its default reset query);
+- ``raw``: the least on raw asyncio (``bench/transactions_floor.py``: uvloop, an httptools server and
+  raw keep-alive branch connections parsed by httptools, an asyncpg pool without the reset query);
+  what any Python coordinator on this machine could reach at best.
+
+A bare ``--floor`` measures both (uvicorn first). The floors' rows go in a table ``floor_tx`` of
+Mezzo's database.
 """
 
 from __future__ import annotations
@@ -141,12 +150,19 @@ def serve_floor(port: int, dsn: str, branches: str) -> None:
                 loop="uvloop")
 
 
-def start_floor(dsn: str, branches: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_floor(kind: str, dsn: str, branches: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "floor", "--port", str(port), "--dsn", dsn,
-                                "--branches", branches])
-    wait_listening(process, port, "the floor app")
+    if kind == "raw":
+        command = [sys.executable, str(Path(__file__).with_name("transactions_floor.py")), "--port", str(port),
+                   "--dsn", dsn]
+    else:
+        command = [sys.executable, __file__, "floor", "--port", str(port), "--dsn", dsn, "--branches", branches]
+    process = subprocess.Popen(command)
+    wait_listening(process, port, f"the {kind} floor")
     return process, f"http://127.0.0.1:{port}"
+
+
+FLOORS = {"uvicorn": ("uvicorn",), "raw": ("raw",), "both": ("uvicorn", "raw")}
 
 
 # a minimal HTTP/1.1 client -------------------------------------------------------------------------
@@ -315,7 +331,7 @@ def show(result: Result) -> None:
         extra += f"; server CPU {result.cpu_ms:.2f} ms per saga"
     if result.machine_ms:
         extra += f"; machine CPU {result.machine_ms:.2f} ms per tx"
-    print(f"  {result.name:<12} {result.tps:9.1f} tx/s   p50 {result.p50_ms:7.2f} ms   "
+    print(f"  {result.name:<13} {result.tps:9.1f} tx/s   p50 {result.p50_ms:7.2f} ms   "
           f"p99 {result.p99_ms:7.2f} ms   ({result.count} transactions{extra})")
 
 
@@ -326,9 +342,10 @@ async def bench(args: argparse.Namespace) -> int:
     psql(admin, f"CREATE DATABASE {mezzo_db}")
     psql(admin, f"CREATE DATABASE {pgbench_db}")
     branches_proc, branches = start_branches()
-    node = floor_proc = None
+    node = None
+    floor_procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     rows: list[tuple[Result, Result]] = []
-    floors: list[Result] = []
+    floors: dict[str, list[Result]] = {}
     try:
         pgbench_init(with_database(admin, pgbench_db))
         with tempfile.TemporaryDirectory(prefix="mezzo-txbench-") as tmp:
@@ -336,8 +353,9 @@ async def bench(args: argparse.Namespace) -> int:
             data.mkdir()
             env = {"MEZZO_STORE": with_database(admin, mezzo_db), "MEZZO_LOG_LEVEL": args.log_level}
             node = await asyncio.to_thread(spawn_node, data, env, ("run", "--targets", "transactions,api"))
-            if args.floor:
-                floor_proc, floor_url = start_floor(with_database(admin, mezzo_db), branches)
+            for kind in FLOORS[args.floor] if args.floor else ():
+                floor_procs[kind] = start_floor(kind, with_database(admin, mezzo_db), branches)
+                floors[kind] = []
             print(f"clients {args.clients}, {args.seconds:g} s per side, PostgreSQL {urlsplit(admin).netloc}")
             for run in range(1, args.runs + 1):
                 print(f"run {run}:")
@@ -350,17 +368,17 @@ async def bench(args: argparse.Namespace) -> int:
                 show(mine)
                 print(f"  ratio (saga tx/s / pgbench tps): {mine.tps / peer.tps:.3f}")
                 rows.append((mine, peer))
-                if floor_proc is not None:
+                for kind, (floor_proc, floor_url) in floor_procs.items():
                     floor = await drive_sagas(floor_url, "", branches, args.clients, args.seconds, floor_proc.pid,
-                                              "stack floor")
+                                              f"{kind} floor")
                     show(floor)
-                    print(f"  floor ratio (floor sagas/s / pgbench tps): {floor.tps / peer.tps:.3f}; "
+                    print(f"  {kind} floor ratio (floor sagas/s / pgbench tps): {floor.tps / peer.tps:.3f}; "
                           f"mezzo / floor: {mine.tps / floor.tps:.3f}")
-                    floors.append(floor)
+                    floors[kind].append(floor)
     finally:
         if node is not None:
             stop_process(node)
-        if floor_proc is not None:
+        for floor_proc, _ in floor_procs.values():
             floor_proc.send_signal(signal.SIGTERM)
             floor_proc.wait(10)
         branches_proc.send_signal(signal.SIGTERM)
@@ -378,11 +396,12 @@ async def bench(args: argparse.Namespace) -> int:
               f"ratio {med([m.tps / p.tps for m, p in rows]):.3f}, node CPU {med([m.cpu_ms for m, _ in rows]):.2f} ms "
               f"per saga, machine CPU per tx: saga {med([m.machine_ms for m, _ in rows]):.2f} ms, "
               f"pgbench {med([p.machine_ms for _, p in rows]):.2f} ms")
-        if floors:
-            print(f"  floor: {med([f.tps for f in floors]):.1f} sagas/s, ratio to pgbench "
-                  f"{med([f.tps / p.tps for f, (_, p) in zip(floors, rows, strict=True)]):.3f}, server CPU "
-                  f"{med([f.cpu_ms for f in floors]):.2f} ms, machine CPU {med([f.machine_ms for f in floors]):.2f} ms "
-                  "per saga")
+        for kind, measured in floors.items():
+            print(f"  {kind} floor: {med([f.tps for f in measured]):.1f} sagas/s, ratio to pgbench "
+                  f"{med([f.tps / p.tps for f, (_, p) in zip(measured, rows, strict=True)]):.3f}, mezzo / floor "
+                  f"{med([m.tps / f.tps for f, (m, _) in zip(measured, rows, strict=True)]):.3f}, server CPU "
+                  f"{med([f.cpu_ms for f in measured]):.2f} ms, machine CPU {med([f.machine_ms for f in measured]):.2f}"
+                  " ms per saga")
     return 0 if all(m.errors == 0 for m, _ in rows) else 1
 
 
@@ -395,7 +414,8 @@ def main() -> int:
     floor.add_argument("--port", type=int, required=True)
     floor.add_argument("--dsn", required=True)
     floor.add_argument("--branches", required=True)
-    parser.add_argument("--floor", action="store_true", help="also measure the stack's floor (see above)")
+    parser.add_argument("--floor", nargs="?", const="both", choices=sorted(FLOORS),
+                        help="also measure a floor (see above); alone: both")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--runs", type=int, default=1)

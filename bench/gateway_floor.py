@@ -30,6 +30,10 @@ class Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.client is not None and self.client.transport is not None
+        if self.client.transport.is_closing():  # wrk stopped mid-answer: this connection is done
+            assert self.transport is not None
+            self.transport.close()
+            return
         self.client.transport.write(data)
         self.parser.feed_data(data)
 

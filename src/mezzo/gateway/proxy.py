@@ -230,7 +230,7 @@ class Exchange:
         extra = ctx.response_headers
         self.client.write(b"%s%s\r\n%s%s%s" % (
             (STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status)[:-2], lines,
-            b"".join(b"%s: %s\r\n" % header for header in extra) if extra else b"",
+            b"".join([b"%s: %s\r\n" % header for header in extra]) if extra else b"",
             KEEP_LINES[ctx.request.keep_alive], body))
         self.head_sent = True
         self._settle(None)

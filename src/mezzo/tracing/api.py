@@ -306,7 +306,23 @@ async def zipkin_spans(request: StarletteRequest) -> JSONResponse:
 
 
 async def zipkin_remote_services(request: StarletteRequest) -> JSONResponse:
-    return JSONResponse([])
+    """The services ``serviceName`` calls: the remoteEndpoint.serviceName (peer.service) of its spans,
+    lowercase as Zipkin keeps names; serviceName is required, as in Zipkin (an empty one lists nothing)."""
+    service = request.query_params.get("serviceName")
+    if service is None:
+        return JSONResponse({"error": "serviceName is required"}, status_code=400)
+    names = await _store(request).remote_services(service) if service else []
+    return JSONResponse(sorted({name.lower() for name in names}))
+
+
+async def _peer_as_sent(store: TraceStore, service: str | None, remote: str) -> str:
+    """The peer.service value a remoteServiceName (lowercase, from remoteServices) stands for: spans keep
+    the name as it was sent, e.g. ``AuthTokenCache``."""
+    if service and remote == remote.lower():
+        sent = [name for name in await store.remote_services(service) if name.lower() == remote]
+        if sent and remote not in sent:
+            return sent[0]
+    return remote
 
 
 async def zipkin_traces(request: StarletteRequest) -> JSONResponse:
@@ -322,13 +338,13 @@ async def zipkin_traces(request: StarletteRequest) -> JSONResponse:
             tags[key] = value
         elif key:
             keys.append(key)
+    store = _store(request)
     if q.get("remoteServiceName"):  # Zipkin's remoteEndpoint.serviceName, kept as peer.service
-        tags["peer.service"] = q["remoteServiceName"]
+        tags["peer.service"] = await _peer_as_sent(store, q.get("serviceName"), q["remoteServiceName"])
     query = SpanQuery(service=q.get("serviceName") or None, operation=q.get("spanName") or None, tags=tags, keys=keys,
                       min_duration_us=int(q["minDuration"]) if q.get("minDuration", "").isdigit() else None,
                       max_duration_us=int(q["maxDuration"]) if q.get("maxDuration", "").isdigit() else None,
                       start_us=(end_ms - lookback) * 1000, end_us=end_ms * 1000, limit=_ms(request, "limit", 10))
-    store = _store(request)
     found = await store.traces(await store.find(query))
     return JSONResponse([[zipkin_span(s) for s in spans] for spans in found.values() if spans])
 

@@ -55,7 +55,15 @@ DROP INDEX IF EXISTS spans_operation_start;
 CREATE INDEX IF NOT EXISTS spans_start ON spans (start_us);
 CREATE TABLE IF NOT EXISTS operations (service TEXT, name TEXT, kind INTEGER, PRIMARY KEY (service, name, kind))
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS remote_services (service TEXT, remote TEXT, last_us INTEGER, PRIMARY KEY (service, remote))
+    WITHOUT ROWID;
 """
+UPSERT_REMOTE = ("INSERT INTO remote_services VALUES (?, ?, ?) ON CONFLICT (service, remote) "
+                 "DO UPDATE SET last_us = max(last_us, excluded.last_us)")
+"""remote_services: the services a service calls (Zipkin's remoteServices), kept at write time like
+operations: a few rows per commit, one per (service, peer.service) in it, each with the start of the pair's
+latest span, so retention, which deletes spans by start, deletes a pair with its last span. Spans stored
+before the table existed are not in it."""
 
 
 def encode_rows(spans: list[Span]) -> list[tuple[Any, ...]]:
@@ -110,6 +118,69 @@ def _has_key(attributes: bytes | str | None, events: str | None, key: str) -> bo
     return any(event.get("name") == key for event in orjson.loads(events))
 
 
+_PEER_KEY = b"\n\x0cpeer.service"  # KeyValue.key (field 1, 12 bytes), as encoders write it: first
+
+
+def _varint(buf: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def raw_peer_service(raw: bytes) -> str | None:
+    """The ``peer.service`` attribute of a stored OTLP Span message, read from its bytes when laid out as
+    every encoder writes it (a span attribute, field 9, whose key comes first and whose value is a short
+    string): decoding the whole message costs more than the rest of the insert. Any other layout (an
+    event's attribute of that name, a long or non-string value) is decoded in full."""
+    if b"peer.service" not in raw:  # most spans: one scan of the bytes
+        return None
+    at = raw.find(_PEER_KEY)
+    try:
+        if at >= 2 and raw[at - 2] == 0x4A and raw[at + 14] == 0x12:
+            size, value_at = _varint(raw, at + 15)
+            end = value_at + size
+            if raw[value_at] == 0x0A and raw[at - 1] == end - at:
+                length, text_at = _varint(raw, value_at + 1)
+                if text_at + length == end:
+                    return raw[text_at:end].decode()
+    except (IndexError, UnicodeDecodeError):
+        pass
+    return raw_attribute(raw, "peer.service")
+
+
+def peer_service(span: Span) -> str:
+    """What Zipkin calls the span's remoteEndpoint.serviceName: its ``peer.service`` attribute as text."""
+    if span.raw:
+        return raw_peer_service(span.raw) or ""
+    return attribute_text(span.attributes.get("peer.service")) or ""
+
+
+def remote_pairs(spans: list[Span]) -> dict[tuple[str, str], int]:
+    """(service, peer.service) of the spans that name a peer, each with the latest start."""
+    out: dict[tuple[str, str], int] = {}
+    for span in spans:
+        peer = peer_service(span)
+        if peer and out.get((span.service, peer), -1) < span.start_us:
+            out[(span.service, peer)] = span.start_us
+    return out
+
+
+def merge_pairs(into: dict[tuple[str, str], int], more: dict[tuple[str, str], int]) -> None:
+    for key, start in more.items():
+        if into.get(key, -1) < start:
+            into[key] = start
+
+
+def pair_rows(pairs: dict[tuple[str, str], int]) -> list[tuple[str, str, int]]:
+    """remote_services rows, sorted: writers (and retention) lock them in the same order."""
+    return sorted((service, remote, start) for (service, remote), start in pairs.items())
+
+
 def _verbatim_in_json(key: str) -> bool:
     """Whether orjson writes ``key`` as it is (no escapes), so a text search for it is a fair pre-check."""
     return key.isprintable() and '"' not in key and "\\" not in key
@@ -130,8 +201,10 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-_Write = tuple[list[tuple[Any, ...]], set[tuple[str, str, int]], Callable[[BaseException | None], None]]
-"""What a request hands the writer: its rows, operations not seen before, and how to answer it."""
+_Write = tuple[list[tuple[Any, ...]], set[tuple[str, str, int]], dict[tuple[str, str], int],
+               Callable[[BaseException | None], None]]
+"""What a request hands the writer: its rows, operations not seen before, (service, peer) pairs with their
+latest start, and how to answer it."""
 
 
 class Busy(Exception):
@@ -205,6 +278,7 @@ class TraceStore:
         if not spans:
             return
         rows = encode_rows(spans)  # before the reservation below: an error here must not hold it
+        peers = remote_pairs(spans)
         with self._lock:
             if self.pending + len(spans) > MAX_PENDING:
                 raise Busy(f"{self.pending} spans are waiting to be written")
@@ -223,7 +297,7 @@ class TraceStore:
             loop.call_soon_threadsafe(settle)
 
         ops = {(s.service, s.name, s.kind) for s in spans} - self._known_ops
-        self._queue.put((rows, ops, finished))
+        self._queue.put((rows, ops, peers, finished))
         await done
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
@@ -244,14 +318,20 @@ class TraceStore:
                     break
                 batch.append(nxt)
                 size += len(nxt[0])
-            spans = [row for rows, _, _ in batch for row in rows]
-            ops = set().union(*(new for _, new, _ in batch))
+            spans = [row for rows, _, _, _ in batch for row in rows]
+            ops = set().union(*(new for _, new, _, _ in batch))
+            peers: dict[tuple[str, str], int] = {}
+            for _, _, more, _ in batch:
+                merge_pairs(peers, more)
+            remotes = pair_rows(peers)
             error: BaseException | None = None
             try:
                 conn.execute("BEGIN")
                 insert_rows(conn, spans)
                 if ops:
                     conn.executemany("INSERT OR IGNORE INTO operations VALUES (?, ?, ?)", list(ops))
+                if remotes:
+                    conn.executemany(UPSERT_REMOTE, remotes)
                 conn.execute("COMMIT")
                 self._known_ops = self._known_ops | ops  # a new set: write() reads it from another thread
                 self.written += len(spans)
@@ -263,7 +343,7 @@ class TraceStore:
                         conn.execute("ROLLBACK")
             with self._lock:
                 self.pending -= len(spans)
-            for _, _, finished in batch:
+            for *_, finished in batch:
                 finished(error)
 
     def _checkpoint_loop(self) -> None:
@@ -304,6 +384,11 @@ class TraceStore:
             sql += " AND kind = ?"
             args.append(kind)
         return await self._read(lambda c: [(r[0], r[1]) for r in c.execute(sql + " ORDER BY name", args)])  # type: ignore[no-any-return]
+
+    async def remote_services(self, service: str) -> list[str]:
+        """The peer.service values (Zipkin's remoteEndpoint.serviceName) of the service's spans, as sent."""
+        return await self._read(lambda c: [r[0] for r in c.execute(  # type: ignore[no-any-return]
+            "SELECT remote FROM remote_services WHERE service = ? ORDER BY remote", (service,))])
 
     async def find(self, q: Query) -> list[str]:
         """Trace ids matching the query, newest first (a trace matches when one of its spans does).
@@ -442,15 +527,31 @@ class TraceStore:
         (the file keeps its largest size; what it holds stays under the cap)."""
         cutoff = int((time.time() - max_age_s) * 1_000_000)
 
+        def delete_before(c: sqlite3.Connection, edge: int | None) -> int:
+            """Spans starting before ``edge`` (None: all) and the remote services only they called, in one
+            transaction: a commit of the writer in between would lose its remote services."""
+            where, args = ("", ()) if edge is None else (" WHERE start_us < ?", (edge,))
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                gone = c.execute("DELETE FROM spans" + where, args).rowcount
+                c.execute("DELETE FROM remote_services" + where.replace("start_us", "last_us"), args)
+                c.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    if c.in_transaction:
+                        c.execute("ROLLBACK")
+                raise
+            return gone  # type: ignore[no-any-return]
+
         def drop_oldest(c: sqlite3.Connection, count: int, keep: int) -> int:
             if keep <= 0:
-                return c.execute("DELETE FROM spans").rowcount  # type: ignore[no-any-return]
+                return delete_before(c, None)
             edge = c.execute("SELECT start_us FROM spans ORDER BY start_us LIMIT 1 OFFSET ?",
                              (count - keep,)).fetchone()
-            return c.execute("DELETE FROM spans WHERE start_us < ?", (edge[0],)).rowcount if edge else 0
+            return delete_before(c, edge[0]) if edge else 0
 
         def run(c: sqlite3.Connection) -> int:
-            gone = c.execute("DELETE FROM spans WHERE start_us < ?", (cutoff,)).rowcount
+            gone = delete_before(c, cutoff)
             if max_spans is not None or max_bytes is not None:
                 count = c.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
                 if max_spans is not None and count > max_spans:

@@ -15,7 +15,15 @@ import orjson
 
 from mezzo.storage.postgres import split_schema
 from mezzo.tracing.model import COLUMNS, STATUS_ERROR, Span
-from mezzo.tracing.store import MAX_PENDING, Busy, Query, StoreFailed
+from mezzo.tracing.store import (
+    MAX_PENDING,
+    Busy,
+    Query,
+    StoreFailed,
+    merge_pairs,
+    pair_rows,
+    remote_pairs,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -28,7 +36,16 @@ CREATE INDEX IF NOT EXISTS spans_service_start ON spans (service, start_us);
 CREATE INDEX IF NOT EXISTS spans_operation_start ON spans (service, name, start_us);
 CREATE INDEX IF NOT EXISTS spans_start ON spans (start_us);
 CREATE TABLE IF NOT EXISTS operations (service text, name text, kind smallint, PRIMARY KEY (service, name, kind));
+CREATE TABLE IF NOT EXISTS remote_services (service text, remote text, last_us bigint NOT NULL,
+  PRIMARY KEY (service, remote));
 """
+# as the SQLite store's: one row per (service, peer.service), with the start of its latest span; rows come
+# sorted and retention locks them in that order, so nodes writing and deleting together never deadlock
+UPSERT_REMOTE = ("INSERT INTO remote_services SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
+                 "ORDER BY 1, 2 ON CONFLICT (service, remote) "
+                 "DO UPDATE SET last_us = greatest(remote_services.last_us, excluded.last_us)")
+FORGET_REMOTE = ("DELETE FROM remote_services WHERE (service, remote) IN (SELECT service, remote FROM "
+                 "remote_services WHERE $1::bigint IS NULL OR last_us < $1 ORDER BY 1, 2 FOR UPDATE)")
 SELECT = ("SELECT trace_id, span_id, parent_id, service, name, kind, start_us, duration_us, status, status_message, "
           "attributes::text, resource::text, coalesce(events::text, ''), coalesce(links::text, ''), scope, trace_state "
           "FROM spans")
@@ -62,7 +79,7 @@ class PostgresTraceStore:
         self.pending = 0
         self.written = 0
         self._known_ops: set[tuple[str, str, int]] = set()
-        self._queue: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = []
+        self._queue: list[tuple[list[tuple[Any, ...]], dict[tuple[str, str], int], asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -94,11 +111,12 @@ class PostgresTraceStore:
                  s.duration_us, s.status, _text(s.status_message), _json(s.attributes), _json(s.resource),
                  _json(s.events) if s.events else None, _json(s.links) if s.links else None, _text(s.scope),
                  _text(s.trace_state)) for s in spans]
+        peers = {(_text(service), _text(peer)): start for (service, peer), start in remote_pairs(spans).items()}
         if self.pending + len(spans) > MAX_PENDING:  # reserved after encoding: an error there holds nothing
             raise Busy(f"{self.pending} spans are waiting to be written")
         self.pending += len(spans)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((rows, done))
+        self._queue.append((rows, peers, done))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
         ops = {(_text(s.service), _text(s.name), s.kind) for s in spans} - self._known_ops
@@ -114,16 +132,21 @@ class PostgresTraceStore:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            records = [row for rows, _ in batch for row in rows]
+            records = [row for rows, _, _ in batch for row in rows]
+            peers: dict[tuple[str, str], int] = {}
+            for _, more, _ in batch:
+                merge_pairs(peers, more)
             error: BaseException | None = None
             try:
                 async with self._pool.acquire() as conn:
+                    if peers:  # first: a COPY that fails after it leaves a name listed a moment, not spans unlisted
+                        await conn.execute(UPSERT_REMOTE, *map(list, zip(*pair_rows(peers), strict=True)))
                     await conn.copy_records_to_table("spans", records=records, columns=list(COLUMNS),
                                                      schema_name=self.schema)
                 self.written += len(records)
             except Exception as exc:
                 error = StoreFailed(f"the trace store could not commit: {exc}")
-            for _, done in batch:
+            for _, _, done in batch:
                 if not done.done():
                     done.set_result(None) if error is None else done.set_exception(error)
 
@@ -140,6 +163,11 @@ class PostgresTraceStore:
             args.append(kind)  # type: ignore[arg-type]
         async with self._pool.acquire() as conn:
             return [(r[0], r[1]) for r in await conn.fetch(sql + " ORDER BY name", *args)]
+
+    async def remote_services(self, service: str) -> list[str]:
+        async with self._pool.acquire() as conn:
+            return [r[0] for r in await conn.fetch(
+                "SELECT remote FROM remote_services WHERE service = $1 ORDER BY remote", service)]
 
     async def find(self, q: Query) -> list[str]:
         where: list[str] = []
@@ -246,16 +274,27 @@ class PostgresTraceStore:
         whose freed space autovacuum makes reusable."""
         cutoff = int((time.time() - max_age_s) * 1_000_000)
 
+        async def delete_before(conn: Any, edge: int | None) -> int:
+            """Spans starting before ``edge`` (None: all) and the remote services only they called, in one
+            transaction, as in the SQLite store."""
+            async with conn.transaction():
+                if edge is None:
+                    gone = await conn.execute("DELETE FROM spans")
+                else:
+                    gone = await conn.execute("DELETE FROM spans WHERE start_us < $1", edge)
+                await conn.execute(FORGET_REMOTE, edge)
+            return int(gone.split()[-1])
+
         async def drop_oldest(conn: Any, count: int, keep: int) -> int:
             if keep <= 0:
-                return int((await conn.execute("DELETE FROM spans")).split()[-1])
+                return await delete_before(conn, None)
             edge = await conn.fetchval("SELECT start_us FROM spans ORDER BY start_us LIMIT 1 OFFSET $1", count - keep)
             if edge is None:
                 return 0
-            return int((await conn.execute("DELETE FROM spans WHERE start_us < $1", edge)).split()[-1])
+            return await delete_before(conn, edge)
 
         async with self._pool.acquire() as conn:
-            gone = int((await conn.execute("DELETE FROM spans WHERE start_us < $1", cutoff)).split()[-1])
+            gone = await delete_before(conn, cutoff)
             if max_spans is not None or max_bytes is not None:
                 count = await conn.fetchval("SELECT count(*) FROM spans")
                 if max_spans is not None and count > max_spans:

@@ -214,3 +214,39 @@ async def test_the_writer_survives_a_row_it_cannot_insert(store: TraceStore) -> 
         await store.write([huge])  # sqlite3 raises OverflowError, not sqlite3.Error
     await store.write(from_otlp_proto(request(message(1))))  # the writer carries on
     assert len(await store.trace(TRACE.hex())) == 1 and store.pending == 0
+
+
+def test_peer_service_is_read_from_the_message_bytes_as_a_full_decode_would() -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValueList
+
+    from mezzo.tracing.model import raw_attribute
+    from mezzo.tracing.store import raw_peer_service, remote_pairs
+
+    def with_event(span: SpanMessage, **attrs: str) -> SpanMessage:
+        event = span.events.add(time_unix_nano=1, name="e")
+        for key, value in attrs.items():
+            event.attributes.append(kv(key, string_value=value))
+        return span
+
+    nested = message(1)
+    nested.attributes.append(kv("x", kvlist_value=KeyValueList(values=[kv("peer.service", string_value="in")])))
+    cases = {
+        "usual": message(1, tenant="acme", **{"peer.service": "AuthTokenCache"}, code=5),
+        "absent": message(1, tenant="acme"),
+        "only an event's": with_event(message(1), **{"peer.service": "ev"}),
+        "an event's and the span's": with_event(message(1, **{"peer.service": "span"}), **{"peer.service": "ev"}),
+        "long": message(1, **{"peer.service": "p" * 300}),
+        "not ascii": message(1, **{"peer.service": "café-☕"}),
+        "a number": message(1, **{"peer.service": 7}),
+        "empty": message(1, **{"peer.service": ""}),
+        "a longer key": message(1, **{"peer.service.x": "no"}),
+        "nested": nested,
+    }
+    for name, span in cases.items():
+        [decoded] = from_otlp_proto(request(span))
+        assert raw_peer_service(decoded.raw) == raw_attribute(decoded.raw, "peer.service"), name
+    [usual] = from_otlp_proto(request(cases["usual"]))
+    assert raw_peer_service(usual.raw) == "AuthTokenCache"
+    zipkin = Span("a" * 32, "b" * 16, "", "web", "get", 3, 10, 2, attributes={"peer.service": "api"})
+    later = Span("a" * 32, "c" * 16, "", "web", "get", 3, 20, 2, attributes={"peer.service": "api"})
+    assert remote_pairs([usual, zipkin, later]) == {("shop", "AuthTokenCache"): 1_000_000, ("web", "api"): 20}

@@ -110,7 +110,7 @@ def set_(server: Any, s: Session, a: list[bytes]) -> bytes:
     exists = ks.exists(a[1])
     if (b"NX" in flags and exists) or (b"XX" in flags and not exists):
         return s.bulk(old) if want_old else s.null()
-    ks.store(a[1], a[2], ttl_ms=None if deadline is None else deadline - now_ms(), keep_ttl=b"KEEPTTL" in flags)
+    ks.store(a[1], a[2], at=deadline, keep_ttl=b"KEEPTTL" in flags)
     return s.bulk(old) if want_old else OK
 
 
@@ -125,13 +125,13 @@ def setnx(server: Any, s: Session, a: list[bytes]) -> bytes:
 
 @command("setex", 4, "write")
 def setex(server: Any, s: Session, a: list[bytes]) -> bytes:
-    _ks(server, s).store(a[1], a[3], ttl_ms=_deadline(b"EX", a[2], "setex") - now_ms())
+    _ks(server, s).store(a[1], a[3], at=_deadline(b"EX", a[2], "setex"))
     return OK
 
 
 @command("psetex", 4, "write")
 def psetex(server: Any, s: Session, a: list[bytes]) -> bytes:
-    _ks(server, s).store(a[1], a[3], ttl_ms=_deadline(b"PX", a[2], "psetex") - now_ms())
+    _ks(server, s).store(a[1], a[3], at=_deadline(b"PX", a[2], "psetex"))
     return OK
 
 
@@ -172,7 +172,7 @@ def getex(server: Any, s: Session, a: list[bytes]) -> bytes:
     if value is None:
         return s.null()
     if expiry is not None:
-        ks.expire(a[1], _deadline(*expiry, "getex") - now_ms())  # a deadline already past deletes the key
+        ks.expire_at(a[1], _deadline(*expiry, "getex"))  # a deadline already past deletes the key
     elif b"PERSIST" in flags:
         ks.expire(a[1], None)
     return s.bulk(value)
@@ -258,9 +258,10 @@ def exists(server: Any, s: Session, a: list[bytes]) -> bytes:
     return Reply.integer(sum(ks.exists(k) for k in a[1:]))
 
 
-def _expire(server: Any, s: Session, a: list[bytes], unit: int) -> bytes:
-    """EXPIRE and PEXPIRE with NX (no TTL yet), XX (has one), GT and LT (later or earlier than the
-    current deadline; no TTL counts as forever), checked as Redis checks them."""
+def _expire(server: Any, s: Session, a: list[bytes], unit: int, absolute: bool = False) -> bytes:
+    """EXPIRE and PEXPIRE (and, ``absolute``, EXPIREAT and PEXPIREAT) with NX (no TTL yet), XX (has
+    one), GT and LT (later or earlier than the current deadline; no TTL counts as forever), checked
+    as Redis checks them. A deadline already past deletes the key (and answers 1)."""
     options = {opt.upper() for opt in a[3:]}
     for opt in a[3:]:
         if opt.upper() not in (b"NX", b"XX", b"GT", b"LT"):
@@ -270,11 +271,11 @@ def _expire(server: Any, s: Session, a: list[bytes], unit: int) -> bytes:
     if {b"GT", b"LT"} <= options:
         raise CacheError("ERR GT and LT options at the same time are not compatible")
     n = _int(a[2])
-    now = now_ms()
+    base = 0 if absolute else now_ms()
     limit = INT_MAX // unit  # seconds that fit in 64 bits of milliseconds (C's division: both signs alike)
-    if (unit > 1 and not -limit <= n <= limit) or n * unit > INT_MAX - now:
+    if (unit > 1 and not -limit <= n <= limit) or n * unit > INT_MAX - base:
         raise CacheError(f"invalid expire time in '{a[0].decode(errors='replace').lower()}' command")
-    deadline = n * unit + now
+    deadline = n * unit + base
     ks = _ks(server, s)
     if not ks.exists(a[1]):
         return Reply.integer(0)
@@ -284,7 +285,7 @@ def _expire(server: Any, s: Session, a: list[bytes], unit: int) -> bytes:
                 or (b"GT" in options and (current is None or deadline <= current))
                 or (b"LT" in options and current is not None and deadline >= current)):
             return Reply.integer(0)
-    return Reply.integer(int(ks.expire(a[1], deadline - now)))
+    return Reply.integer(int(ks.expire_at(a[1], deadline)))
 
 
 @command("expire", -3, "write")
@@ -599,7 +600,7 @@ def command_(server: Any, s: Session, a: list[bytes]) -> bytes:
 # Where COMMAND says a command's keys are (first, last, step), as Redis says it; others take one key.
 _KEY_POSITIONS = {
     **dict.fromkeys([b"ping", b"echo", b"quit", b"select", b"auth", b"hello", b"client", b"info", b"command",
-                     b"config", b"dbsize", b"flushdb", b"flushall", b"keys", b"scan"], (0, 0, 0)),
+                     b"config", b"dbsize", b"flushdb", b"flushall", b"keys", b"scan", b"object"], (0, 0, 0)),
     **dict.fromkeys([b"del", b"unlink", b"exists", b"mget"], (1, -1, 1)),
     b"mset": (1, -1, 2),
 }
@@ -626,3 +627,7 @@ def arity_error(name: bytes) -> str:
 
 
 __all__ = ["COMMANDS", "NO_AUTH", "WRONGTYPE", "CacheError", "Cmd", "Engine", "arity_error"]
+
+# More commands (absolute expiry, string ranges, HINCRBYFLOAT, OBJECT) register themselves in the
+# same table: imported last, so everything they take from here exists.
+from mezzo.cache import commands_more  # noqa: E402, F401

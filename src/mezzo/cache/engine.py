@@ -142,6 +142,11 @@ class Keyspace:
     def exists(self, key: bytes) -> bool:
         return self._live(key) is not None
 
+    def peek(self, key: bytes) -> Value | None:
+        """The live value, neither counted as a hit or miss nor touched (LRU order and LFU counter
+        stay): what ``OBJECT`` looks at, as Redis' lookups without touching do."""
+        return self._live(key)
+
     def ttl_ms(self, key: bytes) -> int:
         """-2: no such key; -1: no TTL; else milliseconds left."""
         if self._live(key) is None:
@@ -151,8 +156,12 @@ class Keyspace:
 
     # writes ---------------------------------------------------------------------------------
 
-    def store(self, key: bytes, value: Value, ttl_ms: int | None = None, keep_ttl: bool = False) -> None:
-        """Write ``key``; a ``ttl_ms`` of 0 or less (a deadline already past) removes it instead."""
+    def store(self, key: bytes, value: Value, ttl_ms: int | None = None, keep_ttl: bool = False,
+              at: int | None = None) -> None:
+        """Write ``key``; a ``ttl_ms`` of 0 or less (a deadline already past) removes it instead.
+        ``at`` gives the deadline itself (ms since the epoch) in place of ``ttl_ms``, kept to the ms."""
+        if at is not None:
+            ttl_ms = at - now_ms()
         old = self.data.get(key)
         if ttl_ms is not None and ttl_ms <= 0 and not keep_ttl:
             self.ops += 1
@@ -177,7 +186,7 @@ class Keyspace:
             if ttl_ms is None:
                 self.expires.pop(key, None)
             else:
-                self._deadline(key, now_ms() + ttl_ms)
+                self._deadline(key, at if at is not None else now_ms() + ttl_ms)
         if self.policy == "lfu":
             self.freq.setdefault(key, 1)
         if self.key_tags or self.meta:
@@ -218,14 +227,19 @@ class Keyspace:
             self.tracker(key)
 
     def expire(self, key: bytes, ttl_ms: int | None) -> bool:
+        if ttl_ms is None:
+            return self._live(key) is not None and self.expires.pop(key, None) is not None
+        return self.expire_at(key, now_ms() + ttl_ms)
+
+    def expire_at(self, key: bytes, deadline: int) -> bool:
+        """Give a live key the deadline ``deadline`` (ms since the epoch); one already past removes
+        it. False when there is no such key."""
         if self._live(key) is None:
             return False
-        if ttl_ms is None:
-            return self.expires.pop(key, None) is not None
-        if ttl_ms <= 0:
+        if deadline <= now_ms():
             self._remove(key)
         else:
-            self._deadline(key, now_ms() + ttl_ms)
+            self._deadline(key, deadline)
             if self.tracker is not None:  # a near cache must not outlive the new deadline
                 self.tracker(key)
         return True

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from mezzo.cache.commands import COMMANDS, CacheError
+from mezzo.cache.commands_more import object_key
 from mezzo.cache.distributed.backend import Call, DistributedBackend, NodeUnavailable
 from mezzo.cache.resp import Reply, RespConnection, Session
 from mezzo.cache.server import CacheServer, space_name
@@ -28,7 +29,8 @@ KEYED = {
     **dict.fromkeys([b"strlen", b"ttl", b"pttl", b"type", b"hmget", b"hgetall", b"hkeys", b"hvals", b"hexists",
                      b"hlen", b"set", b"setnx", b"setex", b"psetex", b"getex", b"append", b"incr", b"decr",
                      b"incrby", b"decrby", b"incrbyfloat", b"expire", b"pexpire", b"persist", b"hset", b"hmset",
-                     b"hdel", b"hincrby"], "write"),
+                     b"hdel", b"hincrby", b"expireat", b"pexpireat", b"expiretime", b"pexpiretime", b"getrange",
+                     b"substr", b"setrange", b"hincrbyfloat"], "write"),
     **dict.fromkeys(READ_NIL, "read"),
     b"getdel": "delete",
 }
@@ -95,7 +97,7 @@ class ProxyServer(CacheServer):
                 break
             backend = self.router.backend(session.namespace) if session.authed else None
             name = args[0].lower()
-            if backend is None or name in LOCAL:
+            if backend is None or name in LOCAL or (name == b"object" and object_key(args) is None):
                 if plans and name in SESSION:
                     await self._run_plans(session, plans, replies)
                 replies[i] = self.execute(session, args)
@@ -181,6 +183,8 @@ class ProxyServer(CacheServer):
             extra = (b"PX", b"%d" % ttl) if ttl else ()
             calls = [Call(keys[i], (b"SET", keys[i], keys[i + 1], *extra), "write") for i in range(0, len(keys), 2)]
             return Plan(calls, lambda r: Reply.ok())
+        if name == b"object" and (key := object_key(args)) is not None:
+            return Plan([Call(key, args, "write")])  # the key is the third argument (OBJECT ENCODING key)
         if name in KEYLESS:
             return Plan([])  # run on the primaries by _keyless
         raise CacheError(f"ERR '{args[0].decode(errors='replace')[:64]}' is not available on a distributed "

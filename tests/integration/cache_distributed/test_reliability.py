@@ -2,7 +2,7 @@
 
 The cache keeps answering: errors only inside the detection window (until the node is ejected),
 misses for the lost share afterwards, hits for the rest. The error count and the window's length
-are printed (``pytest -s``) for docs/cache.md; the test asserts behaviour, not timings.
+are printed (``pytest -s``) for docs/cache-distributed.md; the test asserts behaviour, not timings.
 """
 
 from __future__ import annotations

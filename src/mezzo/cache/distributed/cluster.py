@@ -16,7 +16,8 @@ from mezzo.cache.distributed.pool import NODE_ERRORS, NodeSSLConnection, client_
 RAW_REPLIES = ("GET", "SET", "SETNX", "SETEX", "PSETEX", "MGET", "MSET", "GETDEL", "GETEX", "APPEND", "STRLEN",
                "INCR", "DECR", "INCRBY", "DECRBY", "INCRBYFLOAT", "DEL", "UNLINK", "EXISTS", "EXPIRE", "PEXPIRE",
                "PERSIST", "TTL", "PTTL", "TYPE", "HSET", "HMSET", "HGET", "HMGET", "HDEL", "HGETALL", "HKEYS",
-               "HVALS", "HEXISTS", "HLEN", "HINCRBY", "DBSIZE", "FLUSHDB", "KEYS", "SCAN", "PING")
+               "HVALS", "HEXISTS", "HLEN", "HINCRBY", "DBSIZE", "FLUSHDB", "KEYS", "SCAN", "PING", "EXPIREAT",
+               "PEXPIREAT", "EXPIRETIME", "PEXPIRETIME", "GETRANGE", "SUBSTR", "SETRANGE", "HINCRBYFLOAT", "OBJECT")
 
 
 class ClusterBackend:
@@ -85,5 +86,9 @@ class ClusterBackend:
 
 
 def _named(args: tuple[bytes, ...]) -> tuple[str | bytes, ...]:
-    """redis-py's cluster client looks commands up by ``str`` name (for slots and routing policies)."""
-    return (args[0].decode().upper(), *args[1:])
+    """redis-py's cluster client looks commands up by ``str`` name (for slots and routing policies),
+    and a subcommand too (``OBJECT ENCODING key``: its key is found from ``object|encoding``)."""
+    name = args[0].decode().upper()
+    if name == "OBJECT" and len(args) > 1:
+        return (name, bytes(args[1]).decode(errors="replace"), *args[2:])
+    return (name, *args[1:])

@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from mezzo.transactions import httpclient
+
 MAX_BODY = 1024 * 1024  # of an answer read: branch answers are short; only the start is looked at
 KEEPALIVE = 4.0  # seconds an idle connection is kept: under the usual servers' own (uvicorn: 5)
 
@@ -60,17 +62,19 @@ def _short(body: bytes) -> str:
 
 
 class BranchCaller:
-    """One pool of keep-alive connections (aiohttp) for every branch call a node makes.
+    """Every branch call a node makes, over keep-alive connections.
 
-    httpx cost the coordinator a fifth of its CPU under load; aiohttp's client, with its C parser,
-    a fraction of that. Redirects are not followed. A call on a reused connection that the server
-    closed meanwhile (its keep-alive ran out) is sent once more on a new one: branches are
-    idempotent, and the coordinator may call them again anyway.
+    Plain ``http://`` URLs go through ``httpclient`` (asyncio + httptools): about 25 us of CPU per
+    call where aiohttp's client took about 105. ``https://`` URLs, and any URL that client does not
+    take, go through one aiohttp session. Redirects are not followed. A call on a reused
+    connection that the server closed meanwhile (its keep-alive ran out) is sent once more on a new
+    one: branches are idempotent, and the coordinator may call them again anyway.
     """
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        self._plain = httpclient.Client(max_body=MAX_BODY, keepalive=KEEPALIVE)
 
     def _open(self) -> aiohttp.ClientSession:  # made on first use, on the loop that uses it
         if self._session is None:
@@ -82,6 +86,7 @@ class BranchCaller:
         return self._session
 
     async def aclose(self) -> None:
+        self._plain.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -91,6 +96,20 @@ class BranchCaller:
         if method == "POST":
             headers = {"Content-Type": "application/json", **headers}
         body = data.encode() if method == "POST" else None
+        to = httpclient.target(url)
+        if to is None:
+            return await self._call_aiohttp(method, url, params, headers, body, timeout)
+        try:
+            raw = httpclient.encode_request(to, method, params, headers, body)
+            status, answer = await self._plain.request(to, raw, timeout)
+        except TimeoutError:
+            return Result(Outcome.ERROR, f"timed out after {timeout:g} s")
+        except (OSError, ValueError) as exc:  # ValueError: a header that cannot go out
+            return Result(Outcome.ERROR, f"{type(exc).__name__}: {exc}")
+        return classify(status, answer)
+
+    async def _call_aiohttp(self, method: str, url: str, params: dict[str, str], headers: dict[str, str],
+                            body: bytes | None, timeout: float) -> Result:
         try:
             async with asyncio.timeout(timeout):
                 try:

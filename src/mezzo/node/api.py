@@ -108,5 +108,8 @@ def build_app(node: Any) -> Any:
     for module in node.modules.values():
         for router in module.routers():
             app.include_router(router)
+    served: Any = app
+    for module in node.modules.values():  # a module may answer some requests itself, in front of FastAPI
+        served = module.api_front(served, app)
     tracing = node.service(Tracing) if node.settings.tracing != "none" else None
-    return TelemetryMiddleware(app, node.service(Metrics), tracing, "api", exclude_paths=PROBES)
+    return TelemetryMiddleware(served, node.service(Metrics), tracing, "api", exclude_paths=PROBES)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -63,6 +63,11 @@ class Module:
     def routers(self) -> list[APIRouter]:
         """HTTP routes this module adds to the API."""
         return []
+
+    def api_front(self, app: Any, api: Any) -> Any:
+        """An ASGI app answering some API requests itself, in front of ``app`` (``api``: the FastAPI
+        app); ``app`` when the module has none."""
+        return app
 
     def listeners(self) -> list[Listener]:
         """Sockets this module serves on its own ports."""

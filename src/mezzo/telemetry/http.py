@@ -36,6 +36,9 @@ _PROPAGATION_HEADERS = frozenset(
 )
 # nginx's convention for "client went away before a response": not a server error.
 _CLIENT_CLOSED = 499
+# Label sets whose metric children are kept at hand; past this many (a flood of odd methods or
+# statuses) the cache starts over rather than grow.
+_MAX_CHILDREN = 1024
 
 
 class TelemetryMiddleware:
@@ -72,6 +75,9 @@ class TelemetryMiddleware:
             "Time from request start until the response body was sent.",
             labels=("method", "route"),
         )
+        # (method, route, status) -> its request counter and duration histogram: `labels()`
+        # checks, converts and locks on every call
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._exclude:
@@ -102,10 +108,23 @@ class TelemetryMiddleware:
             route = route_template(recording)
             if status is None:
                 status = _CLIENT_CLOSED if isinstance(failure, asyncio.CancelledError) else 500
-            self._requests.labels(method, route or UNMATCHED_ROUTE, str(status)).inc()
-            self._duration.labels(method, route or UNMATCHED_ROUTE).observe(elapsed)
+            requests, duration = self._children_of(method, route or UNMATCHED_ROUTE, status)
+            requests.inc()
+            duration.observe(elapsed)
             if span is not None:
                 _finish_span(span, method, route, status, failure)
+
+    def _children_of(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) >= _MAX_CHILDREN:
+                self._children.clear()
+            children = self._children[key] = (
+                self._requests.labels(method, route, str(status)),
+                self._duration.labels(method, route),
+            )
+        return children
 
     def _start_span(self, scope: Scope, method: str) -> Span:
         assert self._tracer is not None

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -47,12 +49,15 @@ from mezzo.transactions.model import (
 from mezzo.transactions.store import GLOBAL, Active, Lease, LostLease, TxLog, branch_put, global_put
 
 log = structlog.get_logger("mezzo.transactions")
+_stdlib_log = logging.getLogger("mezzo.transactions")
 Publish = Callable[[str, str, str, str], Awaitable[None]]  # (namespace, topic, payload, message id)
 Notify = Callable[[GlobalTx], Awaitable[None]]  # a global state change, e.g. as a CloudEvent
 Drive = asyncio.Task[GlobalTx | None]  # one round; its result: the transaction when the round ended it
 MAX_BACKOFF = 3600.0
 PREPARED_TIMEOUT = 60.0  # a TCC/XA transaction left prepared this long without a timeout of its own is aborted
 _HTTP_STATUS = re.compile(r"^HTTP (\d{3}):")  # how calls.classify words an answer that is an error
+_W3C_PARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # a W3C traceparent, as written
+_NONZERO = re.compile(r"[1-9a-f]")  # an all-zero trace or span id is not valid
 
 
 class Progress(StrEnum):
@@ -80,12 +85,14 @@ class Known:
 
 class Coordinator:
     def __init__(self, txlog: TxLog, metrics: TxMetrics, *, tracer: trace.Tracer | None = None,
-                 publish: Publish | None = None, notify: Notify | None = None,
-                 listening: Callable[[], bool] | None = None, lease_ttl: float = 30.0, poll: float = 1.0,
+                 spans: Callable[[], bool] | None = None, publish: Publish | None = None,
+                 notify: Notify | None = None, listening: Callable[[], bool] | None = None,
+                 lease_ttl: float = 30.0, poll: float = 1.0,
                  outbound: Outbound | None = None, policies: PolicyRegistry | None = None) -> None:
         self.log = txlog
         self.metrics = metrics
-        self.tracer = tracer or trace.NoOpTracer()
+        self.tracer = tracer  # None: no spans; each branch call carries the transaction's own trace context
+        self.spans = spans  # whether a span would go anywhere just now (None: always, with a tracer)
         self.publish = publish
         self.notify = notify
         self.listening = listening or (lambda: True)  # whether anyone takes ``notify``'s events just now
@@ -102,6 +109,7 @@ class Coordinator:
         self._claim = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
         self._contexts: dict[str, Context] = {}
+        self._carried: dict[str, dict[str, str]] = {}
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -296,7 +304,8 @@ class Coordinator:
             tx.finished = time.time()
         revision = await lease.write([global_put(tx)], [Compare(GLOBAL + tx.gid, revision)], finish=finish)
         # counted and announced once written: a write refused (the lease was lost) did not end anything
-        log.info("transaction state", gid=tx.gid, mode=tx.mode.value, status=status.value)
+        if _logs(logging.INFO):
+            log.info("transaction state", gid=tx.gid, mode=tx.mode.value, status=status.value)
         if finish:
             self.metrics.finished(tx.mode.value, status.value)
         self.changed(tx)
@@ -398,7 +407,11 @@ class Coordinator:
 
     async def _traced(self, tx: GlobalTx, op: str, branch_id: str, url: str,
                       call: Callable[[], Awaitable[Result]]) -> Result:
-        """``call`` in a client span ``tx <mode> <op>`` of the transaction's trace (whose context it sends)."""
+        """``call`` in a client span ``tx <mode> <op>`` of the transaction's trace (whose context it sends),
+        when tracing (see ``_propagate``)."""
+        if not self._tracing():
+            return await call()
+        assert self.tracer is not None
         context = self._context(tx.traceparent) if tx.traceparent else None
         with self.tracer.start_as_current_span(f"tx {tx.mode.value} {op}", context=context,
                                                kind=trace.SpanKind.CLIENT) as span:
@@ -410,6 +423,32 @@ class Coordinator:
             if result.outcome in (Outcome.ERROR, Outcome.FAILURE):
                 span.set_status(trace.StatusCode.ERROR, result.detail[:200])
         return result
+
+    def _tracing(self) -> bool:
+        return self.tracer is not None and (self.spans is None or self.spans())
+
+    def _propagate(self, headers: dict[str, str], tx: GlobalTx) -> None:
+        """The trace context a branch call sends: its span's when tracing, else the transaction's (a span
+        nobody sees is not made to send its id), or, when the transaction has none valid, a new trace,
+        as a span would start."""
+        if self._tracing():
+            inject_headers(headers)
+            return
+        traceparent = tx.traceparent
+        if _W3C_PARENT.fullmatch(traceparent) and _NONZERO.search(traceparent, 3, 35) \
+                and _NONZERO.search(traceparent, 36, 52):
+            headers["traceparent"] = traceparent  # what parsing and writing it again would give
+            return
+        carried = self._carried.get(traceparent)
+        if carried is None:
+            if len(self._carried) >= 4096:
+                self._carried.clear()
+            carried = self._carried[traceparent] = {}
+            inject_headers(carried, self._context(traceparent))
+        if carried:
+            headers.update(carried)
+        else:
+            headers["traceparent"] = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
     def _context(self, traceparent: str) -> Context:
         """The trace a transaction's branch calls join, parsed once per transaction, not per call."""
@@ -476,7 +515,7 @@ class Coordinator:
         if refused is not None:
             return refused
         headers = dict(tx.options.branch_headers)
-        inject_headers(headers)
+        self._propagate(headers, tx)
         params = {"gid": tx.gid, "trans_type": tx.mode.value, "branch_id": branch.branch_id, "op": branch.op}
         return await self.caller.call("POST", branch.url, params=params, data=branch.data, timeout=timeout,
                                       headers=headers)
@@ -494,7 +533,7 @@ class Coordinator:
 
     async def _ask(self, tx: GlobalTx, timeout: float) -> Result:
         headers = dict(tx.options.branch_headers)
-        inject_headers(headers)
+        self._propagate(headers, tx)
         params = {"gid": tx.gid, "trans_type": tx.mode.value, "branch_id": "00", "op": "msg"}
         return await self.caller.call("GET", tx.query_prepared, params=params, data="", timeout=timeout,
                                       headers=headers)
@@ -541,6 +580,14 @@ def _within_lease(policy: ResiliencePolicy, lease: Lease, timeout: float) -> Res
         budget = min(budget, retry.max_duration)
     return ResiliencePolicy(policy.name, timeout=policy.timeout, breaker=policy.breaker,
                             retry=dataclasses.replace(retry, max_duration=budget))
+
+
+def _logs(level: int) -> bool:
+    """Whether ``log`` writes at ``level``, so a hot path skips a call that would be dropped (structlog makes
+    a bound logger and runs a processor for it first). Known under Mezzo's logging (configure_logging),
+    where the stdlib level filters first; under any other set-up, yes."""
+    return structlog.stdlib.filter_by_level not in structlog.get_config()["processors"] \
+        or _stdlib_log.isEnabledFor(level)
 
 
 def _tried(branch: Branch | None) -> bool:

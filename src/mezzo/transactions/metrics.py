@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -15,11 +15,14 @@ if TYPE_CHECKING:
     from mezzo.transactions.store import TxLog
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+MAX_CHILDREN = 1024  # label sets kept at hand, all metrics together (modes, ops and outcomes are few); then anew
 
 
 class TxMetrics:
     def __init__(self, metrics: Metrics | None, log: TxLog, stuck_after: float) -> None:
         self.enabled = metrics is not None
+        # labels -> child, per metric: ``labels()`` checks, converts and locks on every call
+        self._children: dict[tuple[str, ...], Any] = {}
         if metrics is None:
             return
         self.outcomes = metrics.counter("tx", "transactions", "total",
@@ -39,15 +42,23 @@ class TxMetrics:
 
     def finished(self, mode: str, outcome: str) -> None:
         if self.enabled:
-            self.outcomes.labels(mode, outcome).inc()
+            self._child(self.outcomes, "finished", mode, outcome).inc()
 
     def branch(self, mode: str, op: str, outcome: str, seconds: float) -> None:
         if self.enabled:
-            self.latency.labels(mode, op, outcome).observe(max(seconds, 0.0))
+            self._child(self.latency, "branch", mode, op, outcome).observe(max(seconds, 0.0))
 
     def retry(self, mode: str) -> None:
         if self.enabled:
-            self.retries.labels(mode).inc()
+            self._child(self.retries, "retry", mode).inc()
+
+    def _child(self, metric: Any, *key: str) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= MAX_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*key[1:])
+        return child
 
 
 class _StuckCollector(Collector):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 import orjson
 import structlog
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.types import ASGIApp
 
 from mezzo.node.module import Health, Module
 from mezzo.node.outbound import Outbound
@@ -34,17 +36,30 @@ class TxSettings(BaseSettings):
     poll: float = 1.0  # seconds between scans for due transactions (submits on this node start at once)
     stuck_after: float = 300.0  # an unfinished transaction older than this counts as stuck in metrics
     allow_hosts: str = ""  # comma-separated hosts, *.domains and IP networks branch calls may go to; "": any
+    fast_path: bool = True  # answer POST /v1/tx/transactions in front of FastAPI (api.FastCreate); same answers
+
+
+def exporting(tracing: Tracing) -> bool:
+    """Whether spans of the node's tracer go anywhere: with ``MEZZO_TRACING=none`` its provider has no
+    span processor (unless one was added since, as tests do), and a span made then is only work."""
+    processors = getattr(getattr(tracing.provider, "_active_span_processor", None), "_span_processors", None)
+    return processors is None or bool(processors)  # not known (another SDK version): as if it did
 
 
 class TransactionsModule(Module):
     name = "transactions"
+    fast_path = True
 
     async def start(self) -> None:
         settings = TxSettings()
+        self.fast_path = settings.fast_path
         txlog = TxLog.on(self.node.service(KVStore))  # type: ignore[type-abstract]
         metrics = TxMetrics(self.node.service(Metrics), txlog, settings.stuck_after)
-        tracer = self.node.service(Tracing).tracer("mezzo.transactions") if self.node.has(Tracing) else None
-        self.coordinator = Coordinator(txlog, metrics, tracer=tracer, publish=self._publish, notify=self._announce,
+        tracing = self.node.service(Tracing) if self.node.has(Tracing) else None
+        tracer = tracing.tracer("mezzo.transactions") if tracing is not None else None
+        spans = functools.partial(exporting, tracing) if tracing is not None else None
+        self.coordinator = Coordinator(txlog, metrics, tracer=tracer, spans=spans, publish=self._publish,
+                                       notify=self._announce,
                                        listening=self._messaging, lease_ttl=settings.lease, poll=settings.poll,
                                        outbound=Outbound.parse(settings.allow_hosts),
                                        policies=self._policies())
@@ -106,6 +121,12 @@ class TransactionsModule(Module):
             pass
         except Exception as exc:
             log.warning("transaction event not published", gid=tx.gid, error=f"{type(exc).__name__}: {exc}")
+
+    def api_front(self, app: ASGIApp, api: FastAPI) -> ASGIApp:
+        """What the API serves in front of its FastAPI app ``api`` (``app``: where the rest goes)."""
+        from mezzo.transactions.api import FastCreate
+
+        return FastCreate(app, api) if self.fast_path else app
 
     def routers(self) -> list[APIRouter]:
         from mezzo.transactions.api import router

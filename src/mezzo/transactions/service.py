@@ -227,7 +227,9 @@ class TxService:
                 branch.attempted = branch.key in first
         active = self.coordinator.lease_new(tx.gid, tx.created)
         revision = await self._create(tx, branches, active=active)
-        task = self.coordinator.adopt(tx.model_copy(deep=True), branches, revision, active)
+        # the coordinator's own copy: it sets its status, attempts, times and reason; shallow, as neither side
+        # changes what the two share (steps, payloads, orders, options) once the transaction is written
+        task = self.coordinator.adopt(tx.model_copy(), branches, revision, active)
         return tx, task
 
     async def _submit_once(self, tx: GlobalTx, user: str) -> GlobalTx:

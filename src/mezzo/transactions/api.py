@@ -12,7 +12,7 @@ import pydantic_core
 import structlog
 from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mezzo.node.auth import Principal, Verb
@@ -29,6 +29,17 @@ def _svc(request: Request) -> TxService:
     return request.app.state.node.service(TxService)  # type: ignore[no-any-return]
 
 
+def _storable(payload: Any) -> Any:
+    """A payload the transaction log can keep: JSON that orjson writes (integers within 64 bits,
+    nesting under its depth limit); refused at the door, naming the payload, not a 500 later."""
+    if not isinstance(payload, str):
+        try:
+            orjson.dumps(payload)
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"cannot be stored: {exc}") from None
+    return payload
+
+
 class TxIn(BaseModel):
     """A new transaction. Payloads are JSON values (sent to each branch as its request body)."""
 
@@ -38,7 +49,7 @@ class TxIn(BaseModel):
     mode: Mode
     namespace: str = Field("default", min_length=1, max_length=100)
     steps: list[Step] = Field(default_factory=list, max_length=1000)
-    payloads: list[Any] = Field(default_factory=list, max_length=1000)
+    payloads: list[Annotated[Any, AfterValidator(_storable)]] = Field(default_factory=list, max_length=1000)
     orders: dict[int, list[int]] = Field(default_factory=dict, description="saga: step -> steps it waits for")
     query_prepared: str = ""
     options: Options = Field(default_factory=Options)

@@ -91,7 +91,8 @@ class Options(BaseModel):
     retry_interval: float = Field(10.0, gt=0, description="wait before retrying a branch that errored")
     request_timeout: float = Field(8.0, gt=0, description="timeout of one branch call")
     timeout_to_fail: float = Field(0, ge=0, description="abort an unfinished saga/TCC/XA after this long (0: never)")
-    retry_limit: int = Field(0, ge=0, description="give up retrying after this many attempts (0: never)")
+    retry_limit: int = Field(0, ge=0, le=2**63 - 1,  # the log keeps 64-bit integers
+                             description="give up retrying after this many attempts (0: never)")
     wait_result: bool = False
     concurrent: bool = False
     branch_headers: dict[str, str] = Field(default_factory=dict, description="sent with every branch call")

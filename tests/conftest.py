@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from mezzo.storage import open_store
 from mezzo.storage.kv import KVStore
@@ -97,3 +99,15 @@ async def store(store_url: str) -> AsyncIterator[KVStore]:
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[KVStore]:
     async for kv in _open_store(f"sqlite:///{tmp_path / 'kv.db'}"):
         yield kv
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The root logger's handlers and level, and structlog's defaults, as they were before the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    structlog.reset_defaults()

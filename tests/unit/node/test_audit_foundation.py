@@ -7,12 +7,9 @@ import asyncio
 import importlib.metadata
 import importlib.resources
 import io
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from pydantic import ValidationError
 
 from mezzo.node.settings import Settings, mask_url
@@ -151,16 +148,6 @@ class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
 
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
 
 
 def test_logs_are_readable_lines_in_a_terminal_and_json_elsewhere(restored_logging: None) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import logging
 import random
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -24,18 +23,7 @@ from mezzo.transactions import metrics as tx_metrics
 from mezzo.transactions.metrics import TxMetrics
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
-
-
-def test_a_state_change_is_logged_only_at_a_level_that_writes_it(restore_logging: None) -> None:
+def test_a_state_change_is_logged_only_at_a_level_that_writes_it(restored_logging: None) -> None:
     configure_logging("warning", "json", stream=io.StringIO())
     assert not coordinator._logs(logging.INFO)
     assert coordinator._logs(logging.WARNING)

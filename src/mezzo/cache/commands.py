@@ -18,6 +18,8 @@ from mezzo.cache.numbers import (
 )
 from mezzo.cache.resp import EMPTY_ARRAY, NULL2, NULL3, OK, PONG, Reply, Session
 
+PROTO_MAX_BULK_LEN = 512 * 1024 * 1024  # redis-server's proto-max-bulk-len: the longest string APPEND or SETRANGE makes
+
 Cmd = Callable[[Any, Session, list[bytes]], bytes]
 COMMANDS: dict[bytes, tuple[Cmd, int, str]] = {}  # name -> (handler, arity as Redis counts it, flags)
 NO_AUTH = {b"auth", b"hello", b"quit", b"ping"}
@@ -181,7 +183,10 @@ def getex(server: Any, s: Session, a: list[bytes]) -> bytes:
 @command("append", 3, "write")
 def append(server: Any, s: Session, a: list[bytes]) -> bytes:
     ks = _ks(server, s)
-    value = (ks.string(a[1]) or b"") + a[2]
+    current = ks.string(a[1]) or b""
+    if len(current) + len(a[2]) > PROTO_MAX_BULK_LEN:  # checked before anything is written, as in Redis
+        raise CacheError("string exceeds maximum allowed size (proto-max-bulk-len)")
+    value = current + a[2]
     ks.store(a[1], value, keep_ttl=True)
     return Reply.integer(len(value))
 

@@ -19,12 +19,19 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-from mezzo.cache.commands import _expire, _hash_commit, _hash_edit, _int, _ks, command
+from mezzo.cache.commands import (
+    PROTO_MAX_BULK_LEN,
+    _expire,
+    _hash_commit,
+    _hash_edit,
+    _int,
+    _ks,
+    command,
+)
 from mezzo.cache.engine import WRONGTYPE, CacheError, Value
 from mezzo.cache.numbers import add_long_doubles, format_long_double, parse_int, parse_long_double
 from mezzo.cache.resp import Reply, Session
 
-PROTO_MAX_BULK_LEN = 512 * 1024 * 1024  # redis-server's proto-max-bulk-len: the longest string SETRANGE makes
 EMBSTR_SIZE_LIMIT = 44  # OBJ_ENCODING_EMBSTR_SIZE_LIMIT
 INT_ENCODING_CHARS = 20  # a string of at most this many characters that reads as a 64-bit integer is "int"
 HASH_LISTPACK_ENTRIES = 128  # hash-max-listpack-entries (Redis 7's default)

@@ -115,6 +115,19 @@ def test_setrange_past_the_limit_and_under_noeviction_changes_nothing(served: tu
     assert run(server, s, "GET", "k") == b"$3\r\nabc\r\n" and not ks.exists(b"new")
 
 
+def test_append_past_the_limit_is_refused_and_changes_nothing(served: tuple[CacheServer, Session, Keyspace],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import mezzo.cache.commands as commands
+
+    server, s, _ = served
+    monkeypatch.setattr(commands, "PROTO_MAX_BULK_LEN", 8)  # the real 512 MB, scaled down
+    run(server, s, "SET", "k", "abcde")
+    assert run(server, s, "APPEND", "k", "fgh") == b":8\r\n"  # up to the limit is fine
+    assert run(server, s, "APPEND", "k", "i") == b"-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n"
+    assert run(server, s, "APPEND", "new", "123456789").startswith(b"-ERR string exceeds")
+    assert run(server, s, "GET", "k") == b"$8\r\nabcdefgh\r\n" and run(server, s, "EXISTS", "new") == b":0\r\n"
+
+
 def test_new_keys_take_the_namespace_default_ttl_and_edits_keep_theirs(served: tuple[CacheServer, Session, Keyspace]) -> None:
     server, s, ks = served
     ks.default_ttl_ms = 60_000

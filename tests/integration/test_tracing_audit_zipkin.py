@@ -54,6 +54,8 @@ async def test_a_reporters_spans_read_back_the_same(tr: RunningNode) -> None:  #
 
         assert sorted((await http.get("/api/v2/services")).json()) == ["backend", "frontend"]
         assert (await http.get("/api/v2/spans", params={"serviceName": "backend"})).json() == ["get /api"]
+        missing = await http.get("/api/v2/spans")
+        assert missing.status_code == 400, missing.text  # serviceName is required, as in Zipkin
         end = {"endTs": int(time.time() * 1000), "lookback": 3_600_000}
         by_remote = (await http.get("/api/v2/traces", params={"serviceName": "frontend",
                                                               "remoteServiceName": "backend", **end})).json()

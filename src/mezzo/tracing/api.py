@@ -301,7 +301,10 @@ async def zipkin_services(request: StarletteRequest) -> JSONResponse:
 
 
 async def zipkin_spans(request: StarletteRequest) -> JSONResponse:
-    service = request.query_params.get("serviceName", "")
+    """The span names of ``serviceName``; serviceName is required, as in Zipkin."""
+    service = request.query_params.get("serviceName")
+    if service is None:
+        return JSONResponse({"error": "serviceName is required"}, status_code=400)
     return JSONResponse(sorted({n for n, _ in await _store(request).operations(service)}))
 
 

@@ -61,3 +61,34 @@ async def test_other_node_takes_over_on_postgres(busi: Busi, tmp_path: Path, pos
     for d in dirs:
         d.mkdir()
     await run_crash(busi, dirs, {**ENV, "MEZZO_STORE": postgres_url})
+
+
+async def test_a_crash_while_calling_ahead_compensates_every_step_that_may_have_run(busi: Busi, tmp_path: Path) -> None:
+    """The first round of a saga calls b without a mark written first (Active.ahead); the node is killed
+    during b's call. Resumed past its timeout_to_fail, the saga rolls back: b, never marked in the log, is
+    compensated, and so is c (it may have run as far as the log can tell: a null compensation)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {**ENV, "MEZZO_TX_LEASE": "4"}  # a call goes ahead with over 2 s of lease left
+    busi.gates["b"] = asyncio.Event()
+    first = await asyncio.to_thread(spawn_node, data, env)
+    try:
+        body = {"gid": "ahead-crash", "mode": "saga",
+                "options": {"retry_interval": 0.05, "request_timeout": 1, "timeout_to_fail": 2},
+                "steps": [{"action": f"{busi.url}/{n}", "compensate": f"{busi.url}/{n}-undo"} for n in "abc"]}
+        async with httpx.AsyncClient(base_url=first.url, headers={"Authorization": f"Bearer {first.token}"}) as http:
+            assert (await http.post("/v1/tx/transactions", json=body)).status_code == 201
+        await wait_for(lambda: "b" in busi.names("ahead-crash"), 20)
+    finally:
+        stop_process(first, signal.SIGKILL)
+    busi.gates["b"].set()
+    second = await asyncio.to_thread(spawn_node, data, env)
+    try:
+        async with httpx.AsyncClient(base_url=second.url, headers={"Authorization": f"Bearer {first.token}"}) as http:
+            async def failed() -> bool:
+                return (await http.get("/v1/tx/transactions/ahead-crash")).json()["status"] == "failed"
+
+            await wait_for(failed, 30)
+        assert busi.names("ahead-crash") == ["a", "b", "c-undo", "b-undo", "a-undo"]
+    finally:
+        stop_process(second)

@@ -146,6 +146,13 @@ class Coordinator:
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
+    def voided(self, gid: str) -> None:
+        """A write on this node voided the transaction's lease (an abort or a retry): a round this node
+        drives writes before its next call, and so learns that it lost the lease, instead of calling ahead."""
+        lease = self.leases.get(gid)
+        if lease is not None:
+            lease.ahead = False
+
     def kick(self, lease: Lease, known: Known | None = None) -> Drive:
         """Drive the transaction this node holds the lease of, now, in the background."""
         task = self.running.get(lease.gid)
@@ -162,10 +169,11 @@ class Coordinator:
         if lease is not None and (lease.ended or not lease.active.owner):
             self.leases.pop(gid, None)
 
-    def lease_new(self, gid: str, now: float) -> Active:
+    def lease_new(self, gid: str, now: float, *, ahead: bool = False) -> Active:
         """The active entry of a transaction created on this node to be driven here at once: leased to
-        this node, and due (for other nodes) when that lease runs out."""
-        return Active(due=now + self.lease_ttl, owner=self.node_id, until=now + self.lease_ttl)
+        this node, and due (for other nodes) when that lease runs out. ``ahead`` (a saga): its first
+        round records the actions it calls with its next write, not one write before each call."""
+        return Active(due=now + self.lease_ttl, owner=self.node_id, until=now + self.lease_ttl, ahead=ahead)
 
     def adopt(self, tx: GlobalTx, branches: list[Branch], revision: int, active: Active) -> Drive:
         """Drive a transaction just written at ``revision`` with the ``lease_new`` entry ``active``,
@@ -274,8 +282,18 @@ class Coordinator:
             tx.rollback_reason = f"not finished within timeout_to_fail ({tx.options.timeout_to_fail:g} s)"
             revision = await self._move(lease, tx, revision, Status.ABORTING)
         branches = {b.key: b for b in (known if known is not None else await self.log.branches(tx))}
+        if known is None and lease.ahead:
+            # resumed after a round that may have called actions it had not recorded yet: any action not
+            # ended may have run, so a rollback compensates it (the barrier makes a compensation of work
+            # that never happened a no-op); recorded with the next write, which then clears ``ahead``
+            for branch in branches.values():
+                if tx.mode is Mode.SAGA and branch.op == "action" and not _tried(branch):
+                    branch.attempted = True
+                    lease.defer(branch_put(branch))
+            lease.ahead = False
         if tx.status is Status.SUBMITTED:
             progress, worst = await self._forward(lease, tx, branches)
+            lease.ahead = False  # every action called so far is marked, written with the next write
             if progress is Progress.DONE:
                 await self._move(lease, tx, revision, Status.SUCCEED, finish=True)
                 return
@@ -363,10 +381,14 @@ class Coordinator:
                 break
             fresh = [branches[keys[i]] for i in runnable if tx.mode is Mode.SAGA
                      and branches[keys[i]].op == "action" and not branches[keys[i]].attempted]
-            if fresh:  # recorded before the calls: after a crash we compensate what may have run
-                for branch in fresh:
+            if fresh:  # recorded before the calls (or known to be made up for): after a crash we
+                for branch in fresh:  # compensate what may have run
                     branch.attempted = True
-                await lease.write([branch_put(b) for b in fresh])  # with the results deferred so far
+                if lease.may_call_ahead(tx.options.request_timeout):  # the log says Active.ahead
+                    for branch in fresh:
+                        lease.defer(branch_put(branch))
+                else:
+                    await lease.write([branch_put(b) for b in fresh])  # with the results deferred so far
             if len(runnable) == 1:  # the usual case (a sequential saga): no task to wrap the one call in
                 results = [await self._call(lease, tx, branches[keys[runnable[0]]])]
             else:

@@ -225,7 +225,7 @@ class TxService:
             first = {action_key(i) for i in range(len(tx.steps)) if not tx.needs(i)}
             for branch in branches:
                 branch.attempted = branch.key in first
-        active = self.coordinator.lease_new(tx.gid, tx.created)
+        active = self.coordinator.lease_new(tx.gid, tx.created, ahead=tx.mode is Mode.SAGA)
         revision = await self._create(tx, branches, active=active)
         # the coordinator's own copy: it sets its status, attempts, times and reason; shallow, as neither side
         # changes what the two share (steps, payloads, orders, options) once the transaction is written
@@ -366,12 +366,14 @@ class TxService:
         audit = self._audit(user, action, tx) if action in AUDITED else None
         if finish:
             ops.append(Delete(ACTIVE + tx.gid))
-        else:
-            ops.append(active_put(tx.gid, Active(due=0)))  # due now; a lease another node held is void
+        else:  # due now; a lease another node held is void, but not what it may have called (ahead)
+            current, _ = await self.log.active(tx.gid)  # ahead only ever goes from True to False
+            ops.append(active_put(tx.gid, Active(due=0, ahead=current is not None and current.ahead)))
         try:
             await self.log.txn(ops, [Compare(GLOBAL + tx.gid, loaded.revision)], audit=audit)
         except ConflictError:
             raise _Raced from None
+        self.coordinator.voided(tx.gid)
         self.coordinator.wake()
 
     @staticmethod

@@ -51,6 +51,9 @@ class Active(BaseModel):
     due: float
     owner: str = ""
     until: float = 0.0
+    # the holder may call saga actions before their "attempted" marks are written (they go with its next
+    # write): whoever resumes the transaction must count every action not yet ended as possibly called
+    ahead: bool = False
 
     def free(self, now: float) -> bool:
         return not self.owner or self.until <= now
@@ -151,7 +154,7 @@ class TxLog:
         now = time.time()
         if not active.free(now) and active.owner != owner:
             return None
-        mine = Active(due=active.due, owner=owner, until=now + ttl)
+        mine = Active(due=active.due, owner=owner, until=now + ttl, ahead=active.ahead)
         try:
             revision = await self.txn([active_put(gid, mine)], [Compare(ACTIVE + gid, kv.mod_revision)])
         except ConflictError:
@@ -167,16 +170,25 @@ class Lease:
         self.revision = revision
         self.active = active
         self.ended = False
+        self.ahead = active.ahead  # what this lease's writes record as Active.ahead
         self.pending: dict[str, Op] = {}  # results recorded with the next write (see ``defer``)
         self._lock = asyncio.Lock()  # concurrent branches of one saga write one after another
 
     def defer(self, op: Op) -> None:
         """Record ``op`` with this lease's next write instead of in a store transaction of its own.
 
-        For branch results only: a result lost in a crash before that write means the branch is
-        called again, which branches tolerate (they are idempotent). Every round ends with a write.
+        For branch results, and a saga action's "attempted" mark while the log says ``ahead``: a result
+        lost in a crash before that write means the branch is called again, which branches tolerate
+        (they are idempotent); a lost mark is made up for by whoever resumes (``Active.ahead``). Every
+        round ends with a write.
         """
         self.pending[op.key] = op
+
+    def may_call_ahead(self, timeout: float) -> bool:
+        """Whether a saga action may be called before its mark is written: the log says so (``ahead``)
+        and the lease has time enough left that no other node can take over before the call is over,
+        and before this round's next write renews the lease or hands it back."""
+        return self.ahead and self.active.until - time.time() > max(self.ttl / 2, timeout + 1.0)
 
     async def write(self, ops: Sequence[Op], compares: Sequence[Compare] = (), *, finish: bool = False,
                     due: float | None = None, release: bool = False) -> int:
@@ -190,7 +202,8 @@ class Lease:
             else:
                 now = time.time()
                 self.active = Active(due=self.active.due if due is None else due,
-                                     owner="" if release else self.owner, until=0 if release else now + self.ttl)
+                                     owner="" if release else self.owner, until=0 if release else now + self.ttl,
+                                     ahead=self.ahead)
                 tail = [active_put(self.gid, self.active)]
             try:
                 self.revision = await self.log.txn([*ops, *tail], [Compare(key, self.revision), *compares])

@@ -148,6 +148,10 @@ async def test_auth_401_and_roles(node: RunningNode) -> None:
         assert await client.resources.list("Resiliency") == []
         with pytest.raises(Forbidden):
             await client.resources.apply(doc())
+        with pytest.raises(Forbidden):  # its "unchanged" would confirm a guessed secret to a reader
+            await client.resources.apply(doc(), dry_run=True)
+        with pytest.raises(Forbidden):
+            await client.resources.diff(doc())
         with pytest.raises(Forbidden):
             await client.tokens.list()
     async with node.client(scoped["token"]) as client:

@@ -10,7 +10,7 @@ gets ``rejectedCode`` (429) with ``Retry-After``.
 from __future__ import annotations
 
 import math
-import time
+from time import monotonic
 from typing import Literal
 
 import structlog
@@ -23,6 +23,9 @@ from mezzo.resilience.ratelimit import FixedWindow, RateLimitDecision, SlidingWi
 from mezzo.resources.types import Duration
 
 log = structlog.get_logger("mezzo.gateway")
+
+_REMOTE_ADDR, _CONSUMER, _OTHER = 0, 1, 2  # how the fixed path finds a request's key
+_BY = {"remote_addr": _REMOTE_ADDR, "consumer": _CONSUMER}
 
 
 class LimitCountConfig(Config):
@@ -69,6 +72,14 @@ class LimitCount(Plugin):
             self.remote = limiter(self.client, conf.count, conf.window, prefix="mezzo:gw:limit:")
         self.fixed = _FixedCounts(conf.count, conf.window) if conf.algorithm == "fixed" else None
         self.limit_header = (b"x-ratelimit-limit", b"%d" % conf.count)
+        # the fixed path's per-request reads, out of the configuration once
+        self.count = conf.count
+        self.show = conf.show_headers
+        self.by = _BY.get(conf.key, _OTHER)
+        # X-RateLimit-Reset as last sent, and the (lo, hi] of seconds-to-reset it stands for: its
+        # bytes change once a second, not per request
+        self._reset: tuple[bytes, bytes] = (b"x-ratelimit-reset", b"0")
+        self._reset_lo = self._reset_hi = 0
         # a local limit decides without a task switch; the chain sees a sync access phase
         if self.remote is not None:
             self.access = self._access_remote  # type: ignore[method-assign]
@@ -106,21 +117,38 @@ class LimitCount(Plugin):
 
     def _access_fixed(self, ctx: Ctx) -> Reply | None:
         """The common case, local fixed windows: plain ints and header bytes, no decision object."""
-        fixed = self.fixed
-        conf = self.conf
-        key = ctx.request.client_ip if conf.key == "remote_addr" else self._value(ctx)
-        now = time.monotonic()
-        used = fixed.take(key, now)  # type: ignore[union-attr]
-        allowed = used <= conf.count
-        if conf.show_headers:
-            reset = b"%d" % math.ceil(fixed.ends - now)  # type: ignore[union-attr]
+        by = self.by
+        if by == _CONSUMER:
+            consumer = ctx.consumer
+            key = consumer.ref if consumer is not None else ctx.request.client_ip
+        elif by == _REMOTE_ADDR:
+            key = ctx.request.client_ip
+        else:
+            key = self._value(ctx)
+        now = monotonic()
+        fixed: _FixedCounts = self.fixed  # type: ignore[assignment]
+        count = self.count
+        counts = fixed.counts
+        used = counts.get(key)
+        if used is not None and used < count and now < fixed.ends:
+            used += 1  # a key seen in this window, under its limit: _FixedCounts.take's commonest way
+            counts[key] = used
+        else:
+            used = fixed.take(key, now)
+        if self.show:
+            left = fixed.ends - now
+            if not self._reset_lo < left <= self._reset_hi:  # then ceil(left) is _reset_hi, as sent last
+                hi = math.ceil(left)
+                self._reset = (b"x-ratelimit-reset", b"%d" % hi)
+                self._reset_lo, self._reset_hi = hi - 1, hi
             ctx.response_headers += (self.limit_header,
-                                     (b"x-ratelimit-remaining", b"%d" % (conf.count - min(used, conf.count))),
-                                     (b"x-ratelimit-reset", reset))
-        if allowed:
+                                     (b"x-ratelimit-remaining", b"%d" % (count - used if used <= count else 0)),
+                                     self._reset)
+        if used <= count:
             return None
+        conf = self.conf
         reply = reject(conf.rejected_code, conf.rejected_msg)
-        reply.headers["retry-after"] = str(max(1, math.ceil(fixed.ends - now)))  # type: ignore[union-attr]
+        reply.headers["retry-after"] = str(max(1, math.ceil(fixed.ends - now)))
         return reply
 
     async def _access_remote(self, ctx: Ctx) -> Reply | None:

@@ -94,6 +94,7 @@ class Request:
         self.content_length: int | None = None
         self.chunked = False
         self.host = host
+        self._lower: bytes | None = None  # the raw lines in lowercase, made when header() first looks
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -113,7 +114,7 @@ class Request:
         """The first value of header ``name`` (lowercase), as the client sent it."""
         if self._headers is None:
             raw = self._raw or b"\r\n"
-            lower = getattr(self, "_lower", None)
+            lower = self._lower
             if lower is None:
                 lower = self._lower = raw.lower()
             at = lower.find(b"\r\n" + name + b":")
@@ -127,14 +128,18 @@ class Request:
         return None
 
     def set_header(self, name: bytes, value: str | None) -> None:
-        if self._forward is not None and self._headers is None and name not in NOT_FORWARDED \
-                and self.header(name) is None:  # a new header on raw lines: added to them
-            if value is not None:
-                line = b"%s: %s" % (name, value.encode("latin-1"))
-                self._raw = (self._raw or b"\r\n") + line + b"\r\n"
-                self._forward += b"\r\n" + line
-                self._lower = None
-            return
+        if self._forward is not None and self._headers is None and name not in NOT_FORWARDED:
+            raw = self._raw or b"\r\n"
+            lower = self._lower
+            if lower is None:
+                lower = self._lower = raw.lower()
+            if lower.find(b"\r\n" + name + b":") < 0:  # a new header on raw lines: added to them
+                if value is not None:
+                    line = b"%s: %s" % (name, value.encode("latin-1"))
+                    self._raw = raw + line + b"\r\n"
+                    self._forward += b"\r\n" + line
+                    self._lower = None
+                return
         self.headers = [(k, v) for k, v in self.headers if k != name]  # the setter: no raw forwarding
         if value is not None:
             self.headers.append((name, value.encode("latin-1")))

@@ -34,6 +34,8 @@ from mezzo.gateway.runtime import Gateway
 from mezzo.gateway.upstream import UpstreamConnection
 from mezzo.telemetry.metrics import Metrics
 
+from .fakes import OK, Transport
+
 # prometheus ---------------------------------------------------------------------------------
 
 
@@ -196,35 +198,6 @@ def test_limit_count_reset_header_turns_on_whole_seconds(monkeypatch: pytest.Mon
 
 
 # the three together, through the data plane ------------------------------------------------
-
-OK = b"HTTP/1.1 200 OK\r\nServer: t\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n"
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.out += part
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
 
 async def _plane(count: int) -> tuple[Gateway, Any]:
     gateway = Gateway(Limits(), Metrics())

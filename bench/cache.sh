@@ -18,6 +18,7 @@ N=${1:-200000}
 C=${2:-50}
 REPEATS=${3:-3}
 source bench/lib.sh
+$PY bench/machine.py before
 pin_cpus
 RPORT=$(free_port); MPORT=$(free_port); APORT=$(free_port)
 DATA=$(mktemp -d)
@@ -62,3 +63,4 @@ for P in 1 16; do
   done
 done
 rm -f "$RESULTS"
+$PY bench/machine.py after

@@ -21,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+import machine  # bench/machine.py: the machine's speed around the measurement
 import redis.asyncio as aioredis
 
 from mezzo import Mezzo
@@ -92,4 +93,6 @@ if __name__ == "__main__":
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--ops", type=int, default=200_000, help="near-cache reads per round (redis: a twentieth)")
     parser.add_argument("--rounds", type=int, default=3)
-    asyncio.run(main(parser.parse_args()))
+    args = parser.parse_args()
+    with machine.reported():
+        asyncio.run(main(args))

@@ -19,6 +19,7 @@ N=${1:-100000}
 C=${2:-50}
 REPEATS=${3:-3}
 source bench/lib.sh
+$PY bench/machine.py before
 pin_cpus
 DATA=$(mktemp -d)
 PIDS=()
@@ -92,3 +93,4 @@ rm -f "$RESULTS"
 # a run with node failures is not a fair comparison: say so
 failures=$(grep -c "cache node suspect" "$DATA/mezzo.log" || true)
 echo "mezzo: $failures node failures detected during the run$([ "$failures" = 0 ] || echo " (overloaded machine? see timeouts)")"
+$PY bench/machine.py after

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import machine  # bench/machine.py: the machine's speed around the measurement
 
 from mezzo.testing.fixtures import spawn_node, stop_process
 
@@ -216,4 +217,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with machine.reported():
+        asyncio.run(main())

@@ -23,6 +23,7 @@ CONNS=${2:-50}
 THREADS=${3:-1}
 REPEATS=${4:-3}
 source bench/lib.sh
+$PY bench/machine.py before
 for tool in nginx wrk; do
   command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $tool >/dev/null
 done
@@ -165,3 +166,4 @@ if [ -n "$FLOOR_PID" ]; then
   echo "floor throughput / nginx:                         $(ratio "$F_RPS" "$N_RPS")   (no Python gateway on this stack does better)"
   echo "CPU per request, floor / nginx:                   $(ratio "$F_CPU" "$N_CPU")"
 fi
+$PY bench/machine.py after

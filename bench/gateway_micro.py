@@ -19,6 +19,7 @@ import pstats
 import time
 from typing import Any
 
+import machine  # bench/machine.py: the machine's speed around the measurement
 import uvloop
 
 from mezzo.gateway.client import ClientConnection, Limits
@@ -117,4 +118,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main())  # the gateway's own loop
+    with machine.reported():
+        uvloop.run(main())  # the gateway's own loop

@@ -47,6 +47,8 @@ if importlib.util.find_spec("sniffio") is None:
     # failed search of sys.path each time (a quarter of this client's CPU): fail it at once.
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
+import machine  # bench/machine.py: the machine's speed around the measurement
+
 from mezzo.messaging.codec import FRAMES, decode_delivery_frames, encode_publish_frame
 from mezzo.testing.fixtures import spawn_node, stop_process
 
@@ -377,4 +379,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with machine.reported():
+        asyncio.run(main())

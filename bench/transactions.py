@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import machine  # bench/machine.py: the machine's speed around the measurement
 import orjson
 
 from mezzo.testing.fixtures import free_port, spawn_node, stop_process
@@ -431,7 +432,8 @@ def main() -> int:
         return 0
     if args.clients < 1 or args.seconds < 1 or args.runs < 1:
         parser.error("--clients, --seconds and --runs are at least 1")
-    return asyncio.run(bench(args))
+    with machine.reported():
+        return asyncio.run(bench(args))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ end), so dispatch, ``COMMAND`` and the proxy's planning see them. Writes go thro
 as every other write does.
 
 ``OBJECT`` answers what the engine knows: ``ENCODING`` names the encoding redis-server gives a
-value of that type and size when it is written whole (see ``encoding``); ``FREQ`` is the engine's
-own LFU access counter (namespaces that evict by LFU only, as in Redis); ``REFCOUNT`` is 1, since
+value of that type and size when it is written whole (see ``encoding``); ``FREQ`` is the key's LFU
+counter, Redis' logarithmic 0-255 one decayed to now (namespaces that evict by LFU only, as in
+Redis; see ``engine.lfu_touched``); ``REFCOUNT`` is 1, since
 the engine shares no value between keys; ``IDLETIME`` is an error, since the engine keeps keys in
 LRU order but no access time per key.
 """
@@ -151,7 +152,7 @@ _OBJECT_HELP = [
     "ENCODING <key>",
     "    Return the encoding Redis gives a value of the type and size of the one at <key>.",
     "FREQ <key>",
-    "    Return the access counter of <key> (namespaces that evict by LFU only).",
+    "    Return the logarithmic access frequency counter of <key> (namespaces that evict by LFU only).",
     "IDLETIME <key>",
     "    Not tracked: Mezzo keeps keys in LRU order, not the time each was last read.",
     "REFCOUNT <key>",
@@ -207,5 +208,5 @@ def object_(server: Any, s: Session, a: list[bytes]) -> bytes:
     if sub == b"FREQ":
         if ks.policy != "lfu":
             raise CacheError(LFU_NOT_SELECTED)
-        return Reply.integer(ks.freq.get(a[2], 0))
+        return Reply.integer(ks.frequency(a[2]))
     raise CacheError(LFU_SELECTED if ks.policy == "lfu" else NO_IDLE_TIME)  # IDLETIME

@@ -17,6 +17,15 @@ near-cache invalidation feed), ``ops`` counts reads and writes in a plain int an
 ``SAMPLE_EVERY`` feeds the hot-key and big-key sketches (``hotkeys.py``); tags index keys by
 label so a whole group can be dropped at once, and ``meta`` holds a short note per key (the
 SDK's load time and soft expiry). Tags and meta belong to a value: any write or removal drops them.
+
+LFU is Redis' (evict.c, with its default settings): each key of an ``lfu`` namespace has an 8-bit
+logarithmic counter and the minute it was last accessed, packed in one int in ``freq``. A new key
+starts at ``LFU_INIT_VAL``; an access first decays the counter by the whole ``LFU_DECAY_TIME``
+periods since that minute, then adds 1 with probability 1/((counter - LFU_INIT_VAL) * LFU_LOG_FACTOR
++ 1), so a counter near 255 means about a million recent accesses. Decay is lazy (on access, and
+when a key is looked at as an eviction candidate), never a walk over the keys. Eviction looks at
+``EVICTION_SAMPLES`` keys drawn at random from SCAN's ``order`` and drops the one with the lowest
+decayed counter: the cost of an eviction is its sample, not the number of keys.
 """
 
 from __future__ import annotations
@@ -48,6 +57,13 @@ WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 OOM = "OOM command not allowed when used memory > 'maxmemory'"
 NEVER = 2**63 - 1  # the latest deadline a snapshot holds (ms since the epoch)
 
+# LFU as Redis runs it by default (see the module's docstring); freq[key] = minute << 8 | counter
+LFU_INIT_VAL = 5  # a new key's counter, so it can collect some accesses before it is evicted
+LFU_LOG_FACTOR = 10  # lfu-log-factor: about 100 hits give 10, 1000 give 18, 100k give 142, 1M give 255
+LFU_DECAY_TIME = 1  # lfu-decay-time: minutes per unit of decay (0: counters never decay)
+LFU_MAX = 255
+EVICTION_SAMPLES = 5  # maxmemory-samples: keys looked at per eviction
+
 
 class SnapshotDamaged(ValueError):
     """A snapshot that cannot be read to its end: ``loaded`` entries before the damage were kept."""
@@ -61,6 +77,30 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def lfu_minutes() -> int:
+    """LFU's clock: minutes since the epoch, in 16 bits (wrapping every ~45 days, as Redis' does)."""
+    return int(time.time()) // 60 & 0xFFFF
+
+
+def lfu_decayed(packed: int, minute: int) -> int:
+    """The counter of ``packed`` less one per ``LFU_DECAY_TIME`` minutes since its minute (at least 0)."""
+    counter = packed & 0xFF
+    if LFU_DECAY_TIME and counter:
+        periods = ((minute - (packed >> 8)) & 0xFFFF) // LFU_DECAY_TIME
+        counter = counter - periods if periods < counter else 0
+    return counter
+
+
+def lfu_touched(packed: int | None, minute: int) -> int:
+    """``packed`` after one access at ``minute``: decayed, then incremented logarithmically."""
+    counter = LFU_INIT_VAL if packed is None else lfu_decayed(packed, minute)
+    if counter < LFU_MAX:
+        base = counter - LFU_INIT_VAL
+        if base <= 0 or random.random() < 1.0 / (base * LFU_LOG_FACTOR + 1):
+            counter += 1
+    return minute << 8 | counter
+
+
 def _size(key: bytes, value: Value) -> int:
     if isinstance(value, bytes):
         return len(key) + len(value) + OVERHEAD
@@ -68,14 +108,14 @@ def _size(key: bytes, value: Value) -> int:
 
 
 class Keyspace:
-    """One namespace: its entries (in LRU order), TTLs, access counts and counters."""
+    """One namespace: its entries (in LRU order), TTLs, access counts, LFU counters and counters."""
 
     def __init__(self, name: str, max_memory: int | None = None, policy: Policy = "lru",
                  default_ttl_ms: int | None = None) -> None:
         self.name = name
         self.data: OrderedDict[bytes, Value] = OrderedDict()
         self.expires: dict[bytes, int] = {}
-        self.freq: dict[bytes, int] = {}
+        self.freq: dict[bytes, int] = {}  # lfu only: minute << 8 | counter (see lfu_touched)
         self.max_memory = max_memory
         self.policy: Policy = policy
         self.default_ttl_ms = default_ttl_ms
@@ -122,7 +162,7 @@ class Keyspace:
         if value is not None:
             self.data.move_to_end(key)
             if self.policy == "lfu":
-                self.freq[key] = min(self.freq.get(key, 0) + 1, 1_000_000)
+                self.freq[key] = lfu_touched(self.freq.get(key), lfu_minutes())
         return value
 
     def string(self, key: bytes) -> bytes | None:
@@ -146,6 +186,12 @@ class Keyspace:
         """The live value, neither counted as a hit or miss nor touched (LRU order and LFU counter
         stay): what ``OBJECT`` looks at, as Redis' lookups without touching do."""
         return self._live(key)
+
+    def frequency(self, key: bytes) -> int:
+        """The key's LFU counter, decayed to now, without touching it (what ``OBJECT FREQ`` answers);
+        a key without one (written before the namespace turned to ``lfu``) counts as new."""
+        packed = self.freq.get(key)
+        return LFU_INIT_VAL if packed is None else lfu_decayed(packed, lfu_minutes())
 
     def ttl_ms(self, key: bytes) -> int:
         """-2: no such key; -1: no TTL; else milliseconds left."""
@@ -187,8 +233,8 @@ class Keyspace:
                 self.expires.pop(key, None)
             else:
                 self._deadline(key, at if at is not None else now_ms() + ttl_ms)
-        if self.policy == "lfu":
-            self.freq.setdefault(key, 1)
+        if self.policy == "lfu" and (old is None or key not in self.freq):  # an overwrite keeps the counter
+            self.freq[key] = lfu_minutes() << 8 | LFU_INIT_VAL
         if self.key_tags or self.meta:
             self._forget_extras(key)
         self.ops += 1
@@ -255,13 +301,18 @@ class Keyspace:
         self.places.append(self.next_place)
         self.next_place += 1
         if len(self.order) > 2 * len(self.data) + 1024:
-            kept, places, seen, data = [], array("q"), set(), self.data
-            for k, place in zip(self.order, self.places, strict=True):
-                if k in data and k not in seen:  # a key made again keeps its first place
-                    seen.add(k)
-                    kept.append(k)
-                    places.append(place)
-            self.order, self.places = kept, places
+            self._compact_order()
+
+    def _compact_order(self) -> None:
+        """Drop the holes from SCAN's order, each key keeping its place (so cursors stay valid).
+        Called once at least half of it is holes: amortized O(1) per key placed."""
+        kept, places, seen, data = [], array("q"), set(), self.data
+        for k, place in zip(self.order, self.places, strict=True):
+            if k in data and k not in seen:  # a key made again keeps its first place
+                seen.add(k)
+                kept.append(k)
+                places.append(place)
+        self.order, self.places = kept, places
 
     def flush(self) -> None:
         self.order, self.places, self.ttl_keys = [], array("q"), []
@@ -340,9 +391,43 @@ class Keyspace:
                 if key != protect:
                     return key
             return None
-        keys = list(self.data.keys()) if len(self.data) <= 5 else random.sample(list(self.data.keys()), 5)
-        candidates = [k for k in keys if k != protect]
-        return min(candidates, key=lambda k: self.freq.get(k, 0)) if candidates else None
+        minute, freq = lfu_minutes(), self.freq
+        victim, lowest = None, LFU_MAX + 1
+        for key in self._candidates(EVICTION_SAMPLES, protect):
+            packed = freq.get(key)
+            if packed is None:  # written before the namespace turned to lfu: new from now on
+                packed = freq[key] = minute << 8 | LFU_INIT_VAL
+            counter = lfu_decayed(packed, minute)
+            if counter < lowest:
+                victim, lowest = key, counter
+        return victim
+
+    def _candidates(self, samples: int, protect: bytes | None) -> set[bytes]:
+        """Up to ``samples`` distinct live keys other than ``protect``, drawn at random from SCAN's
+        ``order``. Holes (keys gone) are kept under half of it (compacted here once they pass that,
+        amortized O(1) per key placed), so a bounded number of draws finds the sample; what a tiny
+        namespace or bad luck leaves short is made up from the first keys of ``data``. O(samples)
+        per eviction, however many keys the namespace holds."""
+        data = self.data
+        want = min(samples, len(data) - (protect is not None and protect in data))
+        picked: set[bytes] = set()
+        if want <= 0:
+            return picked
+        if len(self.order) > 2 * len(data) + 32:
+            self._compact_order()
+        order, size, draw = self.order, len(self.order), random.random
+        for _ in range(8 * samples if size else 0):
+            key = order[int(draw() * size)]
+            if key in data and key != protect:
+                picked.add(key)
+                if len(picked) >= want:
+                    return picked
+        for key in data:
+            if key != protect:
+                picked.add(key)
+                if len(picked) >= want:
+                    break
+        return picked
 
     def sweep(self, samples: int = 20) -> int:
         """Active expiry: drop expired keys among a sample of keys with a TTL; repeat while a quarter
@@ -361,9 +446,6 @@ class Keyspace:
             self.expired += len(gone)
             if len(gone) < max(1, len(keys) // 4):
                 break
-        if self.policy == "lfu" and random.random() < 0.01:  # age counters so old favourites can go
-            for key in list(self.freq):
-                self.freq[key] //= 2
         return removed
 
     def scan(self, cursor: int, match: bytes | None, count: int, kind: str | None = None) -> tuple[int, list[bytes]]:
@@ -508,7 +590,7 @@ class Engine:
                     value[field] = blob[i + 4:i + 4 + vlen]
                     i += 4 + vlen
             ks = self.space(name)
-            ks.store(key, value, ttl_ms=None if deadline == -1 else deadline - now)
+            ks.store(key, value, at=None if deadline == -1 else deadline)  # the deadline itself, to the ms
             ks.annotate(key, tags, meta)
             count += 1
             state[0], state[1] = pos, count

@@ -19,6 +19,9 @@ app = typer.Typer(help="Config center: drafts, releases, rollback, gray releases
 gray = typer.Typer(help="Gray release: serve other values of some keys to the clients the rules pick.",
                    no_args_is_help=True)
 app.add_typer(gray, name="gray")
+access_key = typer.Typer(help="Apollo access keys: Apollo clients of an app sign their requests with one.",
+                         no_args_is_help=True)
+app.add_typer(access_key, name="access-key")
 
 EnvOpt = Annotated[str, typer.Option("--env", "-e", help="environment")]
 ClusterOpt = Annotated[str, typer.Option("--cluster", "-c", help="cluster")]
@@ -491,3 +494,66 @@ async def gray_show(app: str, namespace: str, env: EnvOpt = "default", cluster: 
     async with client() as mezzo:
         doc = await mezzo.config.gray_get(app, namespace, env=env, cluster=cluster)
     _print_gray(doc, output)
+
+
+# Apollo access keys ----------------------------------------------------------------------------
+
+@access_key.command("create")
+@run
+async def access_key_create(
+    app: str, comment: Annotated[str, typer.Option("--comment", help="what the key is for")] = "",
+    disabled: Annotated[bool, typer.Option("--disabled", help="create it disabled")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create an access key; its secret is printed now and never again."""
+    async with client() as mezzo:
+        key = await mezzo.config.create_access_key(app, comment=comment, enabled=not disabled)
+    if output is not Output.table:
+        emit(key, output)
+        return
+    out.print(f"created access key {key['id']} of {app} ({'enabled' if key['enabled'] else 'disabled'})", markup=False)
+    out.print(f"secret: {key['secret']}", markup=False)
+    out.print("it is shown only now; Apollo's Java client takes it as apollo.access-key.secret", markup=False)
+
+
+@access_key.command("list")
+@run
+async def access_key_list(app: str, output: OutputOpt = Output.table) -> None:
+    """The app's access keys (never their secrets)."""
+    async with client() as mezzo:
+        items = await mezzo.config.access_keys(app)
+    if output is not Output.table:
+        emit(items, output)
+        return
+    table = new_table("ID", "ENABLED", "CREATED", "BY", "COMMENT")
+    for key in items:
+        table.add_row(key["id"], "yes" if key["enabled"] else "no", _at(key.get("createdAt")),
+                      _shown(key.get("createdBy")), _shown(key.get("comment")))
+    out.print(table if items else f"{app} has no access key", markup=False)
+
+
+@access_key.command("enable")
+@run
+async def access_key_enable(app: str, key_id: str) -> None:
+    """Accept the key's signatures."""
+    async with client() as mezzo:
+        await mezzo.config.enable_access_key(app, key_id)
+    out.print(f"enabled access key {key_id} of {app}", markup=False)
+
+
+@access_key.command("disable")
+@run
+async def access_key_disable(app: str, key_id: str) -> None:
+    """Refuse the key's signatures until it is enabled again."""
+    async with client() as mezzo:
+        await mezzo.config.disable_access_key(app, key_id)
+    out.print(f"disabled access key {key_id} of {app}", markup=False)
+
+
+@access_key.command("delete")
+@run
+async def access_key_delete(app: str, key_id: str) -> None:
+    """Delete the key: clients signing with it are refused at once."""
+    async with client() as mezzo:
+        await mezzo.config.delete_access_key(app, key_id)
+    out.print(f"deleted access key {key_id} of {app}", markup=False)

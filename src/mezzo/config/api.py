@@ -489,29 +489,43 @@ async def notifications(request: Request, caller: Caller, notifications: str, ap
     app = app or app_id
     if not app:
         raise bad_request("app (Apollo clients: appId) is required", field="app")
-    _, hub = _svc(request)
     wanted = _wanted(notifications)
+    changed = await long_poll(request, caller, app, {name: _ref(app, env, cluster, name) for name in wanted},
+                              wanted, timeout)
+    if not changed:
+        return Response(status_code=304)
+    return Response(dumps([{"namespace": name, "namespaceName": name, "notificationId": nid} for name, nid in changed]),
+                    media_type="application/json")
+
+
+async def long_poll(request: Request, caller: Principal, app: str, refs: dict[str, NsRef], wanted: dict[str, int],
+                    timeout: float) -> list[tuple[str, int]]:
+    """Wait up to ``timeout`` seconds until a namespace of ``app`` (``refs``: the client's name for it ->
+    the namespace) has a notification id above the one the client has (``wanted``, by the same
+    names); the changed ones as (name, id), or [] on timeout, disconnect or drain. Raises 401/403
+    when the caller loses access while waiting."""
+    _, hub = _svc(request)
     await hub.caught_up()
     require(caller, Verb.READ, hub.tenant(app))
-    refs = {name: _ref(app, env, cluster, name) for name in wanted}
     stopping = request.app.state.node.stopping
     tokens: TokenService = request.app.state.node.service(TokenService)
     access = _access(hub, app, caller, tokens)
+    names = list(dict.fromkeys(ref.namespace for ref in refs.values()))
     started = time.monotonic()
     while True:
         if await request.is_disconnected():
-            return Response(status_code=304)
+            return []
         denied = access()  # revoked, expired, or the app was created meanwhile in a tenant out of reach
         if denied is not None:
             raise denied
-        changed = [{"namespace": name, "namespaceName": name, "notificationId": hub.notification_id(ref)}
-                   for name, ref in refs.items() if hub.notification_id(ref) > wanted[name]]
+        changed = [(name, hub.notification_id(ref)) for name, ref in refs.items()]
+        changed = [(name, nid) for name, nid in changed if nid > wanted[name]]
         if changed:
-            return Response(dumps(changed), media_type="application/json")
+            return changed
         left = timeout - (time.monotonic() - started)
         if left <= 0 or stopping.is_set() or hub.stopped:
-            return Response(status_code=304)
-        await hub.wait(list(refs), min(left, 5.0))
+            return []
+        await hub.wait(names, min(left, 5.0))
 
 
 @router.get("/stream", summary="Server-sent events: each namespace's config now and on every change")

@@ -151,3 +151,17 @@ class ClientInfo(Model):
     client_id: str = ""
     ip: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+
+
+class AccessKey(Model):
+    """An app's Apollo access key: Apollo clients sign requests with its secret (sealed at rest)."""
+
+    id: str
+    secret: str  # sealed with the node's keyring (mzenc:...), bound to the key's location
+    enabled: bool = True
+    comment: str = ""
+    created_by: str = ""
+    created_at: datetime | None = None
+
+    def shown(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"secret"})

@@ -43,6 +43,7 @@ class ConfigModule(Module):
         return Health(ok, f"{len(self.hub.metas)} namespaces, revision {self.hub.revision}")
 
     def routers(self) -> list[APIRouter]:
+        from mezzo.config import apollo
         from mezzo.config.api import router
 
-        return [router]
+        return [router, apollo.keys, apollo.router]

@@ -10,6 +10,7 @@ Storage (every write is one store transaction, audited in the same transaction):
 - ``/config/latest/{path}``                  what clients get (release id, gray branch); its
                                              revision is the namespace's notification id
 - ``/config/gray/{path}``                    the gray branch being edited (see gray.py)
+- ``/config/access-keys/{app}/{id}``         an app's Apollo access keys, secrets sealed (see apollo.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mezzo.config.model import (
     MAX_KEY,
     MAX_KEYS,
     MAX_VALUE,
+    AccessKey,
     App,
     Draft,
     Gray,
@@ -47,6 +49,7 @@ M = TypeVar("M", bound=BaseModel)
 ROOT = "/config/"
 APPS, META, PUBLIC, DRAFT = "/config/apps/", "/config/meta/", "/config/public/", "/config/draft/"
 RELEASES, LATEST, GRAY = "/config/releases/", "/config/latest/", "/config/gray/"
+ACCESS_KEYS = "/config/access-keys/"
 AUDIT_KIND = "ConfigNamespace"
 DEFAULT = "default"
 
@@ -438,7 +441,8 @@ class ConfigService:
     async def rotate_keys(self, user: str) -> int:
         """Re-encrypt every stored secret with the active key; returns how many documents changed."""
         changed = 0
-        for prefix, model in ((DRAFT, Draft), (RELEASES, Release), (GRAY, Gray), (LATEST, Latest)):
+        for prefix, model in ((DRAFT, Draft), (RELEASES, Release), (GRAY, Gray), (LATEST, Latest),
+                              (ACCESS_KEYS, AccessKey)):
             for kv in (await self.store.range(prefix)).items:
                 path = kv.key[len(prefix):]
                 if prefix == RELEASES:
@@ -459,6 +463,12 @@ class ConfigService:
         return changed
 
     def _rotate_doc(self, doc: Any, path: str) -> bool:
+        if isinstance(doc, AccessKey):  # sealed where it lives: access-keys/{app}/{id}
+            where = ACCESS_KEYS.removeprefix(ROOT) + path
+            if self.keyring.needs_rotation(doc.secret):
+                doc.secret = self.keyring.rotate(doc.secret, where)
+                return True
+            return False
         maps: list[dict[str, Any]] = []
         for attr in ("items", "config"):
             if isinstance(getattr(doc, attr, None), dict):

@@ -1,6 +1,6 @@
 """``client.config``: configuration read live (``watch``: typed reads, change callbacks and iteration,
 pydantic binding, a local cache for when Mezzo is unreachable) and managed (drafts, releases,
-rollback, gray releases, permissions, audit)."""
+rollback, gray releases, permissions, audit, Apollo access keys)."""
 
 from __future__ import annotations
 
@@ -287,6 +287,26 @@ class ConfigClient:
         """Re-encrypt every secret with the active key (admin)."""
         return await self._client.request("POST", "/v1/config:rotate-keys")  # type: ignore[no-any-return]
 
+    # Apollo access keys -----------------------------------------------------------------------
+
+    async def create_access_key(self, app: str, *, comment: str = "", enabled: bool = True) -> dict[str, Any]:
+        """A new access key for Apollo clients of ``app``: ``id``, ``enabled``, ... and its ``secret``,
+        which only this answer shows (Apollo's Java client: ``apollo.access-key.secret``)."""
+        return await self._client.request("POST", _keys(app), json={"comment": comment, "enabled": enabled})  # type: ignore[no-any-return]
+
+    async def access_keys(self, app: str) -> list[dict[str, Any]]:
+        """The app's access keys, without their secrets."""
+        return (await self._client.request("GET", _keys(app)))["items"]  # type: ignore[no-any-return]
+
+    async def enable_access_key(self, app: str, key_id: str) -> dict[str, Any]:
+        return await self._client.request("POST", f"{_keys(app)}/{_q(key_id)}:enable")  # type: ignore[no-any-return]
+
+    async def disable_access_key(self, app: str, key_id: str) -> dict[str, Any]:
+        return await self._client.request("POST", f"{_keys(app)}/{_q(key_id)}:disable")  # type: ignore[no-any-return]
+
+    async def delete_access_key(self, app: str, key_id: str) -> None:
+        await self._client.request("DELETE", f"{_keys(app)}/{_q(key_id)}")
+
     # plumbing ---------------------------------------------------------------------------------
 
     async def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
@@ -313,6 +333,10 @@ def _q(part: str) -> str:
 
 def _base(app: str, env: str, cluster: str, namespace: str) -> str:
     return f"/v1/config/apps/{_q(app)}/envs/{_q(env)}/clusters/{_q(cluster)}/namespaces/{_q(namespace)}"
+
+
+def _keys(app: str) -> str:
+    return f"/v1/config/apps/{_q(app)}/access-keys"
 
 
 def _etag(response: httpx.Response) -> str:

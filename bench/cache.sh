@@ -32,7 +32,7 @@ trap cleanup EXIT
 "${SERVER_PIN[@]}" redis-server --port "$RPORT" --save "" --appendonly no --daemonize no >/dev/null &
 RPID=$!
 MEZZO_DATA_DIR="$DATA" MEZZO_API_PORT=$APORT MEZZO_RESP_PORT=$MPORT MEZZO_GATEWAY_PORT=0 MEZZO_OTLP_PORT=0 \
-  MEZZO_ZIPKIN_PORT=0 MEZZO_GATEWAY_TLS_PORT=0 MEZZO_LOG_LEVEL=warning MEZZO_CACHE_SNAPSHOT=false \
+  MEZZO_ZIPKIN_PORT=0 MEZZO_GATEWAY_TLS_PORT=0 MEZZO_DAPR_GRPC_PORT=0 MEZZO_LOG_LEVEL=warning MEZZO_CACHE_SNAPSHOT=false \
   "${SERVER_PIN[@]}" .venv/bin/mezzo up >/dev/null 2>&1 &
 MPID=$!
 for _ in $(seq 300); do

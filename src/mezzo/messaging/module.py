@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import time
+from typing import Any
 
 import httpx
 import structlog
@@ -16,7 +17,7 @@ from mezzo.messaging.half import HalfMessages
 from mezzo.messaging.model import SUBSCRIPTION_KIND, TOPIC_KIND, SubscriptionSpec, TopicSpec
 from mezzo.messaging.push import Pusher
 from mezzo.messaging.service import MessagingService, topic_ref
-from mezzo.node.module import Health, Module
+from mezzo.node.module import Health, Listener, Module
 from mezzo.node.outbound import Outbound
 from mezzo.node.settings import Settings
 from mezzo.resilience.policies import NOOP_POLICY, PolicyRegistry, ResiliencePolicy
@@ -48,9 +49,25 @@ def open_broker(settings: Settings) -> Broker:
     return engine.open_broker(settings.broker, settings)  # type: ignore[no-any-return]
 
 
+def dapr_listener(node: Any, service: MessagingService) -> Listener | None:
+    """Dapr's gRPC API on ``MEZZO_DAPR_GRPC_PORT``, when it is not ``off`` and grpcio and dapr are installed
+    (imported only here: a node without it, and the CLI, never load gRPC)."""
+    settings = node.settings
+    if settings.dapr_grpc_port is None:
+        return None
+    try:
+        from mezzo.messaging.compat.dapr_grpc import DaprGrpcListener
+    except Exception as exc:  # not installed, or a grpcio/protobuf that does not fit: the node runs without it
+        log.info("Dapr gRPC API not served: install mezzo[dapr] to serve it (or set MEZZO_DAPR_GRPC_PORT=off)",
+                 error=f"{type(exc).__name__}: {exc}")
+        return None
+    return DaprGrpcListener(node, service, settings.host, settings.dapr_grpc_port, settings.drain_timeout)
+
+
 class MessagingModule(Module):
     name = "messaging"
     kinds = (TOPIC_KIND, SUBSCRIPTION_KIND)
+    dapr: Listener | None = None  # Dapr's gRPC API, once started
 
     async def start(self) -> None:
         settings = self.node.settings
@@ -79,6 +96,11 @@ class MessagingModule(Module):
             asyncio.create_task(self._forever(self.half.run_checker), name="mezzo-mq-half-checker"),
             asyncio.create_task(self._retention(), name="mezzo-mq-retention"),
         ]
+        try:
+            self.dapr = dapr_listener(self.node, self.service)
+        except BaseException:  # e.g. its port is taken: the node does not start, and stops only started modules
+            await self.stop()
+            raise
 
     async def _allowed(self, request: httpx.Request) -> None:
         """Every request this module makes (push deliveries, check-backs) goes only to an allowed host:
@@ -88,6 +110,9 @@ class MessagingModule(Module):
                                      "(MEZZO_MESSAGING_ALLOW_HOSTS)", request=request)
 
     async def stop(self) -> None:
+        dapr = self.dapr
+        if dapr is not None:  # closed by the node already, unless the node failed to start
+            await dapr.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -105,6 +130,9 @@ class MessagingModule(Module):
     async def health(self) -> Health:
         ok = await self.broker.ready() and all(not t.done() for t in self._tasks)
         return Health(ok, f"{self.broker.engine} broker, {len(self.broker.topics())} topics")
+
+    def listeners(self) -> list[Listener]:
+        return [self.dapr] if self.dapr is not None else []
 
     def routers(self) -> list[APIRouter]:
         from mezzo.messaging.api import router, trace_router

@@ -18,6 +18,7 @@ from pydantic_settings import (
 from mezzo.resources.types import ByteSize, Duration
 
 Port = int
+OFF = ("off", "none", "false", "")  # what turns an optional listener off
 
 
 def _port(value: int) -> int:
@@ -67,6 +68,8 @@ class Settings(BaseSettings):
     resp_port: Port = Field(6380, description="Redis protocol")
     otlp_port: Port = Field(4318, description="OTLP/HTTP ingest")
     zipkin_port: Port = Field(9411, description="Zipkin ingest and query")
+    dapr_grpc_port: Port | None = Field(
+        50001, description="Dapr's gRPC API (pub/sub) for Dapr SDKs; off: not served (needs mezzo[dapr])")
     admin_token: SecretStr | None = Field(None, description="admin token; generated when unset")
     store: str | None = Field(
         None, description="sqlite:///PATH (default: DATA_DIR/mezzo.db) or postgresql://..."
@@ -117,6 +120,21 @@ class Settings(BaseSettings):
     @classmethod
     def _check_port(cls, value: int) -> int:
         return _port(value)
+
+    @field_validator("dapr_grpc_port", mode="before")
+    @classmethod
+    def _port_or_off(cls, value: Any) -> Any:
+        """``off`` (also YAML's ``off``/``false``, ``none``, empty) turns the listener off."""
+        if value is None or value is False or (isinstance(value, str) and value.strip().lower() in OFF):
+            return None
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError("a port number (0 picks a free port) or off")
+        return value
+
+    @field_validator("dapr_grpc_port")
+    @classmethod
+    def _check_optional_port(cls, value: int | None) -> int | None:
+        return None if value is None else _port(value)
 
     @field_validator("targets", mode="before")
     @classmethod

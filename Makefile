@@ -1,7 +1,7 @@
 # Two commands set everything up: `make demo` and `make test`.
 # The distribution's interpreter when there is one: Debian builds it with PGO and LTO and links
-# libpython statically, and on this project's machine it runs Mezzo's Python 1.3-1.8x faster than a
-# default pyenv build (shared libpython, no PGO) found first on PATH (docs/benchmarks.md,
+# libpython statically, and on this project's machine it runs the gateway's Python 10-15% faster
+# than the default pyenv build (shared libpython, no PGO) found first on PATH (docs/benchmarks.md,
 # "Which python3"). `make clean install PYTHON=python3` picks the one on PATH instead.
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11) python3)
 VENV   ?= .venv

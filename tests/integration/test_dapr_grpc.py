@@ -9,6 +9,7 @@ thread. Every test has topics of its own; nodes listen on free ports (never Dapr
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
 import uuid
@@ -27,7 +28,7 @@ from dapr.clients.grpc._response import TopicEventResponse
 from dapr.proto import api_service_v1, api_v1
 
 from mezzo.messaging.codec import split_envelope
-from mezzo.messaging.service import MessagingService
+from mezzo.messaging.service import MessagingService, PublishMessage
 from mezzo.testing import backends
 from mezzo.testing.fixtures import (
     RunningNode,
@@ -197,6 +198,38 @@ async def test_bulk_publish_lists_the_entries_it_refused_and_publishes_the_other
         (None, b'{"n": 1}', 60_000), ("k2", b"two", 60_000), (None, b"a", None), (None, b"b", None)]
 
 
+async def test_raw_payload_keeps_a_cloudevent_body_as_sent(sdk: RunningNode, topic: str) -> None:
+    client = await new_client()
+    try:
+        await in_thread(client.publish_event, "mezzo", topic, b'{"not": "checked"', publish_metadata={"rawPayload": "true"},
+                        data_content_type="application/cloudevents+json")  # as Dapr: published as is, not parsed
+        bad = await rpc_error(client.publish_event, "mezzo", topic, "x", publish_metadata={"rawPayload": "yes"})
+        assert (bad.code(), bad.error_code()) == (grpc.StatusCode.INVALID_ARGUMENT, "DAPR_PUBSUB_METADATA_DESERIALIZATION")
+        whole = await rpc_error(client.publish_events, "mezzo", topic, ["a"], publish_metadata={"rawPayload": "maybe"})
+        assert whole.error_code() == "DAPR_PUBSUB_METADATA_DESERIALIZATION"  # the request's: refused whole, as Dapr
+    finally:
+        client.close()
+    [(head, data)] = await pulled(sdk, topic, 1)
+    assert (head["ct"], data) == ("application/cloudevents+json", b'{"not": "checked"')
+
+
+async def test_bulk_publish_fails_the_call_when_the_broker_fails(sdk: RunningNode, topic: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not an OK answer listing every entry in failedEntries: Dapr answers INTERNAL, and SDK users rely on it."""
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("the broker is unreachable")
+
+    monkeypatch.setattr(sdk.node.service(MessagingService), "publish", unreachable)
+    client = await new_client()
+    try:
+        err = await rpc_error(client.publish_events, "mezzo", topic, ["a", "b"])
+        assert (err.code(), err.error_code()) == (grpc.StatusCode.INTERNAL, "DAPR_PUBSUB_PUBLISH_MESSAGE")
+        assert "unreachable" in err.details()
+    finally:
+        client.close()
+
+
 # tokens ---------------------------------------------------------------------------------------------
 
 
@@ -215,6 +248,9 @@ async def test_tokens_are_checked_as_on_the_api_port(node: RunningNode, topic: s
         try:
             err = await rpc_error(client.publish_event, "mezzo", topic, "x")
             assert err.code() == code and reason in err.details(), (token, err.details())
+            other = await rpc_error(client.get_state, "statestore", "key")  # the token first, on every method
+            expected = code if code == grpc.StatusCode.UNAUTHENTICATED else grpc.StatusCode.UNIMPLEMENTED
+            assert other.code() == expected, (token, other.details())
             with pytest.raises(Exception, match=code.name):
                 await in_thread(client.subscribe, "mezzo", topic)
         finally:
@@ -344,6 +380,67 @@ async def test_a_closed_stream_gives_back_what_it_did_not_answer(sdk: RunningNod
             await in_thread(again.close)
     finally:
         client.close()
+
+
+async def open_stream(node: RunningNode, channel: grpc.aio.Channel, topic: str) -> Any:
+    """A raw streaming subscription, past its initial response."""
+    stub = api_service_v1.DaprStub(channel)
+    call = stub.SubscribeTopicEventsAlpha1(metadata=(("dapr-api-token", node.token),))
+    await call.write(api_v1.SubscribeTopicEventsRequestAlpha1(
+        initial_request=api_v1.SubscribeTopicEventsRequestInitialAlpha1(pubsub_name="mezzo", topic=topic)))
+    first = await call.read()
+    assert first.WhichOneof("subscribe_topic_events_response_type") == "initial_response"
+    return call
+
+
+async def test_a_client_gone_while_writes_wait_gives_back_the_unsent_messages_at_once(node: RunningNode,
+                                                                                       topic: str) -> None:
+    """A slow client: the batch pulled (16, the group's maxInFlight) is larger than what gRPC buffers, so
+    writes wait; when the client leaves, the messages not yet written go back at once too, not after
+    the group's ack timeout (30 s)."""
+    service = node.node.service(MessagingService)
+    count = 16
+    await service.publish("default", topic, [
+        PublishMessage(dataBase64=base64.b64encode(bytes([65 + n]) * 1_000_000).decode()) for n in range(count)],
+        "admin")
+    channel = grpc.aio.insecure_channel(grpc_address(node))
+    try:
+        call = await open_stream(node, channel, topic)
+        await call.read()  # one message read, the rest left waiting
+        await asyncio.sleep(0.5)
+        call.cancel()
+    finally:
+        await channel.close()
+    got: list[Any] = []
+
+    async def back() -> bool:
+        got.extend(await service.pull_deliveries("default", topic, "admin", count, 0.2))
+        return len(got) >= count
+
+    await wait_for(back, timeout=10)
+    assert len({d.receipt for d, _ in got}) == count
+
+
+async def test_a_stream_that_fails_to_give_back_is_still_closed(node: RunningNode, topic: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Giving back what was in flight failed: the stream still leaves the open ones (metadata, shutdown)."""
+    service = node.node.service(MessagingService)
+
+    async def failing(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("nack failed")
+
+    monkeypatch.setattr(service, "nack", failing)
+    await service.publish("default", topic, [PublishMessage(data="x")], "admin")
+    listener = next(x for x in node.node.listeners if x.name == "dapr-grpc")
+    channel = grpc.aio.insecure_channel(grpc_address(node))
+    try:
+        call = await open_stream(node, channel, topic)
+        await call.read()
+        assert len(listener.api.streams.open) == 1
+        call.cancel()
+    finally:
+        await channel.close()
+    await wait_for(lambda: not listener.api.streams.open, timeout=10)
 
 
 # the listener and the node --------------------------------------------------------------------------

@@ -127,8 +127,8 @@ class Settings(BaseSettings):
         """``off`` (also YAML's ``off``/``false``, ``none``, empty) turns the listener off."""
         if value is None or value is False or (isinstance(value, str) and value.strip().lower() in OFF):
             return None
-        if isinstance(value, str) and not value.strip().isdigit():
-            raise ValueError("a port number (0 picks a free port) or off")
+        if value is True or (isinstance(value, str) and not (value.strip().isascii() and value.strip().isdigit())):
+            raise ValueError("a port number (0 picks a free port) or off")  # True: YAML's on/yes, not port 1
         return value
 
     @field_validator("dapr_grpc_port")

@@ -32,6 +32,20 @@ def test_messages_from_dapr_data_content_types_and_metadata() -> None:
     assert event.id and event.data == {"n": 1}  # a new id, as Dapr gives an event without one
 
 
+def test_raw_payload_keeps_a_cloudevent_as_sent_and_an_empty_ttl_is_none() -> None:
+    raw = to_message(b"[not a cloudevent", "application/cloudevents+json", {"rawPayload": "true"})
+    assert raw.body() == (b"[not a cloudevent", "application/cloudevents+json") and not raw.attributes
+    for off in ("false", "0", "F", ""):  # Go's ParseBool, as Dapr reads it; empty: not set
+        event = to_message(b'{"data": 1}', "application/cloudevents+json", {"rawPayload": off})
+        assert event.attributes["ce.source"] == "Dapr" and event.data == 1, off
+    assert to_message(b"x", None, {"rawPayload": "T"}).body() == (b"x", "text/plain")  # other data: as always
+    assert to_message(b"x", None, {"ttlInSeconds": ""}).ttl is None  # as Dapr: no TTL, not an error
+    err = refusal(to_message, b"x", None, {"rawPayload": "yes"})
+    assert (err.status, err.code, err.grpc, err.reason) == (
+        400, "ERR_PUBSUB_REQUEST_METADATA", "INVALID_ARGUMENT", "DAPR_PUBSUB_METADATA_DESERIALIZATION")
+    assert "rawPayload value must be a valid boolean: actual is 'yes'" in err.message
+
+
 @pytest.mark.parametrize(("data", "ctype", "metadata", "words"), [
     (b"x", None, {"ttlInSeconds": "0"}, "ttlInSeconds"),
     (b"x", None, {"ttlInSeconds": "inf"}, "ttlInSeconds"),
@@ -92,7 +106,7 @@ def test_the_dapr_grpc_port_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.delenv("MEZZO_DAPR_GRPC_PORT")
     (tmp_path / "mezzo.yaml").write_text("dapr_grpc_port: off\n")  # YAML reads off as false
     assert Settings().dapr_grpc_port is None
-    for bad in ("soon", "70000", -1):
+    for bad in ("soon", "70000", -1, True, "on", "\u0663"):  # True: YAML's on/yes/true, not port 1
         with pytest.raises(ValidationError) as info:
             Settings(dapr_grpc_port=bad)
         assert info.value.errors()[0]["loc"] == ("dapr_grpc_port",)

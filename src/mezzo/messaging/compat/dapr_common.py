@@ -6,8 +6,10 @@ content type and metadata become a Mezzo message, and Dapr's errors, each with t
 over gRPC (docs.dapr.io, "Error codes"), so both transports refuse the same request the same way.
 
 Metadata (``?metadata.KEY=`` over HTTP, the request's ``metadata`` map over gRPC): ``namespace``
-(default ``default``), ``ttlInSeconds`` (the message's TTL), ``partitionKey`` (its ordering key).
-``rawPayload`` and other keys are accepted and ignored: Mezzo never wraps the data in an envelope.
+(default ``default``), ``ttlInSeconds`` (the message's TTL; empty: none, as Dapr), ``partitionKey``
+(its ordering key), ``rawPayload`` (a Go boolean, as Dapr parses it: Mezzo never wraps data in an
+envelope, so it changes only ``application/cloudevents+json`` data, which is then stored as sent,
+not read as a CloudEvent, as Dapr publishes a raw payload). Other keys are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ DEFAULT_CONTENT_TYPE = "text/plain"  # Dapr's, for data published without a cont
 DEFAULTS = {"specversion": "1.0", "source": "Dapr", "type": "com.dapr.event.sent"}  # Dapr's, for events without them
 FEATURES = ("MESSAGE_TTL", "BULK_PUBSUB")  # Dapr's names for what this pub/sub does (GetMetadata)
 MAX_TTL = 10**9
+GO_TRUE, GO_FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
 
 
 class DaprError(Exception):
@@ -66,6 +69,23 @@ def bad_event(message: str) -> DaprError:
                      message)
 
 
+def bad_metadata(message: str) -> DaprError:
+    return DaprError(400, "ERR_PUBSUB_REQUEST_METADATA", "INVALID_ARGUMENT", "DAPR_PUBSUB_METADATA_DESERIALIZATION",
+                     f"failed deserializing metadata. Error: {message}")
+
+
+def raw_payload(metadata: Mapping[str, str]) -> bool:
+    """``rawPayload`` as Dapr reads it (Go's ``strconv.ParseBool``; absent or empty: false)."""
+    value = metadata.get("rawPayload")
+    if not value:
+        return False
+    if value in GO_TRUE:
+        return True
+    if value in GO_FALSE:
+        return False
+    raise bad_metadata(f"rawPayload value must be a valid boolean: actual is '{value}'")
+
+
 def publish_failed(topic: str, exc: Exception) -> DaprError:
     return DaprError(500, "ERR_PUBSUB_PUBLISH_MESSAGE", "INTERNAL", "DAPR_PUBSUB_PUBLISH_MESSAGE",
                      f"error when publishing to topic {topic}: {exc}")
@@ -91,16 +111,17 @@ def check(pubsubname: str, topic: str, namespace: str, caller: Principal) -> Non
 
 def to_message(data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> PublishMessage:
     """The message a Dapr publish makes: the data as it is (``text/plain`` without a content type), or
-    a CloudEvent itself with ``application/cloudevents+json`` (completed with Dapr's defaults).
-    Raises ``DaprError`` (bad CloudEvent or metadata)."""
+    a CloudEvent itself with ``application/cloudevents+json`` (completed with Dapr's defaults) unless
+    ``rawPayload`` is true. Raises ``DaprError`` (bad CloudEvent or metadata)."""
     ctype = (content_type or DEFAULT_CONTENT_TYPE).split(";")[0].strip() or DEFAULT_CONTENT_TYPE
+    raw = raw_payload(metadata)
     try:
-        if ctype.lower() == STRUCTURED:
+        if ctype.lower() == STRUCTURED and not raw:
             message = from_structured(with_defaults(loads(data)))
         else:
             message = PublishMessage.model_validate({"contentType": ctype, "dataBase64": base64.b64encode(data).decode()})
         ttl = metadata.get("ttlInSeconds")
-        if ttl is not None:
+        if ttl:  # empty: no TTL, as Dapr
             message.ttl = _ttl(ttl)
         key = metadata.get("partitionKey")
         if key:

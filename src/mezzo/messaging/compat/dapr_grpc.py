@@ -42,6 +42,7 @@ from mezzo.messaging.compat.dapr_common import (
     namespace_of,
     publish,
     publish_failed,
+    raw_payload,
     to_message,
 )
 from mezzo.messaging.compat.dapr_stream import Stream, Streams
@@ -129,11 +130,13 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
         return empty_pb2.Empty()
 
     async def _bulk_publish(self, request: Any, caller: Principal, headers: dict[str, str]) -> Any:
-        """Each entry stands alone, as in Dapr: one that is refused is listed in ``failedEntries``
-        with its reason, the others are published (in one batch)."""
+        """Each entry stands alone: one that is refused is listed in ``failedEntries`` with its
+        reason, the others are published (in one batch). A broker failure fails the whole call
+        (INTERNAL), as Dapr answers it, so an SDK raises instead of returning as if it had published."""
         metadata = dict(request.metadata)
         namespace, topic = namespace_of(metadata), request.topic
         check(request.pubsub_name, topic, namespace, caller)
+        raw_payload(metadata)  # a bad rawPayload for the request refuses it whole, as Dapr
         seen: set[str] = set()
         failed: list[tuple[str, str]] = []
         messages: list[PublishMessage] = []
@@ -161,8 +164,7 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
                 failed.append((owners.pop(exc.index), publish_failed(topic, exc).message))
                 messages.pop(exc.index)
             except Exception as exc:
-                failed.extend((owner, publish_failed(topic, exc).message) for owner in owners)
-                break
+                raise publish_failed(topic, exc) from exc
         return pubsub_pb2.BulkPublishResponse(failedEntries=[
             pubsub_pb2.BulkPublishResponseFailedEntry(entry_id=entry, error=error) for entry, error in failed])
 
@@ -258,6 +260,11 @@ async def _abort(context: grpc.aio.ServicerContext, exc: DaprError) -> None:
 
 def _unimplemented(method: str) -> Any:
     async def call(self: DaprApi, request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:  # the token first, as Dapr checks it on every method
+            self._authenticate(context)
+        except DaprError as exc:
+            self.calls.labels(method, exc.grpc).inc()
+            await _abort(context, exc)
         self.calls.labels(method, "UNIMPLEMENTED").inc()
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                             f"Mezzo serves Dapr's pub/sub API only ({', '.join(SERVED)}), not {method}")

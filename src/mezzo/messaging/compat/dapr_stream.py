@@ -170,9 +170,11 @@ class Stream:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._release()
-            self.streams.remove(self)
-            log.info("Dapr streaming subscription closed", topic=self.topic, group=self.group)
+            try:
+                await self._release()
+            finally:  # even if that failed or was cut short: the stream is not open any more
+                self.streams.remove(self)
+                log.info("Dapr streaming subscription closed", topic=self.topic, group=self.group)
         if stopping in done:
             return DaprError(503, "ERR_HEALTH_NOT_READY", "UNAVAILABLE", "", "Mezzo is stopping; subscribe again")
         for task in (sender, receiver):
@@ -196,12 +198,17 @@ class Stream:
             if not self.authorized():  # revoked or expired since the stream opened: this batch is not sent
                 await self._release([d.receipt for d, _ in kept])
                 raise DaprError(401, "ERR_UNAUTHENTICATED", "UNAUTHENTICATED", "", "token revoked or expired")
+            # the whole batch is in flight before the first write: if the stream ends while a write
+            # waits on a slow client, the messages not yet written go back to the group at once too
+            batch = []
             for delivery, meta in kept:
                 message = to_message(topic, delivery, meta)
+                self.in_flight[message.id] = delivery.receipt
+                batch.append((delivery, message))
+            for delivery, message in batch:
                 event = to_structured(message, source)
                 extensions = struct_pb2.Struct()
                 extensions.update({k: v for k, v in event.items() if k not in CORE})
-                self.in_flight[message.id] = delivery.receipt
                 await self.context.write(pubsub_pb2.SubscribeTopicEventsResponseAlpha1(
                     event_message=appcallback_pb2.TopicEventRequest(
                         id=message.id, source=event["source"], type=event["type"], spec_version="1.0",

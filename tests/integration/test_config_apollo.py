@@ -310,3 +310,21 @@ async def test_cli_access_keys(node: RunningNode, http: httpx.AsyncClient) -> No
     await mezzo("enable", "shop", created["id"])
     await mezzo("delete", "shop", created["id"])
     assert "has no access key" in (await mezzo("list", "shop")).stdout
+
+
+async def test_raw_xml_and_labels_answer_as_apollo_does(http: httpx.AsyncClient) -> None:
+    """An .xml namespace's document comes as application/xml, and a label Mezzo cannot use (no name)
+    does not fail the read: Apollo answers both."""
+    doc = "<beans><bean id='a'/></beans>"
+    r = await http.put(BASE.format(env="dev", cluster="default", ns="layout"), json={"format": "text"})
+    assert r.status_code == 201, r.text
+    await publish(http, {"content": doc}, ns="layout")
+    r = await http.get("/apollo/dev/configfiles/raw/shop/default/layout.xml")
+    assert r.status_code == 200 and r.text == doc and r.headers["content-type"].startswith("application/xml")
+    r = await http.get("/apollo/dev/configfiles/raw/shop/default/layout.txt")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+
+    await publish(http, {"db.pool": "10"})
+    for path in ("/apollo/dev/configs/shop/default/application", "/apollo/dev/configfiles/json/shop/default/application"):
+        r = await http.get(path, params={"label": "=eu", "ip": "10.0.0.1"})
+        assert r.status_code == 200, r.text

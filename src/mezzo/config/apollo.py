@@ -155,9 +155,10 @@ def _namespace(hub: ConfigHub, app: str, env: str, cluster: str, name: str) -> s
 
 def _labels(label: str | None) -> list[str]:
     """Apollo's ``label`` as Mezzo labels: ``canary`` is ``canary=true``, ``zone=eu`` stays; commas
-    separate several."""
+    separate several. One with no name (``=eu``) matches no rule and is dropped: Apollo answers any
+    label, so it must not make the read fail."""
     items = [item.strip() for item in (label or "").split(",") if item.strip()]
-    return [item if "=" in item else f"{item}=true" for item in items]
+    return [item if "=" in item else f"{item}=true" for item in items if not item.startswith("=")]
 
 
 def _release_key(resolved: Resolved) -> str:
@@ -214,6 +215,8 @@ async def configfiles_raw(request: Request, env: Ident, app: Ident, cluster: Ide
     if resolved.format is Format.PROPERTIES:
         return PlainTextResponse(render_properties(resolved.config))
     media = {Format.YAML: "application/yaml", Format.JSON: "application/json"}.get(resolved.format, "text/plain")
+    if resolved.format is Format.TEXT and namespace.lower().endswith(".xml"):
+        media = "application/xml"  # as Apollo types an .xml namespace's document
     return Response(resolved.config.get(CONTENT, ""), media_type=media)
 
 

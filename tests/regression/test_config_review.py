@@ -216,6 +216,19 @@ async def test_a_tenant_scoped_token_can_create_an_app_in_its_own_tenant(cfg: Ru
     assert app is not None and app.tenant == "finance"
 
 
+async def test_a_new_app_s_tenant_must_be_a_namespace_name(cfg: RunningNode, http: httpx.AsyncClient) -> None:
+    """``?tenant=`` was any string: an admin could create an app in tenant ``*`` or ``Finance!``,
+    which no namespace-scoped token can ever reach. It is a namespace name now, checked first."""
+    base = "/v1/config/apps/odd/envs/default/clusters/default/namespaces/application"
+    for bad in ("*", "Finance!"):
+        r = await http.put(f"{base}/items/a", params={"tenant": bad}, json={"value": "1"})
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["errors"][0]["field"] == "tenant"
+    assert (await http.put(base, params={"tenant": "*"}, json={})).status_code == 400
+    assert await cfg.node.service(ConfigService).app("odd") is None
+
+
 async def _cluster_fallback(http: httpx.AsyncClient) -> str:
     """``application`` released in the default cluster and in cluster ``bj``; returns bj's URL."""
     bj = "/v1/config/apps/shop/envs/default/clusters/bj/namespaces/application"

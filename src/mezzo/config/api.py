@@ -34,9 +34,12 @@ from mezzo.node.audit import AuditRecord, read_audit
 from mezzo.node.auth import Principal, TokenService, Verb
 from mezzo.node.auth_module import Caller, require
 from mezzo.node.errors import REVOKED, Problem, bad_request, problem_event
+from mezzo.resources.types import NAME_PATTERN
 
 router = APIRouter(prefix="/v1/config", tags=["config"])
 Ident = Annotated[str, Path(pattern=IDENT_PATTERN)]
+# the namespace (tenant) a new app is created in: a namespace name, as resources and tokens use
+Tenant = Annotated[str, Query(pattern=NAME_PATTERN, description="the namespace a new app goes in")]
 BASE = "/apps/{app}/envs/{env}/clusters/{cluster}/namespaces/{namespace}"
 MAX_WAIT = 60.0
 
@@ -158,7 +161,7 @@ async def rollback(request: Request, app: Ident, env: Ident, cluster: Ident, nam
 
 @router.post(BASE + ":import", summary="Load a .properties, .yaml or .json file into the draft")
 async def import_file(request: Request, app: Ident, env: Ident, cluster: Ident, namespace: Ident, caller: Caller,
-                      body: ImportIn, tenant: str = DEFAULT) -> Response:
+                      body: ImportIn, tenant: Tenant = DEFAULT) -> Response:
     svc, _ = _svc(request)
     ref = _ref(app, env, cluster, namespace)
     await svc.authorize(caller, ref, Verb.WRITE, "edit", new_tenant=tenant)
@@ -230,7 +233,7 @@ def _exported(native: Format, wanted: Format, values: dict[str, str]) -> Respons
 
 @router.put(BASE, status_code=201, summary="Create a namespace")
 async def create_namespace(request: Request, app: Ident, env: Ident, cluster: Ident, namespace: Ident, caller: Caller,
-                           body: NamespaceIn = Body(default_factory=NamespaceIn), tenant: str = DEFAULT) -> dict[str, Any]:
+                           body: NamespaceIn = Body(default_factory=NamespaceIn), tenant: Tenant = DEFAULT) -> dict[str, Any]:
     svc, _ = _svc(request)
     ref = _ref(app, env, cluster, namespace)
     require(caller, Verb.WRITE, (await svc.app(app)).tenant if await svc.app(app) else tenant)  # type: ignore[union-attr]
@@ -287,14 +290,14 @@ async def get_items(request: Request, app: Ident, env: Ident, cluster: Ident, na
 
 @router.put(BASE + "/items", summary="Set several keys in the draft")
 async def set_items(request: Request, app: Ident, env: Ident, cluster: Ident, namespace: Ident, caller: Caller,
-                    body: ItemsIn, if_match: Annotated[str | None, Header()] = None, tenant: str = DEFAULT) -> Response:
+                    body: ItemsIn, if_match: Annotated[str | None, Header()] = None, tenant: Tenant = DEFAULT) -> Response:
     return await _set(request, _ref(app, env, cluster, namespace), caller, body.items, if_match, tenant)
 
 
 @router.put(BASE + "/items/{key:path}", summary="Set one key in the draft (creates the namespace if needed)")
 async def set_item(request: Request, app: Ident, env: Ident, cluster: Ident, namespace: Ident, key: str,
                    caller: Caller, body: ItemIn, if_match: Annotated[str | None, Header()] = None,
-                   tenant: str = DEFAULT) -> Response:
+                   tenant: Tenant = DEFAULT) -> Response:
     return await _set(request, _ref(app, env, cluster, namespace), caller, {key: body}, if_match, tenant)
 
 

@@ -79,13 +79,19 @@ def _not_json(token: str) -> Any:
     raise _NotJson(token)
 
 
+_LINES = re.compile(r"\r\n|\r|\n")  # Java's line terminators only (str.splitlines() knows more)
+
+
 def parse_properties(text: str) -> dict[str, str]:
     """Java ``.properties``: ``key=value``, ``key: value`` or ``key value``; ``#``/``!`` comments;
     a trailing backslash continues a line; ``\\n``, ``\\t``, ``\\uXXXX`` and escaped separators."""
     out: dict[str, str] = {}
     logical = ""
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.lstrip()
+    lines = _LINES.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, raw in enumerate(lines, 1):
+        line = raw.lstrip(" \t\f")  # Java's whitespace here; other characters belong to the key
         if not logical and (not line or line[0] in "#!"):
             continue
         if _continues(line):
@@ -96,7 +102,7 @@ def parse_properties(text: str) -> dict[str, str]:
         out[key] = value
         logical = ""
     if logical:
-        key, value = _split(logical, len(text.splitlines()))
+        key, value = _split(logical, len(lines))
         out[key] = value
     return out
 
@@ -158,9 +164,12 @@ def _unescape(text: str, number: int) -> str:
 
 
 def _escape(text: str, key: bool = False) -> str:
-    out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    out = (text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+           .replace("\f", "\\f"))
     if key:
         out = out.replace("=", "\\=").replace(":", "\\:").replace(" ", "\\ ")
+        if out[:1] in ("#", "!"):  # else the line reads back as a comment (Java's store() escapes them too)
+            out = "\\" + out
     elif out.startswith(" "):
         out = "\\" + out
     return out

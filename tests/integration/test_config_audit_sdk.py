@@ -33,7 +33,10 @@ async def test_watch_follows_the_env_and_cluster_it_names(client: Mezzo, tmp_pat
     await config.publish(APP, NS, env="prod", cluster="east")
     await wait_for(lambda: cfg.get("marker") == "1")
     assert cfg.get("mode") == "prod-east"
-    cached = json.loads((cache / "shop+prod+east+application.json").read_text())
+    file = cache / "shop+prod+east+application.json"
+    # the values are in place a moment before the cache file is written: wait for the file too
+    await wait_for(lambda: file.exists() and '"marker"' in file.read_text())
+    cached = json.loads(file.read_text())
     assert (cached["env"], cached["cluster"], cached["configurations"]) == ("prod", "east", cfg.all())
     assert sorted(p.name for p in cache.iterdir()) == ["shop+prod+east+application.json"]
     await cfg.aclose()

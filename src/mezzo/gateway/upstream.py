@@ -18,6 +18,7 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import math
 import re
 import socket
 import time
@@ -398,6 +399,7 @@ class NodeState:
         "current_weight",
         "ejected_until",
         "ewma",
+        "ewma_at",
         "fails",
         "host",
         "idle",
@@ -416,6 +418,7 @@ class NodeState:
         self.idle: list[UpstreamConnection] = []
         self.active = 0
         self.ewma = 0.0
+        self.ewma_at = 0.0  # when ewma last took a sample (monotonic s)
         self.fails = 0
         self.ejected_until = 0.0
         self.check_ok = 0
@@ -486,8 +489,16 @@ def pick_least_conn(nodes: list[NodeState], _: Any) -> NodeState:
     return min(nodes, key=lambda n: (n.active + 1) / n.weight)
 
 
+EWMA_DECAY = 10.0  # s: a node's average fades by e every 10 s without a sample (APISIX's DECAY_TIME)
+
+
 def pick_ewma(nodes: list[NodeState], _: Any) -> NodeState:
-    return min(nodes, key=lambda n: (n.ewma or 0.001) * (n.active + 1) / n.weight)
+    """The lowest average response time x (requests in flight + 1) per unit of weight. The average
+    fades towards 0 while a node gets no traffic, as APISIX's does: a node that was slow once is
+    tried again after a while instead of being left out for good."""
+    now = time.monotonic()
+    return min(nodes, key=lambda n: ((n.ewma * math.exp((n.ewma_at - now) / EWMA_DECAY)) or 0.001)
+               * (n.active + 1) / n.weight)
 
 
 class HashRing:
@@ -585,7 +596,10 @@ class Balancer:
     def report(self, node: NodeState, ok: bool, latency: float | None = None) -> None:
         """Passive health: count failures in a row; eject at the threshold."""
         if latency is not None:
-            node.ewma = latency if node.ewma == 0 else node.ewma * 0.8 + latency * 0.2
+            now = time.monotonic()  # the old average counts less the older it is: 0.8 back to back
+            kept = 0.8 * math.exp((node.ewma_at - now) / EWMA_DECAY) if node.ewma else 0.0
+            node.ewma = node.ewma * kept + latency * (1.0 - kept)
+            node.ewma_at = now
         passive = self.spec.health_check.passive
         if ok or passive is None:
             node.fails = 0

@@ -171,7 +171,9 @@ async def test_least_conn_and_ewma(gw: GatewayNode, origins) -> None:
         assert {r.status_code for r in await asyncio.gather(*held)} == {200}
 
     c, d = await origins(2)
-    c.delay = 0.05  # c answers slowly: after one try each, EWMA sends (nearly) everything to d
+    # c answers slowly: after one try each, EWMA sends (nearly) everything to d. 0.3 s, so that d's
+    # first answer, slowed by a loaded machine, still looks faster than c's
+    c.delay = 0.3
     await gw.apply(upstream("ew", c, d, loadBalancer="ewma"), route("ew", ["/slow"], "ew"))
     async with httpx.AsyncClient(base_url=gw.url) as http:
         seen = Counter([(await http.get("/slow")).json()["node"] for _ in range(20)])

@@ -129,7 +129,8 @@ async def test_a_prepared_message_is_checked_back_after_its_interval(txnode: Run
 
 
 async def test_an_xa_transaction_left_prepared_times_out_and_rolls_back(http: httpx.AsyncClient, busi: Busi) -> None:
-    body = {"gid": "xa-timeout", "mode": "xa", "prepare": True, "options": {**FAST, "timeout_to_fail": 0.3}}
+    # 1.5 s: both branches must be registered before it runs out, even on a loaded machine
+    body = {"gid": "xa-timeout", "mode": "xa", "prepare": True, "options": {**FAST, "timeout_to_fail": 1.5}}
     assert (await http.post("/v1/tx/transactions", json=body)).status_code == 201
     for branch in ("01", "02"):
         url = f"{busi.url}/xa{branch}"

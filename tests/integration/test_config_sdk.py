@@ -348,8 +348,8 @@ async def test_reconnects_after_a_restart_and_the_cache_covers_the_outage(tmp_pa
                 assert not late.from_cache
                 await release(admin, {"n": "3"})
                 await wait_for(lambda: cfg.get("n") == "3" and late.get("n") == "3")
-            assert json.loads((cache / "shop+default+default+application.json").read_text())[
-                "configurations"]["n"] == "3"
+            file = cache / "shop+default+default+application.json"  # written a moment after the values
+            await wait_for(lambda: json.loads(file.read_text())["configurations"]["n"] == "3")
     finally:
         await node.node.stop()
 

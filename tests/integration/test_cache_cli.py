@@ -7,8 +7,12 @@ import os
 import sys
 
 import orjson
+import pytest
 
 from mezzo.testing.fixtures import RunningNode
+
+# each test starts a dozen CLI processes (about 1 s each to import, far more on a loaded machine)
+pytestmark = pytest.mark.timeout(360)
 
 
 async def mezzo(node: RunningNode, *args: str, stdin: bytes | None = None) -> tuple[int, str]:

@@ -39,8 +39,8 @@ class CacheClient:
         self._near: dict[str, NearCache] = {}
         try:  # the loop this client's connections live on: sync functions under @cached run on it
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
+        except RuntimeError:  # made on first use from another thread (MezzoSync): the client's loop
+            self._loop = getattr(client, "_loop", None)
 
     # near cache ----------------------------------------------------------------------------
 

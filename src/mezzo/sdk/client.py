@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from mezzo import __version__
 from mezzo.jsonutil import dumps, loads
-from mezzo.sdk.cache import CacheClient
 from mezzo.sdk.config import default_token, default_url
-from mezzo.sdk.configcenter import ConfigClient
 from mezzo.sdk.errors import ConnectError, api_error
-from mezzo.sdk.messaging import MessagingClient
-from mezzo.sdk.registry import RegistryClient
-from mezzo.sdk.resources import ResourcesClient
 from mezzo.sdk.sync import SyncProxy
-from mezzo.sdk.tokens import TokensClient
-from mezzo.sdk.tx import TxClient
 from mezzo.telemetry.propagation import inject_headers
+
+if TYPE_CHECKING:  # each service's client is imported when first used: a CLI command loads one or two
+    from mezzo.sdk.cache import CacheClient
+    from mezzo.sdk.configcenter import ConfigClient
+    from mezzo.sdk.messaging import MessagingClient
+    from mezzo.sdk.registry import RegistryClient
+    from mezzo.sdk.resources import ResourcesClient
+    from mezzo.sdk.tokens import TokensClient
+    from mezzo.sdk.tx import TxClient
 
 
 class Mezzo:
@@ -38,6 +42,10 @@ class Mezzo:
         retries: int = 2,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        try:  # the loop the client lives on (MezzoSync makes it on its own loop's thread)
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         self.url = (url or default_url()).rstrip("/")
         self.token = token if token is not None else default_token()
         headers = {"User-Agent": f"mezzo-python/{__version__}"}
@@ -49,13 +57,6 @@ class Mezzo:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             transport=transport or httpx.AsyncHTTPTransport(retries=retries),
         )
-        self.resources = ResourcesClient(self)
-        self.messaging = MessagingClient(self)
-        self.tokens = TokensClient(self)
-        self.tx = TxClient(self)
-        self.cache = CacheClient(self)
-        self.config = ConfigClient(self)
-        self.registry = RegistryClient(self)
 
     async def __aenter__(self) -> Mezzo:
         return self
@@ -64,9 +65,53 @@ class Mezzo:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self.config.aclose()
-        await self.cache.aclose()
+        if "config" in self.__dict__:  # made on first use; nothing to close otherwise
+            await self.config.aclose()
+        if "cache" in self.__dict__:
+            await self.cache.aclose()
         await self._http.aclose()
+
+    @cached_property
+    def resources(self) -> ResourcesClient:
+        from mezzo.sdk.resources import ResourcesClient
+
+        return ResourcesClient(self)
+
+    @cached_property
+    def messaging(self) -> MessagingClient:
+        from mezzo.sdk.messaging import MessagingClient
+
+        return MessagingClient(self)
+
+    @cached_property
+    def tokens(self) -> TokensClient:
+        from mezzo.sdk.tokens import TokensClient
+
+        return TokensClient(self)
+
+    @cached_property
+    def tx(self) -> TxClient:
+        from mezzo.sdk.tx import TxClient
+
+        return TxClient(self)
+
+    @cached_property
+    def cache(self) -> CacheClient:
+        from mezzo.sdk.cache import CacheClient
+
+        return CacheClient(self)
+
+    @cached_property
+    def config(self) -> ConfigClient:
+        from mezzo.sdk.configcenter import ConfigClient
+
+        return ConfigClient(self)
+
+    @cached_property
+    def registry(self) -> RegistryClient:
+        from mezzo.sdk.registry import RegistryClient
+
+        return RegistryClient(self)
 
     async def request(
         self,

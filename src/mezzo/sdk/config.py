@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mezzo.node.auth import read_token_file
-
 
 def default_url() -> str:
     """``MEZZO_URL``, else built from ``MEZZO_HOST`` and ``MEZZO_API_PORT``."""
@@ -27,4 +25,6 @@ def default_token() -> str | None:
         value = os.environ.get(name)
         if value:
             return value
+    from mezzo.node.auth import read_token_file  # the server's module: loaded only when needed
+
     return read_token_file(Path(os.environ.get("MEZZO_DATA_DIR", ".mezzo")))

@@ -123,6 +123,38 @@ async def test_cluster_fallback_then_own_release_is_not_a_304(http: httpx.AsyncC
     assert r.json()["cluster"] == "bj" and r.json()["configurations"] == {"region": "beijing"}
 
 
+async def test_data_center_comes_between_the_cluster_and_default(http: httpx.AsyncClient) -> None:
+    """Apollo's order for a client with an ``idc`` (``dataCenter``): its cluster's own release, then
+    its data center's, then the default cluster's; the long poll watches the same one."""
+    await publish(http, {"region": "any"})
+    await publish(http, {"region": "shanghai"}, cluster="sh")
+    read = "/apollo/dev/configs/shop/{cluster}/application"
+    r = await http.get(read.format(cluster="bj"), params={"dataCenter": "sh"})  # bj has no release
+    assert r.json()["cluster"] == "sh" and r.json()["configurations"] == {"region": "shanghai"}
+    r = await http.get(read.format(cluster="default"), params={"dataCenter": "sh"})
+    assert r.json()["cluster"] == "sh", "Apollo tries the data center before the default cluster too"
+    r = await http.get(read.format(cluster="bj"), params={"dataCenter": "gz"})  # no release in gz either
+    assert r.json()["cluster"] == "default"
+    r = await http.get(read.format(cluster="bj"), params={"dataCenter": "no such/idc"})  # not a name: ignored
+    assert r.json()["cluster"] == "default"
+    r = await http.get("/apollo/dev/configfiles/json/shop/bj/application", params={"dataCenter": "sh"})
+    assert r.json() == {"region": "shanghai"}
+
+    poll = "/apollo/dev/notifications/v2"
+    params = {"appId": "shop", "cluster": "bj", "dataCenter": "sh"}
+    [seen] = (await http.get(poll, params={**params, "notifications": notes(("application", -1))})).json()
+    waiting = asyncio.create_task(http.get(poll, params={**params, "notifications": notes(
+        ("application", seen["notificationId"]))}))
+    await asyncio.sleep(0.05)
+    await publish(http, {"region": "shanghai-2"}, cluster="sh")  # the data center's release wakes it
+    r = await asyncio.wait_for(waiting, 30)
+    assert r.status_code == 200 and r.json()[0]["notificationId"] > seen["notificationId"]
+
+    await publish(http, {"region": "beijing"}, cluster="bj")  # its own cluster's release wins from now on
+    r = await http.get(read.format(cluster="bj"), params={"dataCenter": "sh"})
+    assert r.json()["cluster"] == "bj" and r.json()["configurations"] == {"region": "beijing"}
+
+
 async def test_gray_rules_by_ip_and_label(http: httpx.AsyncClient) -> None:
     await publish(http, {"db.pool": "10"})
     path = BASE.format(env="dev", cluster="default", ns="application")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -153,6 +154,23 @@ def _namespace(hub: ConfigHub, app: str, env: str, cluster: str, name: str) -> s
     return name
 
 
+def _cluster(hub: ConfigHub, app: str, env: str, cluster: str, name: str, data_center: str | None) -> str:
+    """Apollo's order for a client in data center ``data_center`` (its ``idc``): the asked cluster's own
+    release, else the data center's cluster's, else the default cluster (where the hub falls back)."""
+    if cluster != DEFAULT and _released(hub, NsRef(app, env, cluster, name)):
+        return cluster
+    if (data_center and data_center != cluster and re.fullmatch(IDENT_PATTERN, data_center)
+            and _released(hub, NsRef(app, env, data_center, name))):
+        return data_center
+    return cluster
+
+
+def _released(hub: ConfigHub, ref: NsRef) -> bool:
+    """The app has a release of the namespace (or of its typed twin) in that very cluster."""
+    ref = NsRef(ref.app, ref.env, ref.cluster, _namespace(hub, ref.app, ref.env, ref.cluster, ref.namespace))
+    return hub._pick(ref) == ref
+
+
 def _labels(label: str | None) -> list[str]:
     """Apollo's ``label`` as Mezzo labels: ``canary`` is ``canary=true``, ``zone=eu`` stays; commas
     separate several. One with no name (``=eu``) matches no rule and is dropped: Apollo answers any
@@ -168,11 +186,12 @@ def _release_key(resolved: Resolved) -> str:
 
 
 async def _read(request: Request, caller: Principal, env: str, app: str, cluster: str, namespace: str,
-                ip: str | None, label: str | None) -> Resolved:
+                ip: str | None, label: str | None, data_center: str | None = None) -> Resolved:
     _, hub = _svc(request)
     await hub.caught_up()
     name = _strip(namespace)
     env = _env(hub, app, env, cluster, [name])
+    cluster = _cluster(hub, app, env, cluster, name, data_center)
     ref = NsRef(app, env, cluster, _namespace(hub, app, env, cluster, name))
     client = _client(request, "", ip or None, _labels(label))
     return await _resolved(request, caller, ref, client.model_copy(update={"client_id": client.ip or ""}))
@@ -191,9 +210,11 @@ async def services_config(request: Request, env: Ident, app_id: Annotated[str, Q
 @router.get("/configs/{app}/{cluster}/{namespace}", summary="Apollo: a namespace's configuration")
 async def configs(request: Request, env: Ident, app: Ident, cluster: Ident, namespace: Ident,
                   release_key: Annotated[str, Query(alias="releaseKey")] = "-1", ip: str | None = None,
-                  label: str | None = None, messages: str | None = None) -> Response:
+                  label: str | None = None, messages: str | None = None,
+                  data_center: Annotated[str | None, Query(alias="dataCenter")] = None) -> Response:
     """304 when ``releaseKey`` is the current one; ``messages`` (Apollo's cache hint) is not needed."""
-    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label)
+    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label,
+                           data_center)
     key = _release_key(resolved)
     if key == release_key:
         return Response(status_code=304)
@@ -203,15 +224,19 @@ async def configs(request: Request, env: Ident, app: Ident, cluster: Ident, name
 
 @router.get("/configfiles/json/{app}/{cluster}/{namespace}", summary="Apollo: the configuration as flat JSON")
 async def configfiles_json(request: Request, env: Ident, app: Ident, cluster: Ident, namespace: Ident,
-                           ip: str | None = None, label: str | None = None) -> Response:
-    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label)
+                           ip: str | None = None, label: str | None = None,
+                          data_center: Annotated[str | None, Query(alias="dataCenter")] = None) -> Response:
+    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label,
+                           data_center)
     return Response(dumps(resolved.config), media_type="application/json")
 
 
 @router.get("/configfiles/raw/{app}/{cluster}/{namespace}", summary="Apollo: the namespace's document as it is")
 async def configfiles_raw(request: Request, env: Ident, app: Ident, cluster: Ident, namespace: Ident,
-                          ip: str | None = None, label: str | None = None) -> Response:
-    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label)
+                          ip: str | None = None, label: str | None = None,
+                         data_center: Annotated[str | None, Query(alias="dataCenter")] = None) -> Response:
+    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label,
+                           data_center)
     if resolved.format is Format.PROPERTIES:
         return PlainTextResponse(render_properties(resolved.config))
     media = {Format.YAML: "application/yaml", Format.JSON: "application/json"}.get(resolved.format, "text/plain")
@@ -222,8 +247,10 @@ async def configfiles_raw(request: Request, env: Ident, app: Ident, cluster: Ide
 
 @router.get("/configfiles/{app}/{cluster}/{namespace}", summary="Apollo: the configuration as properties")
 async def configfiles(request: Request, env: Ident, app: Ident, cluster: Ident, namespace: Ident,
-                      ip: str | None = None, label: str | None = None) -> Response:
-    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label)
+                      ip: str | None = None, label: str | None = None,
+                     data_center: Annotated[str | None, Query(alias="dataCenter")] = None) -> Response:
+    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label,
+                           data_center)
     return PlainTextResponse(render_properties(resolved.config))
 
 
@@ -232,6 +259,7 @@ async def notifications_v2(request: Request, env: Ident, notifications: str,
                            app_id: Annotated[str, Query(alias="appId", pattern=IDENT_PATTERN)],
                            cluster: Annotated[str, Query(pattern=IDENT_PATTERN)] = DEFAULT,
                            ip: str | None = None,
+                           data_center: Annotated[str | None, Query(alias="dataCenter")] = None,
                            timeout: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Mezzo's addition: "
                                                            "how long to hold the poll")] = MAX_WAIT) -> Response:
     caller = await _caller(request, app_id)
@@ -242,7 +270,10 @@ async def notifications_v2(request: Request, env: Ident, notifications: str,
     _, hub = _svc(request)
     await hub.caught_up()
     env = _env(hub, app_id, env, cluster, wanted)
-    refs = {name: NsRef(app_id, env, cluster, _namespace(hub, app_id, env, cluster, name)) for name in wanted}
+    refs = {}
+    for name in wanted:
+        where = _cluster(hub, app_id, env, cluster, name, data_center)
+        refs[name] = NsRef(app_id, env, where, _namespace(hub, app_id, env, where, name))
     changed = await long_poll(request, caller, app_id, refs, wanted, timeout)
     if not changed:
         return Response(status_code=304)

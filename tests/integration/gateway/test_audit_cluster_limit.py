@@ -61,7 +61,9 @@ async def _burst(urls: list[str], path: str, count: int, **kw: Any) -> list[http
 async def test_redis_limit_holds_exactly_across_nodes(pair: tuple[GatewayNode, GatewayNode], origins,
                                                       limited: str, redis_url: str, algorithm: str) -> None:
     (a,) = await origins(1)
-    conf = {"count": 7, "window": WINDOW, "policy": "redis", "redisUrl": redis_url, "algorithm": algorithm}
+    # degrade closed and a long timeout: a Redis call slowed by a loaded machine must not be let through
+    conf = {"count": 7, "window": WINDOW, "policy": "redis", "redisUrl": redis_url, "algorithm": algorithm,
+            "degrade": "closed", "redisTimeout": "10s"}
     await _apply_on_one_seen_by_both(pair, upstream("up", a), route(limited, ["/*"], plugins={"limit-count": conf}))
     answers = await _burst([n.url for n in pair], "/x", 40)
     allowed = [r for r in answers if r.status_code == 200]

@@ -37,6 +37,8 @@ class LimitCountConfig(Config):
     policy: Literal["local", "redis"] = "local"
     redis_url: str | None = Field(None, description="default: the node's MEZZO_CACHE when it is redis://")
     degrade: Literal["open", "closed"] = "open"
+    redis_timeout: Duration = Field(1.0, gt=0, le=60, description="Redis connect and command timeout, then "
+                                    "degrade applies (APISIX's redis_timeout: 1s)")
     rejected_code: int = Field(429, ge=200, le=599)
     rejected_msg: str = "Too Many Requests"
     show_headers: bool = True
@@ -67,7 +69,8 @@ class LimitCount(Plugin):
 
             from mezzo.resilience.ratelimit_redis import RedisFixedWindow, RedisSlidingWindow
 
-            self.client = aioredis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            self.client = aioredis.from_url(url, socket_timeout=conf.redis_timeout,
+                                            socket_connect_timeout=conf.redis_timeout)
             limiter = RedisSlidingWindow if conf.algorithm == "sliding" else RedisFixedWindow
             self.remote = limiter(self.client, conf.count, conf.window, prefix="mezzo:gw:limit:")
         self.fixed = _FixedCounts(conf.count, conf.window) if conf.algorithm == "fixed" else None

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
@@ -185,8 +185,12 @@ def _release_key(resolved: Resolved) -> str:
     return f"{resolved.release_key}-n{resolved.notification_id}"
 
 
-async def _read(request: Request, caller: Principal, env: str, app: str, cluster: str, namespace: str,
-                ip: str | None, label: str | None, data_center: str | None = None) -> Resolved:
+async def _read(request: Request, env: Ident, app: Ident, cluster: Ident, namespace: Ident,
+                ip: str | None = None, label: str | None = None,
+                data_center: Annotated[str | None, Query(alias="dataCenter")] = None) -> Resolved:
+    """What every configuration read of Apollo's answers from (a dependency: the path and Apollo's
+    query parameters ``ip``, ``label`` and ``dataCenter``), once the caller may read ``app``."""
+    caller = await _caller(request, app)
     _, hub = _svc(request)
     await hub.caught_up()
     name = _strip(namespace)
@@ -195,6 +199,9 @@ async def _read(request: Request, caller: Principal, env: str, app: str, cluster
     ref = NsRef(app, env, cluster, _namespace(hub, app, env, cluster, name))
     client = _client(request, "", ip or None, _labels(label))
     return await _resolved(request, caller, ref, client.model_copy(update={"client_id": client.ip or ""}))
+
+
+Read = Annotated[Resolved, Depends(_read)]
 
 
 # the meta server and the config service -----------------------------------------------------
@@ -208,13 +215,10 @@ async def services_config(request: Request, env: Ident, app_id: Annotated[str, Q
 
 
 @router.get("/configs/{app}/{cluster}/{namespace}", summary="Apollo: a namespace's configuration")
-async def configs(request: Request, env: Ident, app: Ident, cluster: Ident, namespace: Ident,
-                  release_key: Annotated[str, Query(alias="releaseKey")] = "-1", ip: str | None = None,
-                  label: str | None = None, messages: str | None = None,
-                  data_center: Annotated[str | None, Query(alias="dataCenter")] = None) -> Response:
+async def configs(resolved: Read, app: Ident, namespace: Ident,
+                  release_key: Annotated[str, Query(alias="releaseKey")] = "-1",
+                  messages: str | None = None) -> Response:
     """304 when ``releaseKey`` is the current one; ``messages`` (Apollo's cache hint) is not needed."""
-    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label,
-                           data_center)
     key = _release_key(resolved)
     if key == release_key:
         return Response(status_code=304)
@@ -223,20 +227,12 @@ async def configs(request: Request, env: Ident, app: Ident, cluster: Ident, name
 
 
 @router.get("/configfiles/json/{app}/{cluster}/{namespace}", summary="Apollo: the configuration as flat JSON")
-async def configfiles_json(request: Request, env: Ident, app: Ident, cluster: Ident, namespace: Ident,
-                           ip: str | None = None, label: str | None = None,
-                          data_center: Annotated[str | None, Query(alias="dataCenter")] = None) -> Response:
-    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label,
-                           data_center)
+async def configfiles_json(resolved: Read) -> Response:
     return Response(dumps(resolved.config), media_type="application/json")
 
 
 @router.get("/configfiles/raw/{app}/{cluster}/{namespace}", summary="Apollo: the namespace's document as it is")
-async def configfiles_raw(request: Request, env: Ident, app: Ident, cluster: Ident, namespace: Ident,
-                          ip: str | None = None, label: str | None = None,
-                         data_center: Annotated[str | None, Query(alias="dataCenter")] = None) -> Response:
-    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label,
-                           data_center)
+async def configfiles_raw(resolved: Read, namespace: Ident) -> Response:
     if resolved.format is Format.PROPERTIES:
         return PlainTextResponse(render_properties(resolved.config))
     media = {Format.YAML: "application/yaml", Format.JSON: "application/json"}.get(resolved.format, "text/plain")
@@ -246,11 +242,7 @@ async def configfiles_raw(request: Request, env: Ident, app: Ident, cluster: Ide
 
 
 @router.get("/configfiles/{app}/{cluster}/{namespace}", summary="Apollo: the configuration as properties")
-async def configfiles(request: Request, env: Ident, app: Ident, cluster: Ident, namespace: Ident,
-                      ip: str | None = None, label: str | None = None,
-                     data_center: Annotated[str | None, Query(alias="dataCenter")] = None) -> Response:
-    resolved = await _read(request, await _caller(request, app), env, app, cluster, namespace, ip, label,
-                           data_center)
+async def configfiles(resolved: Read) -> Response:
     return PlainTextResponse(render_properties(resolved.config))
 
 

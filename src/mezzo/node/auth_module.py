@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -41,10 +42,16 @@ class AuthModule(Module):
 
 def bearer_token(conn: HTTPConnection) -> str | None:
     """``Authorization: Bearer TOKEN``, else Dapr's ``dapr-api-token`` header."""
-    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    return token_in(conn.headers)
+
+
+def token_in(headers: Mapping[str, str]) -> str | None:
+    """The token of request headers (or gRPC metadata, keys lowercase): ``authorization: Bearer
+    TOKEN``, else Dapr's ``dapr-api-token``."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return conn.headers.get("dapr-api-token") or None
+    return headers.get("dapr-api-token") or None
 
 
 def authenticate(conn: HTTPConnection, token: str | None) -> Principal | None:

@@ -49,6 +49,7 @@ from mezzo.messaging.compat.dapr_stream import Stream, Streams
 from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMessage
 from mezzo.messaging.tracecontext import carry, headers_trace_context
 from mezzo.node.auth import Principal, TokenService
+from mezzo.node.auth_module import token_in
 from mezzo.node.server import bind
 from mezzo.telemetry.metrics import Metrics
 from mezzo.telemetry.propagation import extract_context
@@ -205,7 +206,7 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller, from ``dapr-api-token`` (or ``authorization: Bearer``) metadata, as on the API port."""
-        token = token_of(metadata_of(context))
+        token = token_in(metadata_of(context))
         if token is None:
             self.auth_failures.labels("missing").inc()
             raise unauthenticated("missing API token: send a Mezzo token in the dapr-api-token metadata "
@@ -237,13 +238,6 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
 def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
     """The call's text metadata (binary ``-bin`` entries left out), keys lowercase as gRPC sends them."""
     return {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-
-
-def token_of(headers: dict[str, str]) -> str | None:
-    scheme, _, value = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return headers.get("dapr-api-token") or None
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: DaprError) -> None:

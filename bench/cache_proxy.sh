@@ -50,7 +50,7 @@ TPORT=$(free_port) MPORT=$(free_port) APORT=$(free_port)
 "${SERVER_PIN[@]}" nutcracker -c "$DATA/nutcracker.yml" -s "$(free_port)" -a 127.0.0.1 -o "$DATA/nutcracker.log" &
 PIDS+=($!)
 MEZZO_DATA_DIR="$DATA/mezzo" MEZZO_API_PORT=$APORT MEZZO_RESP_PORT=$MPORT MEZZO_GATEWAY_PORT=0 MEZZO_OTLP_PORT=0 \
-  MEZZO_ZIPKIN_PORT=0 MEZZO_GATEWAY_TLS_PORT=0 MEZZO_DAPR_GRPC_PORT=0 MEZZO_LOG_LEVEL=warning MEZZO_CACHE_SNAPSHOT=false \
+  MEZZO_ZIPKIN_PORT=0 MEZZO_GATEWAY_TLS_PORT=0 MEZZO_DAPR_GRPC_PORT=0 MEZZO_OTLP_GRPC_PORT=0 MEZZO_LOG_LEVEL=warning MEZZO_CACHE_SNAPSHOT=false \
   MEZZO_CACHE_AUTH=false MEZZO_LOG_FORMAT=console "${SERVER_PIN[@]}" .venv/bin/mezzo up >"$DATA/mezzo.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 300); do

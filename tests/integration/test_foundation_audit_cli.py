@@ -19,7 +19,7 @@ from mezzo.testing.fixtures import READY_TIMEOUT, RunningNode, free_port, output
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "resiliency.yaml"
 PORTS = ("MEZZO_GATEWAY_PORT", "MEZZO_GATEWAY_TLS_PORT", "MEZZO_RESP_PORT", "MEZZO_OTLP_PORT", "MEZZO_ZIPKIN_PORT",
-         "MEZZO_DAPR_GRPC_PORT")
+         "MEZZO_DAPR_GRPC_PORT", "MEZZO_OTLP_GRPC_PORT")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     gateway_tls_port: Port = Field(8443, description="gateway data plane over TLS (certificates from resources)")
     resp_port: Port = Field(6380, description="Redis protocol")
     otlp_port: Port = Field(4318, description="OTLP/HTTP ingest")
+    otlp_grpc_port: Port | None = Field(
+        4317, description="OTLP/gRPC ingest (the OpenTelemetry gRPC exporters' default); off: not served "
+        "(needs mezzo[grpc])")
     zipkin_port: Port = Field(9411, description="Zipkin ingest and query")
     dapr_grpc_port: Port | None = Field(
         50001, description="Dapr's gRPC API (pub/sub) for Dapr SDKs; off: not served (needs mezzo[dapr])")
@@ -121,7 +124,7 @@ class Settings(BaseSettings):
     def _check_port(cls, value: int) -> int:
         return _port(value)
 
-    @field_validator("dapr_grpc_port", mode="before")
+    @field_validator("dapr_grpc_port", "otlp_grpc_port", mode="before")
     @classmethod
     def _port_or_off(cls, value: Any) -> Any:
         """``off`` (also YAML's ``off``/``false``, ``none``, empty) turns the listener off."""
@@ -131,7 +134,7 @@ class Settings(BaseSettings):
             raise ValueError("a port number (0 picks a free port) or off")  # True: YAML's on/yes, not port 1
         return value
 
-    @field_validator("dapr_grpc_port")
+    @field_validator("dapr_grpc_port", "otlp_grpc_port")
     @classmethod
     def _check_optional_port(cls, value: int | None) -> int | None:
         return None if value is None else _port(value)

@@ -41,7 +41,7 @@ class RunningNode:
 
 # every listener on a free port: tests run side by side and must not take the standard ones
 FREE_PORTS = {"api_port": 0, "gateway_port": 0, "gateway_tls_port": 0, "resp_port": 0, "otlp_port": 0,
-              "zipkin_port": 0, "dapr_grpc_port": 0}
+              "zipkin_port": 0, "dapr_grpc_port": 0, "otlp_grpc_port": 0}
 
 
 async def start_node(data_dir: Path, **settings: Any) -> RunningNode:
@@ -108,7 +108,7 @@ def spawn_node(data_dir: Path, extra_env: dict[str, str] | None = None, args: tu
     port = free_port()
     env = {**os.environ, "MEZZO_DATA_DIR": str(data_dir), "MEZZO_API_PORT": str(port), "MEZZO_GATEWAY_PORT": "0",
            "MEZZO_RESP_PORT": "0", "MEZZO_OTLP_PORT": "0", "MEZZO_ZIPKIN_PORT": "0", "MEZZO_GATEWAY_TLS_PORT": "0",
-           "MEZZO_DAPR_GRPC_PORT": "0", "MEZZO_LOG_FORMAT": "json", **(extra_env or {})}
+           "MEZZO_DAPR_GRPC_PORT": "0", "MEZZO_OTLP_GRPC_PORT": "0", "MEZZO_LOG_FORMAT": "json", **(extra_env or {})}
     env.pop("MEZZO_URL", None)
     log_path = data_dir.parent / f"node-{port}.log"
     with open(log_path, "wb") as log:  # the child keeps its own copy of the fd

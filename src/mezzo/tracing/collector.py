@@ -130,6 +130,14 @@ class Collector:
             return ExportTraceServiceResponse().SerializeToString(), PROTOBUF
         return b"{}", "application/json"
 
+    async def otlp_proto(self, data: bytes, protocol: str) -> None:
+        """An ExportTraceServiceRequest as OTLP/gRPC delivers it: already decompressed and size-checked."""
+        try:
+            spans = from_otlp_proto(data)
+        except SpanError as exc:
+            raise self.refuse(protocol, IngestError(400, str(exc), exc.field)) from None
+        await self._store(protocol, spans)
+
     async def zipkin(self, body: bytes, content_type: str | None, encoding: str | None) -> None:
         ctype = (content_type or "application/json").split(";")[0].strip().lower()
         if ctype != "application/json":

@@ -1,14 +1,16 @@
-"""The ``tracing`` module: the trace store, the collector and its listeners (OTLP :4318, Zipkin :9411)."""
+"""The ``tracing`` module: the trace store, the collector and its listeners (OTLP/HTTP :4318, OTLP/gRPC :4317,
+Zipkin :9411)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import structlog
 from fastapi import APIRouter
 
-from mezzo.node.module import Health, Module
+from mezzo.node.module import Health, Listener, Module
 from mezzo.node.server import HttpListener, bind
 from mezzo.resources.informer import Informer
 from mezzo.resources.model import Resource
@@ -21,6 +23,20 @@ from mezzo.tracing.tail import TAIL_SAMPLING_KIND, TailSampler, TailSamplingSpec
 
 log = structlog.get_logger("mezzo.tracing")
 RETENTION_EVERY = 60.0
+
+
+def otlp_grpc_listener(collector: Collector, settings: Any) -> Listener | None:
+    """OTLP/gRPC on ``MEZZO_OTLP_GRPC_PORT``, when it is not ``off`` and grpcio is installed (imported only
+    here: a node without it, and the CLI, never load gRPC)."""
+    if settings.otlp_grpc_port is None:
+        return None
+    try:
+        from mezzo.tracing.otlp_grpc import OtlpGrpcListener
+    except Exception as exc:  # not installed, or a grpcio/protobuf that does not fit: the node runs without it
+        log.info("OTLP/gRPC not served: install mezzo[grpc] to serve it (or set MEZZO_OTLP_GRPC_PORT=off)",
+                 error=f"{type(exc).__name__}: {exc}")
+        return None
+    return OtlpGrpcListener(collector, settings.host, settings.otlp_grpc_port, settings.drain_timeout)
 
 
 class TracingModule(Module):
@@ -43,6 +59,13 @@ class TracingModule(Module):
         self.node.provide(Collector, self.collector)
         self.otlp_sock = bind(settings.host, settings.otlp_port)
         self.zipkin_sock = bind(settings.host, settings.zipkin_port)
+        try:
+            self.otlp_grpc = otlp_grpc_listener(self.collector, settings)
+        except BaseException:  # e.g. its port is taken: the node does not start, and stops only started modules
+            self.otlp_sock.close()
+            self.zipkin_sock.close()
+            await self.store.close()
+            raise
         self._retention = asyncio.create_task(self._enforce(), name="mezzo-traces-retention")
         self.strategies = Strategies()
         self.node.provide(Strategies, self.strategies)
@@ -77,6 +100,8 @@ class TracingModule(Module):
         self.strategies.set(None if event == "DELETED" else SamplingSpec.model_validate(resource.spec), ref)
 
     async def stop(self) -> None:
+        if self.otlp_grpc is not None:  # closed by the node already, unless the node failed to start
+            await self.otlp_grpc.close()
         await self.informer.stop()
         await self.tail_informer.stop()
         if self.collector.tail is not None:
@@ -95,12 +120,16 @@ class TracingModule(Module):
 
         return [router]
 
-    def listeners(self) -> list[HttpListener]:
+    def listeners(self) -> list[Listener]:
         from mezzo.tracing.api import otlp_app, zipkin_app
 
         drain = self.node.settings.drain_timeout
-        return [HttpListener("otlp", otlp_app(self.node), self.otlp_sock, drain_timeout=drain, closes_last=True),
-                HttpListener("zipkin", zipkin_app(self.node), self.zipkin_sock, drain_timeout=drain)]
+        listeners: list[Listener] = [
+            HttpListener("otlp", otlp_app(self.node), self.otlp_sock, drain_timeout=drain, closes_last=True),
+            HttpListener("zipkin", zipkin_app(self.node), self.zipkin_sock, drain_timeout=drain)]
+        if self.otlp_grpc is not None:
+            listeners.append(self.otlp_grpc)
+        return listeners
 
     async def _enforce(self) -> None:
         settings = self.node.settings

@@ -43,6 +43,7 @@ def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch, tmp_p
     settings = Settings()
     assert (settings.api_port, settings.gateway_port, settings.resp_port, settings.otlp_port, settings.zipkin_port) == (
         7700, 8080, 6380, 4318, 9411)
+    assert (settings.otlp_grpc_port, settings.dapr_grpc_port) == (4317, 50001)  # OTLP/gRPC's and Dapr's own
     assert settings.host == "127.0.0.1" and settings.data_dir == Path(".mezzo")
     assert settings.store_url == f"sqlite:///{(tmp_path / '.mezzo' / 'mezzo.db')}"
     for field, value in [("api_port", 70000), ("store", "mysql://x"), ("broker", "kafka://x"),
@@ -119,3 +120,17 @@ def test_logged_errors_never_include_local_variables() -> None:
     line = stream.getvalue().strip().splitlines()[-1]
     assert "supersecret" not in line
     assert orjson.loads(line)["exception"]
+
+
+def test_the_otlp_grpc_port_is_a_port_or_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for value, expected in [("off", None), ("none", None), ("0", 0), ("14317", 14317)]:
+        monkeypatch.setenv("MEZZO_OTLP_GRPC_PORT", value)
+        assert Settings().otlp_grpc_port == expected, value
+    monkeypatch.delenv("MEZZO_OTLP_GRPC_PORT")
+    (tmp_path / "mezzo.yaml").write_text("otlp_grpc_port: off\n")  # YAML reads off as false
+    assert Settings().otlp_grpc_port is None
+    for bad in ("soon", "70000", True):
+        with pytest.raises(ValidationError) as info:
+            Settings(otlp_grpc_port=bad)
+        assert info.value.errors()[0]["loc"] == ("otlp_grpc_port",)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,7 +49,7 @@ from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMe
 from mezzo.messaging.tracecontext import carry, headers_trace_context
 from mezzo.node.auth import Principal, TokenService
 from mezzo.node.auth_module import token_in
-from mezzo.node.server import bind
+from mezzo.node.grpc_listener import GrpcListener
 from mezzo.telemetry.metrics import Metrics
 from mezzo.telemetry.propagation import extract_context
 from mezzo.telemetry.tracing import Tracing
@@ -271,47 +270,17 @@ for _name in dir(dapr_pb2_grpc.DaprServicer):  # the rest of Dapr's service: UNI
         setattr(DaprApi, _name, _unimplemented(_name))
 
 
-class DaprGrpcListener:
-    """Dapr's gRPC port (default 50001, Dapr's): a ``grpc.aio`` server in the node's event loop."""
+class DaprGrpcListener(GrpcListener):
+    """Dapr's gRPC port (default 50001, Dapr's)."""
 
     name = "dapr-grpc"
 
     def __init__(self, node: Any, service: MessagingService, host: str, port: int, drain_timeout: float) -> None:
-        if port:  # the port is free now (else the usual one-line "cannot listen on" error), before gRPC takes it
-            bind(host, port).close()
-        self.drain_timeout = drain_timeout
+        super().__init__(host, port, drain_timeout, MAX_MESSAGE)
         self.api = DaprApi(node, service)
-        # one listener per port: without this gRPC sets SO_REUSEPORT, and would share the port with
-        # a Dapr sidecar (or another Mezzo) already on it instead of failing
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
-                                               ("grpc.max_receive_message_length", MAX_MESSAGE),
-                                               ("grpc.max_send_message_length", MAX_MESSAGE)])
         dapr_pb2_grpc.add_DaprServicer_to_server(self.api, self.server)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        try:
-            bound = self.server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {host}:{port}: {exc}") from None
-        self.url = f"grpc://{'[' + host + ']' if ':' in host else host}:{bound}"
-        self.port = bound
-        self._stopping: asyncio.Task[None] | None = None
-        self._closed = False
 
-    async def start(self) -> None:
-        await self.server.start()
-
-    def force(self) -> None:
-        """Cut in-flight calls now."""
-        self._stopping = asyncio.get_running_loop().create_task(self.server.stop(None))
-
-    async def close(self) -> None:
-        """Stop accepting; streaming subscriptions have ended (the node is stopping: UNAVAILABLE,
-        so SDKs subscribe again to the next node); calls in flight finish up to the drain timeout."""
-        if self._closed:
-            return
-        self._closed = True
-        started = time.monotonic()
-        await self.api.streams.closed(self.drain_timeout)
-        await self.server.stop(max(self.drain_timeout - (time.monotonic() - started), 0.1))
-        if self._stopping is not None:
-            await self._stopping
+    async def quiesce(self, timeout: float) -> None:
+        """Streaming subscriptions end first (the node is stopping: UNAVAILABLE, so SDKs subscribe
+        again to the next node); other calls in flight finish up to the drain timeout."""
+        await self.api.streams.closed(timeout)

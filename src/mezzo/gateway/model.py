@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mezzo.resources.kinds import Column, KindSpec
 from mezzo.resources.model import SpecModel
@@ -31,7 +31,7 @@ class Node(SpecModel):
 
 
 class ActiveCheck(SpecModel):
-    type: Literal["http", "tcp"] = "http"
+    type: Literal["http", "https", "tcp"] = Field("http", description="https: the request over TLS (an https upstream's checks always are)")
     path: str = "/"
     interval: Duration = Field(5.0, gt=0)
     timeout: Duration = Field(1.0, gt=0)
@@ -62,6 +62,28 @@ class HashOn(SpecModel):
     key: str | None = Field(None, description="header, cookie or query argument name")
 
 
+class UpstreamTls(SpecModel):
+    """How the gateway talks TLS to the nodes of a ``scheme: https`` upstream."""
+
+    verify: bool = Field(True, description="check the node's certificate chain and name (APISIX's tls.verify, "
+                                            "which is off by default there)")
+    ca: str | None = Field(None, description="PEM certificates of the CAs to trust (default: the system's)")
+    sni: str | None = Field(None, min_length=1, max_length=253,
+                            description="the server name sent and checked (default: upstreamHost with passHost "
+                                        "rewrite, else the node's host when it is a name)")
+    client_certificate: Name | None = Field(
+        None, description="a Certificate of the upstream's namespace presented to the nodes (mutual TLS)")
+
+    @field_validator("ca")
+    @classmethod
+    def _ca_loads(cls, value: str | None) -> str | None:
+        if value is not None:
+            from mezzo.gateway.tls import check_ca
+
+            check_ca(value)
+        return value
+
+
 class UpstreamSpec(SpecModel):
     nodes: list[Node] = Field(default_factory=list)
     service: Name | None = Field(None, description="take nodes from this registry service instead")
@@ -70,7 +92,9 @@ class UpstreamSpec(SpecModel):
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     retries: int = Field(1, ge=0, le=10, description="extra tries on another node, idempotent methods only")
     timeout: Timeouts = Field(default_factory=Timeouts)
-    scheme: Literal["http"] = "http"
+    scheme: Literal["http", "https"] = "http"
+    tls: UpstreamTls | None = Field(None, description="TLS to the nodes (scheme https; default: verify with the "
+                                                      "system's CAs)")
     pass_host: Literal["pass", "node", "rewrite"] = "pass"
     upstream_host: str | None = None
     keepalive: int = Field(64, ge=0, le=10_000, description="idle connections kept per node")
@@ -82,6 +106,8 @@ class UpstreamSpec(SpecModel):
             raise ValueError("give either nodes or service")
         if self.pass_host == "rewrite" and not self.upstream_host:
             raise ValueError("passHost rewrite needs upstreamHost")
+        if self.tls is not None and self.scheme != "https":
+            raise ValueError("tls applies to scheme https; set scheme: https")
         return self
 
     _plugins = field_validator("plugins")(classmethod(lambda cls, v: check_plugins(v)))
@@ -206,9 +232,20 @@ class GlobalRuleSpec(SpecModel):
 
 
 class CertificateSpec(SpecModel):
-    snis: list[str] = Field(min_length=1, description='"api.example.com" or "*.example.com"')
+    type: Literal["server", "client"] = Field(
+        "server", description="server: served to clients for its snis; client: only presented to upstreams "
+                              "(Upstream tls.clientCertificate), as APISIX's SSL type")
+    snis: list[str] = Field(default_factory=list, validate_default=True,
+                            description='"api.example.com" or "*.example.com"')
     cert: str = Field(description="PEM certificate chain")
     key: str = Field(description="PEM private key")
+
+    @field_validator("snis")
+    @classmethod
+    def _served_for_names(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value and info.data.get("type", "server") == "server":
+            raise ValueError("a server certificate needs at least one name (or type: client)")
+        return value
 
     @model_validator(mode="after")
     def _loads(self) -> CertificateSpec:
@@ -230,7 +267,8 @@ CONSUMER_KIND = KindSpec(kind="Consumer", spec=ConsumerSpec, plural="consumers",
 GLOBAL_RULE_KIND = KindSpec(kind="GlobalRule", spec=GlobalRuleSpec, plural="globalrules", short_names=("gr",),
                             description="Plugins that run on every route.")
 CERTIFICATE_KIND = KindSpec(kind="Certificate", spec=CertificateSpec, plural="certificates", short_names=("cert",),
-                            columns=(Column("SNIS", "snis"),),
-                            description="A TLS certificate the gateway serves for the given server names.",
+                            columns=(Column("TYPE", "type"), Column("SNIS", "snis")),
+                            description="A TLS certificate the gateway serves for the given server names, or "
+                                        "presents to upstreams (type client).",
                             secrets=certificate_secrets)
 KINDS = (ROUTE_KIND, UPSTREAM_KIND, CONSUMER_KIND, GLOBAL_RULE_KIND, CERTIFICATE_KIND)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import ssl
 import time
 from typing import Any
 
@@ -19,10 +21,11 @@ import structlog
 
 from mezzo.gateway.client import Limits
 from mezzo.gateway.http import Reply, Request, problem
-from mezzo.gateway.model import ConsumerSpec, UpstreamSpec
+from mezzo.gateway.model import ConsumerSpec, UpstreamSpec, UpstreamTls
 from mezzo.gateway.plugins import Chain, Ctx, Plugin, instantiate
 from mezzo.gateway.proxy import proxy, start_fast
 from mezzo.gateway.router import CompiledRoute, Router, compile_route
+from mezzo.gateway.tls import upstream_context
 from mezzo.gateway.upstream import IDLE_TIMEOUT, Balancer, NodeState, run_active_checks
 from mezzo.resilience.policies import PolicyRegistry
 
@@ -75,6 +78,7 @@ class Gateway:
             "Route": {}, "Upstream": {}, "Consumer": {}, "GlobalRule": {}, "Certificate": {}}
         self._plugins: dict[str, Plugin] = {}
         self._nodes: dict[tuple[str, str], NodeState] = {}
+        self._tls_contexts: dict[str, ssl.SSLContext] = {}  # upstream TLS settings' key -> their context
         self._checks: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._rebuild: asyncio.Handle | None = None
         self.revision = 0
@@ -137,6 +141,8 @@ class Gateway:
         for node_key in list(self._nodes):
             if node_key not in live_nodes:
                 self._nodes.pop(node_key).close()
+        in_use = {id(node.ssl) for node in self._nodes.values()}
+        self._tls_contexts = {k: c for k, c in self._tls_contexts.items() if id(c) in in_use}
         consumers: dict[str, Consumer] = {}
         credentials: dict[tuple[str, str, str], Consumer] = {}
         ambiguous: set[tuple[str, str, str]] = set()
@@ -208,12 +214,17 @@ class Gateway:
             wanted = [(i.host, i.port, i.weight, getattr(i, "zone", None)) for i in found]
         else:
             wanted = [(n.host, n.port, n.weight, n.zone) for n in spec.nodes]
+        tls, tls_key = self._upstream_tls(ref, spec)
         nodes = []
         for host, port, weight, zone in wanted:
-            key = (ref, f"{host}:{port}")
+            key = (ref, f"{host}:{port}{tls_key}")  # other TLS settings: a new node, a new pool
             node = self._nodes.get(key)
             if node is None:
                 node = self._nodes[key] = NodeState(host, port, weight, zone, spec.keepalive)
+                if tls is not None:
+                    node.ssl = tls
+                    node.server_hostname = (spec.tls.sni if spec.tls is not None and spec.tls.sni else None) or (
+                        spec.upstream_host if spec.pass_host == "rewrite" else None) or host
             node.weight, node.zone, node.keepalive = weight, zone, spec.keepalive
             live.add(key)
             nodes.append(node)
@@ -222,6 +233,25 @@ class Gateway:
             namespace, name = ref.split("/", 1)
             policy = self.policies.policy_for("upstreams", name, namespace)
         return Balancer(ref, spec, nodes, policy)
+
+    def _upstream_tls(self, ref: str, spec: UpstreamSpec) -> tuple[ssl.SSLContext | None, str]:
+        """The SSL context of an https upstream (shared by every upstream with the same settings) and a
+        key that changes with them (and with its client certificate's PEMs); (None, "") for http."""
+        if spec.scheme != "https":
+            return None, ""
+        tls = spec.tls or UpstreamTls()
+        client = None
+        if tls.client_certificate is not None:
+            found = self.items["Certificate"].get(f"{ref.split('/', 1)[0]}/{tls.client_certificate}")
+            if found is None:
+                raise ValueError(f"tls.clientCertificate: no Certificate {tls.client_certificate!r} in its namespace")
+            client = (found[2].cert, found[2].key)
+        signature = orjson.dumps([tls.model_dump(mode="json"), client], option=orjson.OPT_SORT_KEYS)
+        key = "#tls:" + hashlib.sha256(signature).hexdigest()[:16]
+        context = self._tls_contexts.get(key)
+        if context is None:
+            context = self._tls_contexts[key] = upstream_context(tls.verify, tls.ca, client)
+        return context, key
 
     def _sync_checks(self, upstreams: dict[str, Balancer]) -> None:
         wanted = {ref: b for ref, b in upstreams.items() if b.spec.health_check.active is not None}
@@ -403,7 +433,9 @@ class Gateway:
 
 
 def _signature(balancer: Balancer) -> str:
-    return orjson.dumps([balancer.spec.health_check.model_dump(mode="json"), [n.key for n in balancer.nodes]]).decode()
+    # the nodes themselves: a node made anew (other TLS settings) is probed anew
+    return orjson.dumps([balancer.spec.health_check.model_dump(mode="json"),
+                         [f"{n.key}@{id(n)}" for n in balancer.nodes]]).decode()
 
 
 def _reason(exc: Exception) -> str:

@@ -1,4 +1,5 @@
-"""TLS termination: certificates from Certificate resources, chosen per connection by SNI."""
+"""TLS termination (certificates from Certificate resources, chosen per connection by SNI) and TLS to
+upstream nodes (``scheme: https``)."""
 
 from __future__ import annotations
 
@@ -27,17 +28,47 @@ def check_pair(cert_pem: str, key_pem: str) -> None:
         raise ValueError("key does not match the certificate")
 
 
-def context_for(cert_pem: str, key_pem: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["http/1.1"])
-    fd, path = tempfile.mkstemp(suffix=".pem")
+def check_ca(pem: str) -> None:
+    """Raise ValueError unless ``pem`` is one or more PEM certificates (what ``tls.ca`` takes)."""
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError("not PEM certificates (-----BEGIN CERTIFICATE-----)")
+    try:
+        x509.load_pem_x509_certificates(pem.encode())
+        ssl.create_default_context(cadata=pem)
+    except (ValueError, ssl.SSLError) as exc:
+        raise ValueError(f"not PEM certificates: {exc}") from None
+
+
+def _load_pair(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    fd, path = tempfile.mkstemp(suffix=".pem")  # the ssl module loads a key from a file only
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(cert_pem.strip() + "\n" + key_pem.strip() + "\n")
         ctx.load_cert_chain(path)
     finally:
         os.unlink(path)
+
+
+def context_for(cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    _load_pair(ctx, cert_pem, key_pem)
+    return ctx
+
+
+def upstream_context(verify: bool, ca: str | None, client: tuple[str, str] | None) -> ssl.SSLContext:
+    """The client side of TLS to upstream nodes: TLS 1.2 or later, HTTP/1.1 by ALPN; the chain and
+    the name checked against ``ca`` (else the system's CAs) unless ``verify`` is off; ``client``: the
+    (certificate, key) PEMs presented for mutual TLS."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca if verify else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if client is not None:
+        _load_pair(ctx, *client)
     return ctx
 
 
@@ -64,6 +95,8 @@ class CertStore:
         wildcard: dict[str, ssl.SSLContext] = {}
         contexts: dict[tuple[str, str], ssl.SSLContext] = {}
         for _, (_, _, spec) in sorted(items.items()):
+            if spec.type == "client":
+                continue  # presented to upstreams only, never served
             pair = (spec.cert, spec.key)
             ctx = contexts.get(pair) or self._contexts.get(pair) or context_for(*pair)
             contexts[pair] = ctx

@@ -21,6 +21,7 @@ import hashlib
 import math
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -408,6 +409,8 @@ class NodeState:
         "port",
         "probe_down",
         "retired",
+        "server_hostname",
+        "ssl",
         "weight",
         "zone",
     )
@@ -427,6 +430,8 @@ class NodeState:
         self.current_weight = 0
         self.keepalive = keepalive
         self.retired = False  # no configuration has this node any more: nothing comes back to its pool
+        self.ssl: ssl.SSLContext | None = None  # scheme https: TLS to this node, with this name sent and checked
+        self.server_hostname: str | None = None
 
     def healthy(self, now: float) -> bool:
         return not self.probe_down and now >= self.ejected_until and self.weight > 0
@@ -443,8 +448,11 @@ class NodeState:
 
     async def connect(self, timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
-                                         timeout)
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl,
+                                   server_hostname=self.server_hostname if self.ssl is not None else None,
+                                   ssl_handshake_timeout=timeout if self.ssl is not None else None),
+            timeout)
         return conn
 
     def release(self, conn: UpstreamConnection, now: float | None = None) -> None:
@@ -634,7 +642,13 @@ async def _probe(balancer: Balancer, node: NodeState) -> None:
     ok = False
     writer = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(node.host, node.port), check.timeout)
+        tls = node.ssl
+        if tls is None and check.type == "https":  # an https check of an http upstream: TLS, the system's CAs
+            tls = ssl.create_default_context()
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(node.host, node.port, ssl=tls,
+                                    server_hostname=(node.server_hostname or node.host) if tls is not None else None),
+            check.timeout)
         if check.type == "tcp":
             ok = True
         else:

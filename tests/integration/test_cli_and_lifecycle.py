@@ -17,9 +17,10 @@ from mezzo.testing.fixtures import RunningNode, spawn_node, stop_process
 EXAMPLE = Path(__file__).parents[2] / "examples" / "resiliency.yaml"
 
 
-def mezzo(node: RunningNode, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+def mezzo(node: RunningNode, *args: str, token: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MEZZO_URL": node.url, "MEZZO_TOKEN": token or node.token, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "mezzo", *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "mezzo", *args], env=env, capture_output=True, text=True, timeout=60,
+                          input=stdin)
 
 
 def test_cli_apply_get_diff_history_rollback(node_process: RunningNode, tmp_path: Path) -> None:
@@ -48,6 +49,15 @@ def test_cli_apply_get_diff_history_rollback(node_process: RunningNode, tmp_path
     rolled = mezzo(node_process, "rollback", "Resiliency", "shop", "--to", "1")
     assert rolled.stdout.strip() == "Resiliency/shop rolled-back (version 3)"
     assert "general: 5s" in mezzo(node_process, "get", "resiliency", "shop", "-o", "yaml").stdout
+
+    # `-f -` reads standard input, so `get -o yaml | apply -f -` round-trips
+    exported = mezzo(node_process, "get", "resiliency", "shop", "-o", "yaml").stdout
+    piped = mezzo(node_process, "apply", "-f", "-", stdin=exported)
+    assert piped.returncode == 0 and piped.stdout.strip() == "Resiliency/shop unchanged", piped.stderr
+    piped = mezzo(node_process, "diff", "-f", "-", stdin=exported.replace("general: 5s", "general: 9s"))
+    assert piped.returncode == 1 and "+      general: 9s" in piped.stdout
+    bad = mezzo(node_process, "apply", "-f", "-", stdin="kind: Resiliency\nmetadata: {name: x}\n")
+    assert bad.returncode == 1 and "stdin document 1" in bad.stderr, bad.stderr
 
     deleted = mezzo(node_process, "delete", "resiliency", "shop")
     assert deleted.stdout.strip() == "Resiliency/shop deleted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ from mezzo.resources.manifests import to_yaml
 from mezzo.resources.model import ApplyResult, Resource
 from mezzo.sdk.resources import manifest_files
 
-FileOpt = Annotated[list[Path], typer.Option("--filename", "-f", help="manifest file or directory (repeatable)")]
+FileOpt = Annotated[list[Path], typer.Option("--filename", "-f", help="manifest file or directory (repeatable); - reads standard input")]
 NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace")]
 
 
@@ -24,6 +25,9 @@ def _ref(result: ApplyResult) -> str:
 async def _sources(files: list[Path], error_code: int = 1) -> dict[str, Any]:
     manifests = []
     for path in files:
+        if str(path) == "-":  # kubectl's way: `mezzo get ... -o yaml | mezzo apply -f -`
+            manifests.append({"source": "stdin", "text": sys.stdin.read()})
+            continue
         if not path.exists():
             err.print(f"[red]Error:[/red] {path}: no such file or directory", markup=True)
             raise typer.Exit(error_code)

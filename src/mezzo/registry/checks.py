@@ -135,6 +135,9 @@ class Checker:
                 target = Status.PASSING
             elif status is Status.PASSING and not passed and failures >= check.failures:
                 target = Status.CRITICAL
+            elif status is Status.CRITICAL and not passed and failures == check.failures and not known.instance.output:
+                # critical from registration (initialStatus) and failing: say why once, keep its status_since
+                target = Status.CRITICAL
             if target is not None:
                 try:
                     if await self.service.set_status(known, target, output):

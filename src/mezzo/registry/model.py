@@ -84,9 +84,16 @@ class InstanceIn(Model):
     version: str = Field("", max_length=64)
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
     metadata: dict[str, str] = Field(default_factory=dict)
-    ttl: Duration | None = Field(None, ge=MIN_TTL, le=MAX_TTL,
-                                 description="removed unless a heartbeat arrives within it; none: until deregistered")
+    ttl: Duration | None = Field(None, description="removed unless a heartbeat arrives within it (1s to 24h); "
+                                                   "none: until deregistered")
     check: Check | None = None
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl_in_range(cls, value: float | None) -> float | None:
+        if value is not None and not MIN_TTL <= value <= MAX_TTL:
+            raise ValueError(f"a TTL is from {MIN_TTL:g}s to {MAX_TTL / 3600:g}h (got {value:g}s)")
+        return value
 
     @field_validator("host")
     @classmethod

@@ -156,13 +156,18 @@ class RegistryService:
     async def set_status(self, known: Known, status: Status, output: str) -> bool:
         """Record a check's verdict if the instance is still at the revision it was judged at."""
         ref = _ref(known.instance)
-        instance = known.instance.model_copy(update={"status": status, "status_since": now(), "output": output[:500]})
+        same = status is known.instance.status  # only the output is recorded: the status has not moved since
+        update: dict[str, Any] = {"status": status, "output": output[:500]}
+        if not same:
+            update["status_since"] = now()
+        instance = known.instance.model_copy(update=update)
         try:
             await self._txn([Put(INSTANCES + ref.path, dumps(instance.stored()))],
                             [Compare(INSTANCES + ref.path, known.revision)])
         except ConflictError:
             return False
-        self.metrics.change(ref.namespace, ref.service, status.value)
+        if not same:
+            self.metrics.change(ref.namespace, ref.service, status.value)
         return True
 
     async def expire(self, known: Known, reason: str, *, lease: bool = True) -> bool:

@@ -78,6 +78,25 @@ async def test_tcp_check(http: httpx.AsyncClient) -> None:
     assert got["output"].startswith(f"TCP 127.0.0.1:{port}")
 
 
+async def test_critical_from_registration_says_why_once(http: httpx.AsyncClient) -> None:
+    closed = await _closed_port()
+    created = await register(http, "db", id="never", host="127.0.0.1", port=closed,
+                             check={"tcp": True, **FAST, "failures": 2})
+    assert created["status"] == "critical" and created["output"] == ""
+
+    async def explained() -> bool:
+        got = (await http.get(f"{SVC}/db/instances/never")).json()
+        return bool(got["output"])
+
+    await wait_for(explained, timeout=15)
+    got = (await http.get(f"{SVC}/db/instances/never")).json()
+    assert got["status"] == "critical" and got["output"].startswith(f"TCP 127.0.0.1:{closed}")
+    assert got["statusSince"] == created["statusSince"]  # critical since registration: only the reason was added
+    index = (await listed(http, "db"))["index"]
+    await asyncio.sleep(0.6)  # several more failed probes: nothing more is written
+    assert (await listed(http, "db"))["index"] == index
+
+
 async def test_critical_too_long_is_deregistered(http: httpx.AsyncClient) -> None:
     closed = await _closed_port()
     await register(http, "db", id="dead", host="127.0.0.1", port=closed,

@@ -75,6 +75,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"port": 80}, "host"),
     ({"host": "h", "port": 80, "ttl": "0s"}, "ttl"),
     ({"host": "h", "port": 80, "ttl": "soon"}, "ttl"),
+    ({"host": "h", "port": 80, "ttl": "500ms"}, "ttl"),
+    ({"host": "h", "port": 80, "ttl": "2d"}, "ttl"),
     ({"host": "h", "port": 80, "weight": -1}, "weight"),
     ({"host": "h", "port": 80, "id": "a/b"}, "id"),
     ({"host": "h", "port": 80, "zone": "eu west"}, "zone"),
@@ -97,6 +99,8 @@ async def test_bad_registrations_are_refused_with_the_field(http: httpx.AsyncCli
     assert r.headers["content-type"] == "application/problem+json"
     assert field in [e["field"] for e in r.json()["errors"]], r.json()
     assert (await listed(http, "orders"))["instances"] == []  # nothing half-written
+    if field == "ttl" and body["ttl"] != "soon":
+        assert "a TTL is from 1s to 24h" in r.text  # the bounds with their unit
 
 
 async def test_bad_requests_elsewhere(http: httpx.AsyncClient) -> None:

@@ -67,10 +67,10 @@ async def otlp_on_api(request: Request, caller: Caller) -> Any:
     return await otlp_ingest(request)
 
 
-def _trace_id(text: str) -> str:
+def _trace_id(text: str, field: str = "traceID") -> str:
     text = text.lower()
     if not text or len(text) > 32 or any(c not in "0123456789abcdef" for c in text):
-        raise bad_request("a trace id is up to 32 hex digits", field="traceID")
+        raise bad_request(f"{field}: a trace id is up to 32 hex digits", field=field)
     return text.rjust(32, "0")
 
 
@@ -229,7 +229,7 @@ async def mezzo_compare(request: Request, caller: Caller, a: str, b: str) -> dic
     from mezzo.tracing.analysis import compare
 
     store = _store(request)
-    left, right = await store.trace(_trace_id(a)), await store.trace(_trace_id(b))
+    left, right = await store.trace(_trace_id(a, "a")), await store.trace(_trace_id(b, "b"))
     if not left or not right:
         raise not_found(f"trace {a if not left else b}")
     return compare(left, right)

@@ -301,7 +301,7 @@ class Coordinator:
                 await self._again(lease, tx, revision, worst)
                 return
             if progress is Progress.RETRY:
-                tx.rollback_reason = f"gave up after {tx.attempts} attempts"
+                tx.rollback_reason = f"gave up after {tx.attempts + 1} attempts"  # rounds made, this one included
             revision = await self._move(lease, tx, revision, Status.ABORTING)
         if tx.status is Status.ABORTING:
             progress, worst = await self._backward(lease, tx, branches)

@@ -124,6 +124,7 @@ async def test_retry_limit_gives_up_and_rolls_back(http: httpx.AsyncClient, busi
     gid = (await http.post("/v1/tx/transactions", json=body)).json()["gid"]
     tx = await final_status(http, gid)
     assert tx["status"] == "failed" and busi.names(gid).count("a") == 3
+    assert tx["rollback_reason"] == "gave up after 3 attempts"  # as many as were made
 
 
 async def test_steps_without_compensation_are_skipped(http: httpx.AsyncClient, busi: Busi) -> None:

@@ -86,6 +86,12 @@ def revoked_event() -> bytes:
 def validation_errors(exc: RequestValidationError) -> Problem:
     errors = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # FastAPI's loc is ("body", character offset): name the body
+            reason = (err.get("ctx") or {}).get("error") or err.get("msg", "invalid")
+            at = err.get("loc", ("body", None))[-1]
+            errors.append({"in": "body", "field": "body",
+                           "reason": f"not valid JSON: {reason}" + (f" (at character {at})" if isinstance(at, int) else "")})
+            continue
         loc = [str(p) for p in err.get("loc", ())]
         if loc and loc[0] in ("body", "query", "path", "header"):
             where, loc = loc[0], loc[1:]

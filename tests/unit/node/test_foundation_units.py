@@ -134,3 +134,23 @@ def test_the_otlp_grpc_port_is_a_port_or_off(monkeypatch: pytest.MonkeyPatch, tm
         with pytest.raises(ValidationError) as info:
             Settings(otlp_grpc_port=bad)
         assert info.value.errors()[0]["loc"] == ("otlp_grpc_port",)
+
+
+def test_a_body_that_is_not_json_is_named_as_the_body() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from mezzo.node import errors
+
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/x")
+    async def x(payload: dict) -> dict:  # type: ignore[type-arg]  # a JSON body (names resolvable at module level)
+        return payload
+
+    answer = TestClient(app).post("/x", content=b'{"mode": saga', headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and answer.headers["content-type"] == "application/problem+json"
+    [error] = answer.json()["errors"]
+    assert error["field"] == "body" and error["reason"].startswith("not valid JSON: ")  # was field "0"
+    assert "(at character 9)" in error["reason"]

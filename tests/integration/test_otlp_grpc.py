@@ -119,6 +119,9 @@ async def test_a_failing_store_is_unavailable_with_retry_info(tr: RunningNode, m
     [detail] = details(info.value)
     retry = error_details_pb2.RetryInfo()
     assert detail.Unpack(retry) and retry.retry_delay.seconds == 5
+    # the same RetryInfo on its own trailer too: Python's exporter reads it only there (Go's in the details)
+    trailer = dict(info.value.trailing_metadata() or ())["google.rpc.retryinfo-bin"]
+    assert error_details_pb2.RetryInfo.FromString(trailer) == retry
 
 
 async def test_the_port_can_be_turned_off_and_a_taken_one_stops_the_start(tmp_path: Path) -> None:
@@ -139,3 +142,99 @@ async def test_the_port_can_be_turned_off_and_a_taken_one_stops_the_start(tmp_pa
         assert running.node.url("otlp-grpc") == f"grpc://127.0.0.1:{port}"
     finally:
         await running.node.stop()
+
+
+async def test_the_size_limit_holds_after_gzip_and_nothing_of_a_refused_request_is_stored(tr: RunningNode) -> None:
+    """OTLP/gRPC: the server MUST limit a request's size; gRPC answers RESOURCE_EXHAUSTED (not retryable
+    without RetryInfo), and the limit counts the decompressed bytes, so a small gzip bomb is refused too."""
+    big = request_with(name="x" * (17 * 1024 * 1024))  # over MAX_BODY (16 MiB) once decoded
+    for compression in (None, grpc.Compression.Gzip):
+        async with grpc.aio.insecure_channel(target(tr), compression=compression) as channel:
+            call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(big, timeout=20)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, compression
+    assert await tr.node.service(TraceStore).services() == []
+
+
+async def test_an_empty_request_succeeds_and_other_signals_are_unimplemented(tr: RunningNode) -> None:
+    assert await export(tr, b"") == b""  # OTLP: an empty request SHOULD be answered with success
+    async with grpc.aio.insecure_channel(target(tr)) as channel:
+        for service in ("metrics.v1.MetricsService", "logs.v1.LogsService"):
+            call = channel.unary_unary(f"/opentelemetry.proto.collector.{service}/Export",
+                                       request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(b"", timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, service  # not retried by exporters
+
+
+async def test_the_sdk_retries_a_busy_store_and_its_spans_land(tr: RunningNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from mezzo.tracing.store import Busy
+
+    store = tr.node.service(TraceStore)
+    write, calls = store.write, []
+
+    async def busy_once(spans: list[Any]) -> None:
+        calls.append(len(spans))
+        if len(calls) == 1:
+            raise Busy("the writer is behind")
+        await write(spans)
+
+    monkeypatch.setattr(store, "write", busy_once)
+    provider = TracerProvider(resource=Resource.create({"service.name": "retried"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"http://{target(tr)}", insecure=True)))
+
+    def work() -> None:
+        with provider.get_tracer("test").start_as_current_span("retried"):
+            pass
+
+    await asyncio.to_thread(work)
+    await asyncio.to_thread(provider.shutdown)
+    assert calls == [1, 1]  # refused once (UNAVAILABLE: retryable), then stored
+    assert await store.services() == ["retried"]
+
+
+async def test_a_call_in_flight_finishes_when_the_node_stops_and_later_ones_are_unavailable(
+        tr: RunningNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tr.node.service(TraceStore)
+    write, writing = store.write, asyncio.Event()
+
+    async def slow(spans: list[Any]) -> None:
+        writing.set()
+        await asyncio.sleep(0.5)
+        await write(spans)
+
+    monkeypatch.setattr(store, "write", slow)
+    address = target(tr)
+    in_flight = asyncio.create_task(export(tr, request_with()))
+    await writing.wait()
+    stopping = asyncio.create_task(tr.node.stop())
+    await asyncio.sleep(0.1)
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(request_with(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # retryable: the exporter tries again
+    assert await in_flight == b""  # drained, not cut
+    await stopping
+    assert store.written == 1
+
+
+async def test_a_node_that_fails_to_start_after_tracing_leaves_no_grpc_port_bound(tmp_path: Path) -> None:
+    """gRPC binds in the listener's __init__; a server never started would keep the port (and take
+    connections it never answers) for the life of the process."""
+    otlp, dapr = free_port(), free_port()
+    held = bind("127.0.0.1", 0)  # the cache module, which starts after tracing and messaging, cannot listen
+    try:
+        with pytest.raises(OSError, match="cannot listen on"):
+            await start_node(tmp_path / "data", otlp_grpc_port=otlp, dapr_grpc_port=dapr,
+                             resp_port=held.getsockname()[1])
+    finally:
+        held.close()
+    for port in (otlp, dapr):
+        bind("127.0.0.1", port).close()  # free again

@@ -36,10 +36,12 @@ class GrpcListener:
         self.url = f"grpc://{'[' + host + ']' if ':' in host else host}:{bound}"
         self.port = bound
         self._stopping: asyncio.Task[None] | None = None
+        self._started = False
         self._closed = False
 
     async def start(self) -> None:
         await self.server.start()
+        self._started = True
 
     def force(self) -> None:
         """Cut in-flight calls now."""
@@ -53,6 +55,11 @@ class GrpcListener:
         if self._closed:
             return
         self._closed = True
+        if not self._started:  # the node failed to start: gRPC bound the port in __init__, and a server
+            # that never started keeps it (taking connections it never answers) until the process exits
+            await self.server.start()
+            await self.server.stop(None)
+            return
         started = time.monotonic()
         await self.quiesce(self.drain_timeout)
         await self.server.stop(max(self.drain_timeout - (time.monotonic() - started), 0.1))

@@ -47,14 +47,20 @@ class OtlpGrpcListener(GrpcListener):
 
 async def _abort(context: grpc.aio.ServicerContext, exc: IngestError) -> Any:
     """End the call with OTLP's code for ``exc``: INVALID_ARGUMENT (a ``BadRequest`` naming the field),
-    else UNAVAILABLE with a ``RetryInfo`` (the store is busy or failing: retry after that long)."""
+    else UNAVAILABLE with a ``RetryInfo`` (the store is busy or failing: retry after that long). The
+    RetryInfo is in the status details (where Go's exporter reads it) and, on its own, in the
+    ``google.rpc.retryinfo-bin`` trailer (the only place Python's exporter reads it)."""
     detail = any_pb2.Any()
-    if exc.status == 400:
+    retry_trailer: tuple[tuple[str, bytes], ...] = ()
+    if exc.status not in (429, 503):  # the request itself is wrong: retrying it cannot help
         code = grpc.StatusCode.INVALID_ARGUMENT
         detail.Pack(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=exc.field or "body", description=exc.detail)]))
     else:
         code = grpc.StatusCode.UNAVAILABLE
-        detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=exc.retry_after or 1)))
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=exc.retry_after or 1))
+        detail.Pack(retry)
+        retry_trailer = (("google.rpc.retryinfo-bin", retry.SerializeToString()),)
     status = status_pb2.Status(code=code.value[0], message=exc.detail, details=[detail])
-    await context.abort(code, exc.detail, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+    await context.abort(code, exc.detail,
+                        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()), *retry_trailer))

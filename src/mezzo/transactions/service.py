@@ -244,7 +244,8 @@ class TxService:
             if current.namespace != tx.namespace:  # the caller was authorized for tx.namespace only
                 raise not_found(f"transaction {tx.gid!r}")
             if current.mode is not tx.mode:
-                raise conflict(f"transaction {tx.gid} is a {current.mode.value} transaction, not {tx.mode.value}")
+                raise conflict(f"transaction {tx.gid} is a {current.mode.value} transaction, not {tx.mode.value}",
+                               state=current.status.value)
             if current.status in (Status.SUBMITTED, Status.SUCCEED):
                 return current  # a repeated submit is harmless
             if current.mode is Mode.MSG and not current.steps and tx.steps:
@@ -281,7 +282,8 @@ class TxService:
         loaded = await self.get(gid)
         tx = loaded.tx
         if tx.mode is not mode or mode not in (Mode.TCC, Mode.XA):
-            raise conflict(f"transaction {gid} is a {tx.mode.value} transaction; branches register in tcc or xa")
+            raise conflict(f"transaction {gid} is a {tx.mode.value} transaction; branches register in tcc or xa",
+                           state=tx.status.value)
         if tx.status is not Status.PREPARED:
             raise conflict(f"transaction {gid} is {tx.status.value}; branches register while it is prepared",
                            state=tx.status.value)

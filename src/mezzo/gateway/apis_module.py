@@ -76,6 +76,8 @@ class ImportIn(BaseModel):
 class TransitionIn(BaseModel):
     state: str
 
+    model_config = {"extra": "forbid"}  # a sunset or other field here would be dropped: apply the Api for those
+
 
 def _resources(request: Request) -> ResourceService:
     return request.app.state.node.service(ResourceService)  # type: ignore[no-any-return]

@@ -61,6 +61,19 @@ class HashOn(SpecModel):
     on: Literal["header", "cookie", "arg", "consumer", "ip", "uri"] = "ip"
     key: str | None = Field(None, description="header, cookie or query argument name")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, value: Any) -> Any:
+        """``hashOn: consumer`` is ``{on: consumer}``; a ``True`` key is ``on`` (YAML 1.1 reads a bare
+        ``on`` as true, so ``{on: header, key: X-User}`` arrives as ``{True: header, key: X-User}``)."""
+        if isinstance(value, str):
+            return {"on": value}
+        if isinstance(value, dict) and True in value:
+            if "on" in value:
+                raise ValueError('give "on" once (a bare on in YAML is the same key as "on")')
+            value = {("on" if k is True else k): v for k, v in value.items()}
+        return value
+
 
 class UpstreamTls(SpecModel):
     """How the gateway talks TLS to the nodes of a ``scheme: https`` upstream."""

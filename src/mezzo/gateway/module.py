@@ -156,9 +156,20 @@ class GatewayModule(Module):
             detail += f", {self.workers.running + 1}/{self.workers.count} processes"
         if self.gateway.broken:  # still ready: the rest serves; these are logged with their reasons
             detail += f", out of service (failed to build): {', '.join(sorted(self.gateway.broken))}"
+        if self.gateway.stuck:  # not ready: no change applies until this is fixed or deleted
+            reasons = "; ".join(f"{ref}: {reason}" for ref, reason in sorted(self.gateway.stuck.items()))
+            return Health(False, f"configuration stuck at an earlier revision, no gateway change applies until "
+                                 f"this is fixed or deleted: {reasons} ({detail})")
         if self._own_view is not None and not self._own_view.following:
             return Health(False, "registry watch stopped: service-backed upstreams would go stale")
         return Health(True, detail)
+
+    def api_front(self, app: Any, api: Any) -> Any:
+        """Lets plugin schemas know this node's Redis URL while the API validates resources, so a
+        Redis-backed plugin setting without one is refused at apply time (see shared_redis)."""
+        from mezzo.gateway.plugins.shared_redis import NodeRedisFront
+
+        return NodeRedisFront(app, self.gateway.redis_url)
 
     def listeners(self) -> list[Any]:
         drain = self.node.settings.drain_timeout

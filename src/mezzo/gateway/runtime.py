@@ -87,6 +87,9 @@ class Gateway:
         self.tracing: Any = None  # the node's Tracing service, for the opentelemetry plugin (set by the module)
         self._certificates_changed = False
         self.broken: dict[str, str] = {}  # "Kind/namespace/name" -> why it failed to build (left out)
+        # what keeps the whole configuration from building ("GlobalRule/namespace/name" -> why): while
+        # it is there, the previous snapshot serves and no change applies; empty once a build succeeds
+        self.stuck: dict[str, str] = {}
         self.seen: dict[str, int] = {}  # "Kind/namespace/name" -> revision of its latest event here
         self.policies: PolicyRegistry | None = None  # Resiliency policies for upstreams (see use_policies)
         self._unsubscribe: Any = None
@@ -111,9 +114,18 @@ class Gateway:
         started = time.perf_counter()
         try:
             self.snapshot = self.build()
-        except Exception:
-            log.exception("gateway configuration failed to build; keeping the previous one")
+        except GlobalRuleError as exc:  # a global plugin left out could open every route: keep the old
+            self.stuck = exc.failed
+            for ref, reason in exc.failed.items():
+                log.error("gateway configuration failed to build; keeping the previous one", resource=ref,
+                          reason=reason, revision=self.revision,
+                          hint="no gateway change applies until this global rule is fixed or deleted")
             return
+        except Exception as exc:
+            self.stuck = {"configuration": _reason(exc)}
+            log.exception("gateway configuration failed to build; keeping the previous one", revision=self.revision)
+            return
+        self.stuck = {}
         self.rebuilt.set()
         self.rebuilt = asyncio.Event()
         log.debug("gateway configuration applied", revision=self.revision,
@@ -128,8 +140,14 @@ class Gateway:
     def build(self) -> Snapshot:
         used: set[str] = set()
         global_plugins: list[Plugin] = []
+        failed: dict[str, str] = {}
         for ref, (_, _, spec) in sorted(self.items["GlobalRule"].items()):
-            global_plugins += self._instances(f"global/{ref}", spec.plugins, used)
+            try:
+                global_plugins += self._instances(f"global/{ref}", spec.plugins, used)
+            except Exception as exc:
+                failed[f"GlobalRule/{ref}"] = _reason(exc)
+        if failed:
+            raise GlobalRuleError(failed)
         upstreams: dict[str, Balancer] = {}
         live_nodes: set[tuple[str, str]] = set()
         broken: dict[str, str] = {}
@@ -395,9 +413,18 @@ class Gateway:
             return False
         if ctx.upstream is None:
             ctx.status = 502
-            client.answer(problem(502, f"route {route.name!r} has no upstream"), request)
+            client.answer(problem(502, self._no_upstream(route)), request)
             return not request.upgrade
         return None
+
+    def _no_upstream(self, route: CompiledRoute) -> str:
+        """Why a route has no upstream to proxy to: its upstream is missing, or out of service."""
+        name = route.spec.upstream
+        if name is None:
+            return f"route {route.name!r} has no upstream"
+        if f"Upstream/{route.namespace}/{name}" in self.broken:  # its reason is in the log and /readyz
+            return f"upstream {name!r} in namespace {route.namespace!r} is out of service: it failed to build"
+        return f"upstream {name!r} does not exist in namespace {route.namespace!r}"
 
     def resume(self, client: Any, ctx: Ctx, work: Any) -> None:
         """Finish the request in a task: ``work`` is a coroutine that answers it and says whether to keep."""
@@ -436,6 +463,15 @@ def _signature(balancer: Balancer) -> str:
     # the nodes themselves: a node made anew (other TLS settings) is probed anew
     return orjson.dumps([balancer.spec.health_check.model_dump(mode="json"),
                          [f"{n.key}@{id(n)}" for n in balancer.nodes]]).decode()
+
+
+class GlobalRuleError(Exception):
+    """Global rules whose plugins failed to build (``"GlobalRule/namespace/name"`` -> why): the whole
+    configuration is kept as it was, since leaving a global plugin out could open every route."""
+
+    def __init__(self, failed: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{ref}: {reason}" for ref, reason in failed.items()))
+        self.failed = failed
 
 
 def _reason(exc: Exception) -> str:

@@ -23,12 +23,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import structlog
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mezzo.gateway.http import Reply, problem
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
 from mezzo.gateway.plugins.auth import find_consumer, unauthorized
-from mezzo.gateway.plugins.shared_redis import close_redis, open_redis
+from mezzo.gateway.plugins.shared_redis import close_redis, open_redis, require_redis_url
 from mezzo.gateway.plugins.vars import request_uri
 
 log = structlog.get_logger("mezzo.gateway")
@@ -51,6 +51,13 @@ class HmacAuthConfig(Config):
     redis_url: str | None = Field(None, description="default: the node's MEZZO_CACHE when it is redis://")
     redis_prefix: str = "mezzo:gw:nonce:"
     max_nonces: int = Field(100_000, ge=1, description="nonces this process remembers (local store)")
+
+    @model_validator(mode="after")
+    def _redis_reachable(self) -> HmacAuthConfig:
+        # refused at apply time on a node without Redis, rather than a route left out at load
+        if self.nonce_store == "redis":
+            require_redis_url(self.redis_url, "nonceStore redis")
+        return self
 
 
 class Nonces:

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from mezzo.gateway.http import Reply, problem
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
 from mezzo.gateway.plugins.reject import reject
+from mezzo.gateway.plugins.shared_redis import require_redis_url
 from mezzo.resilience.ratelimit import FixedWindow, RateLimitDecision, SlidingWindow
 from mezzo.resources.types import Duration
 
@@ -42,6 +43,13 @@ class LimitCountConfig(Config):
     rejected_code: int = Field(429, ge=200, le=599)
     rejected_msg: str = "Too Many Requests"
     show_headers: bool = True
+
+    @model_validator(mode="after")
+    def _redis_reachable(self) -> LimitCountConfig:
+        # refused at apply time on a node without Redis, rather than a route left out at load
+        if self.policy == "redis":
+            require_redis_url(self.redis_url, "policy redis")
+        return self
 
     @model_validator(mode="after")
     def _key_name(self) -> LimitCountConfig:

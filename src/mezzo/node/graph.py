@@ -38,7 +38,7 @@ MODULES: dict[str, ModuleDef] = {
     "registry": ModuleDef(RegistryModule, ("store", "auth")),
     "gateway": ModuleDef(GatewayModule, ("store", "resources", "resilience")),
     "apis": ModuleDef(ApisModule, ("gateway", "resources")),
-    "tracing": ModuleDef(TracingModule, ("telemetry", "auth")),
+    "tracing": ModuleDef(TracingModule, ("telemetry", "auth", "resources")),  # its sampling policies are resources
     "cache": ModuleDef(CacheModule, ("telemetry", "auth", "resources")),
     "transactions": ModuleDef(TransactionsModule, ("store", "auth", "telemetry", "resilience")),
     "api": ModuleDef(ApiModule, ("telemetry", "auth", "resources")),

@@ -222,11 +222,14 @@ def mask_url(url: str) -> str:
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
+    changed = False
     if parts.password is not None:
         host = parts.netloc.rpartition("@")[2]  # as written: an IPv6 address keeps its brackets
         parts = parts._replace(netloc=f"{parts.username or ''}:****@{host}")
+        changed = True
     query = parse_qsl(parts.query, keep_blank_values=True)
     if any(key.lower() == "password" for key, _ in query):
         hidden = [(key, "****" if key.lower() == "password" else value) for key, value in query]
         parts = parts._replace(query=urlencode(hidden, safe="*"))
-    return urlunsplit(parts)
+        changed = True
+    return urlunsplit(parts) if changed else url  # urlunsplit drops sqlite:////PATH's empty authority

@@ -56,6 +56,22 @@ def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_mask_url() -> None:
     assert mask_url("postgresql://u:secret@h:5432/db") == "postgresql://u:****@h:5432/db"
     assert mask_url("redis://h:6379") == "redis://h:6379"
+    # nothing to hide: the URL as written (urlunsplit would turn sqlite:////abs into sqlite://abs)
+    assert mask_url("sqlite:////tmp/x/.mezzo/mezzo.db") == "sqlite:////tmp/x/.mezzo/mezzo.db"
+    assert mask_url("sqlite:///rel.db") == "sqlite:///rel.db"
+    assert mask_url("postgresql://h/db?password=sekrit") == "postgresql://h/db?password=****"
+
+
+async def test_the_tracing_module_runs_alone(tmp_path: Path) -> None:
+    from mezzo.node.node import Node
+    from mezzo.testing.fixtures import FREE_PORTS
+
+    node = Node(Settings(data_dir=tmp_path / "data", **FREE_PORTS, targets=["tracing"]))
+    await node.start()  # failed: it uses ResourceService, which its dependencies did not list
+    try:
+        assert "resources" in node.order and node.url("otlp") is not None
+    finally:
+        await node.stop()
 
 
 def test_manifest_lines_and_errors() -> None:

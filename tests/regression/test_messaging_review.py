@@ -148,12 +148,12 @@ async def test_receipt_from_before_a_seek_cannot_ack_the_replayed_delivery(tmp_p
 
 async def test_nack_of_a_stale_last_attempt_receipt_dead_letters_nothing(node: RunningNode) -> None:
     """service.nack() dead-letters every receipt whose attempt number >= maxDeliveries before the
-    broker checks it is in flight: a stale or forged receipt '0:0:99' copies an acked (or
+    broker checks it is in flight: a stale or forged receipt '0:0:99:0' copies an acked (or
     never delivered) message into the DLQ, then answers 409."""
     headers = {"Authorization": f"Bearer {node.token}"}
     async with httpx.AsyncClient(base_url=node.url, headers=headers) as http:
         assert (await http.post("/v1/topics/t:publish", json={"data": 1})).status_code == 200
-        r = await http.post("/v1/topics/t/groups/g:nack", json={"receipts": ["0:0:99"]})
+        r = await http.post("/v1/topics/t/groups/g:nack", json={"receipts": ["0:0:99:0"]})
         assert r.status_code == 409
         broker = node.node.service(MessagingService).broker
         assert not broker.has_topic("default/t.g.dlq") or (await broker.topic_stats("default/t.g.dlq")).messages == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -130,7 +131,16 @@ async def export(
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text)
+        _write_private(output, text)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read (0600, an existing file too): an export holds
+    secrets in clear for tokens with the ``use`` right."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through open(): restrict it before writing
+        file.write(text)
 
 
 # releases --------------------------------------------------------------------------------------

@@ -564,7 +564,8 @@ def _access(hub: ConfigHub, app: str, caller: Principal, tokens: TokenService) -
             return Problem(401, "Unauthorized", REVOKED, type="unauthorized")
         tenant = hub.tenant(app)
         if not caller.can(Verb.READ, tenant):
-            return Problem(403, "Forbidden", f"read access to app {app!r} (tenant {tenant!r}) is not granted")
+            return Problem(403, "Forbidden", f"read access to app {app!r} (tenant {tenant!r}) is not granted",
+                           type="forbidden")
         return None
 
     return denied
@@ -586,7 +587,7 @@ async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: C
         for ref in refs:
             if hub.layers(ref):
                 yield _event(await hub.resolve(ref, client, clear()), resync=start is not None)
-    yield b": live\n\n"
+    live = False  # ": live" once caught up: after the current state, or after the replay of a reconnect
     while not stopping.is_set() and not hub.stopped:
         # at every change and every heartbeat, before anything the hub now holds is sent
         denied = access()
@@ -601,6 +602,10 @@ async def _events(request: Request, hub: ConfigHub, refs: list[NsRef], client: C
                     yield _event(await hub.resolve(ref, client, clear()), resync=True)
             continue
         if not changes:
+            if not live:
+                live = True
+                yield b": live\n\n"
+                continue  # look again: changes may have come while this was sent
             sent = hub.revision  # nothing of ours up to here; no await until the wait below parks
             if not await hub.wait(names, 15.0):
                 yield b": heartbeat\n\n"
@@ -629,7 +634,7 @@ async def audit(request: Request, caller: Caller, app: str | None = None, namesp
     if app is not None:
         require(caller, Verb.READ, await _stored_tenant(svc, app))
     elif not caller.can(Verb.ADMIN):
-        raise Problem(403, "Forbidden", "audit across every app needs admin; pass app=")
+        raise Problem(403, "Forbidden", "audit across every app needs admin; pass app=", type="forbidden")
     from mezzo.node.api import utc
 
     def keep(record: AuditRecord) -> bool:

@@ -185,7 +185,8 @@ class GrayReleases:
         """The distinct-publisher option covers the gray keys too: they reach clients on publish."""
         if meta.permissions.require_distinct_publisher and user in gray.editors:
             raise Problem(403, "Forbidden", f"{user!r} edited the gray release; namespace {ref.path} requires "
-                          "another user to publish it", errors=[{"field": "user", "reason": "edited the gray release"}])
+                          "another user to publish it", type="forbidden",
+                          errors=[{"field": "user", "reason": "edited the gray release"}])
 
     async def _edit(self, ref: NsRef, user: str, action: str, change: Any, pointer: bool = False) -> Gray:
         loaded = await self.service._load(GRAY + ref.path, Gray)

@@ -129,12 +129,14 @@ class ConfigService:
         app = await self.app(ref.app)
         tenant = app.tenant if app else new_tenant
         if not caller.can(verb, tenant):
-            raise Problem(403, "Forbidden", f"{verb.value} access to app {ref.app!r} (tenant {tenant!r}) is not granted")
+            raise Problem(403, "Forbidden", f"{verb.value} access to app {ref.app!r} (tenant {tenant!r}) is not granted",
+                          type="forbidden")
         if right is not None and not caller.can(Verb.ADMIN, tenant):
             meta = (await self._load(META + ref.path, NamespaceMeta)).doc
             allowed = getattr(meta.permissions, right) if meta else []
             if allowed and caller.name not in allowed:
-                raise Problem(403, "Forbidden", f"{caller.name!r} may not {right} {ref.path}; allowed: {allowed}")
+                raise Problem(403, "Forbidden", f"{caller.name!r} may not {right} {ref.path}; allowed: {allowed}",
+                              type="forbidden")
         return tenant
 
     # namespaces -------------------------------------------------------------------------
@@ -342,7 +344,7 @@ class ConfigService:
         draft: Draft = draft_loaded.doc or Draft()
         if meta.permissions.require_distinct_publisher and kind == "normal" and user in draft.editors:
             raise Problem(403, "Forbidden", f"{user!r} edited this draft; namespace {ref.path} requires "
-                          "another user to publish it",
+                          "another user to publish it", type="forbidden",
                           errors=[{"field": "user", "reason": "edited the draft"}])
         latest = await self.latest(ref)
         previous = await self.release(ref, latest.doc.release) if latest.doc and latest.doc.release else None
@@ -515,7 +517,7 @@ def _check_item(key: str, value: str) -> None:
     if not key or len(key) > MAX_KEY or any(ord(c) < 32 for c in key):
         raise bad_request(f"a key is 1 to {MAX_KEY} printable characters", field="key")
     if len(value.encode()) > MAX_VALUE:
-        raise Problem(413, "Payload Too Large", f"a value is at most {MAX_VALUE} bytes",
+        raise Problem(413, "Content Too Large", f"a value is at most {MAX_VALUE} bytes", type="too-large",
                       errors=[{"field": "value", "reason": "too large"}])
 
 

@@ -8,13 +8,12 @@ import base64
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Path, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, WithJsonSchema
 from starlette.requests import HTTPConnection
 
 from mezzo.jsonutil import dumps, loads
@@ -28,7 +27,15 @@ from mezzo.messaging.compat.cloudevents import (
     from_structured,
 )
 from mezzo.messaging.half import HalfMessages, PrepareOptions, TransactionNotFound
-from mezzo.messaging.service import MessageTooLarge, MessagingService, PublishMessage, TopicNotFound
+from mezzo.messaging.service import (
+    SEEK_TO,
+    MessageTooLarge,
+    MessagingService,
+    PublishMessage,
+    TopicNotFound,
+    checked_receipts,
+    to_message,
+)
 from mezzo.messaging.tracecontext import carry_trace, trace_context
 from mezzo.node.auth import Principal, TokenService, Verb
 from mezzo.node.auth_module import Caller, authenticate, bearer_token, principal_of, require
@@ -107,7 +114,7 @@ def problems() -> Iterator[None]:
 
 
 def _validation(exc: ValidationError, prefix: str) -> Problem:
-    errors = [{"field": prefix + ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()]
+    errors = [{"field": prefix + ".".join(map(str, e["loc"])), "reason": e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
     return Problem(400, "Bad Request", "; ".join(f"{e['field']}: {e['reason']}" for e in errors),
                    type="invalid-request", errors=errors)
 
@@ -126,8 +133,8 @@ async def read_messages(request: Request) -> list[PublishMessage]:
             if ctype == BATCH:
                 if not isinstance(payload, list):
                     raise bad_request("a CloudEvents batch is a JSON array", field="body")
-                return [from_structured(e, f"[{i}].") for i, e in enumerate(payload)]
-            return [from_structured(payload)]
+                return [_structured(e, f"[{i}].") for i, e in enumerate(payload)]
+            return [_structured(payload)]
         if ctype == "application/json":
             payload = _json(body)
             if isinstance(payload, dict) and isinstance(payload.get("messages"), list):
@@ -160,6 +167,12 @@ async def read_messages(request: Request) -> list[PublishMessage]:
         raise bad_request(exc.reason, field=exc.field) from None
     except ValidationError as exc:  # a CloudEvent whose attributes do not fit a message
         raise _validation(exc, "") from None
+
+
+def _structured(event: Any, prefix: str = "") -> PublishMessage:
+    if isinstance(event, dict) and "specversion" not in event:  # else "must be 1.0" would not say it is missing
+        raise CloudEventError(f"{prefix}specversion", 'is required (the CloudEvents version, "1.0")')
+    return from_structured(event, prefix)
 
 
 async def read_frames(request: Request) -> list[tuple[PublishMessage | None, bytes]]:
@@ -225,15 +238,15 @@ class PullRequest(BaseModel):
 
 
 class Receipts(BaseModel):
-    receipts: list[str] = Field(min_length=1, max_length=10_000)
+    receipts: Annotated[list[str], AfterValidator(checked_receipts)] = Field(min_length=1, max_length=10_000)
 
 
 class NackRequest(Receipts):
     delay: Duration | None = Field(None, le=7 * 86400, description="default: the subscription's backoff")
 
 
-class SeekRequest(BaseModel):
-    to: Literal["earliest", "latest"] | int | dict[int, int] | datetime = Field(
+class SeekRequest(BaseModel):  # ``to`` is checked by seek(): one error for it, not one per kind it may be
+    to: Annotated[Any, WithJsonSchema(SEEK_TO.json_schema())] = Field(
         description="earliest, latest, an offset, {partition: offset}, or an RFC 3339 time")
 
 
@@ -363,8 +376,6 @@ async def read_messages_route(request: Request, topic: TopicPath, caller: Caller
                               partition: int = Query(0, ge=0), offset: int = Query(0, ge=0),
                               limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     require(caller, Verb.READ, namespace)
-    from mezzo.messaging.service import to_message
-
     svc = service(request)
     ref = f"{namespace}/{topic}"
     if not svc.broker.has_topic(ref):  # type: ignore[attr-defined]
@@ -456,7 +467,8 @@ async def message_trace(request: Request, message_id: Annotated[str, Path(min_le
     for name in topics:
         found += [{"topic": name, **event} for event in await svc.trace.find(namespace, name, message_id)]
     if not found:
-        raise not_found(f"no trace of message {message_id!r} (is trace enabled on its topic?)")
+        raise Problem(404, "Not Found", f"no trace of message {message_id!r}: only topics with trace on record one",
+                      type="not-found")
     return {"id": message_id, "events": sorted(found, key=lambda e: e["at"])}
 
 
@@ -656,9 +668,11 @@ class _StreamSession:
                 await _close_revoked(self.ws)
                 return
             try:
-                command = loads(raw)
+                command = None
+                with contextlib.suppress(ValueError):  # not JSON: say what a command is, not where parsing failed
+                    command = loads(raw)
                 if not isinstance(command, dict):
-                    raise ValueError("send a JSON object: {\"ack\": [...]} or {\"nack\": [...], \"delay\": ...}")
+                    raise ValueError('a command is a JSON object: {"ack": [receipts]} or {"nack": [receipts], "delay": "5s"}')
                 if "ack" in command:
                     receipts = _receipts(command["ack"])
                     await self.svc.ack(self.namespace, self.topic, self.group, receipts)
@@ -682,4 +696,4 @@ class _StreamSession:
 def _receipts(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(r, str) for r in value) or not value:
         raise ValueError("receipts are a non-empty list of strings")
-    return value
+    return checked_receipts(value)

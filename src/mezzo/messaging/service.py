@@ -6,17 +6,27 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import re
 import time
 import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from mezzo.messaging.backend import Broker, Delivery, Position, Record, StaleReceiptError
 from mezzo.messaging.codec import Envelope, data_fields, is_json, plain_envelope, split_envelope
@@ -35,6 +45,9 @@ LETTER_ROOM = 1024  # what dead-letter attributes add to a message (topic and gr
 REPLAY_GROUP = "_replay"  # a name no user group can have (names start with a letter or digit)
 REPLAY_FOR = "mezzo.replay.group"  # a replayed dead letter goes to the group that gave up on it only
 OCTETS = "application/octet-stream"
+RECEIPT = re.compile(r"[0-9]{1,19}(?::[0-9]{1,19}){3}")  # partition:offset:attempt:n, from every engine
+SEEK_TO = TypeAdapter(Literal["earliest", "latest"] | int | dict[int, int] | datetime)
+SEEK_HELP = "to is earliest, latest, an offset, {partition: offset} or an RFC 3339 time"
 
 
 class TopicNotFound(LookupError):
@@ -45,6 +58,15 @@ class MessageTooLarge(Exception):
     def __init__(self, index: int, size: int, limit: int, detail: str | None = None) -> None:
         super().__init__(detail or f"message {index} is {size} bytes; topic limit is {limit} bytes")
         self.index, self.size, self.limit = index, size, limit
+
+
+def checked_receipts(receipts: list[str]) -> list[str]:
+    """``receipts``, if each has the shape every engine gives them (a stale one has it too)."""
+    if all(map(RECEIPT.fullmatch, receipts)):
+        return receipts
+    bad = next(r for r in receipts if not RECEIPT.fullmatch(r))
+    raise PydanticCustomError("receipt", "{bad} is not a receipt: send them as deliveries carry them "
+                              "(partition:offset:attempt:n)", {"bad": repr(bad[:40])})
 
 
 def engine_limit(broker: Broker, index: int, size: int) -> None:
@@ -74,13 +96,20 @@ class PublishMessage(BaseModel):
     deliver_at: datetime | None = Field(None, alias="deliverAt", description="deliver at this time")
     ttl: Duration | None = Field(None, gt=0, description="drop if not delivered within this long")
 
-    @model_validator(mode="after")
-    def _one_data(self) -> PublishMessage:
-        if self.data is not None and self.data_base64 is not None:
-            raise ValueError("give data or dataBase64, not both")
-        if self.delay is not None and self.deliver_at is not None:
-            raise ValueError("give delay or deliverAt, not both")
-        return self
+    # on the second field of each pair, so an error names it (``data`` and ``delay`` come first)
+    @field_validator("data_base64")
+    @classmethod
+    def _one_data(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("data") is not None:
+            raise PydanticCustomError("conflict", "give data or dataBase64, not both")
+        return value
+
+    @field_validator("deliver_at")
+    @classmethod
+    def _one_time(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is not None and info.data.get("delay") is not None:
+            raise PydanticCustomError("conflict", "give delay or deliverAt, not both")
+        return value
 
     @classmethod
     def options(cls, head: dict[str, Any]) -> PublishMessage:
@@ -565,8 +594,12 @@ class MessagingService:
                                                         "reason": reason}])
         log.info("message dead-lettered", topic=topic, group=group, id=env.id, dlq=target, reason=reason)
 
-    async def seek(self, namespace: str, topic: str, group: str, to: str | int | dict[int, int] | datetime) -> dict[int, int]:
+    async def seek(self, namespace: str, topic: str, group: str, to: Any) -> dict[int, int]:
         """``earliest``, ``latest``, an offset for every partition, ``{partition: offset}``, or a time."""
+        try:
+            to = SEEK_TO.validate_python(to)
+        except ValidationError:
+            raise ValueError(SEEK_HELP) from None
         await self.topic_spec(namespace, topic, None)
         ref = topic_ref(namespace, topic)
         bounds = await self.broker.bounds(ref)
@@ -585,7 +618,7 @@ class MessagingService:
                 raise ValueError(f"no partition {sorted(unknown)[0]} in topic {topic!r}")
             positions = dict(to)
         else:
-            raise ValueError("seek to earliest, latest, an offset, {partition: offset} or a time")
+            raise ValueError(SEEK_HELP)
         return await self.broker.seek(ref, group, positions)
 
     async def replay_dead_letters(self, namespace: str, dlq_topic: str, limit: int = 1000) -> int:

@@ -217,8 +217,10 @@ async def test_size_limit_and_bad_input(mq: RunningNode) -> None:
         assert missing.status_code == 404
         stale = await http.post("/v1/topics/t6:publish", json={"data": 1})
         assert stale.status_code == 200
-        bad_receipt = await http.post("/v1/topics/t6/groups/g:ack", json={"receipts": ["0:99:1", "junk"]})
-        assert bad_receipt.status_code == 409
+        stale_receipt = await http.post("/v1/topics/t6/groups/g:ack", json={"receipts": ["0:99:1:0"]})
+        assert stale_receipt.status_code == 409  # well formed, not in flight
+        bad_receipt = await http.post("/v1/topics/t6/groups/g:ack", json={"receipts": ["0:99:1:0", "junk"]})
+        assert bad_receipt.status_code == 400 and bad_receipt.json()["errors"][0]["field"].startswith("receipts")
 
 
 async def test_cloudevents_binary_and_structured(mq: RunningNode) -> None:

@@ -17,16 +17,34 @@ can wait for Mezzo.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from mezzo.messaging.compat.dapr_common import DaprError, check, namespace_of, publish, to_message
 from mezzo.messaging.service import MessagingService
 from mezzo.messaging.tracecontext import carry_trace
-from mezzo.node.auth_module import Caller
+from mezzo.node.auth import Principal
+from mezzo.node.auth_module import bearer_token, principal
+from mezzo.node.errors import Problem
 
 router = APIRouter(tags=["dapr"])
 METADATA = "metadata."
+
+
+async def _caller(request: Request) -> Principal:
+    """``Caller``, whose 401 for a missing token names Dapr's header too: Dapr clients send that one."""
+    try:
+        return await principal(request)
+    except Problem as exc:
+        if exc.status != 401 or bearer_token(request) is not None:
+            raise
+        raise Problem(401, "Unauthorized", "missing token: send it in dapr-api-token (as Dapr clients do) or as "
+                      "Authorization: Bearer", type="unauthorized", headers=exc.headers) from None
+
+
+Caller = Annotated[Principal, Depends(_caller)]
 
 
 @router.post("/v1.0/publish/{pubsubname}/{topic}", status_code=204, summary="Dapr-compatible publish")

@@ -16,7 +16,7 @@ from mezzo.cache.numbers import (
     parse_int,
     parse_long_double,
 )
-from mezzo.cache.resp import EMPTY_ARRAY, NULL2, NULL3, OK, PONG, Reply, Session
+from mezzo.cache.resp import NULL2, NULL3, OK, PONG, Reply, Session
 
 PROTO_MAX_BULK_LEN = 512 * 1024 * 1024  # redis-server's proto-max-bulk-len: the longest string APPEND or SETRANGE makes
 
@@ -582,35 +582,6 @@ def client(server: Any, s: Session, a: list[bytes]) -> bytes:
     raise CacheError(f"unknown subcommand '{a[1].decode(errors='replace')}'")
 
 
-@command("info", -1)
-def info(server: Any, s: Session, a: list[bytes]) -> bytes:
-    return s.bulk(server.info().encode())
-
-
-@command("command", -1)
-def command_(server: Any, s: Session, a: list[bytes]) -> bytes:
-    if len(a) > 1 and a[1].upper() == b"COUNT":
-        return Reply.integer(len(COMMANDS))
-    if len(a) > 1 and a[1].upper() == b"DOCS":
-        return EMPTY_ARRAY
-    rows = []
-    for name, (_, arity, flags) in sorted(COMMANDS.items()):
-        flag_items = [Reply.simple(f) for f in flags.split(",") if f]
-        first, last, step = _KEY_POSITIONS.get(name, (1, 1, 1))
-        rows.append(s.raw_array([s.bulk(name), Reply.integer(arity), s.raw_array(flag_items),
-                                 Reply.integer(first), Reply.integer(last), Reply.integer(step)]))
-    return s.raw_array(rows)
-
-
-# Where COMMAND says a command's keys are (first, last, step), as Redis says it; others take one key.
-_KEY_POSITIONS = {
-    **dict.fromkeys([b"ping", b"echo", b"quit", b"select", b"auth", b"hello", b"client", b"info", b"command",
-                     b"config", b"dbsize", b"flushdb", b"flushall", b"keys", b"scan", b"object"], (0, 0, 0)),
-    **dict.fromkeys([b"del", b"unlink", b"exists", b"mget"], (1, -1, 1)),
-    b"mset": (1, -1, 2),
-}
-
-
 @command("config", -2)
 def config(server: Any, s: Session, a: list[bytes]) -> bytes:
     if a[1].upper() == b"GET" and len(a) >= 3:  # redis-benchmark asks for save and appendonly
@@ -633,6 +604,6 @@ def arity_error(name: bytes) -> str:
 
 __all__ = ["COMMANDS", "NO_AUTH", "WRONGTYPE", "CacheError", "Cmd", "Engine", "arity_error"]
 
-# More commands (absolute expiry, string ranges, HINCRBYFLOAT, OBJECT) register themselves in the
-# same table: imported last, so everything they take from here exists.
-from mezzo.cache import commands_more  # noqa: E402, F401
+# More commands (absolute expiry, string ranges, HINCRBYFLOAT, OBJECT; then COMMAND and INFO) register
+# themselves in the same table: imported last, so everything they take from here exists.
+from mezzo.cache import commands_info, commands_more  # noqa: E402, F401

@@ -5,16 +5,19 @@
 finally returns the reply a Redis node would have given (bytes, int, None, or a ``ReplyError``).
 Most commands are one round (``GET`` is ``mg k v``). Where memcached has no single request with
 Redis' meaning, the op reads the item's CAS token first and writes with it, retrying when
-another client got in between: ``DECR``/``DECRBY`` (memcached clamps at 0 and stores no negative
-numbers), ``INCR`` on a negative value, ``GETDEL``, ``SET`` with ``GET`` or ``KEEPTTL``.
+another client got in between: ``GETDEL``, ``SET`` with ``GET`` or ``KEEPTTL``, and every counter
+(``INCR``, ``INCRBY``, ``DECR``, ``DECRBY``). memcached's ``incr`` is unsigned: it clamps ``decr``
+at 0, takes no negative number, wraps past 2**64-1, goes past 2**63-1, and reads ``007``, `` 7``,
+``7 abc`` or ``-0`` as numbers, all of which Redis refuses; so the value is read and checked as
+Redis checks it first, and only a sum Redis would store is written (``ma`` with ``C`` from a value
+>= 0, which keeps the item's exact TTL; ``ms`` with ``C`` below zero).
 
-Where the two differ and this cannot hide it: TTLs are whole seconds (rounded up), counters
-past 2**63-1 are memcached's unsigned ones, and values are strings only.
+Where the two differ and this cannot hide it: TTLs are whole seconds (rounded up), and values are
+strings only.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Generator, Sequence
 from typing import Any, NamedTuple
 
@@ -32,13 +35,13 @@ from mezzo.cache.distributed.meta import (
     stat,
     ttl_flag,
 )
+from mezzo.cache.numbers import parse_int
 
 Steps = Generator[list[bytes], list[MetaReply], Any]
 ONE, MAYBE_MORE, MORE = 1, 2, 3  # rounds an op takes: one; more on some replies only; always more
 CAS_ATTEMPTS = 50
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_EXPIRE_MS = 2**62  # beyond this Redis answers "invalid expire time" too
-_REDIS_INT = re.compile(rb"-?(?:0|[1-9][0-9]{0,19})")
 
 # The client commands served (the proxy answers PING, SELECT and the like itself).
 SERVED = frozenset({
@@ -94,9 +97,12 @@ def _contended(key: bytes) -> ReplyError:
 
 
 def _int(raw: bytes, error: str = NOT_INTEGER) -> int:
-    if _REDIS_INT.fullmatch(raw) is None or not INT64_MIN <= int(raw) <= INT64_MAX:
+    """An integer as Redis reads one (``string2ll``: no sign but ``-``, no spaces, no leading zero,
+    not ``-0``, 64 bits), for arguments and stored values alike."""
+    value = parse_int(raw)
+    if value is None:
         raise ReplyError(error)
-    return int(raw)
+    return value
 
 
 def _expiry_ms(raw: bytes, unit_ms: int, command: str) -> int:
@@ -275,22 +281,17 @@ def _counter(key: bytes, args: Sequence[bytes]) -> Op:
         if delta == INT64_MIN:
             raise ReplyError("ERR decrement would overflow")
         delta = -delta
-    if delta < 0:  # memcached's decr stops at 0: read, compute, write back with CAS
+    if delta < 0:
         return Op(_cas_add(key, delta), key, MORE)
-    return Op(_incr(key, delta), key, MAYBE_MORE, b"incr")
-
-
-def _incr(key: bytes, delta: int) -> Steps:
-    (r,) = yield [ma(key, b"N0 J%d D%d v" % (delta, delta))]  # a missing key starts at 0, as in Redis
-    if r.code == b"VA":
-        value = int(r.value or b"0")
-        return value if value <= INT64_MAX else ReplyError(OVERFLOW + " (memcached kept its unsigned result)")
-    if r.code == b"ER" and b"non-numeric" in r.flags:  # a negative number, or not a number at all
-        return (yield from _cas_add(key, delta))
-    return _unexpected(r)
+    # Two rounds too, but increments of one key may share a pipeline: each writes with the CAS token
+    # it read, so one that read before another's write retries, and they answer in order.
+    return Op(_cas_add(key, delta), key, MAYBE_MORE, b"incr")
 
 
 def _cas_add(key: bytes, delta: int) -> Steps:
+    """Read the value with its CAS token, refuse it as Redis would (not a 64-bit integer as Redis
+    writes one, or a sum outside 64 bits) without writing anything, else write the sum with the
+    token, retried when another client got in between. A missing key starts at 0."""
     for _ in range(CAS_ATTEMPTS):
         (r,) = yield [mg(key, b"v c t")]
         if r.code == b"EN":
@@ -303,14 +304,21 @@ def _cas_add(key: bytes, delta: int) -> Steps:
         if r.code != b"VA":
             return _unexpected(r)
         try:
-            value = _int(r.value or b"") + delta
+            current = _int(r.value or b"")
         except ReplyError as exc:
             return exc
+        value = current + delta
         if not INT64_MIN <= value <= INT64_MAX:
             return ReplyError(OVERFLOW)
-        (w,) = yield [ms(key, b"%d" % value, b"T%d C%s" % (kept_ttl(r), r.flag(b"c") or b"0"))]
-        if w.code == b"HD":
-            return value
+        cas = r.flag(b"c") or b"0"
+        if current >= 0 and delta >= 0:  # memcached's incr writes these same digits, and keeps the TTL as it is
+            (w,) = yield [ma(key, b"C%s D%d v" % (cas, delta))]
+            if w.code == b"VA":
+                return value
+        else:
+            (w,) = yield [ms(key, b"%d" % value, b"T%d C%s" % (kept_ttl(r), cas))]
+            if w.code == b"HD":
+                return value
         if w.code not in (b"EX", b"NF"):
             return _unexpected(w)
     return _contended(key)

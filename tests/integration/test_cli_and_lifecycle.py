@@ -197,3 +197,14 @@ def test_cli_mq_publish_consume_topics_groups(node_process: RunningNode) -> None
     assert "cli" in groups and "LAG" in groups
     assert "partition 0: 0" in mezzo(node_process, "mq", "seek", "orders", "--group", "cli", "--to", "earliest").stdout
     assert mezzo(node_process, "mq", "consume", "orders", "-g", "cli", "--wait", "0.5").stdout.count("\n") == 1
+
+
+def test_tables_are_not_cut_when_piped(tmp_path: Path) -> None:
+    """Without a terminal or COLUMNS, rich would cut rows at 80 columns ("gateway_tls_po…")."""
+    deep = tmp_path / ("a-rather-long-directory-name-" * 4) / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEZZO_") and k != "COLUMNS"}
+    env["MEZZO_DATA_DIR"] = str(deep)
+    result = subprocess.run([sys.executable, "-m", "mezzo", "settings"], env=env, capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert str(deep) in result.stdout and "gateway_tls_port" in result.stdout and "…" not in result.stdout

@@ -29,7 +29,15 @@ def follow_terminal_width() -> None:
     the CLI) would keep the first width; without ``COLUMNS`` rich asks the terminal each time."""
     columns = os.environ.get("COLUMNS", "")
     for console in (out, err):
-        console._width = int(columns) if columns.isdigit() else None  # rich keeps it there
+        if columns.isdigit():
+            console._width = int(columns)  # rich keeps it there
+        elif console.is_terminal:
+            console._width = None  # ask the terminal
+        else:  # a pipe or a file: whole rows, not rich's 80 columns with cells cut to "..."
+            console._width = PIPE_WIDTH
+
+
+PIPE_WIDTH = 1000
 P = ParamSpec("P")
 T = TypeVar("T")
 

@@ -232,6 +232,16 @@ async def test_audit_records_who_did_what(node: RunningNode) -> None:
         metrics = (await client._http.get("/metrics")).text
         assert 'mezzo_resources_changes_total{action="created",kind="Resiliency"} 1.0' in metrics
         assert all(r["user"] == "admin" and r["name"] == "shop" for r in records)
+        for i in range(3):  # more changes than the limit below: newest=true gives the last ones, newest first
+            await client.resources.apply(doc(timeout=f"{i + 2}s"))
+        oldest = (await client.request("GET", "/v1/audit", params={"kind": "Resiliency", "limit": 2}))["items"]
+        assert [r["action"] for r in oldest] == ["resource.create", "resource.delete"]
+        newest = (await client.request("GET", "/v1/audit", params={"kind": "Resiliency", "limit": 2,
+                                                                   "newest": "true"}))["items"]
+        assert [r["action"] for r in newest] == ["resource.configure", "resource.configure"]
+        assert newest[0]["at"] >= newest[1]["at"]
+        everything = (await client.request("GET", "/v1/audit", params={"kind": "Resiliency"}))["items"]
+        assert newest == list(reversed(everything))[:2]
 
 
 async def test_probes_metrics_and_openapi(node: RunningNode) -> None:

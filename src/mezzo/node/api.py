@@ -90,6 +90,7 @@ def build_app(node: Any) -> Any:
         caller: Caller, kind: str | None = None, namespace: str | None = None, name: str | None = None,
         user: str | None = None, since: datetime | None = None, until: datetime | None = None,
         limit: int = Query(100, ge=1, le=10_000),
+        newest: bool = Query(False, description="the most recent records of the window, newest first"),
     ) -> dict[str, Any]:
         namespace = namespace or None  # "?namespace=" is no namespace, which needs admin
         require(caller, Verb.ADMIN if namespace is None else Verb.READ, namespace)
@@ -102,7 +103,7 @@ def build_app(node: Any) -> Any:
                         or (namespace and record.namespace != namespace)
                         or (name and record.name != name) or (user and record.user != user))
 
-        return {"items": await read_audit(node.service(KVStore), keep, since, until, limit)}
+        return {"items": await read_audit(node.service(KVStore), keep, since, until, limit, newest)}
 
     mount_console(app)
     for module in node.modules.values():

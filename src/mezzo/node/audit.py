@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -46,21 +47,27 @@ def audit_put(
 
 
 async def read_audit(store: KVStore, keep: Callable[[AuditRecord], bool], since: datetime | None,
-                     until: datetime | None, limit: int) -> list[dict[str, Any]]:
-    """Audit records from ``since`` to ``until`` (oldest first) that ``keep`` accepts, at most ``limit``."""
+                     until: datetime | None, limit: int, newest: bool = False) -> list[dict[str, Any]]:
+    """Audit records from ``since`` to ``until`` that ``keep`` accepts, at most ``limit``: the oldest
+    ones, oldest first; with ``newest``, the most recent ones, newest first (every record of the
+    window is read to find them)."""
     cursor = f"{AUDIT_PREFIX}{max(int(since.timestamp() * 1e9), 0):020d}" if since else None
-    items: list[dict[str, Any]] = []
-    while len(items) < limit:
+    items: deque[dict[str, Any]] = deque(maxlen=limit if newest else None)
+    while newest or len(items) < limit:
         page = await store.range(AUDIT_PREFIX, start_after=cursor, limit=500)
         for kv in page.items:
             record = AuditRecord.model_validate(loads(kv.value))
             if until and record.at > until:
-                return items
+                return _ordered(items, newest)
             if keep(record):
                 items.append(record.model_dump(mode="json"))
-                if len(items) >= limit:
-                    return items
+                if not newest and len(items) >= limit:
+                    return list(items)
         if not page.more:
             break
         cursor = page.items[-1].key
-    return items
+    return _ordered(items, newest)
+
+
+def _ordered(items: deque[dict[str, Any]], newest: bool) -> list[dict[str, Any]]:
+    return list(reversed(items)) if newest else list(items)

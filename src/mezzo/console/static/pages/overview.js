@@ -37,8 +37,8 @@ async function membersCard() {
 async function auditCard() {
   const since = new Date(Date.now() - 7 * 86400 * 1000).toISOString();
   try {
-    const audit = await api("GET", "/v1/audit", { query: { since, limit: 2000 } });
-    const recent = (audit.items || []).slice(-30).reverse();
+    const audit = await api("GET", "/v1/audit", { query: { since, limit: 30, newest: true } });
+    const recent = audit.items || [];  // newest first
     return card("Recent changes (last 7 days, newest first)",
       table([
         { label: "when", value: (r) => fmtTime(r.at) },

@@ -77,6 +77,14 @@ def test_flags_beat_the_environment_which_beats_mezzo_yaml(tmp_path: Path) -> No
     assert values["resp_port"] == 6380  # a default
 
 
+def test_an_unknown_key_of_mezzo_yaml_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "mezzo.yaml").write_text("api_port: 7801\ncolour: blue\n")
+    result = run(tmp_path, "settings")
+    assert result.returncode == 2
+    assert "colour: not a Mezzo setting (in mezzo.yaml)" in result.stderr
+    assert "MEZZO_COLOUR" not in result.stderr  # no such variable: it said "colour (MEZZO_COLOUR)"
+
+
 def test_a_mezzo_yaml_that_does_not_parse_exits_2_naming_the_file_and_line(tmp_path: Path) -> None:
     """A YAML syntax error in mezzo.yaml escaped as a traceback with exit status 1."""
     for text, reason, commands in [

@@ -48,6 +48,7 @@ async def test_a_message_without_a_trace_is_one_sentence(node: RunningNode) -> N
 @pytest.mark.parametrize(("message", "field", "reason"), [
     ({"data": 1, "dataBase64": "aGk="}, "dataBase64", "give data or dataBase64, not both"),
     ({"delay": "30s", "deliverAt": "2030-01-01T00:00:00Z"}, "deliverAt", "give delay or deliverAt, not both"),
+    ({"dataBase64": "not base64!"}, "dataBase64", "not valid base64 (RFC 4648, with padding)"),
 ])
 async def test_whole_message_checks_name_their_field(node: RunningNode, message: dict[str, Any], field: str,
                                                      reason: str) -> None:

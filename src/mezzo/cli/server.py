@@ -31,6 +31,9 @@ def load_settings(**flags: Any) -> Any:
         err.print("[red]Invalid settings:[/red]", markup=True)
         for e in exc.errors():
             field = ".".join(str(p) for p in e["loc"]) or "settings"
+            if e["type"] == "extra_forbidden":  # a key of mezzo.yaml that no setting has (MEZZO_* names are matched)
+                err.print(f"  {field}: not a Mezzo setting (in mezzo.yaml); `mezzo settings` lists them", markup=False)
+                continue
             env = f"MEZZO_{field.upper()}"
             err.print(f"  {field} ({env}): {e['msg']} (got {e.get('input')!r})", markup=False)
         raise typer.Exit(2) from None

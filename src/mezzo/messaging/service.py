@@ -102,6 +102,11 @@ class PublishMessage(BaseModel):
     def _one_data(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("data") is not None:
             raise PydanticCustomError("conflict", "give data or dataBase64, not both")
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except ValueError:
+                raise PydanticCustomError("base64", "not valid base64 (RFC 4648, with padding)") from None
         return value
 
     @field_validator("deliver_at")

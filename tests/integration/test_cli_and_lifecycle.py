@@ -208,3 +208,19 @@ def test_tables_are_not_cut_when_piped(tmp_path: Path) -> None:
                             timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert str(deep) in result.stdout and "gateway_tls_port" in result.stdout and "…" not in result.stdout
+
+
+def test_the_banner_names_mezzo_admin_token_when_it_is_set(tmp_path: Path) -> None:
+    """With MEZZO_ADMIN_TOKEN set, an admin.token file from an earlier run may hold a revoked token:
+    the banner must not send the user there."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "admin.token").write_text("mzo_old_revoked\n")
+    running = spawn_node(data, {"MEZZO_ADMIN_TOKEN": "mzo_test_admin_token_0123456789abcdef"}, args=("run", "-t", "api"))
+    try:
+        port = running.url.rsplit(":", 1)[1]
+        banner = (tmp_path / f"node-{port}.log").read_text()
+        assert "token        MEZZO_ADMIN_TOKEN (the CLI reads it from there too)" in banner
+        assert "(the CLI reads it from there)" not in banner
+    finally:
+        stop_process(running)

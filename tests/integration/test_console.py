@@ -94,6 +94,8 @@ async def test_root_redirects_to_the_console(node: RunningNode) -> None:
         assert response.headers["location"] == "/console/"
         bare = await http.get("/console")
         assert bare.status_code in (307, 308) and bare.headers["location"].endswith("/console/")
+        assert bare.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in \
+            bare.headers["content-security-policy"]  # the router's own redirect had no security headers
 
 
 async def test_console_page_is_served_with_strict_headers_and_no_token(node: RunningNode) -> None:

@@ -104,6 +104,8 @@ def banner(node: Any) -> None:
         token = node.service(TokenService).generated_token
         out.print(f"\n[bold yellow]Admin token[/bold yellow] (shown once; saved to {path}, mode 0600):", markup=True)
         out.print(f"  {token}")
+    elif node.settings.admin_token is not None:  # the file, if any, may hold an older (revoked) token
+        out.print(f"  {'token':<12} MEZZO_ADMIN_TOKEN (the CLI reads it from there too)")
     elif path.is_file():
         out.print(f"  {'token':<12} in {path} (the CLI reads it from there)")
     out.print("Press Ctrl+C to stop.")

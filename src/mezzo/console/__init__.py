@@ -63,3 +63,5 @@ def mount(app: FastAPI) -> None:
         return RedirectResponse(PREFIX + "/", status_code=307, headers=SECURITY_HEADERS)
 
     app.add_api_route("/", to_console, methods=["GET"], include_in_schema=False)
+    # /console without its slash: the same redirect with the headers (the router's own had none)
+    app.add_api_route(PREFIX, to_console, methods=["GET"], include_in_schema=False)

@@ -185,6 +185,18 @@ async def test_http_key_api_and_sdk_on_memcached_nodes(node: RunningNode, memcac
         assert refused.value.status == 409 and "cannot list its keys" in str(refused.value)
 
 
+async def try_again(call, attempts: int = 5):  # type: ignore[no-untyped-def]
+    """TRYAGAIN is the retryable answer (Redis Cluster's): a healthy node that missed the 0.5 s timeout
+    once on a loaded machine must not fail the test; a node that keeps failing still does."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except aioredis.exceptions.TryAgainError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def test_a_node_killed_under_load_is_ejected_and_the_cache_keeps_answering(
         node: RunningNode, memcached_servers: MemcachedServers) -> None:
     servers = [memcached_servers.start() for _ in range(3)]
@@ -221,14 +233,14 @@ async def test_a_node_killed_under_load_is_ejected_and_the_cache_keeps_answering
         print(f"\nmemcached reliability: {load.ops - before} ops after the kill, {len(load.errors)} errors, last "
               f"{window * 1000:.0f} ms after it, ejected after {(ejected_at - killed_at) * 1000:.0f} ms")  # for docs
         assert not [t for t in load.errors if t > ejected_at]  # errors only inside the detection window
-        await r.mset({k: k for k in keys if k not in lost})  # the workers wrote some of the lost share too
-        values = await r.mget(keys)
+        await try_again(lambda: r.mset({k: k for k in keys if k not in lost}))  # the workers wrote some of the lost share too
+        values = await try_again(lambda: r.mget(keys))
         assert all(v == k.encode() for k, v in zip(keys, values, strict=True) if k not in lost)
         assert (await status(node, "mcload")).json()["ringMembers"] == 2
         # the node comes back: probed, flushed (what it held may be stale) and readmitted
         memcached_servers.restart(victim)
         await routed(node, "mcload", 3)
-        assert await r.mget(sorted(lost)[:5]) == [None] * 5  # its share misses until written again
+        assert await try_again(lambda: r.mget(sorted(lost)[:5])) == [None] * 5  # its share misses until written again
         rebalance = (await status(node, "mcload")).json()["rebalance"]
         assert rebalance["reason"] == "readmitted" and rebalance["moved"] == 0
     finally:

@@ -233,16 +233,17 @@ class Gateway:
         else:
             wanted = [(n.host, n.port, n.weight, n.zone) for n in spec.nodes]
         tls, tls_key = self._upstream_tls(ref, spec)
+        sni = (spec.tls.sni if spec.tls is not None else None) or (
+            spec.upstream_host if spec.pass_host == "rewrite" else None)
         nodes = []
         for host, port, weight, zone in wanted:
-            key = (ref, f"{host}:{port}{tls_key}")  # other TLS settings: a new node, a new pool
+            name = (sni or host) if tls is not None else None
+            # other TLS settings or another server name: a new node, a new pool
+            key = (ref, f"{host}:{port}{tls_key}@{name}" if tls is not None else f"{host}:{port}")
             node = self._nodes.get(key)
             if node is None:
                 node = self._nodes[key] = NodeState(host, port, weight, zone, spec.keepalive)
-                if tls is not None:
-                    node.ssl = tls
-                    node.server_hostname = (spec.tls.sni if spec.tls is not None and spec.tls.sni else None) or (
-                        spec.upstream_host if spec.pass_host == "rewrite" else None) or host
+                node.ssl, node.server_hostname = tls, name
             node.weight, node.zone, node.keepalive = weight, zone, spec.keepalive
             live.add(key)
             nodes.append(node)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 from mezzo.node.audit import audit_put
-from mezzo.node.errors import bad_request, conflict, not_found
+from mezzo.node.errors import Problem, bad_request, conflict, not_found
 from mezzo.node.outbound import Outbound
 from mezzo.storage.kv import Compare, ConflictError, Delete, Op, Put
 from mezzo.transactions.coordinator import PREPARED_TIMEOUT, Coordinator, Drive, action_key
@@ -267,9 +267,11 @@ class TxService:
         if tx.status in (Status.ABORTING, Status.FAILED):
             return tx
         if tx.status is Status.SUBMITTED and not (operator and tx.mode is Mode.SAGA):
-            why = ("only an operator can abort a running saga" if tx.mode is Mode.SAGA
-                   else f"a submitted {tx.mode.value} transaction has decided to commit")
-            raise conflict(f"transaction {gid} is submitted; {why}", state=tx.status.value)
+            if tx.mode is Mode.SAGA:  # a permission, like retry's: 403 with the state, not a 409
+                raise Problem(403, "Forbidden", f"transaction {gid} is a running saga; only an operator token "
+                              "(write) can abort it", type="forbidden", state=tx.status.value)
+            raise conflict(f"transaction {gid} is submitted; a submitted {tx.mode.value} transaction has decided "
+                           "to commit", state=tx.status.value)
         wanted = Status.FAILED if tx.mode is Mode.MSG else Status.ABORTING
         tx.rollback_reason = f"aborted by {user}"
         return await self._change(loaded, wanted, user, "tx.abort")

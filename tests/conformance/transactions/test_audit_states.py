@@ -119,7 +119,7 @@ async def test_every_call_in_every_state(http: httpx.AsyncClient, busi: Busi, st
 
 async def test_a_running_saga_is_aborted_only_by_an_operator(http: httpx.AsyncClient, busi: Busi,
                                                              txnode: RunningNode) -> None:
-    """A developer token (use) cannot abort a submitted saga (409) nor skip a backoff (retry needs write)."""
+    """A developer token (use) cannot abort a submitted saga nor skip a backoff (403 both: it takes write)."""
     created = await http.post("/v1/tokens", json={"name": "audit-dev", "role": "developer", "namespaces": ["*"]})
     assert created.status_code == 201, created.text
     busi.on("slow", *[425] * 10_000)
@@ -130,8 +130,10 @@ async def test_a_running_saga_is_aborted_only_by_an_operator(http: httpx.AsyncCl
     async with httpx.AsyncClient(base_url=txnode.url, timeout=30,
                                  headers={"Authorization": f"Bearer {created.json()['token']}"}) as developer:
         refused = await developer.post("/v1/tx/transactions/audit-running:abort")
-        assert refused.status_code == 409 and refused.json()["state"] == "submitted"
-        assert "operator" in refused.json()["detail"]
+        assert refused.status_code == 403 and refused.json()["state"] == "submitted"
+        assert "operator" in refused.json()["detail"] and refused.json()["type"].endswith("/forbidden")
+        dtm = await developer.post("/api/dtmsvr/abort", json={"gid": "audit-running", "trans_type": "saga"})
+        assert dtm.status_code == 409 and dtm.json()["state"] == "submitted"  # DTM's clients read it as FAILURE
         forbidden = await developer.post("/v1/tx/transactions/audit-running:retry")
         assert forbidden.status_code == 403
         assert forbidden.headers["content-type"] == "application/problem+json"

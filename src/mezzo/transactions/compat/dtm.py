@@ -146,7 +146,13 @@ async def abort(request: Request, caller: DtmCaller) -> dict[str, str]:
     svc = _svc(request)
     current = (await svc.get(body["gid"])).tx
     require(caller, Verb.USE, current.namespace)
-    await svc.abort(current.gid, caller.name)
+    try:
+        await svc.abort(current.gid, caller.name)
+    except Problem as exc:
+        if exc.status != 403:
+            raise
+        # DTM itself refuses to abort a running saga as a state error: its clients read a 409 as FAILURE
+        raise conflict(exc.detail or exc.title, state=current.status.value) from None
     return SUCCESS
 
 

@@ -570,8 +570,13 @@ def _fast_done(exchange: Exchange, exc: BaseException | None) -> None:
     gateway = client.gateway
     if exc is None:
         now = time.monotonic()
-        if balancer.tracks:
+        if balancer.latencies:
             balancer.report(node, exchange.status not in balancer.bad_statuses, now - exchange.started)
+        elif balancer.tracks:  # the passive check alone: a good answer ends a run of failures
+            if exchange.status in balancer.bad_statuses:
+                balancer.report(node, False)
+            else:
+                node.fails = 0
         node.release(conn, now)
         if ctx.route.chain.log:
             gateway.complete(client, ctx, not exchange.close_after)

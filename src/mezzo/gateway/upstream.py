@@ -563,6 +563,7 @@ class Balancer:
         self.bad_statuses = frozenset(passive.statuses) if passive is not None else frozenset()
         # whether an exchange's outcome matters to anyone: the passive check, or ewma's latencies
         self.tracks = passive is not None or spec.load_balancer == "ewma"
+        self.latencies = spec.load_balancer == "ewma"  # only ewma reads a node's average latency
         # what the policy's breaker counts as a failed answer: the passive check's statuses (its
         # defaults when that check is off)
         self.failed_statuses = frozenset((passive or PassiveCheck()).statuses)
@@ -603,7 +604,7 @@ class Balancer:
 
     def report(self, node: NodeState, ok: bool, latency: float | None = None) -> None:
         """Passive health: count failures in a row; eject at the threshold."""
-        if latency is not None:
+        if latency is not None and self.latencies:
             now = time.monotonic()  # the old average counts less the older it is: 0.8 back to back
             kept = 0.8 * math.exp((node.ewma_at - now) / EWMA_DECAY) if node.ewma else 0.0
             node.ewma = node.ewma * kept + latency * (1.0 - kept)

@@ -251,3 +251,16 @@ def test_an_upstream_paused_for_a_slow_client_reads_again_once_pooled(plane: Pla
         conn.data_received(OK)
         assert bytes(transport.out).endswith(b"\r\n\r\nok\n") and bytes(transport.out).count(b"HTTP/1.1 200") == 2
     plane.run(run)
+
+
+def test_the_fast_path_ejects_a_node_after_failures_in_a_row_only(plane: Plane) -> None:
+    """The passive check (3 failing answers in a row by default) on the fast path: a good answer between
+    failures starts the count again; the third failure in a row ejects the node."""
+    bad = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 3\r\n\r\nno\n"
+    request = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    node = plane.node
+    for response in (bad, bad, OK, bad, bad):
+        plane.exchange(request, response, False, False)
+    assert node.ejected_until == 0.0 and node.fails == 2
+    plane.exchange(request, bad, False, False)
+    assert node.ejected_until > 0.0 and node.fails == 0

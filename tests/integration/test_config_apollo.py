@@ -324,6 +324,39 @@ async def test_access_keys_survive_key_rotation(tmp_path: Path) -> None:
         await running.node.stop()
 
 
+async def test_a_changed_access_key_secret_takes_effect_at_once(node: RunningNode, http: httpx.AsyncClient,
+                                                                anon: httpx.AsyncClient,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets are decrypted once and kept by their ciphertext: a request signed with the same key
+    does not decrypt again, and a secret sealed anew under the same key id (what a stored record
+    changed behind the API looks like) is used on the next request, the old one refused."""
+    from mezzo.config.apollo import _key, _sealed_at
+    from mezzo.config.model import AccessKey
+    from mezzo.config.service import ConfigService
+    from mezzo.jsonutil import dumps, loads
+    from mezzo.storage.kv import Put
+
+    await publish(http, {"a": "1"})
+    configs = "/apollo/dev/configs/shop/default/application"
+    created = (await http.post("/v1/config/apps/shop/access-keys")).json()
+    secret, key_id = created["secret"], created["id"]
+    svc = node.node.service(ConfigService)
+    decrypt, opened = svc.keyring.decrypt, []
+    monkeypatch.setattr(svc.keyring, "decrypt", lambda stored, where: opened.append(where) or decrypt(stored, where))
+    for _ in range(3):
+        assert (await signed_get(anon, configs, secret)).status_code == 200
+    assert opened.count(_sealed_at("shop", key_id)) == 1  # decrypted by the first request alone
+
+    kv = await svc.store.get(_key("shop", key_id))
+    assert kv is not None
+    changed = "f" * 32
+    key = AccessKey.model_validate(loads(kv.value))
+    key = key.model_copy(update={"secret": svc.keyring.encrypt(changed, _sealed_at("shop", key_id))})
+    await svc.store.txn([Put(_key("shop", key_id), dumps(key.out()))])
+    assert (await signed_get(anon, configs, secret)).status_code == 401  # never the stale secret
+    assert (await signed_get(anon, configs, changed)).status_code == 200
+
+
 async def test_cli_access_keys(node: RunningNode, http: httpx.AsyncClient) -> None:
     await publish(http, {"a": "1"})
     env = {"MEZZO_URL": node.url, "MEZZO_TOKEN": node.token, "COLUMNS": "200"}

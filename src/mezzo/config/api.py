@@ -450,7 +450,7 @@ async def _resolved(request: Request, caller: Principal, ref: NsRef, client: Cli
     try:
         return await hub.resolve(ref, client, clear=caller.can(Verb.USE, tenant))
     except SecretError as exc:
-        raise Problem(500, "Secret unreadable", str(exc)) from None
+        raise Problem(500, "Secret unreadable", str(exc), type="secret-unreadable") from None
 
 
 @router.get(BASE + "/config", summary="The released configuration a client gets (gray rules applied)")

@@ -26,6 +26,7 @@ import hmac
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Annotated, Any
 
@@ -38,7 +39,7 @@ from mezzo.config.api import MAX_WAIT, _client, _resolved, _svc, _wanted, long_p
 from mezzo.config.formats import CONTENT, Format, render_properties
 from mezzo.config.hub import ConfigHub, Resolved
 from mezzo.config.model import IDENT_PATTERN, AccessKey, Model, NsRef
-from mezzo.config.secrets import SecretError
+from mezzo.config.secrets import Keyring, SecretError
 from mezzo.config.service import ACCESS_KEYS, AUDIT_KIND, DEFAULT, ROOT, ConfigService, now
 from mezzo.jsonutil import dumps, loads
 from mezzo.node.audit import audit_put
@@ -56,6 +57,7 @@ SKEW = 60.0  # seconds a signed request's Timestamp may be off, either way (Apol
 MAX_ACCESS_KEYS = 5  # per app, as Apollo allows
 SUFFIXES = {"yaml": Format.YAML, "yml": Format.YAML, "json": Format.JSON, "txt": Format.TEXT, "xml": Format.TEXT}
 PROPERTIES = ".properties"
+OPENED_MAX = 256  # access key secrets kept decrypted per keyring (MAX_ACCESS_KEYS per app)
 
 
 # who is calling ------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ async def _caller(request: Request, app: str) -> Principal:
     given = signature.encode("latin-1", "replace")
     for key in enabled:
         try:
-            secret = svc.keyring.decrypt(key.secret, _sealed_at(app, key.id)).encode()
+            secret = _opened(svc.keyring, key.secret, _sealed_at(app, key.id))
         except SecretError as exc:
             log.warning("access key unreadable", app=app, key=key.id, error=str(exc))
             continue
@@ -102,6 +104,23 @@ async def _caller(request: Request, app: str) -> Principal:
             if hmac.compare_digest(base64.b64encode(digest), given):
                 return Principal(name=f"access-key:{app}:{key.id}", role=Role.DEVELOPER, namespaces=[known.tenant])
     raise _unauthorized("Unauthorized: the signature matches no enabled access key of the app")
+
+
+_OPENED: weakref.WeakKeyDictionary[Keyring, dict[tuple[str, str], bytes]] = weakref.WeakKeyDictionary()
+
+
+def _opened(keyring: Keyring, sealed: str, where: str) -> bytes:
+    """An access key's secret in clear, decrypted once per keyring, place and ciphertext: a new or
+    re-sealed secret is a new ciphertext (a miss), and a node whose keyring lacks the key (another
+    keyring, even in this process) decrypts itself. Failures are not kept; the oldest entry goes first."""
+    opened = _OPENED.setdefault(keyring, {})
+    clear = opened.get((where, sealed))
+    if clear is None:
+        clear = keyring.decrypt(sealed, where).encode()
+        while len(opened) >= OPENED_MAX:
+            del opened[next(iter(opened))]
+        opened[(where, sealed)] = clear
+    return clear
 
 
 def _signed_paths(request: Request) -> list[str]:

@@ -29,8 +29,8 @@ Pair = tuple[aioredis.Redis, aioredis.Redis]
 
 
 def _plain(reply: Any) -> Any:
-    """A COMMAND row without its flags (Mezzo lists fewer) and Redis 7's extra fields: name,
-    arity, first key, last key, step."""
+    """A COMMAND row without its flags (Mezzo lists fewer) and Redis 7's extra fields (compared in
+    ``test_cache_command_docs.py``): name, arity, first key, last key, step."""
     if not isinstance(reply, list):
         return reply
     return (bytes(reply[0]), reply[1], reply[3], reply[4], reply[5])
@@ -42,10 +42,7 @@ async def test_command_info_answers_the_names_asked_for(pair: Pair) -> None:  # 
         ours = await mezzo.execute_command("COMMAND", "INFO", *names)
         theirs = await real.execute_command("COMMAND", "INFO", *names)
         assert len(ours) == len(names), names
-        expected = [_plain(row) for row in theirs]
-        if "object|encoding" in names:  # Redis has an entry per subcommand, Mezzo none
-            expected[names.index("object|encoding")] = None
-        assert [_plain(row) for row in ours] == expected, names
+        assert [_plain(row) for row in ours] == [_plain(row) for row in theirs], names  # object|encoding too
     every = await mezzo.execute_command("COMMAND", "INFO")
     assert every == await mezzo.execute_command("COMMAND") and len(every) == await mezzo.execute_command("COMMAND", "COUNT")
 
@@ -76,9 +73,9 @@ async def test_command_getkeys_answers_as_redis_server(pair: Pair) -> None:  # n
 
 async def test_command_list_count_and_errors_as_redis_server(pair: Pair) -> None:  # noqa: F811
     real, mezzo = pair
-    ours = set(await mezzo.execute_command("COMMAND", "LIST"))
-    assert len(ours) == await mezzo.execute_command("COMMAND", "COUNT")
-    assert ours <= set(await real.execute_command("COMMAND", "LIST"))  # every name is a Redis command
+    ours = set(await mezzo.execute_command("COMMAND", "LIST"))  # subcommands too, as Redis lists them
+    assert len({n for n in ours if b"|" not in n}) == await mezzo.execute_command("COMMAND", "COUNT")
+    assert ours - set(await real.execute_command("COMMAND", "LIST")) == {b"client|setinfo"}  # Redis 7.2's
     filters = [("ACLCAT", category) for category in ("read", "write", "keyspace", "string", "hash", "fast", "slow",
                                                       "connection", "dangerous", "admin", "Connection", "bogus")]
     filters += [("PATTERN", "h*"), ("PATTERN", "H*ET"), ("PATTERN", "*expire*"), ("PATTERN", "[gs]et"),
@@ -86,7 +83,7 @@ async def test_command_list_count_and_errors_as_redis_server(pair: Pair) -> None
     for kind, arg in filters:
         args = ("COMMAND", "LIST", "FILTERBY", kind, arg)
         theirs = set(await real.execute_command(*args)) & ours
-        assert set(await mezzo.execute_command(*args)) == theirs, args
+        assert set(await mezzo.execute_command(*args)) - {b"client|setinfo"} == theirs, args
     for args in [("COMMAND", "BOGUS"), ("COMMAND", "COUNT", "x"), ("COMMAND", "LIST", "bogus"),
                  ("COMMAND", "LIST", "FILTERBY"), ("COMMAND", "LIST", "FILTERBY", "PATTERN"),
                  ("COMMAND", "LIST", "FILTERBY", "ACL", "x"), ("COMMAND", "LIST", "FILTERBY", "PATTERN", "a", "b"),

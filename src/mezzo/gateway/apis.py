@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mezzo.gateway.model import METHODS, Plugins, RouteSpec, check_plugins
+from mezzo.gateway.model import METHODS, Plugins, RouteSpec, check_plugins, plugin_secrets
 from mezzo.resources.kinds import Column, KindSpec
 from mezzo.resources.model import SpecModel
 from mezzo.resources.types import Name
@@ -65,7 +65,8 @@ class ApiSpec(SpecModel):
 
 API_KIND = KindSpec(kind="Api", spec=ApiSpec, plural="apis", short_names=("api",),
                     columns=(Column("STATE", "state"), Column("VERSION", "version"), Column("UPSTREAM", "upstream")),
-                    description="An OpenAPI 3 document served through the gateway, with a lifecycle state.")
+                    description="An OpenAPI 3 document served through the gateway, with a lifecycle state.",
+                    secrets=plugin_secrets)
 
 
 def operations(spec: ApiSpec) -> list[tuple[str, str, dict[str, Any]]]:

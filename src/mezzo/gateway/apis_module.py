@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 import yaml
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import HTMLResponse
@@ -18,11 +19,13 @@ from mezzo.node.errors import Problem, bad_request, conflict, not_found
 from mezzo.node.module import Health, Module
 from mezzo.resources.api import invalid_manifest
 from mezzo.resources.informer import Informer
+from mezzo.resources.kinds import UnsealError
 from mezzo.resources.manifests import ManifestError, from_objects
 from mezzo.resources.model import Resource
 from mezzo.resources.service import ResourceService
 from mezzo.resources.types import NAME_PATTERN
 
+log = structlog.get_logger("mezzo.gateway")
 router = APIRouter(prefix="/v1/apis", tags=["gateway"])
 NamePath = Path(pattern=NAME_PATTERN, max_length=253)
 
@@ -50,7 +53,12 @@ class ApisModule(Module):
         meta = resource.metadata
         ref = f"{meta.namespace}/{meta.name}"
         revision = meta.resourceVersion or 0
-        wanted = [] if event == "DELETED" else route_specs(meta.name, ApiSpec.model_validate(resource.spec))
+        try:  # its plugins' secrets opened for the data plane, as the gateway's own kinds are
+            plain = None if event == "DELETED" else self.node.service(ResourceService).unsealed(resource)
+        except UnsealError as exc:  # sealed with keys this node does not have: its routes go (fail closed)
+            log.error("api's secrets do not decrypt: its routes are taken out of service", api=ref, reason=str(exc))
+            plain = None
+        wanted = [] if plain is None else route_specs(meta.name, ApiSpec.model_validate(plain))
         names = {name for name, _ in wanted}
         for old in self.routes.pop(ref, []):
             if old not in names:

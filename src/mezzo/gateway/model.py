@@ -204,6 +204,14 @@ def consumer_secrets(spec: dict[str, Any]) -> Iterator[tuple[str, ...]]:
             yield from (("credentials", plugin, f) for f in fields if f in cred)
 
 
+def plugin_secrets(spec: dict[str, Any]) -> Iterator[tuple[str, ...]]:
+    """A Route's, Upstream's, GlobalRule's or Api's plugin fields that hold a secret (a redisUrl with
+    a password, for one), by each plugin's ``secret_urls``."""
+    from mezzo.gateway.plugins import secret_paths
+
+    yield from (("plugins", name, key) for name, key in secret_paths(spec.get("plugins")))
+
+
 def certificate_secrets(spec: dict[str, Any]) -> Iterator[tuple[str, ...]]:
     yield ("key",)
 
@@ -270,15 +278,18 @@ class CertificateSpec(SpecModel):
 
 ROUTE_KIND = KindSpec(kind="Route", spec=RouteSpec, plural="routes", short_names=("rt",),
                       columns=(Column("PATHS", "paths"), Column("UPSTREAM", "upstream"), Column("STATUS", "status")),
-                      description="Which requests the gateway takes, the plugins they pass, and where they go.")
+                      description="Which requests the gateway takes, the plugins they pass, and where they go.",
+                      secrets=plugin_secrets)
 UPSTREAM_KIND = KindSpec(kind="Upstream", spec=UpstreamSpec, plural="upstreams", short_names=("us",),
                          columns=(Column("LB", "loadBalancer"), Column("SERVICE", "service")),
-                         description="A set of backend nodes (static or from the registry) and how to balance them.")
+                         description="A set of backend nodes (static or from the registry) and how to balance them.",
+                         secrets=plugin_secrets)
 CONSUMER_KIND = KindSpec(kind="Consumer", spec=ConsumerSpec, plural="consumers", short_names=("cs",),
                          description="An API caller with credentials for the auth plugins.",
                          secrets=consumer_secrets)
 GLOBAL_RULE_KIND = KindSpec(kind="GlobalRule", spec=GlobalRuleSpec, plural="globalrules", short_names=("gr",),
-                            description="Plugins that run on every route.")
+                            description="Plugins that run on every route.",
+                            secrets=plugin_secrets)
 CERTIFICATE_KIND = KindSpec(kind="Certificate", spec=CertificateSpec, plural="certificates", short_names=("cert",),
                             columns=(Column("TYPE", "type"), Column("SNIS", "snis")),
                             description="A TLS certificate the gateway serves for the given server names, or "

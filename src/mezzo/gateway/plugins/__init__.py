@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
+from mezzo.config.secrets import PREFIX as SEALED
 from mezzo.gateway.http import Reply, Request
 
 MODULES = ("key_auth", "basic_auth", "limit_count", "prometheus", "request_id", "proxy_rewrite", "mocking",
@@ -80,6 +82,8 @@ class Plugin:
     name: ClassVar[str]
     priority: ClassVar[int] = 0
     schema: ClassVar[type[Config]] = Config
+    # fields (snake_case) holding a URL that may carry a password: such a URL is sealed at rest
+    secret_urls: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, conf: Any, runtime: Any) -> None:
         self.conf = conf
@@ -116,6 +120,31 @@ def validate_plugin_configs(value: dict[str, dict[str, Any]]) -> dict[str, dict[
             where = ".".join(str(p) for p in first["loc"])
             raise ValueError(f"plugin {name}: {where + ': ' if where else ''}{first['msg']}") from None
     return value
+
+
+def secret_paths(plugins: Any) -> Iterator[tuple[str, str]]:
+    """(plugin, key) of each secret in a ``plugins`` mapping as written (validated or not): a URL
+    field of ``secret_urls`` (under its snake_case or camelCase key) that carries a password, or is
+    already a ciphertext (``get -o yaml`` given back). A URL without a password stays readable."""
+    if not isinstance(plugins, dict):
+        return
+    _load()
+    for name, conf in plugins.items():
+        cls = PLUGINS.get(name)
+        if cls is None or not isinstance(conf, dict):
+            continue
+        for field in cls.secret_urls:
+            for key in dict.fromkeys((field, to_camel(field))):
+                value = conf.get(key)
+                if isinstance(value, str) and (value.startswith(SEALED) or _has_password(value)):
+                    yield name, key
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
 
 
 def instantiate(configs: dict[str, dict[str, Any]], runtime: Any) -> list[Plugin]:

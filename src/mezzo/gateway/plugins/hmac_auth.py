@@ -93,6 +93,7 @@ class HmacAuth(Plugin):
     name = "hmac-auth"
     priority = 2530
     schema = HmacAuthConfig
+    secret_urls = ("redis_url",)  # redis://:password@host: sealed at rest
 
     def __init__(self, conf: HmacAuthConfig, runtime) -> None:  # type: ignore[no-untyped-def]
         super().__init__(conf, runtime)

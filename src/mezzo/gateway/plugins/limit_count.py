@@ -63,6 +63,7 @@ class LimitCount(Plugin):
     name = "limit-count"
     priority = 1002
     schema = LimitCountConfig
+    secret_urls = ("redis_url",)  # redis://:password@host: sealed at rest
 
     def __init__(self, conf: LimitCountConfig, runtime) -> None:  # type: ignore[no-untyped-def]
         super().__init__(conf, runtime)

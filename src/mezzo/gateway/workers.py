@@ -1,7 +1,7 @@
 """Gateway worker processes: N processes accept on the gateway ports (SO_REUSEPORT), one core each.
 
 The main process runs every module its targets name and serves the gateway too; it starts N-1
-workers, ``mezzo run --targets gateway`` with the same settings and store, and restarts any that
+workers, ``mezzo run --targets gateway,apis`` with the same settings and store, and restarts any that
 exits. A worker follows the resources with its own informers; it writes nothing but the store's
 idempotent compaction, so with the embedded store the main process stays the one writer of the
 SQLite file (WAL mode: readers in other processes never block it). A worker's store checks the
@@ -44,7 +44,7 @@ def worker_env(settings: Any, index: int, gateway_port: int, tls_port: int) -> d
         elif isinstance(value, Path):
             value = value.absolute()
         env[key] = str(value)
-    env.update(MEZZO_TARGETS="gateway", MEZZO_GATEWAY_PORT=str(gateway_port), MEZZO_GATEWAY_TLS_PORT=str(tls_port),
+    env.update(MEZZO_TARGETS="gateway,apis", MEZZO_GATEWAY_PORT=str(gateway_port), MEZZO_GATEWAY_TLS_PORT=str(tls_port),
                MEZZO_GATEWAY_WORKERS="1", MEZZO_GATEWAY_WORKER=str(index))
     return env
 

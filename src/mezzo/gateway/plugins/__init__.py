@@ -18,7 +18,7 @@ import importlib
 import inspect
 from collections.abc import Awaitable, Iterator
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
@@ -141,8 +141,11 @@ def secret_paths(plugins: Any) -> Iterator[tuple[str, str]]:
 
 
 def _has_password(url: str) -> bool:
+    """A password before the host (``redis://:pw@host``) or in the query (``?password=pw``, which
+    redis-py's ``from_url`` reads too)."""
     try:
-        return urlsplit(url).password is not None
+        parts = urlsplit(url)
+        return parts.password is not None or "password" in parse_qs(parts.query, keep_blank_values=True)
     except ValueError:
         return False
 

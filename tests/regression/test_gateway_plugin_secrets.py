@@ -111,3 +111,20 @@ async def test_an_api_keeps_its_plugin_secrets_sealed_and_its_routes_use_them(
     await wait_for(lambda: any(ref.endswith("/shop:items") for ref in runtime.items["Route"]) and runtime._rebuild is None)
     async with httpx.AsyncClient(base_url=gw.url) as http:
         assert await _codes(http, "/items", 3) == [200, 200, 429]
+
+
+@pytest.mark.parametrize(("plugin", "conf", "expected"), [
+    ("limit-count", {"redisUrl": "redis://:pw@h:1/0"}, [("limit-count", "redisUrl")]),
+    ("limit-count", {"redis_url": "redis://h:1/0?Password=pw"}, [("limit-count", "redis_url")]),
+    ("hmac-auth", {"redisUrl": "rediss://user:pw@h:1"}, [("hmac-auth", "redisUrl")]),
+    ("jwt-auth", {"jwksUri": "https://svc:pw@idp.example/jwks.json"}, [("jwt-auth", "jwksUri")]),
+    ("jwt-auth", {"jwks_uri": PREFIX + "1234:abcd"}, [("jwt-auth", "jwks_uri")]),  # given back sealed
+    ("jwt-auth", {"jwksUri": "https://idp.example/jwks.json"}, []),  # nothing to hide
+    ("limit-count", {"redisUrl": "redis://h:1/0?db=2"}, []),
+    ("key-auth", {"header": "pw"}, []),
+    ("limit-count", None, []),
+])
+def test_which_plugin_fields_are_sealed(plugin: str, conf: Any, expected: list[tuple[str, str]]) -> None:
+    from mezzo.gateway.plugins import secret_paths
+
+    assert list(secret_paths({plugin: conf})) == expected

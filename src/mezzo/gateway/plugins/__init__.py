@@ -145,7 +145,7 @@ def _has_password(url: str) -> bool:
     redis-py's ``from_url`` reads too)."""
     try:
         parts = urlsplit(url)
-        return parts.password is not None or "password" in parse_qs(parts.query, keep_blank_values=True)
+        return parts.password is not None or any(k.lower() == "password" for k in parse_qs(parts.query, True))
     except ValueError:
         return False
 

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from mezzo.gateway.http import Reply, drop_argument
 from mezzo.gateway.plugins import Config, Ctx, Plugin, register
 from mezzo.gateway.plugins.auth import find_consumer, unauthorized
+from mezzo.node.settings import mask_url
 from mezzo.resources.types import Duration
 
 log = structlog.get_logger("mezzo.gateway")
@@ -97,7 +98,7 @@ class _Jwks:
             self.keys = await self._fetch()
             self.fetched = time.monotonic()
         except Exception as exc:
-            log.warning("jwt-auth: cannot fetch the JWKS; keeping the keys we had", uri=self.conf.jwks_uri,
+            log.warning("jwt-auth: cannot fetch the JWKS; keeping the keys we had", uri=mask_url(self.conf.jwks_uri or ""),
                         error=f"{type(exc).__name__}: {exc}")
         finally:
             self.inflight.set_result(None)
@@ -129,6 +130,7 @@ class JwtAuth(Plugin):
     name = "jwt-auth"
     priority = 2510
     schema = JwtAuthConfig
+    secret_urls = ("jwks_uri",)  # https://user:password@idp/...: sealed at rest
 
     def __init__(self, conf: JwtAuthConfig, runtime) -> None:  # type: ignore[no-untyped-def]
         super().__init__(conf, runtime)

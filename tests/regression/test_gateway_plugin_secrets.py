@@ -94,6 +94,21 @@ async def test_a_redis_url_with_a_password_is_sealed_and_still_reaches_redis(
         await direct.aclose()
 
 
+async def test_a_redis_url_with_its_password_in_the_query_is_sealed_too(
+        gw: GatewayHandle, upstream: EchoServer, redis_servers: RedisServers) -> None:  # noqa: F811
+    locked = redis_servers.start("--requirepass", PASSWORD)
+    url = f"redis://127.0.0.1:{locked.port}/0?password={PASSWORD}"  # redis-py takes the password from here
+    await gw.apply(upstream_doc("up", upstream), route_doc("limited", ["/limited/*"], plugins=_limit(url)))
+    for raw in await _stored(gw, "Route", "limited"):
+        assert PASSWORD.encode() not in raw, raw
+    async with gw.node.client() as client:
+        shown = await client.resources.get("Route", "limited")
+        assert shown.spec["plugins"]["limit-count"]["redisUrl"].startswith(PREFIX)
+    # and the gateway still reaches that Redis with the password
+    async with httpx.AsyncClient(base_url=gw.url) as http:
+        assert await _codes(http, "/limited/x", 3) == [200, 200, 429]
+
+
 async def test_an_api_keeps_its_plugin_secrets_sealed_and_its_routes_use_them(
         gw: GatewayHandle, upstream: EchoServer, redis_servers: RedisServers) -> None:  # noqa: F811
     locked = redis_servers.start("--requirepass", PASSWORD)

@@ -8,6 +8,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from mezzo.testing.fixtures import free_port, spawn_node, stop_process, wait_for
 
 from . import core_fixtures
@@ -103,4 +105,61 @@ async def test_two_processes_serve_one_configuration(tmp_path: Path, origins) ->
     finally:
         stop_process(node, signal.SIGTERM)
     for pid in pids[1:]:
+        await wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2])  # noqa: B023
+
+
+async def _statuses(port: int, path: str, pids: list[int], connections: int = 24) -> dict[int, set[int]]:
+    """The statuses each process answered one GET with, over ``connections`` new connections."""
+    out: dict[int, set[int]] = {}
+    for _ in range(connections):
+        client = await RawClient.connect(port)
+        try:
+            await client.send(get(path))
+            status = (await client.response()).status
+            owner = _owner(port, client.writer.get_extra_info("sockname")[1], pids)
+            if owner is not None:
+                out.setdefault(owner, set()).add(status)
+        finally:
+            client.close()
+    return out
+
+
+async def test_every_gateway_worker_serves_an_apis_routes(tmp_path: Path, origins) -> None:
+    (a,) = await origins(1)
+    data = tmp_path / "data"
+    data.mkdir()
+    port = free_port()
+    node = await asyncio.to_thread(spawn_node, data, {"MEZZO_GATEWAY_PORT": str(port)}, ("up", "--workers", "2"))
+    document = {"openapi": "3.0.3", "info": {"title": "Shop", "version": "1"},
+                "paths": {"/items": {"get": {"operationId": "items", "responses": {"200": {"description": "ok"}}}}}}
+    pids: list[int] = []
+    try:
+        assert node.process is not None
+        main = node.process.pid
+        workers = await wait_for(lambda: _children(main), timeout=20)
+        pids = [main, *workers]
+        async with node.client() as sdk:
+            await sdk.resources.apply([
+                {"apiVersion": "mezzo.dev/v1", "kind": "Upstream", "metadata": {"name": "up"},
+                 "spec": {"nodes": [{"host": "127.0.0.1", "port": a.port}]}},
+                {"apiVersion": "mezzo.dev/v1", "kind": "Route", "metadata": {"name": "plain"},
+                 "spec": {"paths": ["/plain"], "upstream": "up"}},
+                {"apiVersion": "mezzo.dev/v1", "kind": "Api", "metadata": {"name": "shop"},
+                 "spec": {"document": document, "upstream": "up", "state": "published"}}])
+
+        async def both_ok(path: str) -> bool:
+            try:
+                seen = await _statuses(port, path, pids)
+            except ConnectionError:
+                return False
+            return len(seen) == 2 and all(statuses == {200} for statuses in seen.values())
+
+        await wait_for(lambda: both_ok("/plain"), timeout=30)  # both processes serve the Route
+        try:  # the Api's routes too, in every process (a worker that does not follow Apis answers 404)
+            await wait_for(lambda: both_ok("/items"), timeout=10)
+        except (TimeoutError, AssertionError):
+            pytest.fail(f"an Api's route, status per process: {await _statuses(port, '/items', pids)}")
+    finally:
+        stop_process(node, signal.SIGTERM)
+    for pid in pids[1:]:  # the workers stop with their main process
         await wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2])  # noqa: B023

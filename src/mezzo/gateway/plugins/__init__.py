@@ -18,13 +18,13 @@ import importlib
 import inspect
 from collections.abc import Awaitable, Iterator
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from mezzo.config.secrets import PREFIX as SEALED
 from mezzo.gateway.http import Reply, Request
+from mezzo.node.settings import mask_url
 
 MODULES = ("key_auth", "basic_auth", "limit_count", "prometheus", "request_id", "proxy_rewrite", "mocking",
            "cors", "ip_restriction", "response_rewrite", "fault_injection", "redirect",
@@ -142,10 +142,9 @@ def secret_paths(plugins: Any) -> Iterator[tuple[str, str]]:
 
 def _has_password(url: str) -> bool:
     """A password before the host (``redis://:pw@host``) or in the query (``?password=pw``, which
-    redis-py's ``from_url`` reads too)."""
+    redis-py's ``from_url`` reads too): what the settings' URL masking hides."""
     try:
-        parts = urlsplit(url)
-        return parts.password is not None or any(k.lower() == "password" for k in parse_qs(parts.query, True))
+        return mask_url(url) != url
     except ValueError:
         return False
 

@@ -6,7 +6,7 @@ import typer
 
 from mezzo import __version__
 from mezzo.cli import cache as cache_cli
-from mezzo.cli import config, mq, resources, server, tokens
+from mezzo.cli import config, mq, registry, resources, server, tokens
 from mezzo.cli import trace as trace_cli
 from mezzo.cli import tx as tx_cli
 from mezzo.cli.common import follow_terminal_width
@@ -36,6 +36,7 @@ app.command("history")(resources.history)
 app.command("rollback")(resources.rollback)
 app.add_typer(tokens.app, name="token")
 app.add_typer(mq.app, name="mq")
+app.add_typer(registry.app, name="registry")
 app.add_typer(trace_cli.app, name="trace")
 app.add_typer(tx_cli.app, name="tx")
 app.add_typer(config.app, name="config")

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 
 import orjson
 
+from integration.test_tx_cli import mezzo  # the CLI in a subprocess, against the node
 from mezzo.testing.fixtures import RunningNode
-
-
-async def mezzo(node: RunningNode, *args: str) -> tuple[int, str]:
-    env = {**os.environ, "MEZZO_URL": node.url, "MEZZO_TOKEN": node.token, "COLUMNS": "200"}
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "mezzo", *args, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    output, _ = await process.communicate()
-    return process.returncode or 0, output.decode()
 
 
 async def test_services_instances_and_deregister(node: RunningNode) -> None:

@@ -51,10 +51,12 @@ def record_stops(running: RunningNode) -> list[str]:
 
 
 async def refused(url: str) -> bool:
+    """True once a new connection gets no answer: refused, or (when it reached the kernel's backlog
+    just as the listener closed) reset or closed before any response."""
     try:
         async with httpx.AsyncClient(timeout=2) as fresh:
             await fresh.get(url + "/healthz")
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
         return True
     return False
 
